@@ -1,0 +1,271 @@
+//! Typed model <-> wire attributes.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipvs_sys::constants::{fwd, svc_flags, tun_type};
+use ipvs_sys::{DaemonAttr, DestAttr, InetAddr, ServiceAttr, ServiceFlags, StatsAttr, StatsField};
+
+use crate::error::{Error, Result};
+use crate::types::*;
+
+/// The attributes that identify a service.
+pub(crate) fn service_key_attrs(key: &ServiceKey) -> Vec<ServiceAttr> {
+    match key {
+        ServiceKey::Inet { protocol, addr } => vec![
+            ServiceAttr::AddressFamily(Family::of(addr.ip()).af()),
+            ServiceAttr::Protocol(protocol.number()),
+            ServiceAttr::Address(InetAddr::from(addr.ip())),
+            ServiceAttr::Port(addr.port()),
+        ],
+        ServiceKey::Fwmark { mark, family } => {
+            vec![ServiceAttr::AddressFamily(family.af()), ServiceAttr::Fwmark(*mark)]
+        }
+    }
+}
+
+/// Every attribute NEW_SERVICE / SET_SERVICE need.
+pub(crate) fn service_attrs(s: &Service) -> Vec<ServiceAttr> {
+    let mut v = service_key_attrs(&s.key);
+    let mut flags = s.sched_flags.0;
+    if s.persistence.is_some() {
+        flags |= svc_flags::PERSISTENT;
+    }
+    if s.one_packet {
+        flags |= svc_flags::ONEPACKET;
+    }
+    v.push(ServiceAttr::SchedName(s.scheduler.name().to_owned()));
+    if let Some(pe) = &s.pe {
+        v.push(ServiceAttr::PeName(pe.clone()));
+    }
+    v.push(ServiceAttr::Flags(ServiceFlags { flags, mask: u32::MAX }));
+    v.push(ServiceAttr::Timeout(s.persistence.map_or(0, |p| p.timeout)));
+    v.push(ServiceAttr::Netmask(netmask_raw(s.netmask())));
+    v
+}
+
+fn netmask_raw(m: Netmask) -> u32 {
+    match m {
+        Netmask::V4(m) => u32::from_ne_bytes(m.octets()),
+        Netmask::V6(p) => u32::from(p),
+    }
+}
+
+pub(crate) fn stats_from(attrs: &[StatsAttr]) -> Stats {
+    let mut s = Stats::default();
+    for a in attrs {
+        if let Some((f, v)) = a.value() {
+            match f {
+                StatsField::Conns => s.conns = v,
+                StatsField::InPkts => s.in_pkts = v,
+                StatsField::OutPkts => s.out_pkts = v,
+                StatsField::InBytes => s.in_bytes = v,
+                StatsField::OutBytes => s.out_bytes = v,
+                StatsField::Cps => s.cps = v,
+                StatsField::InPps => s.in_pps = v,
+                StatsField::OutPps => s.out_pps = v,
+                StatsField::InBps => s.in_bps = v,
+                StatsField::OutBps => s.out_bps = v,
+                _ => {}
+            }
+        }
+    }
+    s
+}
+
+fn decode(msg: &str) -> Error {
+    Error::Decode(msg.to_owned())
+}
+
+/// A service read from the kernel.
+pub(crate) fn service_from(attrs: &[ServiceAttr]) -> Result<ServiceEntry> {
+    let (mut af, mut proto, mut addr, mut port, mut mark) = (None, None, None, None, None);
+    let (mut sched, mut flags, mut timeout, mut netmask, mut pe) = (None, 0u32, 0u32, None, None);
+    let (mut stats32, mut stats64) = (None, None);
+    for a in attrs {
+        match a {
+            ServiceAttr::AddressFamily(v) => af = Some(*v),
+            ServiceAttr::Protocol(v) => proto = Some(*v),
+            ServiceAttr::Address(v) => addr = Some(*v),
+            ServiceAttr::Port(v) => port = Some(*v),
+            ServiceAttr::Fwmark(v) => mark = Some(*v),
+            ServiceAttr::SchedName(v) => sched = Some(v.clone()),
+            ServiceAttr::Flags(f) => flags = f.flags & f.mask,
+            ServiceAttr::Timeout(v) => timeout = *v,
+            ServiceAttr::Netmask(v) => netmask = Some(*v),
+            ServiceAttr::PeName(v) => pe = Some(v.clone()),
+            ServiceAttr::Stats(s) => stats32 = Some(s),
+            ServiceAttr::Stats64(s) => stats64 = Some(s),
+            _ => {}
+        }
+    }
+    let af = af.ok_or_else(|| decode("service without address family"))?;
+    let family = Family::from_af(af).ok_or_else(|| decode(&format!("service with unknown address family {af}")))?;
+    let key = match mark.filter(|m| *m != 0) {
+        Some(mark) => ServiceKey::Fwmark { mark, family },
+        None => {
+            let proto = proto.ok_or_else(|| decode("service without protocol"))?;
+            let protocol = Protocol::from_number(proto)
+                .ok_or_else(|| decode(&format!("service with unknown protocol {proto}")))?;
+            let ip = addr.ok_or_else(|| decode("service without address"))?.to_ip(af).unwrap();
+            ServiceKey::Inet { protocol, addr: SocketAddr::new(ip, port.unwrap_or(0)) }
+        }
+    };
+    let netmask = match (family, netmask) {
+        (Family::Inet, Some(raw)) => Netmask::V4(Ipv4Addr::from(raw.to_ne_bytes())),
+        (Family::Inet6, Some(raw)) => Netmask::V6(raw.min(255) as u8),
+        (f, None) => Netmask::full(f),
+    };
+    let persistence = (flags & svc_flags::PERSISTENT != 0)
+        .then_some(Persistence { timeout, netmask: (!netmask.is_full()).then_some(netmask) });
+    let stats = stats64.or(stats32).map(|s| stats_from(s)).unwrap_or_default();
+    let scheduler = sched.ok_or_else(|| decode("service without scheduler"))?;
+    let scheduler = Scheduler::from_name(&scheduler).unwrap_or(Scheduler::Other(scheduler));
+    Ok(ServiceEntry {
+        service: Service {
+            key,
+            scheduler,
+            sched_flags: SchedFlags(flags & SchedFlags::ALL),
+            persistence,
+            one_packet: flags & svc_flags::ONEPACKET != 0,
+            pe: pe.filter(|p| !p.is_empty()),
+        },
+        stats,
+    })
+}
+
+/// The attributes that identify a destination.
+pub(crate) fn dest_key_attrs(addr: SocketAddr) -> Vec<DestAttr> {
+    vec![
+        DestAttr::Address(InetAddr::from(addr.ip())),
+        DestAttr::Port(addr.port()),
+        DestAttr::AddressFamily(Family::of(addr.ip()).af()),
+    ]
+}
+
+/// Every attribute NEW_DEST / SET_DEST need.
+pub(crate) fn dest_attrs(d: &Destination) -> Vec<DestAttr> {
+    let mut v = dest_key_attrs(d.addr);
+    v.push(DestAttr::FwdMethod(d.forward.method()));
+    v.push(DestAttr::Weight(d.weight));
+    if let Forward::Tunnel(t) = d.forward {
+        let (ty, port, csum) = match t {
+            Tunnel::Ipip => (tun_type::IPIP, 0, TunnelChecksum::NoCsum),
+            Tunnel::Gue { port, checksum } => (tun_type::GUE, port, checksum),
+            Tunnel::Gre { checksum } => (tun_type::GRE, 0, checksum),
+        };
+        v.push(DestAttr::TunType(ty));
+        v.push(DestAttr::TunPort(port));
+        v.push(DestAttr::TunFlags(csum.flags()));
+    }
+    v.push(DestAttr::UpperThreshold(d.upper_threshold));
+    v.push(DestAttr::LowerThreshold(d.lower_threshold));
+    v
+}
+
+/// A destination read from the kernel. `service_family` is used when the
+/// kernel does not say the destination's own family.
+pub(crate) fn dest_from(attrs: &[DestAttr], service_family: Family) -> Result<DestinationEntry> {
+    let (mut addr, mut port, mut af, mut method) = (None, 0u16, None, None);
+    let (mut weight, mut u, mut l, mut active, mut inact, mut persist) = (0u32, 0u32, 0u32, 0u32, 0u32, 0u32);
+    let (mut tty, mut tport, mut tflags) = (0u8, 0u16, 0u16);
+    let (mut stats32, mut stats64) = (None, None);
+    for a in attrs {
+        match a {
+            DestAttr::Address(v) => addr = Some(*v),
+            DestAttr::Port(v) => port = *v,
+            DestAttr::AddressFamily(v) => af = Some(*v).filter(|v| *v != 0),
+            DestAttr::FwdMethod(v) => method = Some(*v),
+            DestAttr::Weight(v) => weight = *v,
+            DestAttr::UpperThreshold(v) => u = *v,
+            DestAttr::LowerThreshold(v) => l = *v,
+            DestAttr::ActiveConns(v) => active = *v,
+            DestAttr::InactiveConns(v) => inact = *v,
+            DestAttr::PersistConns(v) => persist = *v,
+            DestAttr::Stats(s) => stats32 = Some(s),
+            DestAttr::Stats64(s) => stats64 = Some(s),
+            DestAttr::TunType(v) => tty = *v,
+            DestAttr::TunPort(v) => tport = *v,
+            DestAttr::TunFlags(v) => tflags = *v,
+            _ => {}
+        }
+    }
+    let af = af.unwrap_or(service_family.af());
+    let ip: IpAddr = addr
+        .ok_or_else(|| decode("destination without address"))?
+        .to_ip(af)
+        .ok_or_else(|| decode(&format!("destination with unknown address family {af}")))?;
+    let method = method.ok_or_else(|| decode("destination without forwarding method"))?;
+    let forward = match method & fwd::MASK {
+        fwd::MASQ => Forward::Masq,
+        fwd::LOCALNODE => Forward::Local,
+        fwd::DROUTE => Forward::Route,
+        fwd::BYPASS => Forward::Bypass,
+        fwd::TUNNEL => Forward::Tunnel(match tty {
+            tun_type::GUE => Tunnel::Gue { port: tport, checksum: TunnelChecksum::from_flags(tflags) },
+            tun_type::GRE => Tunnel::Gre { checksum: TunnelChecksum::from_flags(tflags) },
+            _ => Tunnel::Ipip,
+        }),
+        other => return Err(decode(&format!("unknown forwarding method {other}"))),
+    };
+    let stats = stats64.or(stats32).map(|s| stats_from(s)).unwrap_or_default();
+    Ok(DestinationEntry {
+        destination: Destination {
+            addr: SocketAddr::new(ip, port),
+            forward,
+            weight,
+            upper_threshold: u,
+            lower_threshold: l,
+        },
+        active_conns: active,
+        inactive_conns: inact,
+        persistent_conns: persist,
+        stats,
+    })
+}
+
+pub(crate) fn daemon_attrs(d: &SyncDaemon) -> Vec<DaemonAttr> {
+    let mut v = vec![
+        DaemonAttr::State(d.state.value()),
+        DaemonAttr::McastIfn(d.interface.clone()),
+        DaemonAttr::SyncId(d.sync_id),
+    ];
+    if let Some(m) = d.max_len {
+        v.push(DaemonAttr::SyncMaxLen(m));
+    }
+    match d.mcast_group {
+        Some(IpAddr::V4(g)) => v.push(DaemonAttr::McastGroup(g)),
+        Some(IpAddr::V6(g)) => v.push(DaemonAttr::McastGroup6(g)),
+        None => {}
+    }
+    if let Some(p) = d.mcast_port {
+        v.push(DaemonAttr::McastPort(p));
+    }
+    if let Some(t) = d.mcast_ttl {
+        v.push(DaemonAttr::McastTtl(t));
+    }
+    v
+}
+
+pub(crate) fn daemon_from(attrs: &[DaemonAttr]) -> Result<SyncDaemon> {
+    let mut d = SyncDaemon::new(SyncState::Master, String::new(), 0);
+    let mut state = None;
+    for a in attrs {
+        match a {
+            DaemonAttr::State(s) => state = Some(*s),
+            DaemonAttr::McastIfn(s) => d.interface = s.clone(),
+            DaemonAttr::SyncId(v) => d.sync_id = *v,
+            DaemonAttr::SyncMaxLen(v) => d.max_len = Some(*v),
+            DaemonAttr::McastGroup(g) => d.mcast_group = Some(IpAddr::V4(*g)),
+            DaemonAttr::McastGroup6(g) => d.mcast_group = Some(IpAddr::V6(*g)),
+            DaemonAttr::McastPort(p) => d.mcast_port = Some(*p),
+            DaemonAttr::McastTtl(t) => d.mcast_ttl = Some(*t),
+            _ => {}
+        }
+    }
+    d.state = match state {
+        Some(s) if s & ipvs_sys::constants::state::BACKUP != 0 => SyncState::Backup,
+        Some(_) => SyncState::Master,
+        None => return Err(decode("sync daemon without state")),
+    };
+    Ok(d)
+}

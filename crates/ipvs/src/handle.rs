@@ -1,0 +1,482 @@
+//! [`Ipvs`]: the handle every operation goes through.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipvs_sys::{IpvsAttr, IpvsCmd, IpvsMessage};
+
+use crate::conn::{self, Conn};
+use crate::convert::*;
+use crate::error::{Error, Result};
+use crate::types::*;
+
+/// How long a request waits for the kernel's next reply by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A handle on the IPVS table of one network namespace.
+///
+/// It owns one netlink socket, reused for every request; the family id is
+/// resolved once at connect. Clones share the socket and may be used from many
+/// tasks at once: replies are matched to requests by sequence number, and
+/// every wait has a deadline ([`Ipvs::with_timeout`]).
+///
+/// ```no_run
+/// # async fn f() -> Result<(), ipvs::Error> {
+/// use ipvs::{Ipvs, Service, ServiceKey, Scheduler, Destination, Forward};
+/// let ipvs = Ipvs::connect().await?;
+/// let key = ServiceKey::tcp("10.19.70.166:15858".parse().unwrap());
+/// ipvs.add_service(&Service::new(key, Scheduler::Rr)).await?;
+/// ipvs.add_destination(&key, &Destination::new("10.18.68.186:15858".parse().unwrap(), Forward::Route)).await?;
+/// for (svc, dests) in ipvs.dump().await? {
+///     println!("{} {} ({} real servers)", svc.service.key, svc.service.scheduler, dests.len());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Ipvs {
+    conn: Arc<Conn>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Ipvs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipvs").field("family_id", &self.conn.family_id()).finish()
+    }
+}
+
+/// A full table: every service with its destinations.
+pub type Table = Vec<(ServiceEntry, Vec<DestinationEntry>)>;
+
+impl Ipvs {
+    /// Connect in the calling thread's network namespace. Must be called from
+    /// within a tokio runtime. If the IPVS family is missing it tries
+    /// `modprobe ip_vs` once; then [`Error::NotAvailable`].
+    pub async fn connect() -> Result<Self> {
+        let sock = conn::open_socket().map_err(|e| Error::Io("opening a netlink socket".into(), e))?;
+        Self::from_socket(sock, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connect inside the network namespace at `path` (`/var/run/netns/NAME`
+    /// or `/proc/PID/ns/net`) without moving any of the caller's threads.
+    pub async fn connect_in_netns(path: impl AsRef<Path>) -> Result<Self> {
+        let sock = conn::open_socket_in(path.as_ref())?;
+        Self::from_socket(sock, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connect inside the named network namespace (`ip netns add NAME`).
+    pub async fn connect_named_netns(name: &str) -> Result<Self> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::invalid(format!("invalid network namespace name {name:?}")));
+        }
+        Self::connect_in_netns(Path::new("/var/run/netns").join(name)).await
+    }
+
+    async fn from_socket(sock: netlink_sys::Socket, timeout: Duration) -> Result<Self> {
+        Ok(Self { conn: Arc::new(Conn::new(sock, timeout).await?), timeout })
+    }
+
+    /// This handle with another deadline: each request waits at most
+    /// `timeout` for each reply of the kernel, then fails with
+    /// [`Error::Timeout`]. Other clones keep theirs.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn msg(cmd: IpvsCmd, attrs: Vec<IpvsAttr>) -> IpvsMessage {
+        IpvsMessage::new(cmd, attrs)
+    }
+
+    async fn do_ack(&self, msg: IpvsMessage, what: String, map: impl Fn(i32) -> Error) -> Result<Vec<IpvsMessage>> {
+        match self.conn.request(&msg, &what, self.timeout).await? {
+            Ok(v) => Ok(v),
+            Err(errno) => Err(map_common(errno).unwrap_or_else(|| map(errno))),
+        }
+    }
+
+    // ---- services ----------------------------------------------------------
+
+    /// Every virtual service with its counters.
+    pub async fn services(&self) -> Result<Vec<ServiceEntry>> {
+        let msgs =
+            match self.conn.dump(&Self::msg(IpvsCmd::GetService, vec![]), "listing services", self.timeout).await? {
+                Ok(v) => v,
+                Err(e) => return Err(map_common(e).unwrap_or(kernel("listing services", e))),
+            };
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            for a in m.attrs {
+                if let IpvsAttr::Service(s) = a {
+                    out.push(service_from(&s)?);
+                }
+            }
+        }
+        // The kernel pages service dumps by hash bucket index: a dump taken
+        // while the table changes may repeat an entry. Never return duplicates.
+        let mut seen = std::collections::HashSet::with_capacity(out.len());
+        out.retain(|s| seen.insert(s.service.key));
+        Ok(out)
+    }
+
+    /// One virtual service. [`Error::NoSuchService`] when it does not exist.
+    pub async fn service(&self, key: &ServiceKey) -> Result<ServiceEntry> {
+        let msg = Self::msg(IpvsCmd::GetService, vec![IpvsAttr::Service(service_key_attrs(key))]);
+        let what = format!("getting service {key}");
+        let msgs = self.do_ack(msg, what, |e| svc_err(key, e)).await?;
+        for m in msgs {
+            for a in m.attrs {
+                if let IpvsAttr::Service(s) = a {
+                    return service_from(&s);
+                }
+            }
+        }
+        Err(Error::NoSuchService(key.to_string()))
+    }
+
+    /// Add a virtual service. [`Error::ServiceExists`] if it exists.
+    pub async fn add_service(&self, s: &Service) -> Result<()> {
+        s.validate()?;
+        let msg = Self::msg(IpvsCmd::NewService, vec![IpvsAttr::Service(service_attrs(s))]);
+        self.do_ack(msg, format!("adding service {}", s.key), |e| svc_err_full(s, e)).await?;
+        Ok(())
+    }
+
+    /// Change a virtual service's scheduler, flags, persistence or engine.
+    pub async fn update_service(&self, s: &Service) -> Result<()> {
+        s.validate()?;
+        let msg = Self::msg(IpvsCmd::SetService, vec![IpvsAttr::Service(service_attrs(s))]);
+        self.do_ack(msg, format!("editing service {}", s.key), |e| svc_err_full(s, e)).await?;
+        Ok(())
+    }
+
+    /// Delete a virtual service and its destinations.
+    pub async fn delete_service(&self, key: &ServiceKey) -> Result<()> {
+        let msg = Self::msg(IpvsCmd::DelService, vec![IpvsAttr::Service(service_key_attrs(key))]);
+        self.do_ack(msg, format!("deleting service {key}"), |e| svc_err(key, e)).await?;
+        Ok(())
+    }
+
+    // ---- destinations ------------------------------------------------------
+
+    /// The destinations of a service. A missing service gives
+    /// [`Error::NoSuchService`] (the kernel itself answers with an empty list).
+    pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
+        let d = self.destinations_raw(key).await?;
+        if d.is_empty() {
+            // Tell "no destinations" from "no service".
+            self.service(key).await?;
+        }
+        Ok(d)
+    }
+
+    async fn destinations_raw(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
+        let msg = Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(key))]);
+        let what = format!("listing real servers of {key}");
+        let msgs = match self.conn.dump(&msg, &what, self.timeout).await? {
+            Ok(v) => v,
+            Err(e) => return Err(map_common(e).unwrap_or_else(|| svc_err(key, e))),
+        };
+        let fam = key.family();
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            for a in m.attrs {
+                if let IpvsAttr::Dest(d) = a {
+                    out.push(dest_from(&d, fam)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Add a destination to a service.
+    pub async fn add_destination(&self, key: &ServiceKey, d: &Destination) -> Result<()> {
+        d.validate(key)?;
+        let msg = dest_msg(IpvsCmd::NewDest, key, dest_attrs(d));
+        self.do_ack(msg, format!("adding real server {} to {key}", d.addr), |e| dest_err(key, d.addr, e)).await?;
+        Ok(())
+    }
+
+    /// Change a destination's forwarding method, weight or thresholds.
+    pub async fn update_destination(&self, key: &ServiceKey, d: &Destination) -> Result<()> {
+        d.validate(key)?;
+        let msg = dest_msg(IpvsCmd::SetDest, key, dest_attrs(d));
+        self.do_ack(msg, format!("editing real server {} of {key}", d.addr), |e| dest_err(key, d.addr, e)).await?;
+        Ok(())
+    }
+
+    /// Delete a destination from a service.
+    pub async fn delete_destination(&self, key: &ServiceKey, addr: SocketAddr) -> Result<()> {
+        let msg = dest_msg(IpvsCmd::DelDest, key, dest_key_attrs(addr));
+        self.do_ack(msg, format!("deleting real server {addr} of {key}"), |e| dest_err(key, addr, e)).await?;
+        Ok(())
+    }
+
+    // ---- whole table -------------------------------------------------------
+
+    /// Every service with its destinations: one service dump, then one
+    /// destination dump per service (the kernel has no "all destinations"
+    /// dump). A service deleted between the two is left out.
+    pub async fn dump(&self) -> Result<Table> {
+        let services = self.services().await?;
+        let mut out = Vec::with_capacity(services.len());
+        for s in services {
+            let d = self.destinations_raw(&s.service.key).await?;
+            out.push((s, d));
+        }
+        Ok(out)
+    }
+
+    /// Zero the counters of every service, or of one.
+    pub async fn zero(&self, key: Option<&ServiceKey>) -> Result<()> {
+        let attrs = key.map(|k| vec![IpvsAttr::Service(service_key_attrs(k))]).unwrap_or_default();
+        let what = key.map_or("zeroing all counters".to_owned(), |k| format!("zeroing {k}"));
+        self.do_ack(Self::msg(IpvsCmd::Zero, attrs), what, |e| match key {
+            Some(k) => svc_err(k, e),
+            None => kernel("zeroing counters", e),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Delete every virtual service in this namespace. Prefer deleting the
+    /// services you own: this removes everyone's.
+    pub async fn flush(&self) -> Result<()> {
+        self.do_ack(Self::msg(IpvsCmd::Flush, vec![]), "flushing".into(), |e| kernel("flushing the table", e)).await?;
+        Ok(())
+    }
+
+    // ---- config, daemons, info --------------------------------------------
+
+    /// The connection timeouts.
+    pub async fn timeouts(&self) -> Result<Timeouts> {
+        let msgs = self
+            .do_ack(Self::msg(IpvsCmd::GetConfig, vec![]), "getting timeouts".into(), |e| kernel("getting timeouts", e))
+            .await?;
+        let mut t = Timeouts::default();
+        for a in msgs.into_iter().flat_map(|m| m.attrs) {
+            match a {
+                IpvsAttr::TimeoutTcp(v) => t.tcp = v,
+                IpvsAttr::TimeoutTcpFin(v) => t.tcp_fin = v,
+                IpvsAttr::TimeoutUdp(v) => t.udp = v,
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+
+    /// Set the connection timeouts; a 0 field leaves that timeout unchanged.
+    pub async fn set_timeouts(&self, t: &Timeouts) -> Result<()> {
+        let attrs = vec![IpvsAttr::TimeoutTcp(t.tcp), IpvsAttr::TimeoutTcpFin(t.tcp_fin), IpvsAttr::TimeoutUdp(t.udp)];
+        self.do_ack(Self::msg(IpvsCmd::SetConfig, attrs), "setting timeouts".into(), |e| kernel("setting timeouts", e))
+            .await?;
+        Ok(())
+    }
+
+    /// The running sync daemons (at most one master and one backup).
+    pub async fn sync_daemons(&self) -> Result<Vec<SyncDaemon>> {
+        let msgs =
+            match self.conn.dump(&Self::msg(IpvsCmd::GetDaemon, vec![]), "listing sync daemons", self.timeout).await? {
+                Ok(v) => v,
+                Err(e) => return Err(map_common(e).unwrap_or(kernel("listing sync daemons", e))),
+            };
+        let mut out = Vec::new();
+        for a in msgs.into_iter().flat_map(|m| m.attrs) {
+            if let IpvsAttr::Daemon(d) = a {
+                out.push(daemon_from(&d)?);
+            }
+        }
+        out.sort_by_key(|d| d.state);
+        Ok(out)
+    }
+
+    /// Start a sync daemon.
+    pub async fn start_sync_daemon(&self, d: &SyncDaemon) -> Result<()> {
+        d.validate()?;
+        let msg = Self::msg(IpvsCmd::NewDaemon, vec![IpvsAttr::Daemon(daemon_attrs(d))]);
+        let state = d.state.name();
+        let ifname = d.interface.clone();
+        self.do_ack(msg, format!("starting {state} sync daemon"), |e| match e {
+            libc::EEXIST => Error::DaemonExists(state.to_owned()),
+            libc::ENODEV => {
+                Error::Kernel { context: format!("starting {state} sync daemon: no such interface {ifname}"), errno: e }
+            }
+            _ => kernel(&format!("starting {state} sync daemon"), e),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Stop the sync daemon of that state.
+    pub async fn stop_sync_daemon(&self, state: SyncState) -> Result<()> {
+        let msg =
+            Self::msg(IpvsCmd::DelDaemon, vec![IpvsAttr::Daemon(vec![ipvs_sys::DaemonAttr::State(state.value())])]);
+        self.do_ack(msg, format!("stopping {} sync daemon", state.name()), |e| match e {
+            libc::ESRCH => Error::NoSuchDaemon(state.name().to_owned()),
+            _ => kernel(&format!("stopping {} sync daemon", state.name()), e),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// IPVS version and connection table size.
+    pub async fn info(&self) -> Result<Info> {
+        let msgs = self
+            .do_ack(Self::msg(IpvsCmd::GetInfo, vec![]), "getting info".into(), |e| kernel("getting info", e))
+            .await?;
+        let (mut version, mut size) = (None, None);
+        for a in msgs.into_iter().flat_map(|m| m.attrs) {
+            match a {
+                IpvsAttr::InfoVersion(v) => version = Some(v),
+                IpvsAttr::InfoConnTabSize(v) => size = Some(v),
+                _ => {}
+            }
+        }
+        let v = version.ok_or_else(|| Error::Decode("info reply without version".into()))?;
+        Ok(Info {
+            version: ((v >> 16) as u8, (v >> 8) as u8, v as u8),
+            conn_table_size: size.ok_or_else(|| Error::Decode("info reply without table size".into()))?,
+        })
+    }
+
+    // ---- bulk --------------------------------------------------------------
+
+    /// Apply many operations in as few system calls as possible (512 requests
+    /// per sendmsg). Every operation is validated first; if one is invalid,
+    /// nothing is sent. The kernel applies them in order and does not roll
+    /// back: the result has one entry per operation, `Ok` or its error.
+    pub async fn apply(&self, ops: &[Op]) -> Result<Vec<Result<()>>> {
+        for op in ops {
+            op.validate()?;
+        }
+        let msgs: Vec<IpvsMessage> = ops.iter().map(Op::message).collect();
+        let res = self.conn.batch(&msgs, "applying changes", self.timeout).await?;
+        Ok(res
+            .into_iter()
+            .zip(ops)
+            .map(|(r, op)| r.map_err(|e| map_common(e).unwrap_or_else(|| op.error(e))))
+            .collect())
+    }
+}
+
+/// One change to the table, for [`Ipvs::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Add a virtual service.
+    AddService(Service),
+    /// Change a virtual service.
+    UpdateService(Service),
+    /// Delete a virtual service.
+    DeleteService(ServiceKey),
+    /// Add a destination.
+    AddDestination(ServiceKey, Destination),
+    /// Change a destination.
+    UpdateDestination(ServiceKey, Destination),
+    /// Delete a destination.
+    DeleteDestination(ServiceKey, SocketAddr),
+}
+
+impl Op {
+    /// Check the operation as the single-request methods do.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Op::AddService(s) | Op::UpdateService(s) => s.validate(),
+            Op::AddDestination(k, d) | Op::UpdateDestination(k, d) => d.validate(k),
+            Op::DeleteService(_) | Op::DeleteDestination(..) => Ok(()),
+        }
+    }
+
+    fn message(&self) -> IpvsMessage {
+        match self {
+            Op::AddService(s) => IpvsMessage::new(IpvsCmd::NewService, vec![IpvsAttr::Service(service_attrs(s))]),
+            Op::UpdateService(s) => IpvsMessage::new(IpvsCmd::SetService, vec![IpvsAttr::Service(service_attrs(s))]),
+            Op::DeleteService(k) => {
+                IpvsMessage::new(IpvsCmd::DelService, vec![IpvsAttr::Service(service_key_attrs(k))])
+            }
+            Op::AddDestination(k, d) => dest_msg(IpvsCmd::NewDest, k, dest_attrs(d)),
+            Op::UpdateDestination(k, d) => dest_msg(IpvsCmd::SetDest, k, dest_attrs(d)),
+            Op::DeleteDestination(k, a) => dest_msg(IpvsCmd::DelDest, k, dest_key_attrs(*a)),
+        }
+    }
+
+    fn error(&self, errno: i32) -> Error {
+        match self {
+            Op::AddService(s) | Op::UpdateService(s) => svc_err_full(s, errno),
+            Op::DeleteService(k) => svc_err(k, errno),
+            Op::AddDestination(k, d) | Op::UpdateDestination(k, d) => dest_err(k, d.addr, errno),
+            Op::DeleteDestination(k, a) => dest_err(k, *a, errno),
+        }
+    }
+}
+
+impl std::fmt::Display for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::AddService(s) => write!(f, "add service {} ({})", s.key, s.scheduler),
+            Op::UpdateService(s) => write!(f, "edit service {} ({})", s.key, s.scheduler),
+            Op::DeleteService(k) => write!(f, "delete service {k}"),
+            Op::AddDestination(k, d) => {
+                write!(f, "add real server {} to {k} ({}, weight {})", d.addr, d.forward.name(), d.weight)
+            }
+            Op::UpdateDestination(k, d) => {
+                write!(f, "edit real server {} of {k} ({}, weight {})", d.addr, d.forward.name(), d.weight)
+            }
+            Op::DeleteDestination(k, a) => write!(f, "delete real server {a} of {k}"),
+        }
+    }
+}
+
+fn dest_msg(cmd: IpvsCmd, key: &ServiceKey, dest: Vec<ipvs_sys::DestAttr>) -> IpvsMessage {
+    IpvsMessage::new(cmd, vec![IpvsAttr::Service(service_key_attrs(key)), IpvsAttr::Dest(dest)])
+}
+
+fn kernel(context: &str, errno: i32) -> Error {
+    Error::Kernel { context: context.to_owned(), errno }
+}
+
+/// Errors that mean the same whatever the request.
+fn map_common(errno: i32) -> Option<Error> {
+    match errno {
+        libc::EPERM | libc::EACCES => Some(Error::PermissionDenied),
+        _ => None,
+    }
+}
+
+fn svc_err(key: &ServiceKey, errno: i32) -> Error {
+    match errno {
+        libc::ESRCH => Error::NoSuchService(key.to_string()),
+        libc::EEXIST => Error::ServiceExists(key.to_string()),
+        _ => kernel(&format!("service {key}"), errno),
+    }
+}
+
+fn svc_err_full(s: &Service, errno: i32) -> Error {
+    match errno {
+        libc::ENOENT => Error::SchedulerNotFound(match &s.pe {
+            Some(pe) => {
+                format!("scheduler {:?} or persistence engine {pe:?} not found in the kernel", s.scheduler.name())
+            }
+            None => format!(
+                "scheduler {:?} not found in the kernel (no module ip_vs_{})",
+                s.scheduler.name(),
+                s.scheduler.name()
+            ),
+        }),
+        libc::EINVAL => {
+            kernel(&format!("service {}: invalid argument (check netmask, scheduler flags, address)", s.key), errno)
+        }
+        _ => svc_err(&s.key, errno),
+    }
+}
+
+fn dest_err(key: &ServiceKey, addr: SocketAddr, errno: i32) -> Error {
+    match errno {
+        libc::ESRCH => Error::NoSuchService(key.to_string()),
+        libc::EEXIST => Error::DestinationExists(format!("{addr} in {key}")),
+        libc::ENOENT => Error::NoSuchDestination(format!("{addr} in {key}")),
+        libc::ERANGE => kernel(&format!("real server {addr} of {key}: weight or threshold out of range"), errno),
+        libc::EINVAL => kernel(&format!("real server {addr} of {key}: invalid (is the address unicast or local, and the forwarding method allowed?)"), errno),
+        _ => kernel(&format!("real server {addr} of {key}"), errno),
+    }
+}

@@ -1,0 +1,851 @@
+//! The typed model: virtual services, destinations, statistics, timeouts,
+//! sync daemons and info.
+//!
+//! Words used throughout: a *virtual service* ([`Service`]) is what clients
+//! connect to, identified by a [`ServiceKey`]; a *destination* ([`Destination`],
+//! the kernel's word for a real server) is where the service forwards, with a
+//! [`Forward`] method (the *forwarding method*); the *scheduler* picks a
+//! destination for each new connection.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+
+#[cfg(feature = "serde")]
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Transport protocol of a virtual service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
+pub enum Protocol {
+    /// TCP (`IPPROTO_TCP`).
+    Tcp,
+    /// UDP (`IPPROTO_UDP`).
+    Udp,
+    /// SCTP (`IPPROTO_SCTP`).
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u16 {
+        match self {
+            Self::Tcp => ipvs_sys::constants::IPPROTO_TCP,
+            Self::Udp => ipvs_sys::constants::IPPROTO_UDP,
+            Self::Sctp => ipvs_sys::constants::IPPROTO_SCTP,
+        }
+    }
+
+    /// The protocol for an IP protocol number, if IPVS supports it.
+    pub fn from_number(n: u16) -> Option<Self> {
+        match n {
+            ipvs_sys::constants::IPPROTO_TCP => Some(Self::Tcp),
+            ipvs_sys::constants::IPPROTO_UDP => Some(Self::Udp),
+            ipvs_sys::constants::IPPROTO_SCTP => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name: `tcp`, `udp`, `sctp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            "sctp" => Ok(Self::Sctp),
+            _ => Err(Error::invalid(format!("unknown protocol {s:?}: expected tcp, udp or sctp"))),
+        }
+    }
+}
+
+/// Address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
+pub enum Family {
+    /// IPv4.
+    Inet,
+    /// IPv6.
+    Inet6,
+}
+
+impl Family {
+    /// `AF_INET` or `AF_INET6`.
+    pub fn af(self) -> u16 {
+        match self {
+            Self::Inet => ipvs_sys::constants::AF_INET,
+            Self::Inet6 => ipvs_sys::constants::AF_INET6,
+        }
+    }
+
+    /// The family for an `AF_*` number.
+    pub fn from_af(af: u16) -> Option<Self> {
+        match af {
+            ipvs_sys::constants::AF_INET => Some(Self::Inet),
+            ipvs_sys::constants::AF_INET6 => Some(Self::Inet6),
+            _ => None,
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Self::Inet,
+            IpAddr::V6(_) => Self::Inet6,
+        }
+    }
+}
+
+/// What identifies a virtual service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase", tag = "type"))]
+pub enum ServiceKey {
+    /// A protocol and a virtual address and port (`ipvsadm -t/-u/--sctp-service`).
+    /// Port 0 means every port (a persistent service is needed for that to be useful).
+    Inet {
+        /// Transport protocol.
+        protocol: Protocol,
+        /// Virtual IP and port.
+        addr: SocketAddr,
+    },
+    /// A firewall mark set by netfilter (`ipvsadm -f`), per address family.
+    Fwmark {
+        /// The mark (non-zero).
+        mark: u32,
+        /// The address family of the traffic.
+        family: Family,
+    },
+}
+
+impl ServiceKey {
+    /// A TCP service.
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self::Inet { protocol: Protocol::Tcp, addr }
+    }
+
+    /// A UDP service.
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self::Inet { protocol: Protocol::Udp, addr }
+    }
+
+    /// An SCTP service.
+    pub fn sctp(addr: SocketAddr) -> Self {
+        Self::Inet { protocol: Protocol::Sctp, addr }
+    }
+
+    /// A firewall-mark service.
+    pub fn fwmark(mark: u32, family: Family) -> Self {
+        Self::Fwmark { mark, family }
+    }
+
+    /// The address family.
+    pub fn family(&self) -> Family {
+        match self {
+            Self::Inet { addr, .. } => Family::of(addr.ip()),
+            Self::Fwmark { family, .. } => *family,
+        }
+    }
+
+    /// Whether this is a firewall-mark service.
+    pub fn is_fwmark(&self) -> bool {
+        matches!(self, Self::Fwmark { .. })
+    }
+
+    /// The sort key ipvsadm lists services by: fwmark, family, protocol, address, port.
+    pub fn sort_key(&self) -> (u32, u16, u16, IpAddr, u16) {
+        match self {
+            Self::Inet { protocol, addr } => (0, Family::of(addr.ip()).af(), protocol.number(), addr.ip(), addr.port()),
+            Self::Fwmark { mark, family } => (*mark, family.af(), 0, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    /// `tcp 10.0.0.1:80`, `udp [2001:db8::1]:53`, `fwmark 1`, `fwmark 1 ipv6`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inet { protocol, addr } => write!(f, "{protocol} {addr}"),
+            Self::Fwmark { mark, family: Family::Inet } => write!(f, "fwmark {mark}"),
+            Self::Fwmark { mark, family: Family::Inet6 } => write!(f, "fwmark {mark} ipv6"),
+        }
+    }
+}
+
+/// A scheduler: how a virtual service picks a destination for a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(into = "String", try_from = "String"))]
+pub enum Scheduler {
+    /// Round robin.
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Least connection.
+    Lc,
+    /// Weighted least connection (ipvsadm's default).
+    #[default]
+    Wlc,
+    /// Locality-based least connection.
+    Lblc,
+    /// Locality-based least connection with replication.
+    Lblcr,
+    /// Destination hashing.
+    Dh,
+    /// Source hashing.
+    Sh,
+    /// Shortest expected delay.
+    Sed,
+    /// Never queue.
+    Nq,
+    /// Weighted failover (3.18+).
+    Fo,
+    /// Weighted overflow (4.3+).
+    Ovf,
+    /// Maglev hashing (4.18+).
+    Mh,
+    /// Weighted random twos choice (5.12+).
+    Twos,
+    /// Any other (out-of-tree) scheduler module `ip_vs_<name>`.
+    Other(String),
+}
+
+impl Scheduler {
+    /// Every mainline scheduler.
+    pub const MAINLINE: [Scheduler; 14] = [
+        Self::Rr,
+        Self::Wrr,
+        Self::Lc,
+        Self::Wlc,
+        Self::Lblc,
+        Self::Lblcr,
+        Self::Dh,
+        Self::Sh,
+        Self::Sed,
+        Self::Nq,
+        Self::Fo,
+        Self::Ovf,
+        Self::Mh,
+        Self::Twos,
+    ];
+
+    /// The kernel's name for it.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Rr => "rr",
+            Self::Wrr => "wrr",
+            Self::Lc => "lc",
+            Self::Wlc => "wlc",
+            Self::Lblc => "lblc",
+            Self::Lblcr => "lblcr",
+            Self::Dh => "dh",
+            Self::Sh => "sh",
+            Self::Sed => "sed",
+            Self::Nq => "nq",
+            Self::Fo => "fo",
+            Self::Ovf => "ovf",
+            Self::Mh => "mh",
+            Self::Twos => "twos",
+            Self::Other(s) => s,
+        }
+    }
+
+    /// The scheduler with this name. Names of unknown schedulers are accepted
+    /// (as [`Scheduler::Other`]) when they could be a kernel module name.
+    pub fn from_name(name: &str) -> Result<Self, Error> {
+        if let Some(s) = Self::MAINLINE.iter().find(|s| s.name() == name) {
+            return Ok(s.clone());
+        }
+        if name.is_empty()
+            || name.len() > ipvs_sys::constants::SCHEDNAME_MAXLEN
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::invalid(format!(
+                "invalid scheduler name {name:?}: expected one of rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh, twos, or a module name of at most 15 characters"
+            )));
+        }
+        Ok(Self::Other(name.to_owned()))
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Self::from_name(s)
+    }
+}
+
+impl From<Scheduler> for String {
+    fn from(s: Scheduler) -> String {
+        s.name().to_owned()
+    }
+}
+
+impl TryFrom<String> for Scheduler {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self, Error> {
+        Self::from_name(&s)
+    }
+}
+
+/// Scheduler flags (`ipvsadm -b`): `flag-1`/`flag-2`/`flag-3`, called
+/// `sh-fallback`/`sh-port` for sh and `mh-fallback`/`mh-port` for mh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct SchedFlags(pub u32);
+
+impl SchedFlags {
+    /// No flag.
+    pub const NONE: SchedFlags = SchedFlags(0);
+    /// `flag-1` (`sh-fallback`, `mh-fallback`).
+    pub const FLAG_1: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED1);
+    /// `flag-2` (`sh-port`, `mh-port`).
+    pub const FLAG_2: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED2);
+    /// `flag-3`.
+    pub const FLAG_3: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED3);
+    /// Every scheduler flag bit.
+    pub const ALL: u32 = ipvs_sys::constants::svc_flags::SCHED1
+        | ipvs_sys::constants::svc_flags::SCHED2
+        | ipvs_sys::constants::svc_flags::SCHED3;
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(self, other: SchedFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether no flag is set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Parse a comma-separated list as `ipvsadm -b` takes it (`sh-port,sh-fallback`, `flag-1`).
+    pub fn parse_list(s: &str) -> Result<Self, Error> {
+        let mut out = 0;
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            out |= match name {
+                "flag-1" | "sh-fallback" | "mh-fallback" => Self::FLAG_1.0,
+                "flag-2" | "sh-port" | "mh-port" => Self::FLAG_2.0,
+                "flag-3" => Self::FLAG_3.0,
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "unknown scheduler flag {name:?}: expected flag-1, flag-2, flag-3, sh-fallback, sh-port, mh-fallback or mh-port"
+                    )))
+                }
+            };
+        }
+        Ok(Self(out))
+    }
+
+    /// The flag names as ipvsadm prints them for `scheduler` (`sh-fallback`, `flag-1`, ...).
+    pub fn names(self, scheduler: &Scheduler) -> Vec<&'static str> {
+        let (f1, f2, f3) = match scheduler {
+            Scheduler::Sh => ("sh-fallback", "sh-port", "flag-3"),
+            Scheduler::Mh => ("mh-fallback", "mh-port", "flag-3"),
+            _ => ("flag-1", "flag-2", "flag-3"),
+        };
+        let mut v = Vec::new();
+        if self.contains(Self::FLAG_1) {
+            v.push(f1);
+        }
+        if self.contains(Self::FLAG_2) {
+            v.push(f2);
+        }
+        if self.contains(Self::FLAG_3) {
+            v.push(f3);
+        }
+        v
+    }
+}
+
+impl std::ops::BitOr for SchedFlags {
+    type Output = SchedFlags;
+    fn bitor(self, rhs: SchedFlags) -> SchedFlags {
+        SchedFlags(self.0 | rhs.0)
+    }
+}
+
+/// Persistence granularity: which client addresses share a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
+pub enum Netmask {
+    /// IPv4 netmask (`-M 255.255.255.0`).
+    V4(Ipv4Addr),
+    /// IPv6 prefix length, 1..=128 (`-M 64`).
+    V6(u8),
+}
+
+impl Netmask {
+    /// The full mask for a family: `255.255.255.255` or `/128` (one client per address).
+    pub fn full(family: Family) -> Self {
+        match family {
+            Family::Inet => Self::V4(Ipv4Addr::BROADCAST),
+            Family::Inet6 => Self::V6(128),
+        }
+    }
+
+    /// Whether this is the full mask of its family.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::V4(m) if *m == Ipv4Addr::BROADCAST) || matches!(self, Self::V6(128))
+    }
+}
+
+impl fmt::Display for Netmask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4(m) => write!(f, "{m}"),
+            Self::V6(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// Persistence (`ipvsadm -p/-M`): a client keeps going to the same destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Persistence {
+    /// Seconds a client's affinity lasts after its last connection (ipvsadm default 300).
+    pub timeout: u32,
+    /// Client address granularity; `None` means the full mask of the service's family.
+    pub netmask: Option<Netmask>,
+}
+
+/// A virtual service's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Service {
+    /// What identifies it.
+    pub key: ServiceKey,
+    /// The scheduler.
+    pub scheduler: Scheduler,
+    /// Scheduler flags.
+    pub sched_flags: SchedFlags,
+    /// Persistence, if any.
+    pub persistence: Option<Persistence>,
+    /// One-packet scheduling (`-o`, for UDP): schedule every datagram.
+    pub one_packet: bool,
+    /// Persistence engine (`--pe sip`).
+    pub pe: Option<String>,
+}
+
+impl Service {
+    /// A service with the given key and scheduler, no flags, no persistence.
+    pub fn new(key: ServiceKey, scheduler: Scheduler) -> Self {
+        Self { key, scheduler, sched_flags: SchedFlags::NONE, persistence: None, one_packet: false, pe: None }
+    }
+
+    /// The netmask that is sent to the kernel.
+    pub fn netmask(&self) -> Netmask {
+        self.persistence.and_then(|p| p.netmask).unwrap_or_else(|| Netmask::full(self.key.family()))
+    }
+
+    /// Check what the kernel would reject or silently mis-handle.
+    pub fn validate(&self) -> Result<(), Error> {
+        let family = self.key.family();
+        if let ServiceKey::Fwmark { mark, .. } = self.key {
+            if mark == 0 {
+                return Err(Error::invalid("firewall mark 0 cannot identify a service: use a non-zero mark"));
+            }
+        }
+        if let ServiceKey::Inet { addr, .. } = self.key {
+            if addr.ip().is_unspecified() {
+                return Err(Error::invalid(format!("virtual address {} is unspecified", addr.ip())));
+            }
+        }
+        match (family, self.netmask()) {
+            (Family::Inet, Netmask::V6(_)) => {
+                return Err(Error::invalid(
+                    "an IPv4 service needs an IPv4 netmask (like 255.255.255.0), not a prefix length",
+                ))
+            }
+            (Family::Inet6, Netmask::V4(_)) => {
+                return Err(Error::invalid("an IPv6 service needs a prefix length 1..128 as netmask"))
+            }
+            (Family::Inet6, Netmask::V6(p)) if !(1..=128).contains(&p) => {
+                return Err(Error::invalid(format!("IPv6 netmask /{p} is out of range 1..128")))
+            }
+            (Family::Inet, Netmask::V4(m)) => {
+                let bits = u32::from(m);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    return Err(Error::invalid(format!("netmask {m} is not a contiguous mask")));
+                }
+            }
+            _ => {}
+        }
+        if let Some(p) = self.persistence {
+            if p.timeout == 0 {
+                return Err(Error::invalid("persistence timeout must be at least 1 second"));
+            }
+        }
+        if self.sched_flags.0 & !SchedFlags::ALL != 0 {
+            return Err(Error::invalid(format!(
+                "scheduler flags {:#x} has bits outside flag-1..flag-3",
+                self.sched_flags.0
+            )));
+        }
+        if let Some(pe) = &self.pe {
+            if pe.is_empty() || pe.len() > ipvs_sys::constants::PENAME_MAXLEN {
+                return Err(Error::invalid(format!("persistence engine name {pe:?} must be 1..15 characters")));
+            }
+        }
+        Scheduler::from_name(self.scheduler.name())?;
+        Ok(())
+    }
+}
+
+/// Checksum option of a GUE or GRE tunnel (`--tun-nocsum/--tun-csum/--tun-remcsum`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
+pub enum TunnelChecksum {
+    /// No checksum (the default).
+    #[default]
+    NoCsum,
+    /// Outer checksum.
+    Csum,
+    /// Remote checksum offload.
+    RemCsum,
+}
+
+impl TunnelChecksum {
+    /// The `TUN_FLAGS` value.
+    pub fn flags(self) -> u16 {
+        use ipvs_sys::constants::tun_flags;
+        match self {
+            Self::NoCsum => tun_flags::NOCSUM,
+            Self::Csum => tun_flags::CSUM,
+            Self::RemCsum => tun_flags::REMCSUM,
+        }
+    }
+
+    /// From a `TUN_FLAGS` value.
+    pub fn from_flags(f: u16) -> Self {
+        use ipvs_sys::constants::tun_flags;
+        if f & tun_flags::REMCSUM != 0 {
+            Self::RemCsum
+        } else if f & tun_flags::CSUM != 0 {
+            Self::Csum
+        } else {
+            Self::NoCsum
+        }
+    }
+}
+
+/// Tunnel encapsulation for [`Forward::Tunnel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase", tag = "type"))]
+pub enum Tunnel {
+    /// IP in IP (the default).
+    #[default]
+    Ipip,
+    /// Generic UDP encapsulation to a UDP port (5.2+).
+    Gue {
+        /// Destination UDP port of the encapsulation (non-zero).
+        port: u16,
+        /// Checksum option.
+        checksum: TunnelChecksum,
+    },
+    /// GRE (5.3+).
+    Gre {
+        /// Checksum option.
+        checksum: TunnelChecksum,
+    },
+}
+
+/// Forwarding method: how packets reach a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
+pub enum Forward {
+    /// Masquerading, NAT (`-m`).
+    Masq,
+    /// Local node (the kernel sets it for local destinations; shown as Local).
+    Local,
+    /// Direct routing, DR (`-g`, ipvsadm's default).
+    #[default]
+    Route,
+    /// Tunnelling (`-i`).
+    Tunnel(Tunnel),
+    /// Cache bypass.
+    Bypass,
+}
+
+impl Forward {
+    /// The `FWD_METHOD` value.
+    pub fn method(&self) -> u32 {
+        use ipvs_sys::constants::fwd;
+        match self {
+            Self::Masq => fwd::MASQ,
+            Self::Local => fwd::LOCALNODE,
+            Self::Route => fwd::DROUTE,
+            Self::Tunnel(_) => fwd::TUNNEL,
+            Self::Bypass => fwd::BYPASS,
+        }
+    }
+
+    /// The name ipvsadm lists it with: `Masq`, `Local`, `Tunnel`, `Route`, `Bypass`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Masq => "Masq",
+            Self::Local => "Local",
+            Self::Route => "Route",
+            Self::Tunnel(_) => "Tunnel",
+            Self::Bypass => "Bypass",
+        }
+    }
+}
+
+/// A destination (real server) of a virtual service: the configuration part.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Destination {
+    /// Real server address and port. Port 0 on a fwmark service means "the
+    /// port the client asked for".
+    pub addr: SocketAddr,
+    /// Forwarding method.
+    pub forward: Forward,
+    /// Weight, 0..=2147483647 (0: no new connections). ipvsadm allows 0..65535.
+    pub weight: u32,
+    /// Upper connection threshold (0: none).
+    pub upper_threshold: u32,
+    /// Lower connection threshold (0: none).
+    pub lower_threshold: u32,
+}
+
+impl Destination {
+    /// A destination with weight 1 and no thresholds.
+    pub fn new(addr: SocketAddr, forward: Forward) -> Self {
+        Self { addr, forward, weight: 1, upper_threshold: 0, lower_threshold: 0 }
+    }
+
+    /// Check what the kernel would reject or silently mis-handle for a
+    /// destination of the service `key`.
+    pub fn validate(&self, key: &ServiceKey) -> Result<(), Error> {
+        if self.weight > i32::MAX as u32 {
+            return Err(Error::invalid(format!("weight {} is out of range 0..2147483647", self.weight)));
+        }
+        if self.upper_threshold != 0 && self.lower_threshold > self.upper_threshold {
+            return Err(Error::invalid(format!(
+                "lower threshold {} is above upper threshold {}",
+                self.lower_threshold, self.upper_threshold
+            )));
+        }
+        if self.addr.ip().is_unspecified() || self.addr.ip().is_multicast() {
+            return Err(Error::invalid(format!("real server address {} is not a unicast address", self.addr.ip())));
+        }
+        let fam = Family::of(self.addr.ip());
+        if fam != key.family() && !matches!(self.forward, Forward::Tunnel(_)) {
+            return Err(Error::invalid(format!(
+                "real server {} is {} but the service {key} is {}: mixed address families need tunnel forwarding",
+                self.addr.ip(),
+                fam_name(fam),
+                fam_name(key.family())
+            )));
+        }
+        if let ServiceKey::Inet { addr, .. } = key {
+            if matches!(self.forward, Forward::Route | Forward::Tunnel(_)) && self.addr.port() != addr.port() {
+                return Err(Error::invalid(format!(
+                    "real server port {} differs from the service port {}: {} forwarding cannot change the port (use NAT, or the service port)",
+                    self.addr.port(),
+                    addr.port(),
+                    if matches!(self.forward, Forward::Route) { "direct routing" } else { "tunnel" }
+                )));
+            }
+        }
+        if let Forward::Tunnel(Tunnel::Gue { port: 0, .. }) = self.forward {
+            return Err(Error::invalid("a GUE tunnel needs a non-zero tunnel port"));
+        }
+        Ok(())
+    }
+}
+
+fn fam_name(f: Family) -> &'static str {
+    match f {
+        Family::Inet => "IPv4",
+        Family::Inet6 => "IPv6",
+    }
+}
+
+/// Traffic counters and rates. Rates are per second, estimated by the kernel
+/// over about 2 s: a read right after traffic may still show 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Stats {
+    /// Connections scheduled.
+    pub conns: u64,
+    /// Incoming packets.
+    pub in_pkts: u64,
+    /// Outgoing packets.
+    pub out_pkts: u64,
+    /// Incoming bytes.
+    pub in_bytes: u64,
+    /// Outgoing bytes.
+    pub out_bytes: u64,
+    /// Connections per second.
+    pub cps: u64,
+    /// Incoming packets per second.
+    pub in_pps: u64,
+    /// Outgoing packets per second.
+    pub out_pps: u64,
+    /// Incoming bytes per second.
+    pub in_bps: u64,
+    /// Outgoing bytes per second.
+    pub out_bps: u64,
+}
+
+/// A virtual service as read from the kernel: configuration and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct ServiceEntry {
+    /// Configuration.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub service: Service,
+    /// Counters and rates.
+    pub stats: Stats,
+}
+
+/// A destination as read from the kernel: configuration, connection counts and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct DestinationEntry {
+    /// Configuration.
+    #[cfg_attr(feature = "serde", serde(flatten))]
+    pub destination: Destination,
+    /// Active connections (established, for TCP).
+    pub active_conns: u32,
+    /// Inactive connections.
+    pub inactive_conns: u32,
+    /// Persistent connection templates.
+    pub persistent_conns: u32,
+    /// Counters and rates.
+    pub stats: Stats,
+}
+
+/// Connection timeouts in seconds (`ipvsadm --set tcp tcpfin udp`). On set, 0
+/// leaves a value unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Timeouts {
+    /// Established TCP connections.
+    pub tcp: u32,
+    /// TCP connections after FIN.
+    pub tcp_fin: u32,
+    /// UDP.
+    pub udp: u32,
+}
+
+/// Role of a connection sync daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
+pub enum SyncState {
+    /// Sends connection state.
+    Master,
+    /// Receives connection state.
+    Backup,
+}
+
+impl SyncState {
+    /// The `IP_VS_STATE_*` value.
+    pub fn value(self) -> u32 {
+        match self {
+            Self::Master => ipvs_sys::constants::state::MASTER,
+            Self::Backup => ipvs_sys::constants::state::BACKUP,
+        }
+    }
+
+    /// `master` or `backup`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Master => "master",
+            Self::Backup => "backup",
+        }
+    }
+}
+
+/// A connection synchronisation daemon (`ipvsadm --start-daemon`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct SyncDaemon {
+    /// Master or backup.
+    pub state: SyncState,
+    /// Multicast interface.
+    pub interface: String,
+    /// Sync id (0..255 is what ipvsadm accepts).
+    pub sync_id: u32,
+    /// Maximum sync message length (`--sync-maxlen`); `None`: the kernel's default.
+    pub max_len: Option<u16>,
+    /// Multicast group (`--mcast-group`); `None`: 224.0.0.81.
+    pub mcast_group: Option<IpAddr>,
+    /// Multicast port (`--mcast-port`); `None`: 8848.
+    pub mcast_port: Option<u16>,
+    /// Multicast TTL, 1..255 (`--mcast-ttl`); `None`: 1.
+    pub mcast_ttl: Option<u8>,
+}
+
+impl SyncDaemon {
+    /// A daemon with the kernel's defaults for everything but state, interface and id.
+    pub fn new(state: SyncState, interface: impl Into<String>, sync_id: u32) -> Self {
+        Self {
+            state,
+            interface: interface.into(),
+            sync_id,
+            max_len: None,
+            mcast_group: None,
+            mcast_port: None,
+            mcast_ttl: None,
+        }
+    }
+
+    /// Check what the kernel would reject.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.interface.is_empty() || self.interface.len() > ipvs_sys::constants::IFNAME_MAXLEN {
+            return Err(Error::invalid(format!("interface name {:?} must be 1..15 characters", self.interface)));
+        }
+        if let Some(g) = self.mcast_group {
+            if !g.is_multicast() {
+                return Err(Error::invalid(format!("sync group {g} is not a multicast address")));
+            }
+        }
+        if self.mcast_ttl == Some(0) {
+            return Err(Error::invalid("multicast TTL must be 1..255"));
+        }
+        if self.mcast_port == Some(0) {
+            return Err(Error::invalid("multicast port must be 1..65535"));
+        }
+        Ok(())
+    }
+}
+
+/// What `GET_INFO` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+pub struct Info {
+    /// IPVS version as (major, minor, patch), e.g. (1, 2, 1).
+    pub version: (u8, u8, u8),
+    /// Size of the connection hash table.
+    pub conn_table_size: u32,
+}
+
+impl Info {
+    /// `1.2.1`.
+    pub fn version_string(&self) -> String {
+        format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)
+    }
+}

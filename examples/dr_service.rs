@@ -1,0 +1,40 @@
+//! Set up an LVS-DR virtual service with two real servers, the seed
+//! deployment's values by default, using the desired-state reconcile: run it
+//! twice and the second run changes nothing.
+//!
+//! ```text
+//! cargo run -p ipvs-examples --example dr_service -- 10.19.70.166:15858 10.18.68.186 10.18.68.187
+//! ```
+
+use ipvs::reconcile::{plan, DesiredService, Scope};
+use ipvs::{Destination, Forward, Scheduler, Service, ServiceKey};
+use std::net::{IpAddr, SocketAddr};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let vip: SocketAddr = args.next().unwrap_or_else(|| "10.19.70.166:15858".into()).parse()?;
+    let mut reals: Vec<IpAddr> = args.map(|a| a.parse()).collect::<Result<_, _>>()?;
+    if reals.is_empty() {
+        reals = vec!["10.18.68.186".parse()?, "10.18.68.187".parse()?];
+    }
+    let key = ServiceKey::tcp(vip);
+    let want = DesiredService {
+        service: Service::new(key, Scheduler::Rr),
+        // DR cannot change the port: the real servers listen on the VIP's port.
+        destinations: reals
+            .iter()
+            .map(|ip| Destination::new(SocketAddr::new(*ip, vip.port()), Forward::Route))
+            .collect(),
+    };
+    let ipvs = ipvs::Ipvs::connect().await?;
+    let ops = plan(&ipvs.dump().await?, &[want], &Scope::Owned(vec![key]));
+    for op in &ops {
+        println!("{op}");
+    }
+    for (op, res) in ops.iter().zip(ipvs.apply(&ops).await?) {
+        res.map_err(|e| format!("{op}: {e}"))?;
+    }
+    println!("{} change(s) applied", ops.len());
+    Ok(())
+}
