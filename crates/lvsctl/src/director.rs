@@ -1,13 +1,756 @@
-//! `lvsctl director start|stop|status` (issue 3).
+//! `lvsctl director start|stop|status` (issue 3): the seed's `lvs-dr` init
+//! script, without its `ipvsadm -C`.
+//!
+//! - `start` puts each VIP as /32 (/128) on its interface and reconciles the
+//!   virtual services it owns with the configuration ([`ipvs::reconcile::plan`]
+//!   with [`Scope::Owned`], applied in bulk with [`ipvs::Ipvs::apply`]); a
+//!   service it did not create is never changed or deleted.
+//! - `stop` deletes exactly the services and addresses start created.
+//! - `status` reads the kernel and compares it with what start configured.
 
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use ipvs::reconcile::{plan, DesiredService, Scope};
+use ipvs::{DestinationEntry, Ipvs, Op, ServiceEntry, ServiceKey, Stats};
+use serde::Serialize;
+
+use crate::config::{self, Config, DirectorConfig, DirectorSpec, IfName, Origin, RealConfig, ServiceConfig};
+use crate::host::addr::{host_prefix, Rtnl};
+use crate::host::require_root;
+use crate::state::{self, AddressRecord, DirectorState, Role};
 use crate::CliError;
 
 /// Arguments of `lvsctl director`.
 #[derive(Debug, clap::Args)]
-pub(crate) struct DirectorArgs {}
+pub(crate) struct DirectorArgs {
+    #[command(subcommand)]
+    cmd: DirectorCmd,
+}
 
-pub(crate) async fn run(_args: DirectorArgs) -> Result<ExitCode, CliError> {
-    Err(CliError::failure("director: not implemented yet"))
+#[derive(Debug, clap::Subcommand)]
+enum DirectorCmd {
+    /// Put the VIPs on their interface and create the virtual services and
+    /// their real servers; run again to reconcile (prints what it changed).
+    Start(StartArgs),
+    /// Remove exactly what start created (its services and VIPs); never flushes.
+    Stop,
+    /// Compare the kernel with what start configured. Exit status: 0 running,
+    /// 1 degraded (prints what is missing), 3 not running, 4 not permitted.
+    Status(StatusArgs),
+    /// Connect to ADDR:PORT COUNT times and print each answer (for scripts/demo).
+    #[command(hide = true)]
+    DemoConnect {
+        /// Where to connect.
+        #[arg(long)]
+        to: SocketAddr,
+        /// How many connections, one after the other.
+        #[arg(long, default_value_t = 6)]
+        count: u32,
+    },
+}
+
+/// `director start` flags (or `--config FILE`).
+#[derive(Debug, Default, clap::Args)]
+pub(crate) struct StartArgs {
+    /// TOML configuration with a [director] section (see README); excludes the other flags.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Virtual IP address (IPv4 or IPv6).
+    #[arg(long, value_name = "ADDR")]
+    vip: Option<String>,
+    /// Port of the virtual service, 1..65535; 0 = every port (needs --persistence).
+    #[arg(long, value_name = "N")]
+    port: Option<String>,
+    /// Interface the VIP goes on (facing clients and real servers).
+    #[arg(long, value_name = "IF")]
+    iface: Option<String>,
+    /// A real server (repeatable); the port defaults to the service's, weight to 1.
+    #[arg(long = "real", value_name = "ADDR[:PORT][,weight=N]")]
+    reals: Vec<String>,
+    /// Scheduler: rr, wrr, lc, wlc, lblc, lblcr, dh, sh, sed, nq, fo, ovf, mh, twos.
+    #[arg(long, value_name = "NAME")]
+    scheduler: Option<String>,
+    /// Protocol of the virtual service.
+    #[arg(long, value_name = "tcp|udp|sctp")]
+    protocol: Option<String>,
+    /// Persistence timeout in seconds.
+    #[arg(long, value_name = "SECS")]
+    persistence: Option<String>,
+    /// Forwarding method to the real servers.
+    #[arg(long, value_name = "dr|tunnel|nat")]
+    forward: Option<String>,
+}
+
+/// `status` flags.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
+    match args.cmd {
+        DirectorCmd::Start(a) => start(a).await,
+        DirectorCmd::Stop => stop().await,
+        DirectorCmd::Status(a) => status(a).await,
+        DirectorCmd::DemoConnect { to, count } => demo_connect(to, count),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Input
+// ---------------------------------------------------------------------------
+
+/// The validated spec from `--config` or the flags. Touches nothing.
+pub(crate) fn start_spec(a: &StartArgs) -> Result<DirectorSpec, CliError> {
+    let usage = |e: config::ConfigError| CliError::usage(e.0);
+    if let Some(path) = &a.config {
+        let extra: Vec<&str> = [
+            ("--vip", a.vip.is_some()),
+            ("--port", a.port.is_some()),
+            ("--iface", a.iface.is_some()),
+            ("--real", !a.reals.is_empty()),
+            ("--scheduler", a.scheduler.is_some()),
+            ("--protocol", a.protocol.is_some()),
+            ("--persistence", a.persistence.is_some()),
+            ("--forward", a.forward.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect();
+        if !extra.is_empty() {
+            return Err(CliError::usage(format!("--config cannot be combined with {}", extra.join(", "))));
+        }
+        return Config::load(path).and_then(|c| c.director()).map_err(usage);
+    }
+    let missing: Vec<&str> = [("--vip", a.vip.is_none()), ("--port", a.port.is_none()), ("--iface", a.iface.is_none())]
+        .into_iter()
+        .filter_map(|(n, m)| m.then_some(n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(CliError::usage(format!("director start needs {} (or --config FILE)", missing.join(", "))));
+    }
+    let vip_s = a.vip.as_deref().unwrap_or_default();
+    let vip: IpAddr = vip_s
+        .parse()
+        .map_err(|_| CliError::usage(format!("malformed VIP {vip_s:?}: expected an IPv4 or IPv6 address")))?;
+    let port_s = a.port.as_deref().unwrap_or_default();
+    let port: u16 = port_s
+        .parse()
+        .map_err(|_| CliError::usage(format!("invalid port {port_s:?}: expected 1..65535 (0 = every port)")))?;
+    let iface: IfName = a.iface.as_deref().unwrap_or_default().parse().map_err(CliError::usage)?;
+    let protocol = match &a.protocol {
+        Some(p) => p.parse().map_err(|e: ipvs::Error| CliError::usage(e.to_string()))?,
+        None => ipvs::Protocol::Tcp,
+    };
+    let scheduler = match &a.scheduler {
+        Some(s) => s.parse().map_err(CliError::usage)?,
+        None => config::SchedulerName::default(),
+    };
+    let persistence = match &a.persistence {
+        Some(p) => Some(p.parse::<u32>().ok().filter(|t| *t > 0).ok_or_else(|| {
+            CliError::usage(format!("invalid persistence {p:?}: expected a number of seconds, at least 1"))
+        })?),
+        None => None,
+    };
+    let forward = match &a.forward {
+        Some(f) => f.parse().map_err(CliError::usage)?,
+        None => config::ForwardMethod::Dr,
+    };
+    let mut reals = Vec::new();
+    for r in &a.reals {
+        reals.push(toml::Spanned::new(0..0, RealConfig::parse(r).map_err(CliError::usage)?));
+    }
+    let svc = ServiceConfig {
+        vip,
+        port,
+        protocol,
+        scheduler,
+        persistence,
+        forward,
+        iface: Some(iface.clone()),
+        reals,
+        check: None,
+    };
+    let d = DirectorConfig { iface: Some(iface), services: vec![toml::Spanned::new(0..0, svc)] };
+    config::validate_director(&d, &Origin::flags(), None).map_err(usage)
+}
+
+fn ipvsadm_key(key: &ServiceKey) -> String {
+    match key {
+        ServiceKey::Inet { protocol, addr } => {
+            let p = match protocol {
+                ipvs::Protocol::Tcp => "-t",
+                ipvs::Protocol::Udp => "-u",
+                ipvs::Protocol::Sctp => "--sctp-service",
+            };
+            format!("{p} {addr}")
+        }
+        ServiceKey::Fwmark { mark, .. } => format!("-f {mark}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// start
+// ---------------------------------------------------------------------------
+
+async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
+    let spec = start_spec(&args)?;
+    require_root("lvsctl director start")?;
+    apply(&spec, &spec.desired_services()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Make the host match `spec` with the virtual services `desired` (normally
+/// `spec.desired_services()`; `director run` passes them adjusted for health):
+/// VIPs on their interfaces, services reconciled within the ones lvsctl owns,
+/// in one [`Ipvs::apply`] batch. Prints every change. Checks everything it
+/// can before the first change; refuses to take over a service it did not
+/// create. Records what it did in the state file, under the lock.
+pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Result<(), CliError> {
+    require_root("lvsctl director")?;
+    let desired = desired.to_vec();
+    let (nsvc, nreal) = (desired.len(), desired.iter().map(|d| d.destinations.len()).sum::<usize>());
+    let dir = state::dir();
+    let _lock = state::lock(&dir)?;
+    let path = state::path(&dir, Role::Director)?;
+    let prev: Option<DirectorState> = state::read(&path)?;
+
+    // Everything that can be checked is checked before the first change.
+    let rtnl = Rtnl::connect()?;
+    let mut index: HashMap<String, u32> = HashMap::new();
+    for (_, iface) in spec.vips() {
+        if !index.contains_key(iface.as_str()) {
+            let i = rtnl
+                .link_index(iface.as_str())
+                .await?
+                .ok_or_else(|| CliError::usage(format!("no such interface {iface}")))?;
+            index.insert(iface.to_string(), i);
+        }
+    }
+    let ipvs = Ipvs::connect().await?;
+    let table = ipvs.dump().await?;
+    let present = |k: &ServiceKey| table.iter().any(|(s, _)| s.service.key == *k);
+    let prev_owned: Vec<ServiceKey> = prev.as_ref().map(|p| p.owned.clone()).unwrap_or_default();
+    for d in &desired {
+        let k = d.service.key;
+        if present(&k) && !prev_owned.contains(&k) {
+            return Err(CliError::usage(format!(
+                "virtual service {k} already exists and lvsctl did not create it: delete it first (ipvsadm -D {}) or leave it out",
+                ipvsadm_key(&k)
+            )));
+        }
+    }
+    let ops = plan(&table, &desired, &Scope::Owned(prev_owned.clone()));
+
+    let prev_addrs: Vec<AddressRecord> = prev.as_ref().map(|p| p.addresses.clone()).unwrap_or_default();
+    let mut records = Vec::new();
+    let mut adds = Vec::new();
+    for (ip, iface) in spec.vips() {
+        let idx = index[iface.as_str()];
+        let ours = prev_addrs.iter().any(|r| r.addr == ip && r.iface == iface.as_str() && r.created);
+        let rec = AddressRecord { addr: ip, prefix_len: host_prefix(ip), iface: iface.to_string(), created: ours };
+        if rtnl.has_address(idx, ip).await? {
+            records.push(rec);
+        } else {
+            adds.push((idx, rec));
+        }
+    }
+    let dels: Vec<AddressRecord> = prev_addrs
+        .iter()
+        .filter(|r| r.created && !spec.vips().iter().any(|(ip, i)| *ip == r.addr && i.as_str() == r.iface))
+        .cloned()
+        .collect();
+
+    // IPVS, in one batch.
+    let mut owned: Vec<ServiceKey> = prev_owned.iter().copied().filter(|k| present(k)).collect();
+    let mut first_err: Option<CliError> = None;
+    let mut changes = 0usize;
+    if !ops.is_empty() {
+        let results = ipvs.apply(&ops).await?;
+        let mut added_now = Vec::new();
+        for (op, r) in ops.iter().zip(results) {
+            match r {
+                Ok(()) => {
+                    println!("director: {op}");
+                    changes += 1;
+                    match op {
+                        Op::AddService(s) => {
+                            owned.push(s.key);
+                            added_now.push(s.key);
+                        }
+                        Op::DeleteService(k) => owned.retain(|x| x != k),
+                        _ => {}
+                    }
+                }
+                Err(e) => {
+                    if first_err.is_none() {
+                        first_err = Some(CliError::from(e));
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            // Undo the services this run added; leave addresses alone.
+            let undo: Vec<Op> = added_now.iter().map(|k| Op::DeleteService(*k)).collect();
+            if let Ok(res) = ipvs.apply(&undo).await {
+                for (op, r) in undo.iter().zip(res) {
+                    if r.is_ok() {
+                        println!("director: undone: {op}");
+                        if let Op::DeleteService(k) = op {
+                            owned.retain(|x| x != k);
+                        }
+                    }
+                }
+            }
+            if let Some(p) = prev {
+                state::write(&path, &DirectorState { owned, ..p })?;
+            } else if !owned.is_empty() {
+                let st = DirectorState { format: state::FORMAT, services: desired, owned, addresses: vec![] };
+                state::write(&path, &st)?;
+            }
+            return Err(e);
+        }
+    }
+
+    // Addresses.
+    let mut result = Ok(());
+    let mut kept_dels = Vec::new();
+    for r in dels {
+        let Some(idx) = rtnl.link_index(&r.iface).await? else { continue };
+        match rtnl.del_address(idx, &r.iface, r.addr, r.prefix_len).await {
+            Ok(()) => {
+                println!("director: removed {}/{} from {}", r.addr, r.prefix_len, r.iface);
+                changes += 1;
+            }
+            Err(e) => {
+                kept_dels.push(r);
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        for (idx, mut r) in adds {
+            match rtnl.add_address(idx, &r.iface, r.addr, r.prefix_len).await {
+                Ok(()) => {
+                    println!("director: added {}/{} to {}", r.addr, r.prefix_len, r.iface);
+                    changes += 1;
+                    r.created = true;
+                    records.push(r);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    records.extend(kept_dels);
+    state::write(&path, &DirectorState { format: state::FORMAT, services: desired, owned, addresses: records })?;
+    result?;
+    if changes == 0 {
+        println!("director: already running as configured; nothing changed");
+    } else {
+        println!("director: running ({nsvc} virtual services, {nreal} real servers)");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// stop
+// ---------------------------------------------------------------------------
+
+async fn stop() -> Result<ExitCode, CliError> {
+    require_root("lvsctl director stop")?;
+    teardown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Undo what [`apply`] did: delete the services lvsctl owns and the VIPs it
+/// added; nothing else. Without a state file there is nothing to undo.
+pub(crate) async fn teardown() -> Result<(), CliError> {
+    require_root("lvsctl director")?;
+    let dir = state::dir();
+    let _lock = state::lock(&dir)?;
+    let path = state::path(&dir, Role::Director)?;
+    let Some(mut st) = state::read::<DirectorState>(&path)? else {
+        println!("director: not running; nothing to stop");
+        return Ok(());
+    };
+    let ipvs = Ipvs::connect().await?;
+    let services = ipvs.services().await?;
+    let ops: Vec<Op> = st
+        .owned
+        .iter()
+        .filter(|k| services.iter().any(|s| s.service.key == **k))
+        .map(|k| Op::DeleteService(*k))
+        .collect();
+    let mut first_err: Option<CliError> = None;
+    let results = if ops.is_empty() { Vec::new() } else { ipvs.apply(&ops).await? };
+    let mut deleted = Vec::new();
+    for (op, r) in ops.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                println!("director: {op}");
+                if let Op::DeleteService(k) = op {
+                    deleted.push(*k);
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(CliError::from(e));
+            }
+        }
+    }
+    // Services that are gone are not ours any more, whoever deleted them.
+    st.owned.retain(|k| services.iter().any(|s| s.service.key == *k) && !deleted.contains(k));
+
+    let rtnl = Rtnl::connect()?;
+    let mut left = Vec::new();
+    for r in std::mem::take(&mut st.addresses) {
+        if !r.created {
+            continue;
+        }
+        let Some(idx) = rtnl.link_index(&r.iface).await? else { continue };
+        match rtnl.del_address(idx, &r.iface, r.addr, r.prefix_len).await {
+            Ok(()) => println!("director: removed {}/{} from {}", r.addr, r.prefix_len, r.iface),
+            Err(e) => {
+                first_err.get_or_insert(e);
+                left.push(r);
+            }
+        }
+    }
+    st.addresses = left;
+    if let Some(e) = first_err {
+        state::write(&path, &st)?;
+        return Err(e);
+    }
+    state::remove(&path)?;
+    println!("director: stopped");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// status
+// ---------------------------------------------------------------------------
+
+/// `director status --json`.
+#[derive(Debug, Serialize)]
+struct DirectorStatus {
+    role: &'static str,
+    /// `running`, `degraded` or `not running`.
+    status: &'static str,
+    /// The exit status (LSB).
+    exit_code: u8,
+    /// What is missing or differs.
+    problems: Vec<String>,
+    addresses: Vec<AddrStatus>,
+    services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct AddrStatus {
+    pub(crate) addr: IpAddr,
+    pub(crate) prefix_len: u8,
+    pub(crate) iface: String,
+    pub(crate) present: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ServiceStatus {
+    protocol: String,
+    address: String,
+    scheduler: String,
+    persistence: Option<u32>,
+    present: bool,
+    stats: Option<Stats>,
+    real_servers: Vec<RealStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct RealStatus {
+    address: SocketAddr,
+    /// As the kernel reports it (`Route`, `Local`, ...), or the configured one when missing.
+    forward: &'static str,
+    weight: u32,
+    /// Configured by start (false: added by someone else).
+    configured: bool,
+    present: bool,
+    active_conns: u32,
+    inactive_conns: u32,
+    stats: Option<Stats>,
+}
+
+fn problem_of(op: &Op) -> String {
+    match op {
+        Op::AddService(s) => format!("virtual service {} is missing", s.key),
+        Op::UpdateService(s) => {
+            format!("virtual service {} differs from the configuration (want scheduler {})", s.key, s.scheduler)
+        }
+        Op::DeleteService(k) => format!("virtual service {k} should not exist"),
+        Op::AddDestination(k, d) => format!("real server {} of {k} is missing", d.addr),
+        Op::UpdateDestination(k, d) => format!(
+            "real server {} of {k} differs from the configuration (want {}, weight {})",
+            d.addr,
+            d.forward.name(),
+            d.weight
+        ),
+        Op::DeleteDestination(k, a) => format!("real server {a} of {k} is not in the configuration"),
+    }
+}
+
+async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
+    let dir = state::dir();
+    let path = state::path(&dir, Role::Director)?;
+    let Some(st) = state::read::<DirectorState>(&path)? else {
+        let s = DirectorStatus {
+            role: "director",
+            status: "not running",
+            exit_code: 3,
+            problems: vec![],
+            addresses: vec![],
+            services: vec![],
+        };
+        print_status(&s, args.json, None);
+        return Ok(ExitCode::from(3));
+    };
+    let ipvs = Ipvs::connect().await?;
+    let table = ipvs.dump().await?;
+    let info = ipvs.info().await.ok();
+    let rtnl = Rtnl::connect()?;
+    let mut problems = Vec::new();
+    let mut addresses = Vec::new();
+    for r in &st.addresses {
+        let present = match rtnl.link_index(&r.iface).await? {
+            Some(idx) => rtnl.has_address(idx, r.addr).await?,
+            None => {
+                problems.push(format!("interface {} is gone", r.iface));
+                false
+            }
+        };
+        if !present {
+            problems.push(format!("VIP {}/{} is not on {}", r.addr, r.prefix_len, r.iface));
+        }
+        addresses.push(AddrStatus { addr: r.addr, prefix_len: r.prefix_len, iface: r.iface.clone(), present });
+    }
+    problems.extend(plan(&table, &st.services, &Scope::Owned(vec![])).iter().map(problem_of));
+    let services = st.services.iter().map(|d| service_status(d, &table)).collect();
+    let (status, code) = if problems.is_empty() { ("running", 0) } else { ("degraded", 1) };
+    let s = DirectorStatus { role: "director", status, exit_code: code, problems, addresses, services };
+    print_status(&s, args.json, info);
+    Ok(ExitCode::from(code))
+}
+
+fn service_status(d: &DesiredService, table: &[(ServiceEntry, Vec<DestinationEntry>)]) -> ServiceStatus {
+    let (protocol, address) = match d.service.key {
+        ServiceKey::Inet { protocol, addr } => (protocol.name().to_uppercase(), addr.to_string()),
+        ServiceKey::Fwmark { mark, .. } => ("FWM".to_owned(), mark.to_string()),
+    };
+    let cur = table.iter().find(|(s, _)| s.service.key == d.service.key);
+    let mut reals: Vec<RealStatus> = Vec::new();
+    let dests: &[DestinationEntry] = cur.map(|(_, v)| v.as_slice()).unwrap_or(&[]);
+    for want in &d.destinations {
+        match dests.iter().find(|x| x.destination.addr == want.addr) {
+            Some(x) => reals.push(real_status(x, true)),
+            None => reals.push(RealStatus {
+                address: want.addr,
+                forward: want.forward.name(),
+                weight: want.weight,
+                configured: true,
+                present: false,
+                active_conns: 0,
+                inactive_conns: 0,
+                stats: None,
+            }),
+        }
+    }
+    for x in dests {
+        if !d.destinations.iter().any(|w| w.addr == x.destination.addr) {
+            reals.push(real_status(x, false));
+        }
+    }
+    reals.sort_by_key(|r| (r.address.ip(), r.address.port()));
+    ServiceStatus {
+        protocol,
+        address,
+        scheduler: cur.map_or_else(|| d.service.scheduler.to_string(), |(s, _)| s.service.scheduler.to_string()),
+        persistence: cur.map_or(d.service.persistence, |(s, _)| s.service.persistence).map(|p| p.timeout),
+        present: cur.is_some(),
+        stats: cur.map(|(s, _)| s.stats),
+        real_servers: reals,
+    }
+}
+
+fn real_status(x: &DestinationEntry, configured: bool) -> RealStatus {
+    RealStatus {
+        address: x.destination.addr,
+        forward: x.destination.forward.name(),
+        weight: x.destination.weight,
+        configured,
+        present: true,
+        active_conns: x.active_conns,
+        inactive_conns: x.inactive_conns,
+        stats: Some(x.stats),
+    }
+}
+
+/// Width of the left part of the table lines (ipvsadm's `-Ln` columns).
+const LEFT: usize = 70;
+
+fn stats_cols(s: Option<&Stats>) -> String {
+    match s {
+        Some(s) => format!(" {:>8} {:>8} {:>8} {:>8} {:>8}", s.conns, s.in_pkts, s.out_pkts, s.in_bytes, s.out_bytes),
+        None => String::new(),
+    }
+}
+
+fn print_status(s: &DirectorStatus, json: bool, info: Option<ipvs::Info>) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
+        return;
+    }
+    let mut out = String::new();
+    match s.problems.len() {
+        0 => out.push_str(&format!("director: {}\n", s.status)),
+        n => {
+            out.push_str(&format!("director: {} ({n} problem{})\n", s.status, if n == 1 { "" } else { "s" }));
+            for p in &s.problems {
+                out.push_str(&format!("  - {p}\n"));
+            }
+        }
+    }
+    if s.exit_code == 3 {
+        print!("{out}");
+        return;
+    }
+    for a in &s.addresses {
+        let what = if a.present { "present" } else { "MISSING" };
+        out.push_str(&format!("VIP {}/{} on {}: {what}\n", a.addr, a.prefix_len, a.iface));
+    }
+    if let Some(i) = info {
+        out.push_str(&format!("IP Virtual Server version {} (size={})\n", i.version_string(), i.conn_table_size));
+    }
+    out.push_str(&format!(
+        "{:<LEFT$} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+        "Prot LocalAddress:Port Scheduler Flags", "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
+    ));
+    out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+    for svc in &s.services {
+        let mut left = format!("{:<4} {} {}", svc.protocol, svc.address, svc.scheduler);
+        if let Some(p) = svc.persistence {
+            left.push_str(&format!(" persistent {p}"));
+        }
+        if !svc.present {
+            left.push_str(" (MISSING)");
+        }
+        out.push_str(&format!("{left:<LEFT$}{}\n", stats_cols(svc.stats.as_ref())));
+        for r in &svc.real_servers {
+            let mut left = format!(
+                "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
+                r.address.to_string(),
+                r.forward,
+                r.weight,
+                r.active_conns,
+                r.inactive_conns
+            );
+            if !r.present {
+                left = format!("  -> {:<28} (MISSING)", r.address.to_string());
+            } else if !r.configured {
+                left.push_str(" (not configured)");
+            }
+            out.push_str(&format!("{left:<LEFT$}{}\n", stats_cols(r.stats.as_ref())));
+        }
+    }
+    print!("{out}");
+}
+
+// ---------------------------------------------------------------------------
+// demo client
+// ---------------------------------------------------------------------------
+
+fn demo_connect(to: SocketAddr, count: u32) -> Result<ExitCode, CliError> {
+    for i in 1..=count {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .map_err(|e| CliError::failure(format!("connection {i} to {to}: {e}")))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let _ = s.write_all(b"hello\n");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).map_err(|e| CliError::failure(format!("connection {i} to {to}: {e}")))?;
+        println!("connection {i} to {to}: answered by {}", answer.trim());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(f: impl FnOnce(&mut StartArgs)) -> StartArgs {
+        let mut a = StartArgs {
+            vip: Some("10.19.70.166".into()),
+            port: Some("15858".into()),
+            iface: Some("enp1s0".into()),
+            reals: vec!["10.18.68.186".into(), "10.18.68.187".into()],
+            ..Default::default()
+        };
+        f(&mut a);
+        a
+    }
+
+    fn err(a: StartArgs) -> CliError {
+        start_spec(&a).unwrap_err()
+    }
+
+    #[test]
+    fn seed_flags() {
+        let s = start_spec(&args(|_| {})).unwrap();
+        assert_eq!(s.services.len(), 1);
+        let d = &s.services[0].desired;
+        assert_eq!(d.service.key, ServiceKey::tcp("10.19.70.166:15858".parse().unwrap()));
+        assert_eq!(d.service.scheduler, ipvs::Scheduler::Rr);
+        assert_eq!(d.destinations.len(), 2);
+        assert!(d.destinations.iter().all(|x| x.weight == 1 && x.forward == ipvs::Forward::Route));
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors_of_one_line() {
+        for (a, want) in [
+            (args(|a| a.vip = Some("10.19.70.1666".into())), "malformed VIP"),
+            (args(|a| a.reals.push("10.18.68".into())), "malformed real server address"),
+            (args(|a| a.scheduler = Some("fastest".into())), "unknown scheduler \"fastest\""),
+            (args(|a| a.reals.push("10.18.68.188,weight=65536".into())), "weight 65536 is out of range"),
+            (args(|a| a.reals.push("2001:db8::1".into())), "address families must match"),
+            (args(|a| a.port = Some("65536".into())), "invalid port"),
+            (args(|a| a.port = Some("0".into())), "needs persistence"),
+            (args(|a| a.protocol = Some("icmp".into())), "unknown protocol"),
+            (args(|a| a.forward = Some("magic".into())), "unknown forwarding method"),
+            (args(|a| a.iface = Some("a/b".into())), "invalid interface name"),
+            (args(|a| a.vip = None), "needs --vip"),
+            (args(|a| a.config = Some("/x.toml".into())), "--config cannot be combined"),
+            (args(|a| a.reals.push("10.18.68.186".into())), "listed twice"),
+        ] {
+            let e = err(a);
+            assert_eq!(e.code, 2, "{}", e.msg);
+            assert!(e.msg.contains(want), "{:?} does not contain {want:?}", e.msg);
+            assert!(!e.msg.contains('\n'));
+        }
+        let e = err(StartArgs { config: Some("/nonexistent/lvsctl.toml".into()), ..Default::default() });
+        assert!(e.msg.starts_with("cannot read config file /nonexistent/lvsctl.toml"), "{}", e.msg);
+    }
+
+    #[test]
+    fn port_zero_with_persistence_is_fine() {
+        let s = start_spec(&args(|a| {
+            a.port = Some("0".into());
+            a.persistence = Some("300".into());
+        }))
+        .unwrap();
+        assert_eq!(s.services[0].desired.destinations[0].addr.port(), 0);
+    }
 }

@@ -2,9 +2,12 @@
 //! ipvsadm's level, on the `ipvs` library.
 
 mod admin;
+mod config;
 mod director;
 mod error;
+mod host;
 mod realserver;
+mod state;
 
 use std::process::ExitCode;
 

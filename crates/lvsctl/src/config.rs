@@ -1,0 +1,767 @@
+//! The director / real-server configuration: the TOML file of
+//! `--config FILE`, the same thing built from command-line flags, its
+//! validation, and the conversion into what the `ipvs` library reconciles
+//! ([`DesiredService`]).
+//!
+//! Shared by `director start`, `realserver start` and (later) the
+//! health-checking `director run`: parse with [`Config::load`] or
+//! [`Config::parse`], then [`Config::director`] / [`Config::realserver`] give
+//! validated specs, and [`DirectorSpec::desired_services`] the library's view.
+//!
+//! Schema (documented with an example in README, "Director and real server"):
+//!
+//! ```toml
+//! [director]
+//! iface = "enp1s0"                 # default interface for the VIPs
+//! [[director.service]]
+//! vip = "10.19.70.166"
+//! port = 15858                     # 0 = every port (needs persistence)
+//! protocol = "tcp"                 # tcp | udp | sctp
+//! scheduler = "rr"
+//! forward = "dr"                   # dr | tunnel | nat, for every real server
+//! # persistence = 300
+//! # iface = "enp1s0"               # this service's VIP on another interface
+//! real = ["10.18.68.186", "10.18.68.187:15858,weight=1"]
+//! # or, one table per real server:
+//! # [[director.service.real]]
+//! # addr = "10.18.68.186"
+//! # port = 15858
+//! # weight = 1
+//! # forward = "dr"
+//!
+//! [realserver]
+//! iface = "enp1s0"
+//! vips = ["10.19.70.166"]          # default: every director.service vip
+//! ```
+//!
+//! Every table rejects unknown keys, so a misspelt key is an error with its
+//! line and column. The key `check` of a real server (and of a service, as a
+//! default for its real servers) is reserved for health-check settings
+//! (`director run`).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::Path;
+
+use ipvs::reconcile::DesiredService;
+use ipvs::{Destination, Forward, Persistence, Protocol, Scheduler, Service, ServiceKey, Tunnel};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// A configuration error: one line, with the file, line and column when it
+/// comes from a file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ConfigError(pub(crate) String);
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origin {
+    /// The file name and its text (for line and column); `None` for flags.
+    file: Option<(String, String)>,
+}
+
+impl Origin {
+    /// Values given as command-line flags.
+    pub(crate) fn flags() -> Self {
+        Self { file: None }
+    }
+
+    fn error(&self, span: Option<Range<usize>>, msg: impl fmt::Display) -> ConfigError {
+        let msg = one_line(&msg.to_string());
+        match (&self.file, span) {
+            (Some((name, text)), Some(span)) => {
+                let (line, col) = line_col(text, span.start);
+                ConfigError(format!("{name}:{line}:{col}: {msg}"))
+            }
+            (Some((name, _)), None) => ConfigError(format!("{name}: {msg}")),
+            (None, _) => ConfigError(msg),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.trim().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// 1-based line and column (in characters) of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+// ---------------------------------------------------------------------------
+// The file's types
+// ---------------------------------------------------------------------------
+
+/// The whole file: either role, or both.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    /// `[director]`.
+    pub(crate) director: Option<Spanned<DirectorConfig>>,
+    /// `[realserver]`.
+    pub(crate) realserver: Option<Spanned<RealserverConfig>>,
+    #[serde(skip)]
+    origin: Origin,
+}
+
+/// `[director]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DirectorConfig {
+    /// Default interface the VIPs go on.
+    pub(crate) iface: Option<IfName>,
+    /// `[[director.service]]`: the virtual services.
+    #[serde(default, rename = "service")]
+    pub(crate) services: Vec<Spanned<ServiceConfig>>,
+}
+
+/// `[[director.service]]`: one virtual service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceConfig {
+    /// Virtual IP address (v4 or v6).
+    pub(crate) vip: IpAddr,
+    /// Port; 0 means every port (needs `persistence`).
+    pub(crate) port: u16,
+    /// Transport protocol (default tcp).
+    #[serde(default = "default_protocol")]
+    pub(crate) protocol: Protocol,
+    /// Scheduler (default rr).
+    #[serde(default)]
+    pub(crate) scheduler: SchedulerName,
+    /// Persistence timeout in seconds.
+    pub(crate) persistence: Option<u32>,
+    /// Forwarding method of the real servers (default dr).
+    #[serde(default)]
+    pub(crate) forward: ForwardMethod,
+    /// Interface for this service's VIP (default: `director.iface`).
+    pub(crate) iface: Option<IfName>,
+    /// The real servers.
+    #[serde(default, rename = "real")]
+    pub(crate) reals: Vec<Spanned<RealConfig>>,
+    /// Reserved: default health check of the real servers (`director run`).
+    #[serde(default)]
+    pub(crate) check: Option<toml::Table>,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+/// One real server: `"ADDR[:PORT][,weight=N][,forward=dr|tunnel|nat]"` or a table.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RealConfig {
+    /// Address.
+    pub(crate) addr: IpAddr,
+    /// Port; default the service's.
+    pub(crate) port: Option<u16>,
+    /// Weight 0..65535 (default 1).
+    pub(crate) weight: u32,
+    /// Forwarding method; default the service's.
+    pub(crate) forward: Option<ForwardMethod>,
+    /// Reserved: health-check settings (`director run`). Accepted and kept,
+    /// not acted on by `director start`.
+    pub(crate) check: Option<toml::Table>,
+}
+
+/// The table form of [`RealConfig`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RealTable {
+    addr: IpAddr,
+    port: Option<u16>,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    forward: Option<ForwardMethod>,
+    check: Option<toml::Table>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for RealConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RealConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a real server: \"ADDR[:PORT][,weight=N]\" or a table with addr, port, weight, forward")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RealConfig, E> {
+                RealConfig::parse(s).map_err(E::custom)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RealConfig, A::Error> {
+                let t = RealTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RealConfig { addr: t.addr, port: t.port, weight: t.weight, forward: t.forward, check: t.check })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl RealConfig {
+    /// Parse `ADDR[:PORT][,weight=N][,forward=METHOD]` (`[V6]:PORT` for an
+    /// IPv6 address with a port), as `--real` takes it.
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let addr_part = parts.next().unwrap_or("").trim();
+        let (addr, port) = parse_addr_port(addr_part)?;
+        let mut r = RealConfig { addr, port, weight: 1, forward: None, check: None };
+        for opt in parts {
+            let opt = opt.trim();
+            let (k, v) = opt
+                .split_once('=')
+                .ok_or_else(|| format!("real server {s:?}: option {opt:?} is not KEY=VALUE (weight=N, forward=dr)"))?;
+            match k.trim() {
+                "weight" | "w" => {
+                    r.weight = v
+                        .trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("real server {s:?}: weight {v:?} is not a number in 0..{MAX_WEIGHT}"))?;
+                }
+                "forward" => r.forward = Some(v.trim().parse()?),
+                other => {
+                    return Err(format!("real server {s:?}: unknown option {other:?} (expected weight or forward)"))
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    let bad = || format!("malformed real server address {s:?}: expected ADDR, ADDR:PORT or [IPV6]:PORT");
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Some(inner) = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+        return inner.parse::<IpAddr>().map(|ip| (ip, None)).map_err(|_| bad());
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    // Tell a bad port from a bad address.
+    if let Some((a, p)) = s.rsplit_once(':') {
+        let a = a.trim_start_matches('[').trim_end_matches(']');
+        if a.parse::<IpAddr>().is_ok() {
+            return Err(format!("real server {s:?}: port {p:?} is not a number in 1..65535"));
+        }
+    }
+    Err(bad())
+}
+
+/// `[realserver]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RealserverConfig {
+    /// The interface facing the clients and the director (its ARP sysctls are set).
+    pub(crate) iface: Option<IfName>,
+    /// The VIPs to put on `lo`; default: every `director.service` VIP of the file.
+    pub(crate) vips: Option<Vec<IpAddr>>,
+}
+
+/// Forwarding method as written in the config and on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ForwardMethod {
+    /// Direct routing (`ipvsadm -g`).
+    #[default]
+    Dr,
+    /// IP-in-IP tunnelling (`ipvsadm -i`).
+    Tunnel,
+    /// Masquerading (`ipvsadm -m`).
+    Nat,
+}
+
+impl ForwardMethod {
+    /// The library's forwarding method.
+    pub(crate) fn forward(self) -> Forward {
+        match self {
+            Self::Dr => Forward::Route,
+            Self::Tunnel => Forward::Tunnel(Tunnel::Ipip),
+            Self::Nat => Forward::Masq,
+        }
+    }
+}
+
+impl std::str::FromStr for ForwardMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "dr" | "route" | "direct" | "g" => Ok(Self::Dr),
+            "tunnel" | "tun" | "ipip" | "i" => Ok(Self::Tunnel),
+            "nat" | "masq" | "m" => Ok(Self::Nat),
+            _ => Err(format!("unknown forwarding method {s:?}: expected dr, tunnel or nat")),
+        }
+    }
+}
+
+/// Most ipvsadm accepts (`-w 0..65535`).
+pub(crate) const MAX_WEIGHT: u32 = 65535;
+
+/// A scheduler name from the mainline kernel's list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub(crate) struct SchedulerName(pub(crate) Scheduler);
+
+impl Default for SchedulerName {
+    fn default() -> Self {
+        Self(Scheduler::Rr)
+    }
+}
+
+impl TryFrom<String> for SchedulerName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for SchedulerName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scheduler::MAINLINE.iter().find(|x| x.name() == s).map(|x| Self(x.clone())).ok_or_else(|| {
+            let names: Vec<&str> = Scheduler::MAINLINE.iter().map(|x| x.name()).collect();
+            format!("unknown scheduler {s:?}: expected one of {}", names.join(", "))
+        })
+    }
+}
+
+/// An interface name the kernel could have (1..15 bytes, no `/`, `:` or
+/// whitespace, not `.` or `..`). It may contain dots (`eth0.100`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub(crate) struct IfName(String);
+
+impl IfName {
+    /// The name.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<IfName> for String {
+    fn from(n: IfName) -> String {
+        n.0
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 15 {
+            return Err(format!("invalid interface name {s:?}: must be 1..15 characters"));
+        }
+        if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+            return Err(format!("invalid interface name {s:?}: no '/', ':' or spaces, not '.' or '..'"));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl std::str::FromStr for IfName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validated specs
+// ---------------------------------------------------------------------------
+
+/// A validated virtual service of the director.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct VirtualService {
+    /// The service and its real servers, as the library takes them.
+    pub(crate) desired: DesiredService,
+    /// The interface its VIP goes on.
+    pub(crate) iface: IfName,
+    /// Reserved health-check settings per real server (same order as
+    /// `desired.destinations`), for `director run`.
+    pub(crate) checks: Vec<Option<toml::Table>>,
+}
+
+/// What `director start` configures: validated, ready to reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DirectorSpec {
+    /// The virtual services.
+    pub(crate) services: Vec<VirtualService>,
+}
+
+impl DirectorSpec {
+    /// The services in the form [`ipvs::reconcile::plan`] takes.
+    pub(crate) fn desired_services(&self) -> Vec<DesiredService> {
+        self.services.iter().map(|s| s.desired.clone()).collect()
+    }
+
+    /// Each VIP with its interface, once, in order of first appearance.
+    pub(crate) fn vips(&self) -> Vec<(IpAddr, IfName)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in &self.services {
+            if let ServiceKey::Inet { addr, .. } = s.desired.service.key {
+                if seen.insert(addr.ip()) {
+                    out.push((addr.ip(), s.iface.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What `realserver start` configures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RealserverSpec {
+    /// The VIPs to put on `lo`, without duplicates.
+    pub(crate) vips: Vec<IpAddr>,
+    /// The interface facing clients and director, if given.
+    pub(crate) iface: Option<IfName>,
+}
+
+impl Config {
+    /// Read and parse a config file. Errors name the file (and line and
+    /// column for parse errors).
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse the TOML `text` of the file `name`.
+    pub(crate) fn parse(text: &str, name: &str) -> Result<Self, ConfigError> {
+        let origin = Origin { file: Some((name.to_owned(), text.to_owned())) };
+        let mut c: Config = toml::from_str(text).map_err(|e| origin.error(e.span(), e.message()))?;
+        c.origin = origin;
+        Ok(c)
+    }
+
+    /// The validated `[director]` section.
+    pub(crate) fn director(&self) -> Result<DirectorSpec, ConfigError> {
+        let d = self.director.as_ref().ok_or_else(|| self.origin.error(None, "no [director] section"))?;
+        validate_director(d.get_ref(), &self.origin, Some(d.span()))
+    }
+
+    /// The validated `[realserver]` section. Without `vips`, the VIPs of the
+    /// `[director]` services.
+    pub(crate) fn realserver(&self) -> Result<RealserverSpec, ConfigError> {
+        let r = self.realserver.as_ref().ok_or_else(|| self.origin.error(None, "no [realserver] section"))?;
+        let vips = match &r.get_ref().vips {
+            Some(v) => v.clone(),
+            None => match &self.director {
+                Some(d) => d.get_ref().services.iter().map(|s| s.get_ref().vip).collect(),
+                None => Vec::new(),
+            },
+        };
+        validate_realserver(vips, r.get_ref().iface.clone(), &self.origin, Some(r.span()))
+    }
+}
+
+/// The services in the form the library reconciles: the function `director
+/// start` and `director run` share.
+#[allow(dead_code)] // the entry point for `director run` (issue 6)
+pub(crate) fn desired_services(config: &Config) -> Result<Vec<DesiredService>, ConfigError> {
+    Ok(config.director()?.desired_services())
+}
+
+/// Validate a `[director]` section (from a file or built from flags).
+pub(crate) fn validate_director(
+    d: &DirectorConfig,
+    origin: &Origin,
+    span: Option<Range<usize>>,
+) -> Result<DirectorSpec, ConfigError> {
+    if d.services.is_empty() {
+        return Err(origin.error(span, "the director has no virtual service ([[director.service]])"));
+    }
+    let mut out = Vec::new();
+    let mut keys = HashSet::new();
+    let mut vip_iface: HashMap<IpAddr, IfName> = HashMap::new();
+    for s in &d.services {
+        let sp = Some(s.span());
+        let s = s.get_ref();
+        let iface =
+            s.iface.clone().or_else(|| d.iface.clone()).ok_or_else(|| {
+                origin.error(sp.clone(), format!("no interface for VIP {}: set iface (--iface)", s.vip))
+            })?;
+        if s.vip.is_unspecified() || s.vip.is_multicast() || is_broadcast(s.vip) {
+            return Err(origin.error(sp, format!("VIP {} is not a unicast address", s.vip)));
+        }
+        if s.port == 0 && s.persistence.is_none() {
+            return Err(origin.error(sp, "port 0 (every port) needs persistence (--persistence SECS), as in ipvsadm"));
+        }
+        let addr = SocketAddr::new(s.vip, s.port);
+        let key = ServiceKey::Inet { protocol: s.protocol, addr };
+        if !keys.insert(key) {
+            return Err(origin.error(sp, format!("virtual service {key} is listed twice")));
+        }
+        if let Some(prev) = vip_iface.insert(s.vip, iface.clone()) {
+            if prev != iface {
+                return Err(
+                    origin.error(sp, format!("VIP {} is on {prev} for one service and {iface} for another", s.vip))
+                );
+            }
+        }
+        let mut service = Service::new(key, s.scheduler.0.clone());
+        if let Some(t) = s.persistence {
+            service.persistence = Some(Persistence { timeout: t, netmask: None });
+        }
+        service.validate().map_err(|e| origin.error(sp.clone(), e))?;
+        let mut dests: Vec<Destination> = Vec::new();
+        let mut checks = Vec::new();
+        for r in &s.reals {
+            let rsp = Some(r.span());
+            let r = r.get_ref();
+            if r.weight > MAX_WEIGHT {
+                return Err(origin.error(rsp, format!("weight {} is out of range 0..{MAX_WEIGHT}", r.weight)));
+            }
+            let port = r.port.unwrap_or(s.port);
+            let forward = r.forward.unwrap_or(s.forward);
+            if Family::of(r.addr) != Family::of(s.vip) && forward != ForwardMethod::Tunnel {
+                return Err(origin.error(
+                    rsp,
+                    format!(
+                        "real server {} is {} but VIP {} is {}: the address families must match",
+                        r.addr,
+                        Family::of(r.addr),
+                        s.vip,
+                        Family::of(s.vip)
+                    ),
+                ));
+            }
+            let mut dest = Destination::new(SocketAddr::new(r.addr, port), forward.forward());
+            dest.weight = r.weight;
+            dest.validate(&key).map_err(|e| origin.error(rsp.clone(), e))?;
+            if dests.iter().any(|x| x.addr == dest.addr) {
+                return Err(origin.error(rsp, format!("real server {} is listed twice in {key}", dest.addr)));
+            }
+            dests.push(dest);
+            checks.push(r.check.clone().or_else(|| s.check.clone()));
+        }
+        out.push(VirtualService { desired: DesiredService { service, destinations: dests }, iface, checks });
+    }
+    Ok(DirectorSpec { services: out })
+}
+
+/// Validate a real server's VIPs and interface.
+pub(crate) fn validate_realserver(
+    vips: Vec<IpAddr>,
+    iface: Option<IfName>,
+    origin: &Origin,
+    span: Option<Range<usize>>,
+) -> Result<RealserverSpec, ConfigError> {
+    if vips.is_empty() {
+        return Err(origin.error(span, "no VIP given (--vip ADDR, or vips in [realserver])"));
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for v in vips {
+        if v.is_unspecified() || v.is_multicast() || v.is_loopback() || is_broadcast(v) {
+            return Err(origin.error(span, format!("VIP {v} is not a unicast, non-loopback address")));
+        }
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    Ok(RealserverSpec { vips: out, iface })
+}
+
+fn is_broadcast(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// IPv4 / IPv6, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Self::V4
+        } else {
+            Self::V6
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if *self == Self::V4 { "IPv4" } else { "IPv6" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = r#"
+[director]
+iface = "enp1s0"
+
+[[director.service]]
+vip = "10.19.70.166"
+port = 15858
+scheduler = "rr"
+real = ["10.18.68.186", "10.18.68.187"]
+
+[realserver]
+iface = "enp1s0"
+"#;
+
+    fn err(text: &str) -> String {
+        match Config::parse(text, "t.toml").and_then(|c| c.director()) {
+            Ok(s) => panic!("expected an error, got {s:?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn seed_config_gives_the_seed_services() {
+        let c = Config::parse(SEED, "seed.toml").unwrap();
+        let d = c.director().unwrap();
+        let want = DesiredService {
+            service: Service::new(ServiceKey::tcp("10.19.70.166:15858".parse().unwrap()), Scheduler::Rr),
+            destinations: vec![
+                Destination::new("10.18.68.186:15858".parse().unwrap(), Forward::Route),
+                Destination::new("10.18.68.187:15858".parse().unwrap(), Forward::Route),
+            ],
+        };
+        assert_eq!(d.desired_services(), vec![want]);
+        assert_eq!(desired_services(&c).unwrap().len(), 1);
+        assert_eq!(d.vips(), vec![("10.19.70.166".parse().unwrap(), IfName("enp1s0".into()))]);
+        let r = c.realserver().unwrap();
+        assert_eq!(r.vips, vec!["10.19.70.166".parse::<IpAddr>().unwrap()]);
+        assert_eq!(r.iface, Some(IfName("enp1s0".into())));
+    }
+
+    #[test]
+    fn readme_example_parses_and_mirrors_the_seed() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n# lvsctl.toml").expect("README has the commented config example");
+        let body = &readme[start + "```toml\n".len()..];
+        let body = &body[..body.find("```").unwrap()];
+        let c = Config::parse(body, "README.md").unwrap();
+        let d = c.director().unwrap();
+        let seed = d
+            .services
+            .iter()
+            .find(|s| s.desired.service.key == ServiceKey::tcp("10.19.70.166:15858".parse().unwrap()))
+            .expect("the seed's service");
+        assert_eq!(seed.desired.service.scheduler, Scheduler::Rr);
+        let addrs: Vec<String> = seed.desired.destinations.iter().map(|d| d.addr.to_string()).collect();
+        assert_eq!(addrs, ["10.18.68.186:15858", "10.18.68.187:15858"]);
+        assert!(seed.desired.destinations.iter().all(|d| d.forward == Forward::Route && d.weight == 1));
+        assert_eq!(seed.iface.as_str(), "enp1s0");
+        assert!(c.realserver().unwrap().vips.contains(&"10.19.70.166".parse().unwrap()));
+    }
+
+    #[test]
+    fn real_server_forms() {
+        assert_eq!(
+            RealConfig::parse("10.0.0.1").unwrap(),
+            RealConfig { addr: "10.0.0.1".parse().unwrap(), port: None, weight: 1, forward: None, check: None }
+        );
+        let r = RealConfig::parse("10.0.0.1:8080,weight=3,forward=nat").unwrap();
+        assert_eq!((r.port, r.weight, r.forward), (Some(8080), 3, Some(ForwardMethod::Nat)));
+        let r = RealConfig::parse("[2001:db8::1]:80").unwrap();
+        assert_eq!((r.addr, r.port), ("2001:db8::1".parse().unwrap(), Some(80)));
+        assert_eq!(RealConfig::parse("2001:db8::1").unwrap().port, None);
+        assert!(RealConfig::parse("10.0.0.300").unwrap_err().contains("malformed real server address"));
+        assert!(RealConfig::parse("10.0.0.1:99999").unwrap_err().contains("port"));
+        assert!(RealConfig::parse("10.0.0.1,weight=x").unwrap_err().contains("weight"));
+        assert!(RealConfig::parse("10.0.0.1,colour=red").unwrap_err().contains("unknown option"));
+    }
+
+    #[test]
+    fn table_real_servers_and_reserved_check() {
+        let text = r#"
+[director]
+iface = "eth0.100"
+[[director.service]]
+vip = "10.0.0.1"
+port = 80
+forward = "nat"
+[[director.service.real]]
+addr = "10.0.1.1"
+port = 8080
+weight = 5
+check = { type = "tcp", interval = 2 }
+"#;
+        let d = Config::parse(text, "t").unwrap().director().unwrap();
+        let s = &d.services[0];
+        assert_eq!(s.iface.as_str(), "eth0.100");
+        assert_eq!(s.desired.destinations[0].addr, "10.0.1.1:8080".parse().unwrap());
+        assert_eq!(s.desired.destinations[0].forward, Forward::Masq);
+        assert_eq!(s.desired.destinations[0].weight, 5);
+        assert!(s.checks[0].is_some());
+    }
+
+    #[test]
+    fn errors_are_one_line_with_line_and_column() {
+        let e = err("[director]\niface = \"enp1s0\"\n[[director.service]]\nvip = \"10.19.70.300\"\nport = 80\n");
+        assert!(e.starts_with("t.toml:4:7: "), "{e}");
+        assert!(!e.contains('\n'));
+        let e = err(
+            "[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\nscheduler = \"fast\"\n",
+        );
+        assert!(e.starts_with("t.toml:6:13: unknown scheduler \"fast\""), "{e}");
+        let e = err("[director]\nifcae = \"e\"\n");
+        assert!(e.starts_with("t.toml:2:1: unknown field `ifcae`"), "{e}");
+        let e = err("[director\n");
+        assert!(e.starts_with("t.toml:1:"), "{e}");
+        let e = err("[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\nreal = [\"10.0.0.2,weight=70000\"]\n");
+        assert!(e.starts_with("t.toml:6:") && e.contains("weight 70000 is out of range"), "{e}");
+        let e = err("[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\nreal = [\"2001:db8::2\"]\n");
+        assert!(e.contains("address families must match"), "{e}");
+        let e = err("[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 0\n");
+        assert!(e.contains("needs persistence"), "{e}");
+        let e = err("[director]\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 1\n");
+        assert!(e.starts_with("t.toml:2:1: no interface"), "{e}");
+        let e = err("[director]\niface = \"a/b\"\n");
+        assert!(e.starts_with("t.toml:2:9: invalid interface name"), "{e}");
+        let e = err(
+            "[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 1\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 1\n",
+        );
+        assert!(e.starts_with("t.toml:6:1: virtual service tcp 10.0.0.1:1 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn realserver_defaults_to_director_vips() {
+        let c = Config::parse(
+            "[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 1\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 2\n[realserver]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.realserver().unwrap().vips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        let e = Config::parse("[realserver]\n", "t").unwrap().realserver().unwrap_err();
+        assert!(e.0.contains("no VIP"), "{e}");
+        let e = Config::parse("[realserver]\nvips = [\"127.0.0.1\"]\n", "t").unwrap().realserver().unwrap_err();
+        assert!(e.0.contains("non-loopback"), "{e}");
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("é\nx", 3), (2, 1));
+    }
+}

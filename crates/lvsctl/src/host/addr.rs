@@ -1,0 +1,127 @@
+//! Interface addresses over rtnetlink (`ip addr` without the `ip` binary).
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::LinkAttribute;
+
+use crate::CliError;
+
+/// A route-netlink connection in the calling thread's network namespace.
+pub(crate) struct Rtnl {
+    handle: rtnetlink::Handle,
+}
+
+fn rt_err(what: &str, e: rtnetlink::Error) -> CliError {
+    if let rtnetlink::Error::NetlinkError(m) = &e {
+        let errno = -m.raw_code();
+        let io = std::io::Error::from_raw_os_error(errno);
+        if errno == libc::EPERM || errno == libc::EACCES {
+            return CliError::not_permitted(format!("{what}: {io}"));
+        }
+        return CliError::failure(format!("{what}: {io}"));
+    }
+    CliError::failure(format!("{what}: {e}"))
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// The full prefix of a single address: /32 or /128.
+pub(crate) fn host_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn message_addr(m: &AddressMessage) -> Option<IpAddr> {
+    // IFA_LOCAL is the interface's own address on point-to-point links; else IFA_ADDRESS.
+    let local = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or_else(|| {
+        m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })
+}
+
+impl Rtnl {
+    /// Open the connection (must be called inside a tokio runtime).
+    pub(crate) fn connect() -> Result<Self, CliError> {
+        let (conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| CliError::failure(format!("cannot open a route netlink socket: {e}")))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The index of interface `name`; `None` when there is no such interface.
+    pub(crate) async fn link_index(&self, name: &str) -> Result<Option<u32>, CliError> {
+        let mut s = self.handle.link().get().match_name(name.to_owned()).execute();
+        match s.try_next().await {
+            Ok(Some(link)) => {
+                // The kernel answers for the name asked; check anyway.
+                let same = link.attributes.iter().any(|a| matches!(a, LinkAttribute::IfName(n) if n == name));
+                Ok(same.then_some(link.header.index))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(rt_err(&format!("cannot look up interface {name}"), e)),
+        }
+    }
+
+    /// Every address of interface `index`, with its prefix length.
+    pub(crate) async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, CliError> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(|e| rt_err("cannot list addresses", e))? {
+            if m.header.index != index {
+                continue;
+            }
+            if let Some(ip) = message_addr(&m) {
+                out.push((ip, m.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `ip` is on interface `index` (with any prefix length).
+    pub(crate) async fn has_address(&self, index: u32, ip: IpAddr) -> Result<bool, CliError> {
+        Ok(self.addresses(index).await?.iter().any(|(a, _)| *a == ip))
+    }
+
+    /// `ip addr add IP/PREFIX dev IF` (IPv6 without duplicate address detection).
+    pub(crate) async fn add_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), CliError> {
+        let mut req = self.handle.address().add(index, ip, prefix);
+        if ip.is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(|e| rt_err(&format!("cannot add {ip}/{prefix} to {iface}"), e))
+    }
+
+    /// `ip addr del IP/PREFIX dev IF`. Missing already: Ok.
+    pub(crate) async fn del_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), CliError> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).set_address_filter(ip).execute();
+        let mut found = None;
+        while let Some(m) = s.try_next().await.map_err(|e| rt_err("cannot list addresses", e))? {
+            if m.header.index == index && m.header.prefix_len == prefix && message_addr(&m) == Some(ip) {
+                found = Some(m);
+            }
+        }
+        let Some(m) = found else { return Ok(()) };
+        match self.handle.address().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
+            Err(e) => Err(rt_err(&format!("cannot remove {ip}/{prefix} from {iface}"), e)),
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! What `start` recorded, so that `stop` can undo exactly that and `status`
+//! knows what to compare the kernel with; and the lock that serialises
+//! lvsctl runs.
+//!
+//! Files live in `/run/lvsctl/` (or `$LVSCTL_STATE_DIR`):
+//! - `lock`: held with `flock(LOCK_EX)` by every `start` and `stop`;
+//! - `director-netns<ID>.json`, `realserver-netns<ID>.json`: one per role and
+//!   network namespace. `<ID>` is the namespace's cookie (`SO_NETNS_COOKIE`,
+//!   unique per boot; its inode number on kernels without cookies), so hosts
+//!   emulated by namespaces on one machine keep separate records.
+//!
+//! Writes are atomic: a temporary file in the same folder, fsync, rename.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ipvs::reconcile::DesiredService;
+use ipvs::ServiceKey;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::CliError;
+
+/// Version of the state file format.
+pub(crate) const FORMAT: u32 = 1;
+
+/// The state folder: `$LVSCTL_STATE_DIR` or `/run/lvsctl`.
+pub(crate) fn dir() -> PathBuf {
+    std::env::var_os("LVSCTL_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/lvsctl"))
+}
+
+/// The role a state file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// `lvsctl director`.
+    Director,
+    /// `lvsctl realserver`.
+    Realserver,
+}
+
+/// Path of the state file of `role` in this network namespace.
+pub(crate) fn path(dir: &Path, role: Role) -> Result<PathBuf, CliError> {
+    let ns = netns_id()?;
+    let r = match role {
+        Role::Director => "director",
+        Role::Realserver => "realserver",
+    };
+    Ok(dir.join(format!("{r}-netns{ns}.json")))
+}
+
+/// An id of the calling thread's network namespace: its cookie, or its inode.
+pub(crate) fn netns_id() -> Result<String, CliError> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("[::1]:0"));
+    if let Ok(sock) = sock {
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt on a valid socket with a buffer of `len` bytes.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            libc::getsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 && len as usize == std::mem::size_of::<u64>() {
+            return Ok(cookie.to_string());
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/thread-self/ns/net")
+        .map_err(|e| CliError::failure(format!("cannot tell this network namespace: {e}")))?;
+    Ok(format!("i{}", m.ino()))
+}
+
+/// The exclusive lock; released when dropped.
+#[derive(Debug)]
+pub(crate) struct Lock {
+    _file: File,
+}
+
+/// Take the lock in `dir`, waiting up to a minute for another run to finish.
+pub(crate) fn lock(dir: &Path) -> Result<Lock, CliError> {
+    ensure_dir(dir)?;
+    let p = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .map_err(|e| io_err(&format!("cannot open the lock file {}", p.display()), e))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut said = false;
+    loop {
+        // SAFETY: flock on a valid fd.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Lock { _file: file });
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err(&format!("cannot lock {}", p.display()), e));
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::failure(format!(
+                "another lvsctl run holds {} for over a minute; try again later",
+                p.display()
+            )));
+        }
+        if !said {
+            eprintln!("lvsctl: waiting for another lvsctl run to finish ({})", p.display());
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), CliError> {
+    std::fs::create_dir_all(dir).map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))
+}
+
+fn io_err(what: &str, e: std::io::Error) -> CliError {
+    if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)) {
+        CliError::not_permitted(format!("{what}: {e}"))
+    } else {
+        CliError::failure(format!("{what}: {e}"))
+    }
+}
+
+/// Read a state file; `None` when there is none.
+pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, CliError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&format!("cannot read the state file {}", path.display()), e)),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        CliError::failure(format!(
+            "the state file {} is damaged ({e}); remove it only after checking the host by hand",
+            path.display()
+        ))
+    })
+}
+
+/// Write a state file atomically: temporary file, fsync, rename, fsync folder.
+pub(crate) fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    ensure_dir(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| CliError::failure(format!("cannot encode the state: {e}")))?;
+    let res = (|| {
+        let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    res.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io_err(&format!("cannot write the state file {}", path.display()), e)
+    })
+}
+
+/// Remove a state file (no error if it is gone).
+pub(crate) fn remove(path: &Path) -> Result<(), CliError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(&format!("cannot remove the state file {}", path.display()), e)),
+    }
+}
+
+/// An address start put on (or found on) an interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AddressRecord {
+    /// The address.
+    pub(crate) addr: IpAddr,
+    /// Its prefix length (32 or 128).
+    pub(crate) prefix_len: u8,
+    /// The interface.
+    pub(crate) iface: String,
+    /// Whether start added it (then stop removes it); false when it was there before.
+    pub(crate) created: bool,
+}
+
+/// A sysctl start set, with the value it had before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SysctlRecord {
+    /// The interface part of `net/ipv4/conf/<iface>/<name>` (`all`, `lo`, ...).
+    pub(crate) iface: String,
+    /// `arp_ignore` or `arp_announce`.
+    pub(crate) name: String,
+    /// The value before the first start (what stop writes back).
+    pub(crate) previous: String,
+    /// The value start set.
+    pub(crate) value: String,
+}
+
+/// What `director start` recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DirectorState {
+    /// [`FORMAT`].
+    pub(crate) format: u32,
+    /// The services as configured (what status compares the kernel with).
+    pub(crate) services: Vec<DesiredService>,
+    /// The services lvsctl created: the only ones it ever deletes.
+    pub(crate) owned: Vec<ServiceKey>,
+    /// The VIPs on their interfaces.
+    pub(crate) addresses: Vec<AddressRecord>,
+}
+
+/// What `realserver start` recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RealserverState {
+    /// [`FORMAT`].
+    pub(crate) format: u32,
+    /// The interface given, if any.
+    pub(crate) iface: Option<String>,
+    /// The VIPs on `lo`.
+    pub(crate) addresses: Vec<AddressRecord>,
+    /// The ARP sysctls, with their previous values.
+    pub(crate) sysctls: Vec<SysctlRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lvsctl-state-test-{}-{:?}", std::process::id(), Instant::now()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn write_is_atomic_and_round_trips() {
+        let d = tmpdir();
+        let p = d.join("realserver-netns1.json");
+        assert_eq!(read::<RealserverState>(&p).unwrap(), None);
+        let s = RealserverState {
+            format: FORMAT,
+            iface: Some("eth0.100".into()),
+            addresses: vec![AddressRecord {
+                addr: "10.19.70.166".parse().unwrap(),
+                prefix_len: 32,
+                iface: "lo".into(),
+                created: true,
+            }],
+            sysctls: vec![SysctlRecord {
+                iface: "eth0.100".into(),
+                name: "arp_ignore".into(),
+                previous: "2".into(),
+                value: "1".into(),
+            }],
+        };
+        write(&p, &s).unwrap();
+        assert_eq!(read::<RealserverState>(&p).unwrap(), Some(s));
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("realserver-netns1.json")]);
+        remove(&p).unwrap();
+        remove(&p).unwrap();
+        assert_eq!(read::<RealserverState>(&p).unwrap(), None);
+        std::fs::write(&p, "{not json").unwrap();
+        assert!(read::<RealserverState>(&p).unwrap_err().msg.contains("damaged"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let d = tmpdir();
+        let l = lock(&d).unwrap();
+        let f = File::open(d.join("lock")).unwrap();
+        // SAFETY: flock on a valid fd.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, -1, "a second lock must not be granted while the first is held");
+        drop(l);
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn netns_id_is_stable() {
+        assert_eq!(netns_id().unwrap(), netns_id().unwrap());
+    }
+}
