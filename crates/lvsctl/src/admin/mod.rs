@@ -1,24 +1,629 @@
-//! ipvsadm-level commands (issue 4): services, real servers, list, save,
-//! restore, clear, zero, timeouts, sync daemons, info.
+//! ipvsadm-level commands (issue 4): virtual services, real servers, list,
+//! save, restore, clear, zero, timeouts, sync daemons, info, shell
+//! completions and the man page.
+//!
+//! The option letters are ipvsadm's (`lvsctl service add -t 10.0.0.1:80 -s
+//! rr`, `lvsctl real add -t 10.0.0.1:80 -r 10.0.0.2 -m -w 2`); the formats of
+//! `list` and `save` are ipvsadm 1.31's, byte for byte. Pieces:
+//! [`spec`] (options and their meaning), [`rules`] (the `-R`/`-S` line
+//! format), [`save`] and [`list`] (the text formats), [`sort`] (ipvsadm's order).
 
+mod list;
+mod rules;
+mod save;
+mod sort;
+mod spec;
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use ipvs::reconcile::{plan, Scope};
+use ipvs::{Ipvs, SyncDaemon, SyncState, Timeouts};
+
 use crate::CliError;
+use spec::{DestOpts, ServiceKeyArgs, ServiceOpts};
 
 /// ipvsadm-level subcommands, flattened into the top level.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum AdminCmd {
-    /// Show IPVS version and connection table size.
-    Info,
+    /// Add, edit or delete virtual services (ipvsadm -A, -E, -D).
+    #[command(subcommand, visible_alias = "svc")]
+    Service(ServiceCmd),
+    /// Add, edit or delete real servers of a virtual service (ipvsadm -a, -e, -d).
+    #[command(subcommand, visible_alias = "dest")]
+    Real(RealCmd),
+    /// List the table, or one virtual service, like ipvsadm -Ln (numeric, sorted as ipvsadm sorts).
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Print the table in ipvsadm -Sn format (the input of restore).
+    Save(SaveArgs),
+    /// Apply rules in ipvsadm -R format from a file or stdin; nothing is applied if a line is bad.
+    Restore(RestoreArgs),
+    /// Delete every virtual service (ipvsadm -C).
+    Clear,
+    /// Zero the counters of every virtual service, or of one (ipvsadm -Z).
+    Zero(ZeroArgs),
+    /// Show the connection timeouts, or set them (ipvsadm --set TCP TCPFIN UDP; 0 keeps a value).
+    Timeout(TimeoutArgs),
+    /// Start, stop or show connection sync daemons (ipvsadm --start-daemon, --stop-daemon, -L --daemon).
+    #[command(subcommand)]
+    Sync(SyncCmd),
+    /// Show the IPVS version and connection table size.
+    Info(JsonArg),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of lvsctl.
+    Man,
+}
+
+/// `service add|edit|del`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ServiceCmd {
+    /// Add a virtual service (ipvsadm -A).
+    Add(ServiceArgs),
+    /// Replace a virtual service's options; options not given take their defaults, as with ipvsadm -E.
+    Edit(ServiceArgs),
+    /// Delete a virtual service and its real servers (ipvsadm -D).
+    #[command(visible_alias = "delete")]
+    Del(KeyArgs),
+}
+
+/// A virtual service and its options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServiceArgs {
+    #[command(flatten)]
+    key: ServiceKeyArgs,
+    #[command(flatten)]
+    opts: ServiceOpts,
+}
+
+/// Just a virtual service.
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeyArgs {
+    #[command(flatten)]
+    key: ServiceKeyArgs,
+}
+
+/// `real add|edit|del`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum RealCmd {
+    /// Add a real server to a virtual service (ipvsadm -a).
+    Add(RealArgs),
+    /// Replace a real server's options; options not given take their defaults, as with ipvsadm -e.
+    Edit(RealArgs),
+    /// Delete a real server (ipvsadm -d).
+    #[command(visible_alias = "delete")]
+    Del(RealDelArgs),
+}
+
+/// A real server of a virtual service, and its options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RealArgs {
+    #[command(flatten)]
+    key: ServiceKeyArgs,
+    /// Real server ADDR[:PORT] (IPv6 as [ADDR]:PORT); no port: the service's.
+    #[arg(short = 'r', long = "real-server", value_name = "ADDR[:PORT]")]
+    real: String,
+    #[command(flatten)]
+    opts: DestOpts,
+}
+
+/// A real server of a virtual service.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RealDelArgs {
+    #[command(flatten)]
+    key: ServiceKeyArgs,
+    /// Real server ADDR[:PORT].
+    #[arg(short = 'r', long = "real-server", value_name = "ADDR[:PORT]")]
+    real: String,
+}
+
+/// `list`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    key: ServiceKeyArgs,
+    /// Counters: connections, packets and bytes in and out.
+    #[arg(long)]
+    stats: bool,
+    /// Rates: connections, packets and bytes per second.
+    #[arg(long)]
+    rate: bool,
+    /// Exact numbers (no K, M, G, T).
+    #[arg(short = 'X', long)]
+    exact: bool,
+    /// Upper and lower thresholds of the real servers.
+    #[arg(long)]
+    thresholds: bool,
+    /// Persistent connections of the real servers.
+    #[arg(long = "persistent-conn")]
+    persistent_conn: bool,
+    /// Tunnel type, port and checksum of the real servers.
+    #[arg(long = "tun-info")]
+    tun_info: bool,
+    /// The connection timeouts instead of the table.
+    #[arg(long, conflicts_with = "daemon")]
+    timeout: bool,
+    /// The sync daemons instead of the table.
+    #[arg(long)]
+    daemon: bool,
+    /// Numeric output: always the case; accepted for ipvsadm habits.
+    #[arg(short = 'n', long)]
+    numeric: bool,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `save`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SaveArgs {
+    /// Extension: also save real-server thresholds (-x, -y), which ipvsadm does not save.
+    #[arg(long)]
+    thresholds: bool,
+    /// Numeric output: always the case; accepted for ipvsadm habits.
+    #[arg(short = 'n', long)]
+    numeric: bool,
+}
+
+/// `restore`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// File to read; stdin when absent or "-".
+    file: Option<PathBuf>,
+    /// Make the table equal to the input, changing only what differs: services
+    /// not in the input are deleted, services in both are edited in place (never
+    /// deleted and re-created), real servers likewise. The input must be a table
+    /// (-A and -a lines).
+    #[arg(long)]
+    replace: bool,
+    /// Print the changes instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// `zero`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ZeroArgs {
+    #[command(flatten)]
+    key: ServiceKeyArgs,
+}
+
+/// `timeout`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TimeoutArgs {
+    /// New timeouts in seconds: TCP TCPFIN UDP (0 leaves one unchanged). None: show them.
+    #[arg(value_name = "SECONDS", num_args = 3)]
+    set: Vec<u32>,
+    /// JSON instead of text (when showing).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `sync start|stop|show`.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum SyncCmd {
+    /// Start a sync daemon (ipvsadm --start-daemon).
+    Start(SyncStartArgs),
+    /// Stop a sync daemon (ipvsadm --stop-daemon).
+    Stop {
+        /// master or backup.
+        state: StateArg,
+    },
+    /// Show the running sync daemons (ipvsadm -L --daemon).
+    Show(JsonArg),
+}
+
+/// Sync daemon role.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum StateArg {
+    /// Sends connection state.
+    Master,
+    /// Receives connection state.
+    Backup,
+}
+
+impl From<StateArg> for SyncState {
+    fn from(s: StateArg) -> SyncState {
+        match s {
+            StateArg::Master => SyncState::Master,
+            StateArg::Backup => SyncState::Backup,
+        }
+    }
+}
+
+/// `sync start`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SyncStartArgs {
+    /// master or backup.
+    state: StateArg,
+    /// Multicast interface (ipvsadm's default eth0).
+    #[arg(long = "mcast-interface", value_name = "IFNAME", default_value = "eth0")]
+    mcast_interface: String,
+    /// Sync id, 0..255.
+    #[arg(long, value_name = "ID", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=255))]
+    syncid: u32,
+    /// Maximum sync message length.
+    #[arg(long = "sync-maxlen", value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1..))]
+    sync_maxlen: Option<u16>,
+    /// Multicast group, IPv4 or IPv6 (default 224.0.0.81).
+    #[arg(long = "mcast-group", value_name = "ADDR")]
+    mcast_group: Option<IpAddr>,
+    /// Multicast UDP port (default 8848).
+    #[arg(long = "mcast-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    mcast_port: Option<u16>,
+    /// Multicast TTL, 1..255 (default 1).
+    #[arg(long = "mcast-ttl", value_name = "TTL", value_parser = clap::value_parser!(u8).range(1..))]
+    mcast_ttl: Option<u8>,
+}
+
+/// `--json`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JsonArg {
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the failed request was about, for ipvsadm's wording of `ESRCH`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    Service,
+    RealServer,
+}
+
+/// A library error in ipvsadm's words (exit 2 for refused input, 4 not
+/// permitted, 1 for anything else).
+fn ipvsadm_error(e: ipvs::Error, ctx: Ctx) -> CliError {
+    use ipvs::Error as E;
+    let msg = match &e {
+        E::ServiceExists(k) => format!("Service already exists: {k}"),
+        E::NoSuchService(k) if ctx == Ctx::RealServer => format!("Service not defined: {k}"),
+        E::NoSuchService(k) => format!("No such service: {k}"),
+        E::DestinationExists(d) => format!("Destination already exists: {d}"),
+        E::NoSuchDestination(d) => format!("No such destination: {d}"),
+        E::SchedulerNotFound(d) => format!("Scheduler or persistence engine not found: {d}"),
+        E::DaemonExists(s) => format!("Daemon has already run: {s} sync daemon"),
+        E::NoSuchDaemon(s) => format!("No daemon is running: no {s} sync daemon"),
+        E::PermissionDenied => "Permission denied (you must be root)".into(),
+        E::NotAvailable(m) => format!(
+            "Can't initialize ipvs: {m}\nAre you sure that IP Virtual Server is built in the kernel or as module?"
+        ),
+        E::Kernel { context, errno } if *errno == libc::EINVAL => {
+            format!("Invalid operation.  Possibly wrong module version, address not unicast, ...: {context}")
+        }
+        E::Kernel { context, errno } if *errno == libc::ENODEV => format!("No such device: {context}"),
+        other => other.to_string(),
+    };
+    match e {
+        E::PermissionDenied => CliError::not_permitted(msg),
+        E::Invalid(_) => CliError::usage(msg),
+        _ => CliError::failure(msg),
+    }
+}
+
+async fn connect() -> Result<Ipvs, CliError> {
+    Ipvs::connect().await.map_err(|e| ipvsadm_error(e, Ctx::Service))
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::usage(msg)
+}
+
+fn out(s: &str) -> Result<ExitCode, CliError> {
+    let mut o = std::io::stdout().lock();
+    match o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A closed pipe (lvsctl list | head) is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(CliError::failure(format!("writing to stdout: {e}"))),
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<ExitCode, CliError> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::failure(format!("encoding JSON: {e}")))?;
+    out(&(s + "\n"))
 }
 
 pub(crate) async fn run(cmd: AdminCmd) -> Result<ExitCode, CliError> {
     match cmd {
-        AdminCmd::Info => {
-            let h = ipvs::Ipvs::connect().await?;
-            let i = h.info().await?;
-            println!("IP Virtual Server version {} (size={})", i.version_string(), i.conn_table_size);
+        AdminCmd::Service(c) => service(c).await,
+        AdminCmd::Real(c) => real(c).await,
+        AdminCmd::List(a) => list_cmd(a).await,
+        AdminCmd::Save(a) => {
+            let h = connect().await?;
+            let t = h.dump().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            out(&save::format_save(&t, a.thresholds))
+        }
+        AdminCmd::Restore(a) => restore(a).await,
+        AdminCmd::Clear => {
+            connect().await?.flush().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
             Ok(ExitCode::SUCCESS)
         }
+        AdminCmd::Zero(a) => {
+            let key = a.key.key().map_err(usage)?;
+            connect().await?.zero(key.as_ref()).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCmd::Timeout(a) => {
+            let h = connect().await?;
+            if let [tcp, tcp_fin, udp] = a.set[..] {
+                h.set_timeouts(&Timeouts { tcp, tcp_fin, udp }).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let t = h.timeouts().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            if a.json {
+                json(&t)
+            } else {
+                out(&list::format_timeouts(&t))
+            }
+        }
+        AdminCmd::Sync(c) => sync(c).await,
+        AdminCmd::Info(a) => {
+            let i = connect().await?.info().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            if a.json {
+                return json(&serde_json::json!({
+                    "version": i.version_string(),
+                    "conn_table_size": i.conn_table_size,
+                }));
+            }
+            out(&format!("IP Virtual Server version {} (size={})\n", i.version_string(), i.conn_table_size))
+        }
+        AdminCmd::Completions { shell } => {
+            let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "lvsctl", &mut buf);
+            out(&String::from_utf8_lossy(&buf))
+        }
+        AdminCmd::Man => {
+            let cmd = <crate::Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut buf)
+                .map_err(|e| CliError::failure(format!("rendering the man page: {e}")))?;
+            out(&String::from_utf8_lossy(&buf))
+        }
+    }
+}
+
+async fn service(c: ServiceCmd) -> Result<ExitCode, CliError> {
+    let build = |a: &ServiceArgs| -> Result<ipvs::Service, CliError> {
+        spec::build_service(a.key.required_key().map_err(usage)?, &a.opts).map_err(usage)
+    };
+    let op = match &c {
+        ServiceCmd::Add(a) => ipvs::Op::AddService(build(a)?),
+        ServiceCmd::Edit(a) => ipvs::Op::UpdateService(build(a)?),
+        ServiceCmd::Del(a) => ipvs::Op::DeleteService(a.key.required_key().map_err(usage)?),
+    };
+    let h = connect().await?;
+    let res = match &op {
+        ipvs::Op::AddService(s) => h.add_service(s).await,
+        ipvs::Op::UpdateService(s) => h.update_service(s).await,
+        ipvs::Op::DeleteService(k) => h.delete_service(k).await,
+        _ => unreachable!("only service operations are built here"),
+    };
+    res.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn real(c: RealCmd) -> Result<ExitCode, CliError> {
+    let op = match &c {
+        RealCmd::Add(a) | RealCmd::Edit(a) => {
+            let key = a.key.required_key().map_err(usage)?;
+            let d = spec::build_destination(&key, &a.real, &a.opts).map_err(usage)?;
+            if matches!(c, RealCmd::Add(_)) {
+                ipvs::Op::AddDestination(key, d)
+            } else {
+                ipvs::Op::UpdateDestination(key, d)
+            }
+        }
+        RealCmd::Del(a) => {
+            let key = a.key.required_key().map_err(usage)?;
+            ipvs::Op::DeleteDestination(key, spec::real_server_addr(&key, &a.real, None).map_err(usage)?)
+        }
+    };
+    let h = connect().await?;
+    let res = match &op {
+        ipvs::Op::AddDestination(k, d) => h.add_destination(k, d).await,
+        ipvs::Op::UpdateDestination(k, d) => h.update_destination(k, d).await,
+        ipvs::Op::DeleteDestination(k, a) => h.delete_destination(k, *a).await,
+        _ => unreachable!("only real-server operations are built here"),
+    };
+    res.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list_cmd(a: ListArgs) -> Result<ExitCode, CliError> {
+    let key = a.key.key().map_err(usage)?;
+    let h = connect().await?;
+    if a.timeout {
+        let t = h.timeouts().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+        return if a.json { json(&t) } else { out(&list::format_timeouts(&t)) };
+    }
+    if a.daemon {
+        let d = h.sync_daemons().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+        return if a.json { json(&d) } else { out(&list::format_daemons(&d)) };
+    }
+    let view = list::View {
+        stats: a.stats,
+        rate: a.rate,
+        exact: a.exact,
+        thresholds: a.thresholds,
+        persistent_conn: a.persistent_conn,
+        tun_info: a.tun_info,
+    };
+    let (info, table) = match key {
+        Some(k) => {
+            let s = h.service(&k).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            let d = h.destinations(&k).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            (None, vec![(s, d)])
+        }
+        None => {
+            let info = h.info().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            (Some(info), h.dump().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?)
+        }
+    };
+    if a.json {
+        return out(&list::format_json(&table));
+    }
+    out(&list::format_list(info.as_ref(), &table, &view))
+}
+
+async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
+    let mut text = String::new();
+    match a.file.as_deref() {
+        None => std::io::stdin().read_to_string(&mut text).map(|_| ()),
+        Some(p) if p.as_os_str() == "-" => std::io::stdin().read_to_string(&mut text).map(|_| ()),
+        Some(p) => std::fs::read_to_string(p).map(|t| text = t),
+    }
+    .map_err(|e| usage(format!("cannot read the rules: {e}")))?;
+    // Everything is parsed and checked before anything is applied.
+    let rules = rules::parse_rules(&text).map_err(|e| usage(e.to_string()))?;
+    let desired = if a.replace { Some(rules::desired_table(&rules).map_err(|e| usage(e.to_string()))?) } else { None };
+    let h = connect().await?;
+    // (operation, input line it came from)
+    let ops: Vec<(ipvs::Op, Option<usize>)> = match desired {
+        Some(want) => {
+            let current = h.dump().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            plan(&current, &want, &Scope::All).into_iter().map(|o| (o, None)).collect()
+        }
+        None => rules.into_iter().map(|r| (r.op, Some(r.line))).collect(),
+    };
+    if a.dry_run {
+        let mut s = String::new();
+        for (op, _) in &ops {
+            s.push_str(&format!("{op}\n"));
+        }
+        return out(&s);
+    }
+    let only: Vec<ipvs::Op> = ops.iter().map(|(o, _)| o.clone()).collect();
+    let results = h.apply(&only).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+    let mut failed = 0;
+    for ((op, line), r) in ops.iter().zip(results) {
+        if let Err(e) = r {
+            failed += 1;
+            let ctx = match op {
+                ipvs::Op::AddDestination(..) | ipvs::Op::UpdateDestination(..) | ipvs::Op::DeleteDestination(..) => {
+                    Ctx::RealServer
+                }
+                _ => Ctx::Service,
+            };
+            let msg = ipvsadm_error(e, ctx).msg;
+            match line {
+                Some(n) => eprintln!("lvsctl: line {n}: {msg}"),
+                None => eprintln!("lvsctl: {op}: {msg}"),
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(CliError::failure(format!("{failed} of {} changes failed (the others were applied)", ops.len())));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sync(c: SyncCmd) -> Result<ExitCode, CliError> {
+    let h = connect().await?;
+    match c {
+        SyncCmd::Start(a) => {
+            let d = SyncDaemon {
+                max_len: a.sync_maxlen,
+                mcast_group: a.mcast_group,
+                mcast_port: a.mcast_port,
+                mcast_ttl: a.mcast_ttl,
+                ..SyncDaemon::new(a.state.into(), a.mcast_interface, a.syncid)
+            };
+            h.start_sync_daemon(&d).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+        }
+        SyncCmd::Stop { state } => {
+            h.stop_sync_daemon(state.into()).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+        }
+        SyncCmd::Show(j) => {
+            let d = h.sync_daemons().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+            return if j.json { json(&d) } else { out(&list::format_daemons(&d)) };
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use crate::Cli;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lvsctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn ipvsadm_letters_on_the_command_line() {
+        assert!(parse(&["service", "add", "-t", "10.0.0.1:80", "-s", "rr", "-p", "-M", "255.255.255.0"]).is_ok());
+        assert!(parse(&["svc", "edit", "-f", "1", "-6", "-p", "60", "-M", "64"]).is_ok());
+        assert!(parse(&[
+            "dest",
+            "add",
+            "-u",
+            "10.0.0.1:53",
+            "-r",
+            "10.1.0.1:53",
+            "-m",
+            "-w",
+            "3",
+            "-x",
+            "9",
+            "-y",
+            "1"
+        ])
+        .is_ok());
+        assert!(parse(&["real", "del", "-t", "10.0.0.1:80", "-r", "10.1.0.1"]).is_ok());
+        assert!(parse(&["ls", "--stats", "--exact", "-t", "10.0.0.1:80"]).is_ok());
+        assert!(parse(&["--netns", "x", "list", "--timeout"]).is_ok());
+        assert!(parse(&["timeout", "900", "120", "300"]).is_ok());
+        assert!(parse(&["timeout", "900"]).is_err());
+        assert!(parse(&[
+            "sync",
+            "start",
+            "master",
+            "--mcast-interface",
+            "eth1",
+            "--syncid",
+            "9",
+            "--sync-maxlen",
+            "1400",
+            "--mcast-group",
+            "239.1.1.1",
+            "--mcast-port",
+            "9000",
+            "--mcast-ttl",
+            "2"
+        ])
+        .is_ok());
+        assert!(parse(&["sync", "start", "master", "--syncid", "256"]).is_err());
+        // A usage error exits 2 (clap's exit code for usage errors).
+        assert_eq!(parse(&["service", "add", "--bogus"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn completions_and_man_page_are_generated() {
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lvsctl", &mut buf);
+            let s = String::from_utf8(buf).unwrap();
+            assert!(s.contains("restore") && s.contains("tun-remcsum"), "{shell}");
+        }
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut buf).unwrap();
+        let s = String::from_utf8(buf).unwrap();
+        assert!(s.starts_with(".ie") || s.contains(".TH lvsctl"), "{s}");
     }
 }

@@ -1,0 +1,333 @@
+//! The `ipvsadm -R` / `ipvsadm -S` line format: one ipvsadm command per line,
+//! read as an argv split on whitespace (`-A -t 10.0.0.1:80 -s rr`, `-a -t
+//! 10.0.0.1:80 -r 10.0.0.2:80 -m -w 2`). Lines use the same option
+//! definitions as `lvsctl service` and `lvsctl real` ([`super::spec`]).
+//!
+//! Accepted commands: `-A -E -D -a -e -d` (long forms too). Blank lines and
+//! lines starting with `#` are skipped (as the `ipvsadm-restore` wrapper does).
+//! Everything is parsed and checked before anything is applied; the first bad
+//! line is reported with its number.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use clap::Parser;
+use ipvs::reconcile::DesiredService;
+use ipvs::{Op, ServiceKey};
+
+use super::spec::{
+    build_destination, build_service, real_server_addr, reject_dest_opts, reject_service_opts, DestOpts,
+    ServiceKeyArgs, ServiceOpts,
+};
+
+/// One line as clap sees it.
+#[derive(Debug, Parser)]
+#[command(name = "ipvsadm", no_binary_name = true, disable_help_flag = true, disable_version_flag = true)]
+struct Line {
+    #[arg(short = 'A', long = "add-service")]
+    add_service: bool,
+    #[arg(short = 'E', long = "edit-service")]
+    edit_service: bool,
+    #[arg(short = 'D', long = "delete-service")]
+    delete_service: bool,
+    #[arg(short = 'a', long = "add-server")]
+    add_server: bool,
+    #[arg(short = 'e', long = "edit-server")]
+    edit_server: bool,
+    #[arg(short = 'd', long = "delete-server")]
+    delete_server: bool,
+    #[arg(short = 'r', long = "real-server")]
+    real_server: Option<String>,
+    #[command(flatten)]
+    key: ServiceKeyArgs,
+    #[command(flatten)]
+    svc: ServiceOpts,
+    #[command(flatten)]
+    dest: DestOpts,
+}
+
+/// A parsed line: its number (from 1) and the change it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rule {
+    /// Line number in the input, from 1.
+    pub(crate) line: usize,
+    /// The change.
+    pub(crate) op: Op,
+}
+
+/// A bad line: its number and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LineError {
+    /// Line number in the input, from 1.
+    pub(crate) line: usize,
+    /// What is wrong, in ipvsadm's words where it has some.
+    pub(crate) msg: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.msg)
+    }
+}
+
+fn no_real_server(l: &Line, command: &str) -> Result<(), String> {
+    if l.real_server.is_some() {
+        return Err(format!("Illegal 'real-server' option with the '{command}' command"));
+    }
+    Ok(())
+}
+
+/// Parse one line (already split into words) into the change it asks for.
+pub(crate) fn parse_words(words: &[&str]) -> Result<Op, String> {
+    let l = Line::try_parse_from(words).map_err(|e| {
+        let s = e.to_string();
+        let first = s.lines().next().unwrap_or("invalid line").trim();
+        first.strip_prefix("error: ").unwrap_or(first).to_owned()
+    })?;
+    let cmds = [
+        (l.add_service, "add-service"),
+        (l.edit_service, "edit-service"),
+        (l.delete_service, "delete-service"),
+        (l.add_server, "add-server"),
+        (l.edit_server, "edit-server"),
+        (l.delete_server, "delete-server"),
+    ];
+    let given: Vec<&str> = cmds.iter().filter(|c| c.0).map(|c| c.1).collect();
+    let command = match given.as_slice() {
+        [] => return Err("no command: a line starts with -A, -E, -D, -a, -e or -d".into()),
+        [c] => *c,
+        [a, b, ..] => return Err(format!("Illegal command combination: '{a}' and '{b}'")),
+    };
+    let key = l.key.required_key()?;
+    match command {
+        "add-service" | "edit-service" => {
+            no_real_server(&l, command)?;
+            reject_dest_opts(&l.dest, command)?;
+            let s = build_service(key, &l.svc)?;
+            Ok(if command == "add-service" { Op::AddService(s) } else { Op::UpdateService(s) })
+        }
+        "delete-service" => {
+            no_real_server(&l, command)?;
+            reject_service_opts(&l.svc, command)?;
+            reject_dest_opts(&l.dest, command)?;
+            Ok(Op::DeleteService(key))
+        }
+        _ => {
+            reject_service_opts(&l.svc, command)?;
+            let r = l
+                .real_server
+                .as_deref()
+                .ok_or_else(|| format!("You need to supply the 'real-server' option for the '{command}' command"))?;
+            if command == "delete-server" {
+                reject_dest_opts(&l.dest, command)?;
+                return Ok(Op::DeleteDestination(key, real_server_addr(&key, r, None)?));
+            }
+            let d = build_destination(&key, r, &l.dest)?;
+            Ok(if command == "add-server" { Op::AddDestination(key, d) } else { Op::UpdateDestination(key, d) })
+        }
+    }
+}
+
+/// Parse a whole input. Stops at the first bad line.
+pub(crate) fn parse_rules(text: &str) -> Result<Vec<Rule>, LineError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let words: Vec<&str> = raw.split_whitespace().collect();
+        if words.is_empty() || words[0].starts_with('#') {
+            continue;
+        }
+        let op = parse_words(&words).map_err(|msg| LineError { line, msg })?;
+        op.validate().map_err(|e| LineError { line, msg: e.to_string() })?;
+        out.push(Rule { line, op });
+    }
+    Ok(out)
+}
+
+/// The table an input describes, for `restore --replace`: only `-A` and `-a`
+/// lines, every real server after its service, nothing twice.
+pub(crate) fn desired_table(rules: &[Rule]) -> Result<Vec<DesiredService>, LineError> {
+    let mut out: Vec<DesiredService> = Vec::new();
+    let mut svc_line: HashMap<ServiceKey, (usize, usize)> = HashMap::new();
+    let mut dest_line: HashMap<(ServiceKey, SocketAddr), usize> = HashMap::new();
+    for r in rules {
+        let line = r.line;
+        match &r.op {
+            Op::AddService(s) => {
+                if let Some((prev, _)) = svc_line.get(&s.key) {
+                    return Err(LineError {
+                        line,
+                        msg: format!("service {} is already defined on line {prev}", s.key),
+                    });
+                }
+                svc_line.insert(s.key, (line, out.len()));
+                out.push(DesiredService { service: s.clone(), destinations: vec![] });
+            }
+            Op::AddDestination(k, d) => {
+                let Some((_, idx)) = svc_line.get(k) else {
+                    return Err(LineError {
+                        line,
+                        msg: format!("real server {} belongs to service {k}, which no earlier -A line defines", d.addr),
+                    });
+                };
+                if let Some(prev) = dest_line.insert((*k, d.addr), line) {
+                    return Err(LineError {
+                        line,
+                        msg: format!("real server {} of {k} is already defined on line {prev}", d.addr),
+                    });
+                }
+                out[*idx].destinations.push(d.clone());
+            }
+            other => {
+                return Err(LineError {
+                    line,
+                    msg: format!("restore --replace reads a table: only -A and -a lines, not \"{other}\""),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipvs::{Destination, Family, Forward, Netmask, Persistence, SchedFlags, Scheduler, Service};
+
+    fn p(line: &str) -> Result<Op, String> {
+        parse_words(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn service_lines() {
+        let op = p("-A -t 10.0.0.10:80 -s sh -p 360 -M 255.255.255.0 --pe sip -b sh-port").unwrap();
+        let mut s = Service::new(ServiceKey::tcp("10.0.0.10:80".parse().unwrap()), Scheduler::Sh);
+        s.persistence =
+            Some(Persistence { timeout: 360, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) });
+        s.pe = Some("sip".into());
+        s.sched_flags = SchedFlags::FLAG_2;
+        assert_eq!(op, Op::AddService(s));
+        // -p without a value before another option: the default 300.
+        let Op::AddService(s) = p("-A -u 10.0.0.10:53 -p -o").unwrap() else { panic!() };
+        assert_eq!(s.persistence, Some(Persistence { timeout: 300, netmask: None }));
+        assert!(s.one_packet);
+        let Op::AddService(s) = p("-A -f 2 -6 -s wrr -p 100 -M 64").unwrap() else { panic!() };
+        assert_eq!(s.key, ServiceKey::fwmark(2, Family::Inet6));
+        assert_eq!(s.persistence.unwrap().netmask, Some(Netmask::V6(64)));
+        let Op::UpdateService(s) = p("--edit-service --sctp-service [2001:db8::1]:3868").unwrap() else { panic!() };
+        assert_eq!(s.scheduler, Scheduler::Wlc);
+        assert_eq!(p("-D -t 10.0.0.1:80").unwrap(), Op::DeleteService(ServiceKey::tcp("10.0.0.1:80".parse().unwrap())));
+    }
+
+    #[test]
+    fn real_server_lines() {
+        let k = ServiceKey::tcp("10.0.0.10:80".parse().unwrap());
+        assert_eq!(
+            p("-a -t 10.0.0.10:80 -r 10.1.0.3:8080 -m -w 7 -x 100 -y 50").unwrap(),
+            Op::AddDestination(
+                k,
+                Destination {
+                    weight: 7,
+                    upper_threshold: 100,
+                    lower_threshold: 50,
+                    ..Destination::new("10.1.0.3:8080".parse().unwrap(), Forward::Masq)
+                }
+            )
+        );
+        assert_eq!(
+            p("-e -t 10.0.0.10:80 -r 10.1.0.2").unwrap(),
+            Op::UpdateDestination(k, Destination::new("10.1.0.2:80".parse().unwrap(), Forward::Route))
+        );
+        assert_eq!(
+            p("-d -t 10.0.0.10:80 -r 10.1.0.2:80").unwrap(),
+            Op::DeleteDestination(k, "10.1.0.2:80".parse().unwrap())
+        );
+        let Op::AddDestination(_, d) =
+            p("-a -t 10.0.0.10:80 -r 10.1.0.5:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-nocsum").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            d.forward,
+            Forward::Tunnel(ipvs::Tunnel::Gue { port: 6080, checksum: ipvs::TunnelChecksum::NoCsum })
+        );
+    }
+
+    #[test]
+    fn bad_lines_say_why() {
+        assert_eq!(p("-A -t 10.0.0.999:80").unwrap_err(), "illegal virtual server address[:port] specified");
+        assert!(p("-A -t 10.0.0.1:80 --bogus").unwrap_err().contains("--bogus"));
+        assert!(p("-t 10.0.0.1:80").unwrap_err().starts_with("no command"));
+        assert!(p("-A -a -t 10.0.0.1:80").unwrap_err().starts_with("Illegal command combination"));
+        assert_eq!(
+            p("-a -t 10.0.0.1:80").unwrap_err(),
+            "You need to supply the 'real-server' option for the 'add-server' command"
+        );
+        assert_eq!(p("-A -t 10.0.0.1:80 -w 3").unwrap_err(), "Illegal 'weight' option with the 'add-service' command");
+        assert_eq!(
+            p("-a -t 10.0.0.1:80 -r 10.1.0.1 -s rr").unwrap_err(),
+            "Illegal 'scheduler' option with the 'add-server' command"
+        );
+        assert_eq!(
+            p("-D -t 10.0.0.1:80 -r 10.1.0.1").unwrap_err(),
+            "Illegal 'real-server' option with the 'delete-service' command"
+        );
+        assert!(p("-A -s rr").unwrap_err().contains("service-address"));
+    }
+
+    #[test]
+    fn a_bad_line_is_reported_with_its_number() {
+        let text =
+            "# comment\n-A -t 10.0.0.1:80 -s rr\n\n-a -t 10.0.0.1:80 -r 10.1.0.1:80 -w 70000\n-A -t 10.0.0.2:80\n";
+        let e = parse_rules(text).unwrap_err();
+        assert_eq!(e, LineError { line: 4, msg: "illegal weight specified".into() });
+        assert_eq!(e.to_string(), "line 4: illegal weight specified");
+        let ok = parse_rules("-A -t 10.0.0.1:80 -s rr\n  \n# x\n-a -t 10.0.0.1:80 -r 10.1.0.1:80\n").unwrap();
+        assert_eq!(ok.iter().map(|r| r.line).collect::<Vec<_>>(), vec![1, 4]);
+    }
+
+    #[test]
+    fn desired_table_checks() {
+        let rules = parse_rules("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.0.1:80\n-A -f 1\n").unwrap();
+        let t = desired_table(&rules).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].destinations.len(), 1);
+        let dup = parse_rules("-A -t 10.0.0.1:80\n-A -t 10.0.0.1:80 -s rr\n").unwrap();
+        assert_eq!(desired_table(&dup).unwrap_err().line, 2);
+        let orphan = parse_rules("-a -t 10.0.0.1:80 -r 10.1.0.1:80\n").unwrap();
+        assert_eq!(desired_table(&orphan).unwrap_err().line, 1);
+        let dupd =
+            parse_rules("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.1.0.1\n-a -t 10.0.0.1:80 -r 10.1.0.1:80 -w 2\n")
+                .unwrap();
+        assert_eq!(desired_table(&dupd).unwrap_err().line, 3);
+        let edit = parse_rules("-E -t 10.0.0.1:80\n").unwrap();
+        assert_eq!(desired_table(&edit).unwrap_err().line, 1);
+    }
+
+    /// Whatever `save` prints, `restore` reads back to the same table.
+    #[test]
+    fn save_then_parse_round_trips() {
+        use crate::admin::save::{format_save, tests::entry};
+        let mut s = Service::new(ServiceKey::udp("10.0.0.10:53".parse().unwrap()), Scheduler::Sh);
+        s.persistence = Some(Persistence { timeout: 10, netmask: Some(Netmask::V4("255.255.0.0".parse().unwrap())) });
+        s.pe = Some("sip".into());
+        s.one_packet = true;
+        s.sched_flags = SchedFlags::FLAG_2 | SchedFlags::FLAG_3;
+        let d = vec![
+            Destination {
+                weight: 3,
+                upper_threshold: 9,
+                lower_threshold: 2,
+                ..Destination::new("10.1.0.2:5353".parse().unwrap(), Forward::Masq)
+            },
+            Destination::new(
+                "10.1.0.3:53".parse().unwrap(),
+                Forward::Tunnel(ipvs::Tunnel::Gre { checksum: ipvs::TunnelChecksum::Csum }),
+            ),
+        ];
+        let table = vec![entry(s.clone(), d.clone())];
+        let text = format_save(&table, true);
+        let t = desired_table(&parse_rules(&text).unwrap()).unwrap();
+        assert_eq!(t, vec![DesiredService { service: s, destinations: d }]);
+    }
+}

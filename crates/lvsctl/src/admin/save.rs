@@ -1,0 +1,231 @@
+//! `lvsctl save`: the table in `ipvsadm -Sn` format, byte for byte what
+//! ipvsadm 1.31 prints for the same table.
+//!
+//! One extension, only with `--thresholds`: real servers with a threshold get
+//! ` -x U -y L` (ipvsadm does not save thresholds, although `-R` reads them).
+
+use std::fmt::Write;
+
+use ipvs::{DestinationEntry, Family, Forward, Netmask, Service, ServiceEntry, ServiceKey, Tunnel, TunnelChecksum};
+
+use super::list::addr_port;
+use super::sort::sort_table;
+
+/// The `-t ADDR:PORT` / `-f MARK [-6]` part of a rule.
+pub(crate) fn rule_service_name(key: &ServiceKey) -> String {
+    match key {
+        // ipvsadm prints the mark with %d.
+        ServiceKey::Fwmark { mark, family: Family::Inet } => format!("-f {}", *mark as i32),
+        ServiceKey::Fwmark { mark, family: Family::Inet6 } => format!("-f {} -6", *mark as i32),
+        ServiceKey::Inet { protocol, addr } => {
+            let opt = match protocol {
+                ipvs::Protocol::Tcp => "-t",
+                ipvs::Protocol::Udp => "-u",
+                ipvs::Protocol::Sctp => "--sctp-service",
+            };
+            format!("{opt} {}", addr_port(*addr))
+        }
+    }
+}
+
+/// `-A ...` for a service.
+pub(crate) fn service_rule(s: &Service) -> String {
+    let mut out = format!("-A {} -s {}", rule_service_name(&s.key), s.scheduler.name());
+    if let Some(p) = &s.persistence {
+        let _ = write!(out, " -p {}", p.timeout);
+        match s.netmask() {
+            Netmask::V4(m) if !s.netmask().is_full() => {
+                let _ = write!(out, " -M {m}");
+            }
+            Netmask::V6(l) if l != 128 => {
+                let _ = write!(out, " -M {l}");
+            }
+            _ => {}
+        }
+    }
+    if let Some(pe) = s.pe.as_deref().filter(|p| !p.is_empty()) {
+        let _ = write!(out, " --pe {pe}");
+    }
+    if s.one_packet {
+        out.push_str(" -o");
+    }
+    let flags = s.sched_flags.names(&s.scheduler);
+    if !flags.is_empty() {
+        let _ = write!(out, " -b {}", flags.join(","));
+    }
+    out
+}
+
+/// ipvsadm's `fwd_switch`.
+pub(crate) fn fwd_switch(f: &Forward) -> &'static str {
+    match f {
+        Forward::Masq => "-m",
+        Forward::Tunnel(_) => "-i",
+        Forward::Route | Forward::Local => "-g",
+        // ipvsadm passes a NULL to printf here; glibc prints "(null)".
+        Forward::Bypass => "(null)",
+    }
+}
+
+fn csum_opt(c: TunnelChecksum) -> &'static str {
+    match c {
+        TunnelChecksum::NoCsum => "--tun-nocsum",
+        TunnelChecksum::Csum => "--tun-csum",
+        TunnelChecksum::RemCsum => "--tun-remcsum",
+    }
+}
+
+/// `-a ...` for a real server of the service `key`.
+pub(crate) fn dest_rule(key: &ServiceKey, d: &DestinationEntry, thresholds: bool) -> String {
+    let d = &d.destination;
+    let mut out = format!(
+        "-a {} -r {} {} -w {}",
+        rule_service_name(key),
+        addr_port(d.addr),
+        fwd_switch(&d.forward),
+        d.weight as i32
+    );
+    if let Forward::Tunnel(t) = &d.forward {
+        match t {
+            Tunnel::Ipip => out.push_str(" --tun-type ipip"),
+            Tunnel::Gue { port, checksum } => {
+                let _ = write!(out, " --tun-type gue --tun-port {port} {}", csum_opt(*checksum));
+            }
+            Tunnel::Gre { checksum } => {
+                let _ = write!(out, " --tun-type gre {}", csum_opt(*checksum));
+            }
+        }
+    }
+    if thresholds && (d.upper_threshold != 0 || d.lower_threshold != 0) {
+        let _ = write!(out, " -x {} -y {}", d.upper_threshold, d.lower_threshold);
+    }
+    out
+}
+
+/// The whole table as `ipvsadm -Sn` prints it (sorted as ipvsadm sorts).
+pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thresholds: bool) -> String {
+    let mut table = table.to_vec();
+    sort_table(&mut table);
+    let mut out = String::new();
+    for (s, dests) in &table {
+        out.push_str(&service_rule(&s.service));
+        out.push('\n');
+        for d in dests {
+            out.push_str(&dest_rule(&s.service.key, d, thresholds));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use ipvs::{Destination, Persistence, SchedFlags, Scheduler, Stats};
+
+    pub(crate) fn entry(s: Service, d: Vec<Destination>) -> (ServiceEntry, Vec<DestinationEntry>) {
+        (
+            ServiceEntry { service: s, stats: Stats::default() },
+            d.into_iter()
+                .map(|destination| DestinationEntry {
+                    destination,
+                    active_conns: 0,
+                    inactive_conns: 0,
+                    persistent_conns: 0,
+                    stats: Stats::default(),
+                })
+                .collect(),
+        )
+    }
+
+    fn dest(a: &str, f: Forward, w: u32) -> Destination {
+        Destination { weight: w, ..Destination::new(a.parse().unwrap(), f) }
+    }
+
+    /// Lines ipvsadm 1.31 printed on the test VM (`ipvsadm -Sn`).
+    #[test]
+    fn like_ipvsadm() {
+        let mut s = Service::new(ServiceKey::tcp("10.0.0.10:80".parse().unwrap()), Scheduler::Sh);
+        s.persistence =
+            Some(Persistence { timeout: 360, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) });
+        s.pe = Some("sip".into());
+        s.sched_flags = SchedFlags::FLAG_2;
+        let mut u = Service::new(ServiceKey::udp("10.0.0.70:53".parse().unwrap()), Scheduler::Sh);
+        u.persistence = Some(Persistence { timeout: 10, netmask: None });
+        u.pe = Some("sip".into());
+        u.one_packet = true;
+        u.sched_flags = SchedFlags::FLAG_2;
+        let mut f6 = Service::new(ServiceKey::fwmark(2, Family::Inet6), Scheduler::Wrr);
+        f6.persistence = Some(Persistence { timeout: 100, netmask: Some(Netmask::V6(64)) });
+        let mut f3 = Service::new(ServiceKey::fwmark(3, Family::Inet6), Scheduler::Wrr);
+        f3.pe = Some("sip".into());
+        let mut v6 = Service::new(ServiceKey::tcp("[2001:db8::10]:80".parse().unwrap()), Scheduler::Rr);
+        v6.persistence = Some(Persistence { timeout: 30, netmask: Some(Netmask::V6(128)) });
+        let mut mh = Service::new(ServiceKey::tcp("10.0.0.12:80".parse().unwrap()), Scheduler::Mh);
+        mh.persistence = Some(Persistence { timeout: 360, netmask: None });
+        mh.sched_flags = SchedFlags::FLAG_1 | SchedFlags::FLAG_2;
+        let sctp = Service::new(
+            ServiceKey::Inet { protocol: ipvs::Protocol::Sctp, addr: "10.0.0.10:3868".parse().unwrap() },
+            Scheduler::Rr,
+        );
+        let table = vec![
+            entry(f3, vec![]),
+            entry(sctp, vec![dest("10.1.0.2:3868", Forward::Route, 1)]),
+            entry(
+                s,
+                vec![
+                    dest("10.1.0.9:80", Forward::Tunnel(Tunnel::Gre { checksum: TunnelChecksum::NoCsum }), 1),
+                    dest("10.1.0.3:8080", Forward::Masq, 7),
+                    dest("10.1.0.4:80", Forward::Tunnel(Tunnel::Ipip), 0),
+                    dest("10.1.0.2:80", Forward::Route, 1),
+                    dest(
+                        "10.1.0.5:80",
+                        Forward::Tunnel(Tunnel::Gue { port: 6080, checksum: TunnelChecksum::NoCsum }),
+                        1,
+                    ),
+                    dest(
+                        "10.1.0.7:80",
+                        Forward::Tunnel(Tunnel::Gue { port: 6082, checksum: TunnelChecksum::RemCsum }),
+                        1,
+                    ),
+                    dest("10.1.0.8:80", Forward::Tunnel(Tunnel::Gre { checksum: TunnelChecksum::Csum }), 1),
+                ],
+            ),
+            entry(u, vec![]),
+            entry(v6, vec![]),
+            entry(f6, vec![dest("[2001:db8:1::2]:0", Forward::Masq, 65535)]),
+            entry(mh, vec![]),
+        ];
+        let want = "\
+-A -t 10.0.0.10:80 -s sh -p 360 -M 255.255.255.0 --pe sip -b sh-port
+-a -t 10.0.0.10:80 -r 10.1.0.2:80 -g -w 1
+-a -t 10.0.0.10:80 -r 10.1.0.3:8080 -m -w 7
+-a -t 10.0.0.10:80 -r 10.1.0.4:80 -i -w 0 --tun-type ipip
+-a -t 10.0.0.10:80 -r 10.1.0.5:80 -i -w 1 --tun-type gue --tun-port 6080 --tun-nocsum
+-a -t 10.0.0.10:80 -r 10.1.0.7:80 -i -w 1 --tun-type gue --tun-port 6082 --tun-remcsum
+-a -t 10.0.0.10:80 -r 10.1.0.8:80 -i -w 1 --tun-type gre --tun-csum
+-a -t 10.0.0.10:80 -r 10.1.0.9:80 -i -w 1 --tun-type gre --tun-nocsum
+-A -t 10.0.0.12:80 -s mh -p 360 -b mh-fallback,mh-port
+-A -u 10.0.0.70:53 -s sh -p 10 --pe sip -o -b sh-port
+-A --sctp-service 10.0.0.10:3868 -s rr
+-a --sctp-service 10.0.0.10:3868 -r 10.1.0.2:3868 -g -w 1
+-A -t [2001:db8::10]:80 -s rr -p 30
+-A -f 2 -6 -s wrr -p 100 -M 64
+-a -f 2 -6 -r [2001:db8:1::2]:0 -m -w 65535
+-A -f 3 -6 -s wrr --pe sip
+";
+        assert_eq!(format_save(&table, false), want);
+    }
+
+    #[test]
+    fn thresholds_only_with_the_flag() {
+        let s = Service::new(ServiceKey::fwmark(3000000000, Family::Inet), Scheduler::Rr);
+        let d = Destination { upper_threshold: 100, lower_threshold: 50, ..dest("10.1.0.3:0", Forward::Masq, 2) };
+        let t = vec![entry(s, vec![d])];
+        assert_eq!(format_save(&t, false), "-A -f -1294967296 -s rr\n-a -f -1294967296 -r 10.1.0.3:0 -m -w 2\n");
+        assert_eq!(
+            format_save(&t, true),
+            "-A -f -1294967296 -s rr\n-a -f -1294967296 -r 10.1.0.3:0 -m -w 2 -x 100 -y 50\n"
+        );
+    }
+}
