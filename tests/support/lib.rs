@@ -6,6 +6,8 @@
 //! kernel has IPVS). A privileged test that is run but cannot do its work
 //! (not root, no IPVS) FAILS with a message saying so: it never passes silently.
 
+pub mod kernel;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Command, Output};

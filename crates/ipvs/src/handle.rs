@@ -99,6 +99,13 @@ impl Ipvs {
     // ---- services ----------------------------------------------------------
 
     /// Every virtual service with its counters.
+    ///
+    /// One service dump. The kernel sends a dump in parts of up to about
+    /// 32 KiB (some 100 services) and resumes each part by position in its
+    /// hash table, so a dump taken while someone else adds or deletes services
+    /// can skip an entry or repeat one. Repeats are removed here (a key appears
+    /// at most once); a skipped service cannot be detected. On a table that
+    /// does not change during the call the result is complete.
     pub async fn services(&self) -> Result<Vec<ServiceEntry>> {
         let msgs =
             match self.conn.dump(&Self::msg(IpvsCmd::GetService, vec![]), "listing services", self.timeout).await? {

@@ -623,9 +623,12 @@ pub struct Destination {
     pub forward: Forward,
     /// Weight, 0..=2147483647 (0: no new connections). ipvsadm allows 0..65535.
     pub weight: u32,
-    /// Upper connection threshold (0: none).
+    /// Upper connection threshold, 0..=2147483647 (0: none): above it the
+    /// destination gets no new connections.
     pub upper_threshold: u32,
-    /// Lower connection threshold (0: none).
+    /// Lower connection threshold, 0..=`upper_threshold` (0: none): the
+    /// destination takes new connections again below it. Must not exceed the
+    /// upper threshold, not even when that is 0.
     pub lower_threshold: u32,
 }
 
@@ -641,11 +644,23 @@ impl Destination {
         if self.weight > i32::MAX as u32 {
             return Err(Error::invalid(format!("weight {} is out of range 0..2147483647", self.weight)));
         }
-        if self.upper_threshold != 0 && self.lower_threshold > self.upper_threshold {
-            return Err(Error::invalid(format!(
-                "lower threshold {} is above upper threshold {}",
-                self.lower_threshold, self.upper_threshold
-            )));
+        // The kernel reads the thresholds as u32 but refuses values above
+        // i32::MAX (EINVAL), and refuses lower > upper even when upper is 0
+        // ("no limit") with ERANGE.
+        for (name, v) in [("upper", self.upper_threshold), ("lower", self.lower_threshold)] {
+            if v > i32::MAX as u32 {
+                return Err(Error::invalid(format!("{name} threshold {v} is out of range 0..2147483647")));
+            }
+        }
+        if self.lower_threshold > self.upper_threshold {
+            return Err(Error::invalid(if self.upper_threshold == 0 {
+                format!(
+                    "lower threshold {} needs an upper threshold at least as high (0 means no upper threshold, and the kernel then refuses any lower one)",
+                    self.lower_threshold
+                )
+            } else {
+                format!("lower threshold {} is above upper threshold {}", self.lower_threshold, self.upper_threshold)
+            }));
         }
         if self.addr.ip().is_unspecified() || self.addr.ip().is_multicast() {
             return Err(Error::invalid(format!("real server address {} is not a unicast address", self.addr.ip())));
@@ -671,6 +686,12 @@ impl Destination {
         }
         if let Forward::Tunnel(Tunnel::Gue { port: 0, .. }) = self.forward {
             return Err(Error::invalid("a GUE tunnel needs a non-zero tunnel port"));
+        }
+        if let Forward::Tunnel(Tunnel::Gre { checksum: TunnelChecksum::RemCsum }) = self.forward {
+            // The kernel stores the flag but its GRE encapsulation ignores it.
+            return Err(Error::invalid(
+                "remote checksum offload is a GUE option: a GRE tunnel takes no checksum or a checksum",
+            ));
         }
         Ok(())
     }
