@@ -42,6 +42,10 @@ enum DirectorCmd {
     /// Compare the kernel with what start configured. Exit status: 0 running,
     /// 1 degraded (prints what is missing), 3 not running, 4 not permitted.
     Status(StatusArgs),
+    /// Run as a daemon: apply the config like start, then health-check every
+    /// real server and act (weight 0 or removal, sorry server); SIGHUP
+    /// reloads, SIGTERM/SIGINT stop (see README, "Health-checking daemon").
+    Run(crate::daemon::RunArgs),
     /// Connect to ADDR:PORT COUNT times and print each answer (for scripts/demo).
     #[command(hide = true)]
     DemoConnect {
@@ -99,6 +103,7 @@ pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
         DirectorCmd::Start(a) => start(a).await,
         DirectorCmd::Stop => stop().await,
         DirectorCmd::Status(a) => status(a).await,
+        DirectorCmd::Run(a) => crate::daemon::run(a).await,
         DirectorCmd::DemoConnect { to, count } => demo_connect(to, count),
     }
 }
@@ -163,22 +168,26 @@ pub(crate) fn start_spec(a: &StartArgs) -> Result<DirectorSpec, CliError> {
         Some(f) => f.parse().map_err(CliError::usage)?,
         None => config::ForwardMethod::Dr,
     };
-    let mut reals = Vec::new();
     for r in &a.reals {
-        reals.push(toml::Spanned::new(0..0, RealConfig::parse(r).map_err(CliError::usage)?));
+        RealConfig::parse(r).map_err(CliError::usage)?;
     }
-    let svc = ServiceConfig {
-        vip,
-        port,
-        protocol,
-        scheduler,
-        persistence,
-        forward,
-        iface: Some(iface.clone()),
-        reals,
-        check: None,
-    };
-    let d = DirectorConfig { iface: Some(iface), services: vec![toml::Spanned::new(0..0, svc)] };
+    // The same service as a [[director.service]] table would give (so every
+    // key the file may have keeps its default here too).
+    let mut t = toml::Table::new();
+    t.insert("vip".into(), vip.to_string().into());
+    t.insert("port".into(), i64::from(port).into());
+    t.insert("protocol".into(), protocol.name().into());
+    t.insert("scheduler".into(), scheduler.0.name().into());
+    if let Some(p) = persistence {
+        t.insert("persistence".into(), i64::from(p).into());
+    }
+    t.insert("forward".into(), toml::Value::try_from(forward).map_err(|e| CliError::failure(e.to_string()))?);
+    t.insert("iface".into(), iface.to_string().into());
+    t.insert("real".into(), toml::Value::Array(a.reals.iter().map(|r| r.as_str().into()).collect()));
+    let text = toml::to_string(&t).map_err(|e| CliError::failure(e.to_string()))?;
+    let svc: ServiceConfig = toml::from_str(&text).map_err(|e| CliError::usage(e.message()))?;
+    #[allow(clippy::needless_update)] // robust to keys added for `director run`
+    let d = DirectorConfig { iface: Some(iface), services: vec![toml::Spanned::new(0..0, svc)], ..Default::default() };
     config::validate_director(&d, &Origin::flags(), None).map_err(usage)
 }
 
@@ -217,11 +226,6 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
     require_root("lvsctl director")?;
     let desired = desired.to_vec();
     let (nsvc, nreal) = (desired.len(), desired.iter().map(|d| d.destinations.len()).sum::<usize>());
-    let dir = state::dir();
-    let _lock = state::lock(&dir)?;
-    let path = state::path(&dir, Role::Director)?;
-    let prev: Option<DirectorState> = state::read(&path)?;
-
     // Everything that can be checked is checked before the first change.
     let rtnl = Rtnl::connect()?;
     let mut index: HashMap<String, u32> = HashMap::new();
@@ -234,6 +238,10 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
             index.insert(iface.to_string(), i);
         }
     }
+    let dir = state::dir();
+    let _lock = state::lock(&dir)?;
+    let path = state::path(&dir, Role::Director)?;
+    let prev: Option<DirectorState> = state::read(&path)?;
     let ipvs = Ipvs::connect().await?;
     let table = ipvs.dump().await?;
     let present = |k: &ServiceKey| table.iter().any(|(s, _)| s.service.key == *k);
@@ -452,6 +460,9 @@ struct DirectorStatus {
     problems: Vec<String>,
     addresses: Vec<AddrStatus>,
     services: Vec<ServiceStatus>,
+    /// The health of every real server, while `director run` runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<crate::daemon::report::HealthReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -516,6 +527,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
             problems: vec![],
             addresses: vec![],
             services: vec![],
+            health: None,
         };
         print_status(&s, args.json, None);
         return Ok(ExitCode::from(3));
@@ -542,7 +554,8 @@ async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     problems.extend(plan(&table, &st.services, &Scope::Owned(vec![])).iter().map(problem_of));
     let services = st.services.iter().map(|d| service_status(d, &table)).collect();
     let (status, code) = if problems.is_empty() { ("running", 0) } else { ("degraded", 1) };
-    let s = DirectorStatus { role: "director", status, exit_code: code, problems, addresses, services };
+    let health = crate::daemon::report::read_running()?;
+    let s = DirectorStatus { role: "director", status, exit_code: code, problems, addresses, services, health };
     print_status(&s, args.json, info);
     Ok(ExitCode::from(code))
 }
@@ -666,6 +679,9 @@ fn print_status(s: &DirectorStatus, json: bool, info: Option<ipvs::Info>) {
             }
             out.push_str(&format!("{left:<LEFT$}{}\n", stats_cols(r.stats.as_ref())));
         }
+    }
+    if let Some(h) = &s.health {
+        out.push_str(&h.render());
     }
     print!("{out}");
 }

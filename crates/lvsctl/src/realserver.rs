@@ -126,11 +126,6 @@ fn sysctl_targets(spec: &RealserverSpec) -> Vec<String> {
 async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
     let spec = start_spec(&args)?;
     require_root("lvsctl realserver start")?;
-    let dir = state::dir();
-    let _lock = state::lock(&dir)?;
-    let path = state::path(&dir, Role::Realserver)?;
-    let prev: Option<RealserverState> = state::read(&path)?;
-
     // Checks and reads first: nothing changes until all of them pass.
     let rtnl = Rtnl::connect()?;
     let lo = rtnl.link_index("lo").await?.ok_or_else(|| CliError::failure("no loopback interface lo"))?;
@@ -139,6 +134,10 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
             return Err(CliError::usage(format!("no such interface {i}")));
         }
     }
+    let dir = state::dir();
+    let _lock = state::lock(&dir)?;
+    let path = state::path(&dir, Role::Realserver)?;
+    let prev: Option<RealserverState> = state::read(&path)?;
     let prev_sysctls = prev.as_ref().map(|p| p.sysctls.clone()).unwrap_or_default();
     let mut records = Vec::new();
     let mut writes = Vec::new();

@@ -97,7 +97,8 @@ pub(crate) fn lock(dir: &Path) -> Result<Lock, CliError> {
         .write(true)
         .open(&p)
         .map_err(|e| io_err(&format!("cannot open the lock file {}", p.display()), e))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
     let mut said = false;
     loop {
         // SAFETY: flock on a valid fd.
@@ -116,7 +117,8 @@ pub(crate) fn lock(dir: &Path) -> Result<Lock, CliError> {
                 p.display()
             )));
         }
-        if !said {
+        // Short waits are normal (runs are short); say so only when it lasts.
+        if !said && started.elapsed() >= Duration::from_secs(2) {
             eprintln!("lvsctl: waiting for another lvsctl run to finish ({})", p.display());
             said = true;
         }
