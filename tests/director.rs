@@ -1,0 +1,459 @@
+//! Privileged tests of `lvsctl director` (and the seed's whole LVS-DR
+//! topology, real servers included) against the real kernel: every host is a
+//! network namespace, the hosts share a bridge.
+//!
+//! Addresses are the seed's (VIP 10.19.70.166:15858, real servers
+//! 10.18.68.186 and .187) and exist only inside the test's namespaces.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lvsctl_tests::topology::*;
+use lvsctl_tests::{lvsctl_bin, require_privileged, run};
+use serde_json::Value;
+
+const VIP: &str = "10.19.70.166";
+const PORT: &str = "15858";
+const IF: &str = "enp1s0";
+
+fn vip_port() -> SocketAddr {
+    format!("{VIP}:{PORT}").parse().unwrap()
+}
+
+fn seed_start_args() -> Vec<&'static str> {
+    vec![
+        "director",
+        "start",
+        "--vip",
+        VIP,
+        "--port",
+        PORT,
+        "--iface",
+        IF,
+        "--real",
+        "10.18.68.186",
+        "--real",
+        "10.18.68.187",
+    ]
+}
+
+fn status_json(ns: &Netns, role: &str) -> (i32, Value) {
+    let out = ns.lvsctl(&[role, "status", "--json"]);
+    let (o, e) = texts(&out);
+    let v: Value = serde_json::from_str(&o).unwrap_or_else(|err| panic!("status --json is not JSON ({err}): {o}\n{e}"));
+    (code(&out), v)
+}
+
+/// Connection count of each real server of the first service, from `status --json`.
+fn real_conns(v: &Value) -> Vec<(String, u64)> {
+    v["services"][0]["real_servers"]
+        .as_array()
+        .expect("real_servers")
+        .iter()
+        .map(|r| (r["address"].as_str().unwrap().to_owned(), r["stats"]["conns"].as_u64().unwrap_or(0)))
+        .collect()
+}
+
+fn assert_alternates(names: &[String], a: &str, b: &str) {
+    assert!(names.iter().any(|n| n == a) && names.iter().any(|n| n == b), "both real servers must answer: {names:?}");
+    for w in names.windows(2) {
+        assert_ne!(w[0], w[1], "round robin must alternate: {names:?}");
+    }
+    assert!(names.iter().all(|n| n == a || n == b), "unexpected answer in {names:?}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_seed_topology_end_to_end() {
+    require_privileged();
+    let lan = Lan::new();
+    let client = lan.host("cli", IF, "10.18.68.10/24");
+    let director = lan.host("dir", IF, "10.18.68.185/24");
+    let rs186 = lan.host("rsa", IF, "10.18.68.186/24");
+    let rs187 = lan.host("rsb", IF, "10.18.68.187/24");
+    // The client reaches the VIP on its LAN; the director answers ARP for it.
+    client.ip(&["route", "add", &format!("{VIP}/32"), "dev", IF]);
+    let _s186 = NameServer::start(&rs186, "0.0.0.0:15858".parse().unwrap(), "rs186");
+    let _s187 = NameServer::start(&rs187, "0.0.0.0:15858".parse().unwrap(), "rs187");
+
+    let before: Vec<Snapshot> = [&director, &rs186, &rs187].iter().map(|h| h.snapshot(&[IF])).collect();
+    for h in [&director, &rs186, &rs187] {
+        assert_eq!(code(&h.lvsctl(&["director", "status"])), 3);
+        assert_eq!(code(&h.lvsctl(&["realserver", "status"])), 3);
+    }
+
+    for rs in [&rs186, &rs187] {
+        let out = rs.lvsctl_ok(&["realserver", "start", "--vip", VIP, "--iface", IF]);
+        assert!(out.contains(&format!("added {VIP}/32 to lo")), "{out}");
+        assert_eq!(rs.sysctl(IF, "arp_ignore"), "1");
+        assert_eq!(rs.sysctl("all", "arp_announce"), "2");
+        assert_eq!(rs.sysctl("lo", "arp_ignore"), "1");
+    }
+    let out = director.lvsctl_ok(&seed_start_args());
+    assert!(out.contains(&format!("added {VIP}/32 to {IF}")), "{out}");
+    assert_eq!(
+        director.ipvsadm_save(),
+        "-A -t 10.19.70.166:15858 -s rr\n\
+         -a -t 10.19.70.166:15858 -r 10.18.68.186:15858 -g -w 1\n\
+         -a -t 10.19.70.166:15858 -r 10.18.68.187:15858 -g -w 1\n"
+    );
+
+    let names = ask_names(&client, vip_port(), 6);
+    assert_alternates(&names, "rs186", "rs187");
+
+    // Status: running on all three; the director shows the connection counts
+    // (the kernel folds counters in every 2 s: wait for them).
+    let v = eventually("director status counts 3 connections per real server", Duration::from_secs(15), || {
+        let (c, v) = status_json(&director, "director");
+        if c == 0 && real_conns(&v).iter().all(|(_, n)| *n == 3) && v["services"][0]["stats"]["conns"] == 6 {
+            Ok(v)
+        } else {
+            Err((c, v))
+        }
+    });
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["addresses"][0]["present"], true);
+    let out = director.lvsctl(&["director", "status"]);
+    let (text, _) = texts(&out);
+    assert_eq!(code(&out), 0, "{text}");
+    assert!(text.starts_with("director: running\n"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("  -> 10.18.68.186:15858")).expect("real server line");
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    // ->, addr, Route, weight, active, inactive, Conns, InPkts, OutPkts, InBytes, OutBytes
+    assert_eq!((cols[2], cols[3], cols[6]), ("Route", "1", "3"), "{line}");
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("TCP  10.19.70.166:15858 rr") && l.split_whitespace().nth(3) == Some("6")));
+    for rs in [&rs186, &rs187] {
+        let out = rs.lvsctl(&["realserver", "status"]);
+        assert_eq!(code(&out), 0, "{:?}", texts(&out));
+        assert!(texts(&out).0.contains(&format!("VIP {VIP}/32 on lo: present")));
+    }
+
+    // Stop each: the hosts are back as before, byte for byte.
+    director.lvsctl_ok(&["director", "stop"]);
+    for rs in [&rs186, &rs187] {
+        rs.lvsctl_ok(&["realserver", "stop"]);
+    }
+    let after: Vec<Snapshot> = [&director, &rs186, &rs187].iter().map(|h| h.snapshot(&[IF])).collect();
+    assert_eq!(before, after);
+    assert_eq!(director.ipvsadm_save(), before[0].ipvs);
+    assert_eq!(code(&director.lvsctl(&["director", "status"])), 3);
+    for rs in [&rs186, &rs187] {
+        assert_eq!(code(&rs.lvsctl(&["realserver", "status"])), 3);
+    }
+    // Stop on a stopped host: exit 0.
+    director.lvsctl_ok(&["director", "stop"]);
+    rs186.lvsctl_ok(&["realserver", "stop"]);
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_is_also_a_real_server() {
+    require_privileged();
+    // The seed: 186 runs lvs-dr and lvs-rs, 187 lvs-rs.
+    let lan = Lan::new();
+    let client = lan.host("cli", IF, "10.18.68.10/24");
+    let h186 = lan.host("h186", IF, "10.18.68.186/24");
+    let h187 = lan.host("h187", IF, "10.18.68.187/24");
+    client.ip(&["route", "add", &format!("{VIP}/32"), "dev", IF]);
+    let before: Vec<Snapshot> = [&h186, &h187].iter().map(|h| h.snapshot(&[IF])).collect();
+
+    h187.lvsctl_ok(&["realserver", "start", "--vip", VIP, "--iface", IF]);
+    h186.lvsctl_ok(&["realserver", "start", "--vip", VIP, "--iface", IF]);
+    h186.lvsctl_ok(&seed_start_args());
+    // 186's service listens on the VIP itself; 187's on every address.
+    let s186 = NameServer::start(&h186, vip_port(), "cn186");
+    let s187 = NameServer::start(&h187, "0.0.0.0:15858".parse().unwrap(), "cn187");
+
+    let names = ask_names(&client, vip_port(), 6);
+    assert_alternates(&names, "cn186", "cn187");
+    let v = eventually("director status counts the connections", Duration::from_secs(15), || {
+        let (c, v) = status_json(&h186, "director");
+        if c == 0 && v["services"][0]["stats"]["conns"] == 6 {
+            Ok(v)
+        } else {
+            Err((c, v))
+        }
+    });
+    let own = v["services"][0]["real_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == "10.18.68.186:15858")
+        .expect("the director's own address is a real server")
+        .clone();
+    // The kernel may report a local destination as Local.
+    assert!(own["forward"] == "Route" || own["forward"] == "Local", "{own}");
+    assert_eq!(own["stats"]["conns"], 3);
+    assert_eq!(code(&h186.lvsctl(&["realserver", "status"])), 0);
+
+    drop((s186, s187));
+    h186.lvsctl_ok(&["director", "stop"]);
+    h186.lvsctl_ok(&["realserver", "stop"]);
+    h187.lvsctl_ok(&["realserver", "stop"]);
+    let after: Vec<Snapshot> = [&h186, &h187].iter().map(|h| h.snapshot(&[IF])).collect();
+    assert_eq!(before, after);
+}
+
+/// A namespace with interface `enp1s0` (a veth pair inside it) and the
+/// seed's real-server addresses on its other end's subnet.
+fn director_host() -> Netns {
+    let ns = Netns::new("d");
+    ns.add_veth(IF, "peer0");
+    ns.ip(&["addr", "add", "10.18.68.185/24", "dev", IF]);
+    ns
+}
+
+fn changes(out: &str) -> Vec<String> {
+    out.lines().filter(|l| l.starts_with("director: ")).map(|l| l["director: ".len()..].to_owned()).collect()
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_start_is_idempotent() {
+    let ns = director_host();
+    let first = ns.lvsctl_ok(&seed_start_args());
+    assert_eq!(changes(&first).len(), 5, "{first}"); // service, 2 real servers, VIP, summary
+    let (save, addrs) = (ns.ipvsadm_save(), ns.addrs4());
+    let second = ns.lvsctl_ok(&seed_start_args());
+    assert_eq!(changes(&second), ["already running as configured; nothing changed"], "{second}");
+    assert_eq!(ns.ipvsadm_save(), save);
+    assert_eq!(ns.addrs4(), addrs);
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+    ns.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(ns.ipvsadm_save(), "");
+    assert!(!ns.addrs4().contains(VIP));
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_start_reconciles_only_the_difference() {
+    let ns = director_host();
+    ns.lvsctl_ok(&seed_start_args());
+    let out = ns.lvsctl_ok(&[
+        "director",
+        "start",
+        "--vip",
+        VIP,
+        "--port",
+        PORT,
+        "--iface",
+        IF,
+        "--real",
+        "10.18.68.186,weight=3",
+        "--real",
+        "10.18.68.188",
+    ]);
+    let mut got = changes(&out);
+    assert_eq!(got.pop().as_deref(), Some("running (1 virtual services, 2 real servers)"));
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "add real server 10.18.68.188:15858 to tcp 10.19.70.166:15858 (Route, weight 1)",
+            "delete real server 10.18.68.187:15858 of tcp 10.19.70.166:15858",
+            "edit real server 10.18.68.186:15858 of tcp 10.19.70.166:15858 (Route, weight 3)",
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        ns.ipvsadm_save(),
+        "-A -t 10.19.70.166:15858 -s rr\n\
+         -a -t 10.19.70.166:15858 -r 10.18.68.186:15858 -g -w 3\n\
+         -a -t 10.19.70.166:15858 -r 10.18.68.188:15858 -g -w 1\n"
+    );
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+
+    // Someone changes a weight behind lvsctl's back: status says degraded and why.
+    ns.ipvsadm(&["-e", "-t", "10.19.70.166:15858", "-r", "10.18.68.188:15858", "-g", "-w", "7"]);
+    let out = ns.lvsctl(&["director", "status"]);
+    let (text, _) = texts(&out);
+    assert_eq!(code(&out), 1, "{text}");
+    assert!(text.contains("real server 10.18.68.188:15858 of tcp 10.19.70.166:15858 differs"), "{text}");
+
+    // A config with a second service, then without the first: only that changes.
+    let dir = tempdir();
+    let cfg = dir.join("two.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[director]\niface = \"{IF}\"\n\
+             [[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nreal = [\"10.18.68.186,weight=3\", \"10.18.68.188\"]\n\
+             [[director.service]]\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"wlc\"\nreal = [\"10.18.68.186\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = ns.lvsctl_ok(&["director", "start", "--config", cfg.to_str().unwrap()]);
+    let got = changes(&out);
+    assert_eq!(
+        got[..3],
+        [
+            "edit real server 10.18.68.188:15858 of tcp 10.19.70.166:15858 (Route, weight 1)",
+            "add service udp 10.19.70.166:53 (wlc)",
+            "add real server 10.18.68.186:53 to udp 10.19.70.166:53 (Route, weight 1)",
+        ],
+        "{out}"
+    );
+    assert_eq!(got.len(), 4, "{out}");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[director]\niface = \"{IF}\"\n\
+             [[director.service]]\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\nscheduler = \"wlc\"\nreal = [\"10.18.68.186\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = ns.lvsctl_ok(&["director", "start", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(changes(&out)[0], "delete service tcp 10.19.70.166:15858", "{out}");
+    assert_eq!(changes(&out).len(), 2, "{out}");
+    assert_eq!(ns.ipvsadm_save(), "-A -u 10.19.70.166:53 -s wlc\n-a -u 10.19.70.166:53 -r 10.18.68.186:53 -g -w 1\n");
+    ns.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(ns.ipvsadm_save(), "");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_foreign_service_and_address_survive() {
+    let ns = director_host();
+    // Before lvsctl: someone else's service, and the VIP already on the interface.
+    ns.ipvsadm(&["-A", "-t", "10.0.0.1:80", "-s", "wlc"]);
+    ns.ipvsadm(&["-a", "-t", "10.0.0.1:80", "-r", "10.18.68.190:80", "-g", "-w", "2"]);
+    ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", IF]);
+    let before = ns.snapshot(&[IF]);
+
+    // Taking over the foreign service is refused, and nothing changes.
+    let out = ns.lvsctl(&["director", "start", "--vip", "10.0.0.1", "--port", "80", "--iface", IF]);
+    let (o, e) = texts(&out);
+    assert_eq!(code(&out), 2, "{o}{e}");
+    assert_eq!(e, "lvsctl: virtual service tcp 10.0.0.1:80 already exists and lvsctl did not create it: delete it first (ipvsadm -D -t 10.0.0.1:80) or leave it out\n");
+    assert_eq!(ns.snapshot(&[IF]), before);
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 3);
+
+    let out = ns.lvsctl_ok(&seed_start_args());
+    assert!(!out.contains("added"), "the VIP was already there: {out}");
+    assert!(ns.ipvsadm_save().starts_with("-A -t 10.0.0.1:80 -s wlc\n"));
+    let out = ns.lvsctl_ok(&["director", "stop"]);
+    assert!(!out.contains("removed"), "{out}");
+    assert!(!out.contains("10.0.0.1:80"), "{out}");
+    assert_eq!(ns.snapshot(&[IF]), before);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(lvsctl_tests::unique("lvsctl-test-"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_bad_input_changes_nothing() {
+    let ns = director_host();
+    let dir = tempdir();
+    let bad_toml = dir.join("bad.toml");
+    std::fs::write(
+        &bad_toml,
+        "[director]\niface = \"enp1s0\"\n[[director.service]]\nvip = \"10.19.70.1666\"\nport = 15858\n",
+    )
+    .unwrap();
+    let bad_sched = dir.join("sched.toml");
+    std::fs::write(
+        &bad_sched,
+        "[director]\niface = \"enp1s0\"\n[[director.service]]\nvip = \"10.19.70.166\"\nport = 15858\nscheduler = \"fastest\"\n",
+    )
+    .unwrap();
+    let bad_s = bad_toml.to_str().unwrap().to_owned();
+    let sched_s = bad_sched.to_str().unwrap().to_owned();
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["director", "start"].iter().map(|s| s.to_string()).collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let seed = ["--vip", VIP, "--port", PORT, "--iface", IF, "--real", "10.18.68.186"];
+    let with = |more: &[&str]| -> Vec<String> {
+        let mut v = seed.to_vec();
+        v.extend_from_slice(more);
+        base(&v)
+    };
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (base(&["--vip", "10.19.70.1666", "--port", PORT, "--iface", IF]), "malformed VIP \"10.19.70.1666\"".into()),
+        (with(&["--real", "10.18.68"]), "malformed real server address \"10.18.68\"".into()),
+        (with(&["--scheduler", "fastest"]), "unknown scheduler \"fastest\"".into()),
+        (with(&["--real", "10.18.68.187,weight=65536"]), "weight 65536 is out of range 0..65535".into()),
+        (
+            base(&["--vip", VIP, "--port", PORT, "--iface", "nosuch0", "--real", "10.18.68.186"]),
+            "no such interface nosuch0".into(),
+        ),
+        (with(&["--real", "2001:db8::186"]), "address families must match".into()),
+        (base(&["--vip", VIP, "--port", "0", "--iface", IF]), "port 0 (every port) needs persistence".into()),
+        (base(&["--config", "/nonexistent/lvsctl.toml"]), "cannot read config file /nonexistent/lvsctl.toml".into()),
+        (base(&["--config", &dir_s]), format!("cannot read config file {dir_s}")),
+        (base(&["--config", &bad_s]), format!("{bad_s}:4:7: invalid IP address syntax")),
+        (base(&["--config", &sched_s]), format!("{sched_s}:6:13: unknown scheduler \"fastest\"")),
+    ];
+    let before = ns.snapshot(&[IF]);
+    for (args, want) in cases {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = ns.lvsctl(&a);
+        let (o, e) = texts(&out);
+        assert_eq!(code(&out), 2, "{a:?}: {o}{e}");
+        assert!(e.contains(&want), "{a:?}: stderr {e:?} lacks {want:?}");
+        assert!(!e.contains("panicked") && !e.contains("RUST_BACKTRACE"), "{a:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{a:?}: one line on stderr, got {e:?}");
+        assert!(e.starts_with("lvsctl: "), "{e}");
+        assert_eq!(o, "", "{a:?}: nothing on stdout");
+        assert_eq!(ns.snapshot(&[IF]), before, "{a:?} changed the host");
+        assert_eq!(code(&ns.lvsctl(&["director", "status"])), 3, "{a:?} left a state file");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_not_root_exits_4() {
+    require_privileged();
+    use std::os::unix::process::CommandExt;
+    for args in [
+        vec!["director", "start", "--vip", VIP, "--port", PORT, "--iface", "lo", "--real", "10.18.68.186"],
+        vec!["director", "stop"],
+        vec!["realserver", "start", "--vip", VIP],
+        vec!["realserver", "stop"],
+    ] {
+        // As nobody, in the test process's own namespace: it must refuse before touching anything.
+        let out = run(std::process::Command::new(lvsctl_bin()).args(&args).uid(65534).gid(65534));
+        let (o, e) = texts(&out);
+        assert_eq!(code(&out), 4, "{args:?}: {o}{e}");
+        assert!(e.contains("must be run as root"), "{args:?}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_concurrent_starts_are_serialised() {
+    let ns = director_host();
+    let name = ns.name.clone();
+    // Eight runs at once with different weights: each must see the state the
+    // previous one wrote (else one would find "its" service and refuse it).
+    let handles: Vec<_> = (1..=8)
+        .map(|w| {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let real = format!("10.18.68.186,weight={w}");
+                let out = run(std::process::Command::new(lvsctl_bin()).args([
+                    "--netns", &name, "director", "start", "--vip", VIP, "--port", PORT, "--iface", IF, "--real", &real,
+                ]));
+                (w, out)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (w, out) = h.join().unwrap();
+        assert_eq!(code(&out), 0, "run with weight {w}: {:?}", texts(&out));
+    }
+    let save = ns.ipvsadm_save();
+    assert_eq!(save.lines().count(), 2, "{save}");
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+    ns.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(ns.ipvsadm_save(), "");
+}
