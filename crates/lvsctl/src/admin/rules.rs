@@ -207,9 +207,9 @@ mod tests {
         s.pe = Some("sip".into());
         s.sched_flags = SchedFlags::FLAG_2;
         assert_eq!(op, Op::AddService(s));
-        // -p without a value before another option: the default 300.
+        // -p without a value before another option: the default 360.
         let Op::AddService(s) = p("-A -u 10.0.0.10:53 -p -o").unwrap() else { panic!() };
-        assert_eq!(s.persistence, Some(Persistence { timeout: 300, netmask: None }));
+        assert_eq!(s.persistence, Some(Persistence { timeout: 360, netmask: None }));
         assert!(s.one_packet);
         let Op::AddService(s) = p("-A -f 2 -6 -s wrr -p 100 -M 64").unwrap() else { panic!() };
         assert_eq!(s.key, ServiceKey::fwmark(2, Family::Inet6));

@@ -5,7 +5,8 @@
 //! -f -6 -s -p -M --pe -o -b`, `-r -g -i -m -w -x -y --tun-*`); the builders
 //! turn them into the library's [`Service`] and [`Destination`] with
 //! ipvsadm's defaults (scheduler wlc, weight 1, forwarding `-g`, persistence
-//! 300 s) and its checks, with ipvsadm's wording in the messages.
+//! 360 s for a bare `-p`: what ipvsadm 1.31 does, although its man page says
+//! 300) and its checks, with ipvsadm's wording in the messages.
 //! Addresses are numeric: `10.0.0.1:80`, `[2001:db8::1]:80`; no host or port
 //! names are looked up.
 
@@ -18,8 +19,9 @@ use ipvs::{
 
 /// ipvsadm's default scheduler.
 pub(crate) const DEFAULT_SCHEDULER: &str = "wlc";
-/// ipvsadm's default persistence timeout, seconds (`-p` without a value).
-pub(crate) const DEFAULT_PERSISTENCE: &str = "300";
+/// ipvsadm's default persistence timeout, seconds (`-p` without a value):
+/// 360, as ipvsadm 1.31 sends it (checked against it in the test VM).
+pub(crate) const DEFAULT_PERSISTENCE: &str = "360";
 /// ipvsadm's longest persistence timeout: 31 days.
 pub(crate) const MAX_PERSISTENCE: u32 = 86400 * 31;
 
@@ -49,7 +51,7 @@ pub(crate) struct ServiceOpts {
     /// Scheduler: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos (default wlc).
     #[arg(short = 's', long = "scheduler", value_name = "NAME")]
     pub(crate) scheduler: Option<String>,
-    /// Persistent service, TIMEOUT seconds (default 300).
+    /// Persistent service, TIMEOUT seconds (default 360, as ipvsadm 1.31).
     #[arg(short = 'p', long = "persistent", value_name = "TIMEOUT", num_args = 0..=1,
           default_missing_value = DEFAULT_PERSISTENCE)]
     pub(crate) persistent: Option<String>,
