@@ -69,6 +69,17 @@ pub(crate) fn nlas_len<A: Nla>(nlas: &[A]) -> usize {
 }
 
 /// Emit a list of attributes.
+///
+/// Each attribute's type field is written as `kind()` says, flags included:
+/// netlink-packet-core 0.9's emit loses `NLA_F_NET_BYTEORDER` when
+/// `NLA_F_NESTED` is also set (setting the second flag re-reads the type
+/// without flags), which would change an unknown attribute on its way through.
 pub(crate) fn emit_nlas<A: Nla>(nlas: &[A], buf: &mut [u8]) {
-    netlink_packet_core::Emitable::emit(&nlas, buf)
+    let mut off = 0;
+    for nla in nlas {
+        let len = netlink_packet_core::Emitable::buffer_len(nla);
+        netlink_packet_core::Emitable::emit(nla, &mut buf[off..off + len]);
+        buf[off + 2..off + 4].copy_from_slice(&nla.kind().to_ne_bytes());
+        off += len;
+    }
 }
