@@ -457,3 +457,48 @@ fn director_concurrent_starts_are_serialised() {
     ns.lvsctl_ok(&["director", "stop"]);
     assert_eq!(ns.ipvsadm_save(), "");
 }
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_ipv6_vip_and_realserver_ipv6() {
+    let ns = director_host();
+    let vip6 = "2001:db8::166";
+    let before_sysctls = ns.snapshot(&[IF]).sysctls;
+    let out = ns.lvsctl_ok(&[
+        "director",
+        "start",
+        "--vip",
+        vip6,
+        "--port",
+        "80",
+        "--iface",
+        IF,
+        "--real",
+        "[2001:db8::186]:80",
+        "--real",
+        "2001:db8::187,weight=2",
+    ]);
+    assert!(out.contains(&format!("added {vip6}/128 to {IF}")), "{out}");
+    assert_eq!(
+        ns.ipvsadm_save(),
+        "-A -t [2001:db8::166]:80 -s rr\n\
+         -a -t [2001:db8::166]:80 -r [2001:db8::186]:80 -g -w 1\n\
+         -a -t [2001:db8::166]:80 -r [2001:db8::187]:80 -g -w 2\n"
+    );
+    assert!(ns.ip(&["-6", "-o", "addr", "show", "dev", IF]).contains(&format!("{vip6}/128")));
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+
+    // A real server with only an IPv6 VIP: /128 on lo, no ARP sysctls (IPv6 has no ARP).
+    let out = ns.lvsctl_ok(&["realserver", "start", "--vip", vip6, "--iface", IF]);
+    assert_eq!(out, format!("realserver: added {vip6}/128 to lo\nrealserver: running (1 VIPs on lo)\n"));
+    assert!(ns.ip(&["-6", "-o", "addr", "show", "dev", "lo"]).contains(&format!("{vip6}/128")));
+    assert_eq!(ns.snapshot(&[IF]).sysctls, before_sysctls);
+    assert_eq!(code(&ns.lvsctl(&["realserver", "status"])), 0);
+
+    ns.lvsctl_ok(&["realserver", "stop"]);
+    ns.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(ns.ipvsadm_save(), "");
+    assert!(!ns.ip(&["-6", "-o", "addr", "show"]).contains(vip6));
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 3);
+    assert_eq!(code(&ns.lvsctl(&["realserver", "status"])), 3);
+}
