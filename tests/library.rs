@@ -1016,3 +1016,37 @@ fn connect_into_named_and_pathed_netns() {
     });
     drop(ns);
 }
+
+/// Without CAP_NET_ADMIN every IPVS operation is refused with
+/// PermissionDenied (the generic netlink lookup itself needs no privilege).
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn permission_denied_without_cap_net_admin() {
+    in_fresh_netns(|| async {
+        // Something to look at, added while still privileged.
+        let h = connect().await;
+        let key = ServiceKey::tcp(sa("10.0.0.1:80"));
+        h.add_service(&Service::new(key, Scheduler::Rr)).await.unwrap();
+        drop(h);
+        drop_all_capabilities();
+        let h = Ipvs::connect().await.expect("connecting needs no privilege");
+        assert!(matches!(h.services().await, Err(Error::PermissionDenied)), "list");
+        assert!(matches!(h.service(&key).await, Err(Error::PermissionDenied)), "get");
+        assert!(matches!(h.info().await, Err(Error::PermissionDenied)), "info");
+        assert!(
+            matches!(
+                h.add_service(&Service::new(ServiceKey::tcp(sa("10.0.0.2:80")), Scheduler::Rr)).await,
+                Err(Error::PermissionDenied)
+            ),
+            "add"
+        );
+        assert!(matches!(h.delete_service(&key).await, Err(Error::PermissionDenied)), "delete");
+        assert!(matches!(h.timeouts().await, Err(Error::PermissionDenied)), "timeouts");
+        let res = h.apply(&[Op::DeleteService(key)]).await.unwrap();
+        assert!(matches!(res[0], Err(Error::PermissionDenied)), "apply: {res:?}");
+        // Nothing changed (ipvsadm runs as a child process with our dropped
+        // capabilities, so ask /proc instead).
+        let t = std::fs::read_to_string("/proc/thread-self/net/ip_vs").unwrap();
+        assert!(t.contains("0A000001:0050"), "{t}");
+    });
+}

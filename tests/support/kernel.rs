@@ -390,7 +390,7 @@ pub fn ipvsadm_thresholds(proto: &str, vip: &str) -> Vec<(String, u32, u32)> {
 
 /// The connection table size the kernel prints in `/proc/net/ip_vs`.
 pub fn proc_conn_table_size() -> u32 {
-    let t = std::fs::read_to_string("/proc/net/ip_vs").expect("/proc/net/ip_vs");
+    let t = std::fs::read_to_string("/proc/thread-self/net/ip_vs").expect("/proc/thread-self/net/ip_vs");
     let first = t.lines().next().unwrap_or_default();
     let s = first.split("size=").nth(1).and_then(|r| r.split(')').next()).expect("size= in /proc/net/ip_vs");
     s.parse().unwrap()
@@ -441,4 +441,29 @@ where
     if let Err(p) = r {
         std::panic::resume_unwind(p);
     }
+}
+
+/// Drop every capability of the calling thread (effective, permitted and
+/// inheritable sets; capabilities are per thread on Linux). For checking what
+/// an unprivileged caller gets. The thread cannot get them back.
+pub fn drop_all_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let hdr = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: capset with a valid header and two data structs (version 3).
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
 }

@@ -53,6 +53,13 @@ impl Ipvs {
     /// Connect in the calling thread's network namespace. Must be called from
     /// within a tokio runtime. If the IPVS family is missing it tries
     /// `modprobe ip_vs` once; then [`Error::NotAvailable`].
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// let ipvs = ipvs::Ipvs::connect().await?;
+    /// println!("IPVS {}", ipvs.info().await?.version_string());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect() -> Result<Self> {
         let sock = conn::open_socket().map_err(|e| Error::Io("opening a netlink socket".into(), e))?;
         Self::from_socket(sock, DEFAULT_TIMEOUT).await
@@ -60,12 +67,27 @@ impl Ipvs {
 
     /// Connect inside the network namespace at `path` (`/var/run/netns/NAME`
     /// or `/proc/PID/ns/net`) without moving any of the caller's threads.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// // A namespace made with `ip netns add blue`, or any process's: /proc/PID/ns/net.
+    /// let ipvs = ipvs::Ipvs::connect_in_netns("/var/run/netns/blue").await?;
+    /// println!("{} services in blue", ipvs.services().await?.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_in_netns(path: impl AsRef<Path>) -> Result<Self> {
         let sock = conn::open_socket_in(path.as_ref())?;
         Self::from_socket(sock, DEFAULT_TIMEOUT).await
     }
 
     /// Connect inside the named network namespace (`ip netns add NAME`).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// let ipvs = ipvs::Ipvs::connect_named_netns("blue").await?;
+    /// println!("{} services in blue", ipvs.services().await?.len());
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_named_netns(name: &str) -> Result<Self> {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(Error::invalid(format!("invalid network namespace name {name:?}")));
@@ -80,6 +102,17 @@ impl Ipvs {
     /// This handle with another deadline: each request waits at most
     /// `timeout` for each reply of the kernel, then fails with
     /// [`Error::Timeout`]. Other clones keep theirs.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use std::time::Duration;
+    /// let ipvs = ipvs::Ipvs::connect().await?.with_timeout(Duration::from_secs(2));
+    /// match ipvs.services().await {
+    ///     Err(ipvs::Error::Timeout(..)) => eprintln!("the kernel did not answer within 2 s"),
+    ///     other => println!("{:?}", other?.len()),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -106,6 +139,14 @@ impl Ipvs {
     /// can skip an entry or repeat one. Repeats are removed here (a key appears
     /// at most once); a skipped service cannot be detected. On a table that
     /// does not change during the call the result is complete.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// for s in ipvs::Ipvs::connect().await?.services().await? {
+    ///     println!("{} {} conns={}", s.service.key, s.service.scheduler, s.stats.conns);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn services(&self) -> Result<Vec<ServiceEntry>> {
         let msgs =
             match self.conn.dump(&Self::msg(IpvsCmd::GetService, vec![]), "listing services", self.timeout).await? {
@@ -128,6 +169,18 @@ impl Ipvs {
     }
 
     /// One virtual service. [`Error::NoSuchService`] when it does not exist.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::{Error, ServiceKey};
+    /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+    /// match ipvs::Ipvs::connect().await?.service(&key).await {
+    ///     Ok(s) => println!("{:?}", s.service.persistence),
+    ///     Err(Error::NoSuchService(_)) => println!("{key} does not exist"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn service(&self, key: &ServiceKey) -> Result<ServiceEntry> {
         let msg = Self::msg(IpvsCmd::GetService, vec![IpvsAttr::Service(service_key_attrs(key))]);
         let what = format!("getting service {key}");
@@ -143,6 +196,18 @@ impl Ipvs {
     }
 
     /// Add a virtual service. [`Error::ServiceExists`] if it exists.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::{Persistence, Scheduler, Service, ServiceKey};
+    /// // ipvsadm -A -t 10.0.0.1:443 -s wlc -p 300
+    /// let s = Service {
+    ///     persistence: Some(Persistence { timeout: 300, netmask: None }),
+    ///     ..Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
+    /// };
+    /// ipvs::Ipvs::connect().await?.add_service(&s).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn add_service(&self, s: &Service) -> Result<()> {
         s.validate()?;
         let msg = Self::msg(IpvsCmd::NewService, vec![IpvsAttr::Service(service_attrs(s))]);
@@ -151,6 +216,15 @@ impl Ipvs {
     }
 
     /// Change a virtual service's scheduler, flags, persistence or engine.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::{Scheduler, Service, ServiceKey};
+    /// // ipvsadm -E -t 10.0.0.1:443 -s rr  (the whole configuration is replaced)
+    /// let s = Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Rr);
+    /// ipvs::Ipvs::connect().await?.update_service(&s).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_service(&self, s: &Service) -> Result<()> {
         s.validate()?;
         let msg = Self::msg(IpvsCmd::SetService, vec![IpvsAttr::Service(service_attrs(s))]);
@@ -159,6 +233,14 @@ impl Ipvs {
     }
 
     /// Delete a virtual service and its destinations.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::ServiceKey;
+    /// // ipvsadm -D -t 10.0.0.1:443
+    /// ipvs::Ipvs::connect().await?.delete_service(&ServiceKey::tcp("10.0.0.1:443".parse().unwrap())).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_service(&self, key: &ServiceKey) -> Result<()> {
         let msg = Self::msg(IpvsCmd::DelService, vec![IpvsAttr::Service(service_key_attrs(key))]);
         self.do_ack(msg, format!("deleting service {key}"), |e| svc_err(key, e)).await?;
@@ -169,6 +251,16 @@ impl Ipvs {
 
     /// The destinations of a service. A missing service gives
     /// [`Error::NoSuchService`] (the kernel itself answers with an empty list).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::ServiceKey;
+    /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+    /// for d in ipvs::Ipvs::connect().await?.destinations(&key).await? {
+    ///     println!("-> {} {} {} active={}", d.destination.addr, d.destination.forward.name(), d.destination.weight, d.active_conns);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn destinations(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
         let d = self.destinations_raw(key).await?;
         if d.is_empty() {
@@ -198,6 +290,16 @@ impl Ipvs {
     }
 
     /// Add a destination to a service.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::{Destination, Forward, ServiceKey};
+    /// // ipvsadm -a -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 5
+    /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+    /// let d = Destination { weight: 5, ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq) };
+    /// ipvs::Ipvs::connect().await?.add_destination(&key, &d).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn add_destination(&self, key: &ServiceKey, d: &Destination) -> Result<()> {
         d.validate(key)?;
         let msg = dest_msg(IpvsCmd::NewDest, key, dest_attrs(d));
@@ -206,6 +308,16 @@ impl Ipvs {
     }
 
     /// Change a destination's forwarding method, weight or thresholds.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::{Destination, Forward, ServiceKey};
+    /// // ipvsadm -e -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 0   (drain it)
+    /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+    /// let d = Destination { weight: 0, ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq) };
+    /// ipvs::Ipvs::connect().await?.update_destination(&key, &d).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn update_destination(&self, key: &ServiceKey, d: &Destination) -> Result<()> {
         d.validate(key)?;
         let msg = dest_msg(IpvsCmd::SetDest, key, dest_attrs(d));
@@ -214,6 +326,15 @@ impl Ipvs {
     }
 
     /// Delete a destination from a service.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::ServiceKey;
+    /// // ipvsadm -d -t 10.0.0.1:80 -r 192.168.1.10:8080
+    /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+    /// ipvs::Ipvs::connect().await?.delete_destination(&key, "192.168.1.10:8080".parse().unwrap()).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_destination(&self, key: &ServiceKey, addr: SocketAddr) -> Result<()> {
         let msg = dest_msg(IpvsCmd::DelDest, key, dest_key_attrs(addr));
         self.do_ack(msg, format!("deleting real server {addr} of {key}"), |e| dest_err(key, addr, e)).await?;
@@ -225,6 +346,18 @@ impl Ipvs {
     /// Every service with its destinations: one service dump, then one
     /// destination dump per service (the kernel has no "all destinations"
     /// dump). A service deleted between the two is left out.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// // Like ipvsadm -Ln.
+    /// for (svc, dests) in ipvs::Ipvs::connect().await?.dump().await? {
+    ///     println!("{} {}", svc.service.key, svc.service.scheduler);
+    ///     for d in dests {
+    ///         println!("  -> {} {} {}", d.destination.addr, d.destination.forward.name(), d.destination.weight);
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn dump(&self) -> Result<Table> {
         let services = self.services().await?;
         let mut out = Vec::with_capacity(services.len());
@@ -236,6 +369,15 @@ impl Ipvs {
     }
 
     /// Zero the counters of every service, or of one.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::ServiceKey;
+    /// let ipvs = ipvs::Ipvs::connect().await?;
+    /// ipvs.zero(Some(&ServiceKey::tcp("10.0.0.1:80".parse().unwrap()))).await?; // ipvsadm -Z -t 10.0.0.1:80
+    /// ipvs.zero(None).await?; // ipvsadm -Z
+    /// # Ok(()) }
+    /// ```
     pub async fn zero(&self, key: Option<&ServiceKey>) -> Result<()> {
         let attrs = key.map(|k| vec![IpvsAttr::Service(service_key_attrs(k))]).unwrap_or_default();
         let what = key.map_or("zeroing all counters".to_owned(), |k| format!("zeroing {k}"));
@@ -249,6 +391,13 @@ impl Ipvs {
 
     /// Delete every virtual service in this namespace. Prefer deleting the
     /// services you own: this removes everyone's.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// // ipvsadm -C
+    /// ipvs::Ipvs::connect().await?.flush().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn flush(&self) -> Result<()> {
         self.do_ack(Self::msg(IpvsCmd::Flush, vec![]), "flushing".into(), |e| kernel("flushing the table", e)).await?;
         Ok(())
@@ -257,6 +406,13 @@ impl Ipvs {
     // ---- config, daemons, info --------------------------------------------
 
     /// The connection timeouts.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// let t = ipvs::Ipvs::connect().await?.timeouts().await?;
+    /// println!("Timeout (tcp tcpfin udp): {} {} {}", t.tcp, t.tcp_fin, t.udp);
+    /// # Ok(()) }
+    /// ```
     pub async fn timeouts(&self) -> Result<Timeouts> {
         let msgs = self
             .do_ack(Self::msg(IpvsCmd::GetConfig, vec![]), "getting timeouts".into(), |e| kernel("getting timeouts", e))
@@ -274,6 +430,14 @@ impl Ipvs {
     }
 
     /// Set the connection timeouts; a 0 field leaves that timeout unchanged.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::Timeouts;
+    /// // ipvsadm --set 0 60 0: only the FIN_WAIT timeout changes.
+    /// ipvs::Ipvs::connect().await?.set_timeouts(&Timeouts { tcp: 0, tcp_fin: 60, udp: 0 }).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn set_timeouts(&self, t: &Timeouts) -> Result<()> {
         let attrs = vec![IpvsAttr::TimeoutTcp(t.tcp), IpvsAttr::TimeoutTcpFin(t.tcp_fin), IpvsAttr::TimeoutUdp(t.udp)];
         self.do_ack(Self::msg(IpvsCmd::SetConfig, attrs), "setting timeouts".into(), |e| kernel("setting timeouts", e))
@@ -282,6 +446,14 @@ impl Ipvs {
     }
 
     /// The running sync daemons (at most one master and one backup).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// for d in ipvs::Ipvs::connect().await?.sync_daemons().await? {
+    ///     println!("{} sync daemon (mcast={}, syncid={})", d.state.name(), d.interface, d.sync_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn sync_daemons(&self) -> Result<Vec<SyncDaemon>> {
         let msgs =
             match self.conn.dump(&Self::msg(IpvsCmd::GetDaemon, vec![]), "listing sync daemons", self.timeout).await? {
@@ -299,6 +471,15 @@ impl Ipvs {
     }
 
     /// Start a sync daemon.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::{SyncDaemon, SyncState};
+    /// // ipvsadm --start-daemon master --mcast-interface eth0 --syncid 7 --mcast-ttl 2
+    /// let d = SyncDaemon { mcast_ttl: Some(2), ..SyncDaemon::new(SyncState::Master, "eth0", 7) };
+    /// ipvs::Ipvs::connect().await?.start_sync_daemon(&d).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn start_sync_daemon(&self, d: &SyncDaemon) -> Result<()> {
         d.validate()?;
         let msg = Self::msg(IpvsCmd::NewDaemon, vec![IpvsAttr::Daemon(daemon_attrs(d))]);
@@ -316,6 +497,13 @@ impl Ipvs {
     }
 
     /// Stop the sync daemon of that state.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// // ipvsadm --stop-daemon master
+    /// ipvs::Ipvs::connect().await?.stop_sync_daemon(ipvs::SyncState::Master).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn stop_sync_daemon(&self, state: SyncState) -> Result<()> {
         let msg =
             Self::msg(IpvsCmd::DelDaemon, vec![IpvsAttr::Daemon(vec![ipvs_sys::DaemonAttr::State(state.value())])]);
@@ -328,6 +516,13 @@ impl Ipvs {
     }
 
     /// IPVS version and connection table size.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// let i = ipvs::Ipvs::connect().await?.info().await?;
+    /// println!("IP Virtual Server version {} (size={})", i.version_string(), i.conn_table_size);
+    /// # Ok(()) }
+    /// ```
     pub async fn info(&self) -> Result<Info> {
         let msgs = self
             .do_ack(Self::msg(IpvsCmd::GetInfo, vec![]), "getting info".into(), |e| kernel("getting info", e))
@@ -353,6 +548,23 @@ impl Ipvs {
     /// per sendmsg). Every operation is validated first; if one is invalid,
     /// nothing is sent. The kernel applies them in order and does not roll
     /// back: the result has one entry per operation, `Ok` or its error.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use ipvs::{Destination, Forward, Op, Scheduler, Service, ServiceKey};
+    /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+    /// let ops = vec![
+    ///     Op::AddService(Service::new(key, Scheduler::Rr)),
+    ///     Op::AddDestination(key, Destination::new("10.0.1.1:80".parse().unwrap(), Forward::Route)),
+    ///     Op::AddDestination(key, Destination::new("10.0.1.2:80".parse().unwrap(), Forward::Route)),
+    /// ];
+    /// for (op, res) in ops.iter().zip(ipvs::Ipvs::connect().await?.apply(&ops).await?) {
+    ///     if let Err(e) = res {
+    ///         eprintln!("{op}: {e}");
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn apply(&self, ops: &[Op]) -> Result<Vec<Result<()>>> {
         for op in ops {
             op.validate()?;

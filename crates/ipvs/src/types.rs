@@ -17,6 +17,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 
 /// Transport protocol of a virtual service.
+///
+/// ```
+/// use ipvs::Protocol;
+/// assert_eq!("udp".parse::<Protocol>().unwrap(), Protocol::Udp);
+/// assert_eq!(Protocol::Sctp.number(), 132);
+/// assert!("icmp".parse::<Protocol>().is_err()); // IPVS balances TCP, UDP and SCTP only
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
 pub enum Protocol {
@@ -77,6 +84,12 @@ impl FromStr for Protocol {
 }
 
 /// Address family.
+///
+/// ```
+/// use ipvs::Family;
+/// assert_eq!(Family::of("2001:db8::1".parse().unwrap()), Family::Inet6);
+/// assert_eq!(Family::Inet.af(), 2); // AF_INET
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
 pub enum Family {
@@ -114,6 +127,16 @@ impl Family {
 }
 
 /// What identifies a virtual service.
+///
+/// ```
+/// use ipvs::{Family, ServiceKey};
+/// let web = ServiceKey::tcp("10.0.0.1:80".parse().unwrap()); // ipvsadm -t 10.0.0.1:80
+/// let dns = ServiceKey::udp("[2001:db8::1]:53".parse().unwrap()); // ipvsadm -u [2001:db8::1]:53
+/// let marked = ServiceKey::fwmark(7, Family::Inet6); // ipvsadm -f 7 -6
+/// assert_eq!(web.to_string(), "tcp 10.0.0.1:80");
+/// assert_eq!(dns.family(), Family::Inet6);
+/// assert_eq!(marked.to_string(), "fwmark 7 ipv6");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase", tag = "type"))]
 pub enum ServiceKey {
@@ -189,6 +212,14 @@ impl fmt::Display for ServiceKey {
 }
 
 /// A scheduler: how a virtual service picks a destination for a new connection.
+///
+/// ```
+/// use ipvs::Scheduler;
+/// assert_eq!("mh".parse::<Scheduler>().unwrap(), Scheduler::Mh);
+/// // An out-of-tree module ip_vs_mysched:
+/// assert_eq!(Scheduler::from_name("mysched").unwrap(), Scheduler::Other("mysched".into()));
+/// assert!(Scheduler::from_name("no/such").is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(into = "String", try_from = "String"))]
 pub enum Scheduler {
@@ -311,6 +342,13 @@ impl TryFrom<String> for Scheduler {
 
 /// Scheduler flags (`ipvsadm -b`): `flag-1`/`flag-2`/`flag-3`, called
 /// `sh-fallback`/`sh-port` for sh and `mh-fallback`/`mh-port` for mh.
+///
+/// ```
+/// use ipvs::{SchedFlags, Scheduler};
+/// let f = SchedFlags::parse_list("sh-port,sh-fallback").unwrap(); // ipvsadm -b sh-port,sh-fallback
+/// assert_eq!(f, SchedFlags::FLAG_1 | SchedFlags::FLAG_2);
+/// assert_eq!(f.names(&Scheduler::Sh), ["sh-fallback", "sh-port"]);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct SchedFlags(pub u32);
@@ -386,6 +424,14 @@ impl std::ops::BitOr for SchedFlags {
 }
 
 /// Persistence granularity: which client addresses share a destination.
+///
+/// ```
+/// use ipvs::{Family, Netmask};
+/// let per_subnet = Netmask::V4("255.255.255.0".parse().unwrap()); // -M 255.255.255.0
+/// let per_64 = Netmask::V6(64); // -M 64 on an IPv6 service
+/// assert!(!per_subnet.is_full() && !per_64.is_full());
+/// assert!(Netmask::full(Family::Inet6).is_full());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
 pub enum Netmask {
@@ -420,6 +466,16 @@ impl fmt::Display for Netmask {
 }
 
 /// Persistence (`ipvsadm -p/-M`): a client keeps going to the same destination.
+///
+/// ```
+/// use ipvs::{Netmask, Persistence, Scheduler, Service, ServiceKey};
+/// // ipvsadm -A -t 10.0.0.1:443 -s wlc -p 600 -M 255.255.255.0
+/// let s = Service {
+///     persistence: Some(Persistence { timeout: 600, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) }),
+///     ..Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
+/// };
+/// assert!(s.validate().is_ok());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Persistence {
@@ -430,6 +486,23 @@ pub struct Persistence {
 }
 
 /// A virtual service's configuration.
+///
+/// ```
+/// use ipvs::{Persistence, Netmask, SchedFlags, Scheduler, Service, ServiceKey};
+/// // ipvsadm -A -u 10.0.0.1:53 -s sh -b sh-port -o
+/// let dns = Service {
+///     sched_flags: SchedFlags::FLAG_2,
+///     one_packet: true,
+///     ..Service::new(ServiceKey::udp("10.0.0.1:53".parse().unwrap()), Scheduler::Sh)
+/// };
+/// assert!(dns.validate().is_ok());
+/// // Refused before anything is sent: an IPv6 netmask out of 1..128.
+/// let bad = Service {
+///     persistence: Some(Persistence { timeout: 60, netmask: Some(Netmask::V6(129)) }),
+///     ..Service::new(ServiceKey::tcp("[2001:db8::1]:80".parse().unwrap()), Scheduler::Rr)
+/// };
+/// assert!(matches!(bad.validate(), Err(ipvs::Error::Invalid(_))));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Service {
@@ -513,6 +586,11 @@ impl Service {
 }
 
 /// Checksum option of a GUE or GRE tunnel (`--tun-nocsum/--tun-csum/--tun-remcsum`).
+///
+/// ```
+/// use ipvs::TunnelChecksum;
+/// assert_eq!(TunnelChecksum::from_flags(TunnelChecksum::Csum.flags()), TunnelChecksum::Csum);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
 pub enum TunnelChecksum {
@@ -550,6 +628,14 @@ impl TunnelChecksum {
 }
 
 /// Tunnel encapsulation for [`Forward::Tunnel`].
+///
+/// ```
+/// use ipvs::{Forward, Tunnel, TunnelChecksum};
+/// // ipvsadm -i --tun-type gue --tun-port 6080 --tun-csum
+/// let gue = Forward::Tunnel(Tunnel::Gue { port: 6080, checksum: TunnelChecksum::Csum });
+/// let ipip = Forward::Tunnel(Tunnel::Ipip); // ipvsadm -i
+/// assert_eq!((gue.name(), ipip.name()), ("Tunnel", "Tunnel"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase", tag = "type"))]
 pub enum Tunnel {
@@ -571,6 +657,12 @@ pub enum Tunnel {
 }
 
 /// Forwarding method: how packets reach a destination.
+///
+/// ```
+/// use ipvs::Forward;
+/// assert_eq!(Forward::default(), Forward::Route); // ipvsadm's default, -g
+/// assert_eq!(Forward::Masq.name(), "Masq"); // -m
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
 pub enum Forward {
@@ -613,6 +705,22 @@ impl Forward {
 }
 
 /// A destination (real server) of a virtual service: the configuration part.
+///
+/// ```
+/// use ipvs::{Destination, Forward, ServiceKey};
+/// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+/// // ipvsadm -a -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 3 -x 100 -y 50
+/// let nat = Destination {
+///     weight: 3,
+///     upper_threshold: 100,
+///     lower_threshold: 50,
+///     ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq)
+/// };
+/// assert!(nat.validate(&key).is_ok());
+/// // Direct routing cannot change the port: refused before sending.
+/// let dr = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Route);
+/// assert!(dr.validate(&key).is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Destination {
@@ -706,6 +814,16 @@ fn fam_name(f: Family) -> &'static str {
 
 /// Traffic counters and rates. Rates are per second, estimated by the kernel
 /// over about 2 s: a read right after traffic may still show 0.
+///
+/// ```
+/// # async fn f() -> Result<(), ipvs::Error> {
+/// let ipvs = ipvs::Ipvs::connect().await?;
+/// for s in ipvs.services().await? {
+///     let st = s.stats;
+///     println!("{}: {} conns, {} B in, {} B out, {} conn/s", s.service.key, st.conns, st.in_bytes, st.out_bytes, st.cps);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Stats {
@@ -732,6 +850,13 @@ pub struct Stats {
 }
 
 /// A virtual service as read from the kernel: configuration and counters.
+///
+/// ```
+/// # async fn f() -> Result<(), ipvs::Error> {
+/// let entry = ipvs::Ipvs::connect().await?.service(&ipvs::ServiceKey::tcp("10.0.0.1:80".parse().unwrap())).await?;
+/// println!("{} {} {} packets in", entry.service.key, entry.service.scheduler, entry.stats.in_pkts);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct ServiceEntry {
@@ -743,6 +868,15 @@ pub struct ServiceEntry {
 }
 
 /// A destination as read from the kernel: configuration, connection counts and counters.
+///
+/// ```
+/// # async fn f() -> Result<(), ipvs::Error> {
+/// let key = ipvs::ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+/// for d in ipvs::Ipvs::connect().await?.destinations(&key).await? {
+///     println!("{} active={} inactive={} persistent={}", d.destination.addr, d.active_conns, d.inactive_conns, d.persistent_conns);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct DestinationEntry {
@@ -761,6 +895,16 @@ pub struct DestinationEntry {
 
 /// Connection timeouts in seconds (`ipvsadm --set tcp tcpfin udp`). On set, 0
 /// leaves a value unchanged.
+///
+/// ```
+/// use ipvs::Timeouts;
+/// // ipvsadm --set 900 120 300 (the kernel's defaults)
+/// let t = Timeouts { tcp: 900, tcp_fin: 120, udp: 300 };
+/// // Only change UDP:
+/// let only_udp = Timeouts { udp: 60, ..Timeouts::default() };
+/// assert_eq!((only_udp.tcp, only_udp.tcp_fin), (0, 0));
+/// # let _ = t;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Timeouts {
@@ -773,6 +917,11 @@ pub struct Timeouts {
 }
 
 /// Role of a connection sync daemon.
+///
+/// ```
+/// use ipvs::SyncState;
+/// assert_eq!((SyncState::Master.name(), SyncState::Backup.value()), ("master", 2));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize), serde(rename_all = "lowercase"))]
 pub enum SyncState {
@@ -801,6 +950,19 @@ impl SyncState {
 }
 
 /// A connection synchronisation daemon (`ipvsadm --start-daemon`).
+///
+/// ```
+/// use ipvs::{SyncDaemon, SyncState};
+/// // ipvsadm --start-daemon backup --mcast-interface eth1 --syncid 3 --mcast-group 239.0.0.3 --mcast-port 8849
+/// let d = SyncDaemon {
+///     mcast_group: Some("239.0.0.3".parse().unwrap()),
+///     mcast_port: Some(8849),
+///     ..SyncDaemon::new(SyncState::Backup, "eth1", 3)
+/// };
+/// assert!(d.validate().is_ok());
+/// let unicast = SyncDaemon { mcast_group: Some("10.0.0.1".parse().unwrap()), ..d.clone() };
+/// assert!(unicast.validate().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct SyncDaemon {
@@ -855,6 +1017,11 @@ impl SyncDaemon {
 }
 
 /// What `GET_INFO` tells.
+///
+/// ```
+/// let i = ipvs::Info { version: (1, 2, 1), conn_table_size: 4096 };
+/// assert_eq!(i.version_string(), "1.2.1");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 pub struct Info {
