@@ -35,9 +35,10 @@
 //! ```
 //!
 //! Every table rejects unknown keys, so a misspelt key is an error with its
-//! line and column. The key `check` of a real server (and of a service, as a
-//! default for its real servers) is reserved for health-check settings
-//! (`director run`).
+//! line and column. `director run` (the health-checking daemon) also reads a
+//! `check` table per real server or per service (the default for its real
+//! servers; see [`CheckConfig`]), and per service `on_failure` (`drain` or
+//! `remove`) and `sorry_server`; `director start` accepts and ignores them.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -50,6 +51,9 @@ use ipvs::{Destination, Forward, Persistence, Protocol, Scheduler, Service, Serv
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+pub(crate) use crate::daemon::checks::CheckConfig;
+pub(crate) use crate::daemon::health::OnFailure;
 
 /// A configuration error: one line, with the file, line and column when it
 /// comes from a file.
@@ -150,9 +154,18 @@ pub(crate) struct ServiceConfig {
     /// The real servers.
     #[serde(default, rename = "real")]
     pub(crate) reals: Vec<Spanned<RealConfig>>,
-    /// Reserved: default health check of the real servers (`director run`).
+    /// Default health check of the real servers (`director run`); a real
+    /// server's own `check` replaces it.
     #[serde(default)]
-    pub(crate) check: Option<toml::Table>,
+    pub(crate) check: Option<CheckConfig>,
+    /// What `director run` does to a real server that fails its check:
+    /// `drain` (weight 0, the default) or `remove`.
+    #[serde(default)]
+    pub(crate) on_failure: OnFailure,
+    /// The real server `director run` adds while every real server is down
+    /// (same forms as `real`).
+    #[serde(default)]
+    pub(crate) sorry_server: Option<Spanned<RealConfig>>,
 }
 
 fn default_protocol() -> Protocol {
@@ -170,9 +183,9 @@ pub(crate) struct RealConfig {
     pub(crate) weight: u32,
     /// Forwarding method; default the service's.
     pub(crate) forward: Option<ForwardMethod>,
-    /// Reserved: health-check settings (`director run`). Accepted and kept,
-    /// not acted on by `director start`.
-    pub(crate) check: Option<toml::Table>,
+    /// Health-check settings (`director run`). Accepted and kept, not acted
+    /// on by `director start`.
+    pub(crate) check: Option<CheckConfig>,
 }
 
 /// The table form of [`RealConfig`].
@@ -184,7 +197,7 @@ struct RealTable {
     #[serde(default = "default_weight")]
     weight: u32,
     forward: Option<ForwardMethod>,
-    check: Option<toml::Table>,
+    check: Option<CheckConfig>,
 }
 
 fn default_weight() -> u32 {
@@ -395,9 +408,14 @@ pub(crate) struct VirtualService {
     pub(crate) desired: DesiredService,
     /// The interface its VIP goes on.
     pub(crate) iface: IfName,
-    /// Reserved health-check settings per real server (same order as
-    /// `desired.destinations`), for `director run`.
-    pub(crate) checks: Vec<Option<toml::Table>>,
+    /// Health-check settings per real server (same order as
+    /// `desired.destinations`; the service's `check` when the real server has
+    /// none), for `director run`.
+    pub(crate) checks: Vec<Option<CheckConfig>>,
+    /// What `director run` does to a failed real server.
+    pub(crate) on_failure: OnFailure,
+    /// The sorry server, for `director run`.
+    pub(crate) sorry_server: Option<Destination>,
 }
 
 /// What `director start` configures: validated, ready to reconcile.
@@ -555,7 +573,36 @@ pub(crate) fn validate_director(
             dests.push(dest);
             checks.push(r.check.clone().or_else(|| s.check.clone()));
         }
-        out.push(VirtualService { desired: DesiredService { service, destinations: dests }, iface, checks });
+        let sorry_server = match &s.sorry_server {
+            None => None,
+            Some(r) => {
+                let rsp = Some(r.span());
+                let r = r.get_ref();
+                let forward = r.forward.unwrap_or(s.forward);
+                let mut dest = Destination::new(SocketAddr::new(r.addr, r.port.unwrap_or(s.port)), forward.forward());
+                dest.weight = r.weight;
+                if r.weight == 0 || r.weight > MAX_WEIGHT {
+                    return Err(
+                        origin.error(rsp, format!("sorry server weight {} is out of range 1..{MAX_WEIGHT}", r.weight))
+                    );
+                }
+                if r.check.is_some() {
+                    return Err(origin.error(rsp, "a sorry server is not health-checked: remove its `check`"));
+                }
+                dest.validate(&key).map_err(|e| origin.error(rsp.clone(), e))?;
+                if dests.iter().any(|x| x.addr == dest.addr) {
+                    return Err(origin.error(rsp, format!("sorry server {} is also a real server of {key}", dest.addr)));
+                }
+                Some(dest)
+            }
+        };
+        out.push(VirtualService {
+            desired: DesiredService { service, destinations: dests },
+            iface,
+            checks,
+            on_failure: s.on_failure,
+            sorry_server,
+        });
     }
     Ok(DirectorSpec { services: out })
 }
@@ -756,6 +803,41 @@ check = { type = "tcp", interval = 2 }
         assert!(e.0.contains("no VIP"), "{e}");
         let e = Config::parse("[realserver]\nvips = [\"127.0.0.1\"]\n", "t").unwrap().realserver().unwrap_err();
         assert!(e.0.contains("non-loopback"), "{e}");
+    }
+
+    #[test]
+    fn health_check_settings_for_director_run() {
+        let text = r#"
+[director]
+iface = "eth0"
+[[director.service]]
+vip = "10.0.0.1"
+port = 80
+real = ["10.0.1.1", "10.0.1.2", { addr = "10.0.1.3", check = { type = "http", path = "/health" } }]
+check = { type = "tcp", interval = "200ms" }
+on_failure = "remove"
+sorry_server = "10.0.1.9,weight=2"
+"#;
+        let d = Config::parse(text, "t").unwrap().director().unwrap();
+        let s = &d.services[0];
+        let kinds: Vec<_> = s.checks.iter().map(|c| c.as_ref().unwrap().kind).collect();
+        use crate::daemon::checks::CheckType;
+        assert_eq!(kinds, [CheckType::Tcp, CheckType::Tcp, CheckType::Http], "the service's check is the default");
+        assert_eq!(s.on_failure, OnFailure::Remove);
+        let sorry = s.sorry_server.as_ref().unwrap();
+        assert_eq!((sorry.addr, sorry.weight), ("10.0.1.9:80".parse().unwrap(), 2));
+        // director start ignores all of it: the desired services are the same.
+        assert_eq!(s.desired.destinations.len(), 3);
+        assert!(s.desired.destinations.iter().all(|x| x.weight == 1));
+
+        let e = err("[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\nreal = [\"10.0.0.2\"]\nsorry_server = \"10.0.0.2\"\n");
+        assert!(e.starts_with("t.toml:7:16: sorry server 10.0.0.2:80 is also a real server"), "{e}");
+        let e = err("[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\ncheck = { type = \"ping\" }\n");
+        assert!(e.starts_with("t.toml:6:") && e.contains("unknown variant `ping`"), "{e}");
+        let e = err(
+            "[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\non_failure = \"panic\"\n",
+        );
+        assert!(e.starts_with("t.toml:6:") && e.contains("unknown variant `panic`"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod daemon;
 mod director;
 mod error;
 mod host;
@@ -68,13 +69,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let _ = tracing_subscriber::fmt()
+    // Logs go to stderr: colours only on a terminal, and no timestamps when
+    // stderr is the journal (systemd sets JOURNAL_STREAM), which adds its own.
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LVSCTL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() { logs.without_time().try_init() } else { logs.try_init() };
     if let Some(ns) = &cli.netns {
         if let Err(e) = enter_netns(ns) {
             return e.report();

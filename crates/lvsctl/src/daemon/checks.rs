@@ -1,0 +1,531 @@
+//! Health checks of a real server: their configuration (the `check` table of
+//! the TOML config) and the three probes, `tcp`, `http` and `exec`.
+//!
+//! A probe answers one question, "is this real server healthy right now?",
+//! within a timeout, with `Ok(())` or the reason it is not. Counting
+//! successes and failures (`rise`, `fall`) is [`super::health`]'s job.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use super::{http, security};
+
+/// Default time between two checks of one real server.
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+/// Default time one check may take.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default successes in a row that bring a down real server back.
+pub(crate) const DEFAULT_RISE: u32 = 2;
+/// Default failures in a row that take an up real server down.
+pub(crate) const DEFAULT_FALL: u32 = 3;
+/// Default user `exec` checks run as.
+pub(crate) const DEFAULT_USER: &str = "nobody";
+
+/// The `check` table of a virtual service (default for its real servers) or
+/// of one real server (replaces the service's), as written in the config.
+///
+/// ```toml
+/// check = { type = "http", path = "/health", status = 200, body = "ok", interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckConfig {
+    /// `tcp`, `http` or `exec`.
+    #[serde(rename = "type")]
+    pub(crate) kind: CheckType,
+    /// Time between two checks (seconds, or a string like `"200ms"`, `"2s"`, `"1m"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) interval: Option<Secs>,
+    /// Time one check may take before it counts as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) timeout: Option<Secs>,
+    /// Successes in a row that bring a down real server back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rise: Option<u32>,
+    /// Failures in a row that take an up real server down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fall: Option<u32>,
+    /// `tcp`, `http`: the port to connect to (default: the real server's port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) port: Option<u16>,
+    /// `http`: the path to GET (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) path: Option<String>,
+    /// `http`: the expected status code (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) status: Option<u16>,
+    /// `http`: a string the response body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) body: Option<String>,
+    /// `http`: the Host header (default: the real server's address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) host: Option<String>,
+    /// `exec`: the program and its arguments, e.g. `["/usr/bin/pg_isready", "-q"]`.
+    /// The program gets `LVSCTL_REAL_SERVER_ADDR`, `LVSCTL_REAL_SERVER_PORT` and
+    /// `LVSCTL_VIRTUAL_SERVICE` in its environment; exit status 0 is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) command: Option<Vec<String>>,
+    /// `exec`: the user the command runs as (default `nobody`; never root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<String>,
+}
+
+/// The kind of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CheckType {
+    /// Connect to the real server.
+    Tcp,
+    /// GET a path over HTTP/1.0 and look at the status and body.
+    Http,
+    /// Run a command; exit status 0 is healthy.
+    Exec,
+}
+
+impl CheckType {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Exec => "exec",
+        }
+    }
+}
+
+/// A duration in the config: a number of seconds (`2`, `0.5`) or a string
+/// with a unit (`"200ms"`, `"2s"`, `"1m"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Secs(pub(crate) Duration);
+
+impl Secs {
+    /// Parse `"200ms"`, `"2s"`, `"1.5s"`, `"1m"` or a bare number of seconds.
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 =
+            num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. \"200ms\", \"2s\", \"1m\""))?;
+        let scale = match unit.trim() {
+            "ms" => 0.001,
+            "" | "s" => 1.0,
+            "m" | "min" => 60.0,
+            _ => return Err(format!("invalid duration unit in {s:?}: expected ms, s or m")),
+        };
+        Self::from_secs(n * scale)
+    }
+
+    fn from_secs(v: f64) -> Result<Self, String> {
+        if !v.is_finite() || !(0.0..=86_400.0).contains(&v) {
+            return Err(format!("duration {v} s is out of range (0 to 1 day)"));
+        }
+        Ok(Self(Duration::from_secs_f64(v)))
+    }
+}
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Secs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secs;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: seconds as a number, or a string like \"200ms\", \"2s\", \"1m\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secs, E> {
+                Secs::from_secs(v as f64).map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secs, E> {
+                Secs::from_secs(v as f64).map_err(E::custom)
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secs, E> {
+                Secs::from_secs(v).map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secs, E> {
+                Secs::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A check ready to run: the probe and its timing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Check {
+    /// What to do.
+    pub(crate) probe: Probe,
+    /// Time between two checks.
+    pub(crate) interval: Duration,
+    /// Time one check may take.
+    pub(crate) timeout: Duration,
+    /// Successes in a row to come back up.
+    pub(crate) rise: u32,
+    /// Failures in a row to go down.
+    pub(crate) fall: u32,
+}
+
+/// One probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// Connect to this port of the real server.
+    Tcp {
+        /// Port.
+        port: u16,
+    },
+    /// GET over HTTP/1.0.
+    Http(http::HttpCheck),
+    /// Run a program.
+    Exec(ExecCheck),
+}
+
+/// An `exec` check, resolved: absolute program path, its arguments, the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExecCheck {
+    /// Absolute path of the program (resolved through `PATH` at load time).
+    pub(crate) program: PathBuf,
+    /// Its arguments.
+    pub(crate) args: Vec<String>,
+    /// The user name it runs as.
+    pub(crate) user: String,
+    /// That user's uid.
+    pub(crate) uid: u32,
+    /// That user's primary gid.
+    pub(crate) gid: u32,
+}
+
+impl CheckConfig {
+    /// Check the table and resolve it for a real server listening on `port`
+    /// (0 for a fwmark service without a port): defaults, the exec program's
+    /// path, safety and user. `what` names the owner in messages.
+    pub(crate) fn resolve(&self, port: u16, what: &str) -> Result<Check, String> {
+        let kind = self.kind.name();
+        let only = |present: bool, field: &str, types: &str| {
+            if present {
+                Err(format!("{what}: check field `{field}` is for {types} checks, not {kind}"))
+            } else {
+                Ok(())
+            }
+        };
+        let interval = self.interval.map_or(DEFAULT_INTERVAL, |s| s.0);
+        let timeout = self.timeout.map_or(DEFAULT_TIMEOUT, |s| s.0);
+        if interval < Duration::from_millis(10) {
+            return Err(format!("{what}: check interval must be at least 10ms"));
+        }
+        if timeout < Duration::from_millis(1) {
+            return Err(format!("{what}: check timeout must be more than 0"));
+        }
+        let rise = self.rise.unwrap_or(DEFAULT_RISE);
+        let fall = self.fall.unwrap_or(DEFAULT_FALL);
+        if rise == 0 || fall == 0 {
+            return Err(format!("{what}: check rise and fall must be at least 1"));
+        }
+        let check_port = || match self.port.unwrap_or(port) {
+            0 => Err(format!("{what}: the real server has no port (fwmark service): set the check's `port`")),
+            p => Ok(p),
+        };
+        let probe = match self.kind {
+            CheckType::Tcp => {
+                only(self.path.is_some(), "path", "http")?;
+                only(self.status.is_some(), "status", "http")?;
+                only(self.body.is_some(), "body", "http")?;
+                only(self.host.is_some(), "host", "http")?;
+                only(self.command.is_some(), "command", "exec")?;
+                only(self.user.is_some(), "user", "exec")?;
+                Probe::Tcp { port: check_port()? }
+            }
+            CheckType::Http => {
+                only(self.command.is_some(), "command", "exec")?;
+                only(self.user.is_some(), "user", "exec")?;
+                let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
+                if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                    return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
+                }
+                let status = self.status.unwrap_or(200);
+                if !(100..=599).contains(&status) {
+                    return Err(format!("{what}: http check status {status} is not an HTTP status code"));
+                }
+                if let Some(h) = &self.host {
+                    if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                        return Err(format!("{what}: http check host {h:?} is not a valid Host header"));
+                    }
+                }
+                Probe::Http(http::HttpCheck {
+                    port: check_port()?,
+                    path,
+                    status,
+                    body: self.body.clone(),
+                    host: self.host.clone(),
+                })
+            }
+            CheckType::Exec => {
+                only(self.port.is_some(), "port", "tcp and http")?;
+                only(self.path.is_some(), "path", "http")?;
+                only(self.status.is_some(), "status", "http")?;
+                only(self.body.is_some(), "body", "http")?;
+                only(self.host.is_some(), "host", "http")?;
+                let cmd = match &self.command {
+                    Some(c) if !c.is_empty() && !c[0].is_empty() => c,
+                    _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
+                };
+                let program = resolve_program(&cmd[0]).map_err(|e| format!("{what}: check command: {e}"))?;
+                security::check_root_only_writable(&program, "check command").map_err(|e| format!("{what}: {e}"))?;
+                let user = self.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
+                let (uid, gid) = security::lookup_user(&user).map_err(|e| format!("{what}: check user: {e}"))?;
+                if uid == 0 {
+                    return Err(format!("{what}: exec checks never run as root (user {user:?} has uid 0)"));
+                }
+                Probe::Exec(ExecCheck { program, args: cmd[1..].to_vec(), user, uid, gid })
+            }
+        };
+        Ok(Check { probe, interval, timeout, rise, fall })
+    }
+}
+
+/// An absolute program path: as given when it contains a `/`, else the first
+/// match in `PATH`.
+fn resolve_program(name: &str) -> Result<PathBuf, String> {
+    if name.contains('/') {
+        let p = Path::new(name);
+        if !p.is_absolute() {
+            return Err(format!("{name:?} must be an absolute path or a name found in PATH"));
+        }
+        if !p.is_file() {
+            return Err(format!("{name} does not exist or is not a file"));
+        }
+        return Ok(p.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin:/sbin:/bin"));
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join(name);
+        if dir.is_absolute() && p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(format!("{name:?} not found in PATH"))
+}
+
+/// What a probe checks: a real server of a virtual service.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// The real server's address and port.
+    pub(crate) addr: SocketAddr,
+    /// The virtual service, as text (`tcp 10.19.70.166:15858`).
+    pub(crate) service: String,
+}
+
+impl Check {
+    /// Run the probe once, bounded by the timeout.
+    pub(crate) async fn run(&self, target: &Target) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.probe.run(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("{} check timed out after {}", self.probe.kind(), Secs(self.timeout))),
+        }
+    }
+}
+
+impl Probe {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Tcp { .. } => "tcp",
+            Self::Http(_) => "http",
+            Self::Exec(_) => "exec",
+        }
+    }
+
+    async fn run(&self, target: &Target) -> Result<(), String> {
+        match self {
+            Self::Tcp { port } => {
+                let a = SocketAddr::new(target.addr.ip(), *port);
+                tokio::net::TcpStream::connect(a).await.map(drop).map_err(|e| format!("tcp connect to {a}: {e}"))
+            }
+            Self::Http(h) => h.run(target.addr.ip()).await,
+            Self::Exec(x) => x.run(target).await,
+        }
+    }
+}
+
+/// At most this much of an exec check's stderr is kept for the error message.
+const STDERR_KEEP: usize = 300;
+
+impl ExecCheck {
+    async fn run(&self, target: &Target) -> Result<(), String> {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LVSCTL_REAL_SERVER_ADDR", target.addr.ip().to_string())
+            .env("LVSCTL_REAL_SERVER_PORT", target.addr.port().to_string())
+            .env("LVSCTL_VIRTUAL_SERVICE", &target.service)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .uid(self.uid)
+            .gid(self.gid)
+            // Its own process group, so a timeout kills the command's children too.
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+        let pid = child.id();
+        let guard = GroupKiller(pid);
+        let mut stderr = child.stderr.take();
+        let read_err = async {
+            let mut buf = Vec::new();
+            if let Some(s) = stderr.as_mut() {
+                let _ = s.take(4096).read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let (status, err) = tokio::join!(child.wait(), read_err);
+        drop(guard);
+        let status = status.map_err(|e| format!("waiting for {}: {e}", self.program.display()))?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&err);
+        let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let text: String = text.chars().take(STDERR_KEEP).collect();
+        let how = match status.code() {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_owned(),
+        };
+        Err(if text.is_empty() {
+            format!("{} {how}", self.program.display())
+        } else {
+            format!("{} {how}: {text}", self.program.display())
+        })
+    }
+}
+
+/// Kills the process group of an exec check when the check ends or is
+/// dropped (timeout, daemon stopping): no check leaves processes behind.
+struct GroupKiller(Option<u32>);
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            if let Ok(pid) = i32::try_from(pid) {
+                // SAFETY: kill has no memory preconditions; -pid names the group the child leads.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<CheckConfig, String> {
+        #[derive(Deserialize)]
+        struct W {
+            check: CheckConfig,
+        }
+        toml::from_str::<W>(s).map(|w| w.check).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Secs::parse("200ms").unwrap().0, Duration::from_millis(200));
+        assert_eq!(Secs::parse("2s").unwrap().0, Duration::from_secs(2));
+        assert_eq!(Secs::parse("1.5").unwrap().0, Duration::from_millis(1500));
+        assert_eq!(Secs::parse("1m").unwrap().0, Duration::from_secs(60));
+        assert!(Secs::parse("fast").is_err());
+        assert!(Secs::parse("3h").is_err());
+        assert_eq!(Secs(Duration::from_millis(200)).to_string(), "200ms");
+        assert_eq!(Secs(Duration::from_secs(3)).to_string(), "3s");
+        let c = parse("check = { type = \"tcp\", interval = 0.2, timeout = \"150ms\", rise = 1 }").unwrap();
+        assert_eq!(c.interval, Some(Secs(Duration::from_millis(200))));
+        assert_eq!(c.timeout, Some(Secs(Duration::from_millis(150))));
+    }
+
+    #[test]
+    fn defaults_and_ports() {
+        let c = parse("check = { type = \"tcp\" }").unwrap().resolve(15858, "x").unwrap();
+        assert_eq!(
+            c,
+            Check {
+                probe: Probe::Tcp { port: 15858 },
+                interval: DEFAULT_INTERVAL,
+                timeout: DEFAULT_TIMEOUT,
+                rise: DEFAULT_RISE,
+                fall: DEFAULT_FALL
+            }
+        );
+        let c = parse("check = { type = \"http\", port = 8080, body = \"ok\" }").unwrap().resolve(80, "x").unwrap();
+        assert_eq!(
+            c.probe,
+            Probe::Http(http::HttpCheck {
+                port: 8080,
+                path: "/".into(),
+                status: 200,
+                body: Some("ok".into()),
+                host: None
+            })
+        );
+        let e = parse("check = { type = \"tcp\" }").unwrap().resolve(0, "service fwmark 1").unwrap_err();
+        assert!(e.contains("set the check's `port`"), "{e}");
+    }
+
+    #[test]
+    fn refuses_what_does_not_fit() {
+        let e = parse("check = { type = \"tcp\", path = \"/\" }").unwrap().resolve(80, "real server 10.0.0.2:80");
+        assert_eq!(e.unwrap_err(), "real server 10.0.0.2:80: check field `path` is for http checks, not tcp");
+        assert!(parse("check = { type = \"ping\" }").unwrap_err().contains("unknown variant `ping`"));
+        assert!(parse("check = { type = \"tcp\", intervall = 2 }").unwrap_err().contains("unknown field `intervall`"));
+        let e = parse("check = { type = \"tcp\", fall = 0 }").unwrap().resolve(80, "x").unwrap_err();
+        assert!(e.contains("at least 1"), "{e}");
+        let e = parse("check = { type = \"exec\" }").unwrap().resolve(80, "x").unwrap_err();
+        assert!(e.contains("needs `command"), "{e}");
+        let e = parse("check = { type = \"http\", path = \"health\" }").unwrap().resolve(80, "x").unwrap_err();
+        assert!(e.contains("must start with /"), "{e}");
+        let e = parse("check = { type = \"exec\", command = [\"no-such-program-here\"] }")
+            .unwrap()
+            .resolve(80, "x")
+            .unwrap_err();
+        assert!(e.contains("not found in PATH"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_up_and_down() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let check = Check {
+            probe: Probe::Tcp { port: addr.port() },
+            interval: DEFAULT_INTERVAL,
+            timeout: Duration::from_secs(5),
+            rise: 1,
+            fall: 1,
+        };
+        let t = Target { addr, service: "tcp 10.0.0.1:80".into() };
+        check.run(&t).await.unwrap();
+        drop(l);
+        let e = check.run(&t).await.unwrap_err();
+        assert!(e.starts_with(&format!("tcp connect to {addr}: ")), "{e}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Health state of real servers (up/down with `rise`/`fall` counting) and the
+//! table the kernel should have given that state. No I/O: everything here is
+//! decided from check results and the config, and unit-tested.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use ipvs::reconcile::DesiredService;
+use ipvs::{Destination, Service, ServiceKey};
+use serde::{Deserialize, Serialize};
+
+use super::checks::Check;
+
+/// What happens to a real server that fails its check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OnFailure {
+    /// Set its weight to 0: no new connections, existing ones drain
+    /// (keepalived's `inhibit_on_failure`). The default.
+    #[default]
+    Drain,
+    /// Delete it from the virtual service (existing connections break).
+    Remove,
+}
+
+/// A virtual service as the daemon runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceSpec {
+    /// The virtual service (key, scheduler, persistence, ...).
+    pub(crate) service: Service,
+    /// Its real servers, with the configured weights.
+    pub(crate) reals: Vec<RealSpec>,
+    /// What happens to a failed real server.
+    pub(crate) on_failure: OnFailure,
+    /// The real server that takes over while every real server is down.
+    pub(crate) sorry: Option<Destination>,
+}
+
+/// A real server and its check (`None`: never checked, always up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RealSpec {
+    /// The destination as configured (its weight is the one restored on recovery).
+    pub(crate) dest: Destination,
+    /// Its check.
+    pub(crate) check: Option<Check>,
+}
+
+/// Identifies a real server of a virtual service.
+pub(crate) type RealKey = (ServiceKey, SocketAddr);
+
+/// The health of one real server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Health {
+    /// Whether it gets traffic.
+    pub(crate) up: bool,
+    /// When it last changed (or when the daemon started watching it).
+    pub(crate) since: SystemTime,
+    /// The last failed check's reason and time.
+    pub(crate) last_error: Option<(SystemTime, String)>,
+    /// Successes in a row.
+    pub(crate) ok_streak: u32,
+    /// Failures in a row.
+    pub(crate) fail_streak: u32,
+}
+
+/// A change of a real server's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// It failed `fall` checks in a row; the last one for this reason.
+    Down(String),
+    /// It passed `rise` checks in a row.
+    Up,
+}
+
+impl Health {
+    /// A real server starts up (it gets traffic from the start, as after
+    /// `director start`); `fall` failures take it down.
+    pub(crate) fn new(now: SystemTime) -> Self {
+        Self { up: true, since: now, last_error: None, ok_streak: 0, fail_streak: 0 }
+    }
+
+    /// Count one check result; the transition it causes, if any.
+    pub(crate) fn record(
+        &mut self,
+        result: Result<(), String>,
+        rise: u32,
+        fall: u32,
+        now: SystemTime,
+    ) -> Option<Transition> {
+        match result {
+            Ok(()) => {
+                self.fail_streak = 0;
+                self.ok_streak = self.ok_streak.saturating_add(1);
+                if !self.up && self.ok_streak >= rise {
+                    self.up = true;
+                    self.since = now;
+                    return Some(Transition::Up);
+                }
+            }
+            Err(e) => {
+                self.ok_streak = 0;
+                self.fail_streak = self.fail_streak.saturating_add(1);
+                self.last_error = Some((now, e.clone()));
+                if self.up && self.fail_streak >= fall {
+                    self.up = false;
+                    self.since = now;
+                    return Some(Transition::Down(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What the kernel should have for these services given the health of their
+/// real servers (a missing entry counts as up), and for each service whether
+/// its sorry server is in.
+pub(crate) fn effective(
+    specs: &[ServiceSpec],
+    health: &HashMap<RealKey, Health>,
+) -> (Vec<DesiredService>, HashMap<ServiceKey, bool>) {
+    let mut out = Vec::with_capacity(specs.len());
+    let mut sorry_in = HashMap::new();
+    for s in specs {
+        let key = s.service.key;
+        let mut dests = Vec::with_capacity(s.reals.len() + 1);
+        let mut any_up = false;
+        for r in &s.reals {
+            let up = health.get(&(key, r.dest.addr)).is_none_or(|h| h.up);
+            any_up |= up;
+            match (up, s.on_failure) {
+                (true, _) => dests.push(r.dest.clone()),
+                (false, OnFailure::Drain) => dests.push(Destination { weight: 0, ..r.dest.clone() }),
+                (false, OnFailure::Remove) => {}
+            }
+        }
+        let sorry = !any_up && s.sorry.is_some();
+        if let (true, Some(d)) = (sorry, &s.sorry) {
+            dests.push(d.clone());
+        }
+        sorry_in.insert(key, sorry);
+        out.push(DesiredService { service: s.service.clone(), destinations: dests });
+    }
+    (out, sorry_in)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipvs::{Forward, Scheduler};
+    use std::time::Duration;
+
+    fn t(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn fall_then_rise() {
+        let mut h = Health::new(t(0));
+        assert_eq!(h.record(Err("refused".into()), 2, 3, t(1)), None);
+        assert_eq!(h.record(Err("refused".into()), 2, 3, t(2)), None);
+        // A success in between resets the count.
+        assert_eq!(h.record(Ok(()), 2, 3, t(3)), None);
+        assert_eq!(h.record(Err("a".into()), 2, 3, t(4)), None);
+        assert_eq!(h.record(Err("b".into()), 2, 3, t(5)), None);
+        assert_eq!(h.record(Err("c".into()), 2, 3, t(6)), Some(Transition::Down("c".into())));
+        assert!(!h.up);
+        assert_eq!(h.since, t(6));
+        // Only once.
+        assert_eq!(h.record(Err("d".into()), 2, 3, t(7)), None);
+        assert_eq!(h.record(Ok(()), 2, 3, t(8)), None);
+        assert_eq!(h.record(Ok(()), 2, 3, t(9)), Some(Transition::Up));
+        assert_eq!(h.record(Ok(()), 2, 3, t(10)), None);
+        assert!(h.up);
+        assert_eq!(h.since, t(9));
+        assert_eq!(h.last_error, Some((t(7), "d".into())));
+    }
+
+    fn spec(on_failure: OnFailure, sorry: bool) -> ServiceSpec {
+        let key = ServiceKey::tcp("10.19.70.166:15858".parse().unwrap());
+        let d = |a: &str, w| Destination { weight: w, ..Destination::new(a.parse().unwrap(), Forward::Route) };
+        ServiceSpec {
+            service: Service::new(key, Scheduler::Rr),
+            reals: vec![
+                RealSpec { dest: d("10.18.68.186:15858", 3), check: None },
+                RealSpec { dest: d("10.18.68.187:15858", 1), check: None },
+            ],
+            on_failure,
+            sorry: sorry.then(|| d("10.18.68.190:15858", 1)),
+        }
+    }
+
+    fn down(h: &mut HashMap<RealKey, Health>, s: &ServiceSpec, i: usize) {
+        let mut x = Health::new(t(0));
+        x.up = false;
+        h.insert((s.service.key, s.reals[i].dest.addr), x);
+    }
+
+    #[test]
+    fn drain_remove_and_sorry() {
+        let s = spec(OnFailure::Drain, true);
+        let mut h = HashMap::new();
+        let (d, sorry) = effective(std::slice::from_ref(&s), &h);
+        assert_eq!(d[0].destinations, vec![s.reals[0].dest.clone(), s.reals[1].dest.clone()]);
+        assert!(!sorry[&s.service.key]);
+
+        down(&mut h, &s, 0);
+        let (d, sorry) = effective(std::slice::from_ref(&s), &h);
+        assert_eq!(d[0].destinations[0].weight, 0);
+        assert_eq!(d[0].destinations[1].weight, 1);
+        assert_eq!(d[0].destinations.len(), 2);
+        assert!(!sorry[&s.service.key]);
+
+        down(&mut h, &s, 1);
+        let (d, sorry) = effective(std::slice::from_ref(&s), &h);
+        assert_eq!(d[0].destinations.iter().map(|x| x.weight).collect::<Vec<_>>(), vec![0, 0, 1]);
+        assert_eq!(d[0].destinations[2].addr, "10.18.68.190:15858".parse().unwrap());
+        assert!(sorry[&s.service.key]);
+
+        let r = spec(OnFailure::Remove, false);
+        let (d, sorry) = effective(std::slice::from_ref(&r), &h);
+        assert!(d[0].destinations.is_empty());
+        assert!(!sorry[&r.service.key]);
+        h.remove(&(r.service.key, r.reals[1].dest.addr));
+        let (d, _) = effective(std::slice::from_ref(&r), &h);
+        assert_eq!(d[0].destinations, vec![r.reals[1].dest.clone()]);
+    }
+}

@@ -1,0 +1,201 @@
+//! The health report `director run` keeps in the state folder while it runs
+//! (`health-netns<ID>.json`, written atomically after every change), and what
+//! `director status` reads from it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ipvs::ServiceKey;
+use serde::{Deserialize, Serialize};
+
+use crate::{state, CliError};
+
+/// Version of the report format.
+const FORMAT: u32 = 1;
+
+/// The whole report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HealthReport {
+    /// [`FORMAT`].
+    pub(crate) format: u32,
+    /// The daemon's process id.
+    pub(crate) pid: u32,
+    /// Its config file.
+    pub(crate) config: PathBuf,
+    /// When it started (seconds since the epoch).
+    pub(crate) started: u64,
+    /// Every virtual service it runs.
+    pub(crate) services: Vec<ServiceHealth>,
+}
+
+/// The health of one virtual service's real servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ServiceHealth {
+    /// The virtual service.
+    pub(crate) key: ServiceKey,
+    /// Its sorry server, if it has one.
+    pub(crate) sorry_server: Option<SocketAddr>,
+    /// Whether the sorry server is in (every real server is down).
+    pub(crate) sorry_active: bool,
+    /// Its real servers.
+    pub(crate) real_servers: Vec<RealHealth>,
+}
+
+/// The health of one real server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RealHealth {
+    /// Address and port.
+    pub(crate) addr: SocketAddr,
+    /// The check (`tcp every 2s`, ...), or `None` when it is not checked.
+    pub(crate) check: Option<String>,
+    /// Up (gets traffic) or down.
+    pub(crate) up: bool,
+    /// Since when (seconds since the epoch).
+    pub(crate) since: u64,
+    /// The last failed check's reason.
+    pub(crate) last_error: Option<String>,
+    /// When it failed (seconds since the epoch).
+    pub(crate) last_error_at: Option<u64>,
+    /// The configured weight (restored when it is up).
+    pub(crate) weight: u32,
+}
+
+impl RealHealth {
+    /// `up since 2026-11-25 07:58:03 UTC` or `down since ... (last error: ...)`,
+    /// for status's human output.
+    pub(crate) fn describe(&self) -> String {
+        let mut s = format!("{} since {}", if self.up { "up" } else { "down" }, utc(self.since));
+        match (&self.last_error, self.check.is_some()) {
+            (_, false) => s = "not checked".to_owned(),
+            (Some(e), true) => {
+                let at = self.last_error_at.map(|t| format!(" at {}", utc(t))).unwrap_or_default();
+                s.push_str(&format!(" (last error{at}: {e})"));
+            }
+            (None, true) => {}
+        }
+        s
+    }
+}
+
+impl HealthReport {
+    /// The human-readable section `director status` prints while the daemon runs.
+    pub(crate) fn render(&self) -> String {
+        let mut out = format!(
+            "Health checks (lvsctl director run, pid {}, config {}, since {}):\n",
+            self.pid,
+            self.config.display(),
+            utc(self.started)
+        );
+        for s in &self.services {
+            out.push_str(&format!("  {}", s.key));
+            if let Some(a) = s.sorry_server {
+                let state = if s.sorry_active { "IN: every real server is down" } else { "standing by" };
+                out.push_str(&format!(" (sorry server {a}: {state})"));
+            }
+            out.push('\n');
+            for r in &s.real_servers {
+                out.push_str(&format!("    -> {:<28} {}\n", r.addr.to_string(), r.describe()));
+            }
+        }
+        out
+    }
+}
+
+/// Where the report of this network namespace lives.
+pub(crate) fn path(dir: &Path) -> Result<PathBuf, CliError> {
+    Ok(dir.join(format!("health-netns{}.json", state::netns_id()?)))
+}
+
+/// Write the report atomically.
+pub(crate) fn write(path: &Path, r: &HealthReport) -> Result<(), CliError> {
+    state::write(path, r)
+}
+
+/// The report of the `director run` daemon of this network namespace, if one
+/// runs: `None` when there is no report, or when its process is gone (a
+/// daemon that was killed leaves a stale file behind).
+pub(crate) fn read_running() -> Result<Option<HealthReport>, CliError> {
+    let p = path(&state::dir())?;
+    let Some(r) = state::read::<HealthReport>(&p)? else { return Ok(None) };
+    Ok(alive(r.pid).then_some(r))
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A new report with this process's id.
+pub(crate) fn new(config: &Path, started: SystemTime) -> HealthReport {
+    HealthReport {
+        format: FORMAT,
+        pid: std::process::id(),
+        config: config.to_owned(),
+        started: epoch(started),
+        services: Vec::new(),
+    }
+}
+
+/// Seconds since the epoch.
+pub(crate) fn epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`.
+pub(crate) fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc(1_795_600_683), "2026-11-25 09:58:03 UTC");
+    }
+
+    #[test]
+    fn describe() {
+        let mut r = RealHealth {
+            addr: "10.18.68.186:15858".parse().unwrap(),
+            check: Some("tcp every 2s".into()),
+            up: false,
+            since: 0,
+            last_error: Some("tcp connect to 10.18.68.186:15858: Connection refused (os error 111)".into()),
+            last_error_at: Some(1),
+            weight: 1,
+        };
+        assert_eq!(
+            r.describe(),
+            "down since 1970-01-01 00:00:00 UTC (last error at 1970-01-01 00:00:01 UTC: tcp connect to 10.18.68.186:15858: Connection refused (os error 111))"
+        );
+        r.check = None;
+        assert_eq!(r.describe(), "not checked");
+    }
+
+    #[test]
+    fn stale_reports_are_not_running() {
+        assert!(alive(std::process::id()));
+        // pid_max is at most 2^22: this process cannot exist.
+        assert!(!alive(5_000_000));
+    }
+}
