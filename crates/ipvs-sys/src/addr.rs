@@ -9,6 +9,16 @@ use crate::constants::{AF_INET, AF_INET6};
 /// An address as the kernel sends it: 16 bytes whose meaning depends on the
 /// address family carried in a sibling attribute. Never guess the family from
 /// the length.
+///
+/// ```
+/// use ipvs_sys::InetAddr;
+/// use ipvs_sys::constants::{AF_INET, AF_INET6};
+/// let a = InetAddr::from("10.0.0.1".parse::<std::net::IpAddr>().unwrap());
+/// assert_eq!(&a.0[..4], &[10, 0, 0, 1]);
+/// assert_eq!(a.to_ip(AF_INET), Some("10.0.0.1".parse().unwrap()));
+/// // The same 16 bytes mean something else with another family: always pass the family.
+/// assert_eq!(a.to_ip(AF_INET6), Some("a00:1::".parse().unwrap()));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct InetAddr(pub [u8; 16]);
 

@@ -8,6 +8,18 @@ use crate::constants::daemon as c;
 use crate::util::*;
 
 /// One sync daemon attribute.
+///
+/// ```
+/// use ipvs_sys::DaemonAttr;
+/// use ipvs_sys::constants::state;
+/// // ipvsadm --start-daemon master --mcast-interface eth0 --syncid 7
+/// let attrs = vec![
+///     DaemonAttr::State(state::MASTER),
+///     DaemonAttr::McastIfn("eth0".into()),
+///     DaemonAttr::SyncId(7),
+/// ];
+/// # let _ = attrs;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DaemonAttr {
     /// `IP_VS_STATE_MASTER` (1) or `IP_VS_STATE_BACKUP` (2).

@@ -8,6 +8,25 @@ use crate::stats::StatsAttr;
 use crate::util::*;
 
 /// One destination attribute.
+///
+/// ```
+/// use ipvs_sys::DestAttr;
+/// use ipvs_sys::constants::{fwd, tun_flags, tun_type, AF_INET};
+/// // A GUE tunnel destination with checksums.
+/// let attrs = vec![
+///     DestAttr::AddressFamily(AF_INET),
+///     DestAttr::Address("10.0.0.4".parse::<std::net::Ipv4Addr>().unwrap().into()),
+///     DestAttr::Port(8080),
+///     DestAttr::FwdMethod(fwd::TUNNEL),
+///     DestAttr::Weight(2),
+///     DestAttr::TunType(tun_type::GUE),
+///     DestAttr::TunPort(6080),
+///     DestAttr::TunFlags(tun_flags::CSUM),
+///     DestAttr::UpperThreshold(0),
+///     DestAttr::LowerThreshold(0),
+/// ];
+/// # let _ = attrs;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestAttr {
     /// Real server address; interpret with the destination's or the service's family.

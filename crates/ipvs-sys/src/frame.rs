@@ -20,6 +20,15 @@ const fn align4(n: usize) -> usize {
 /// to `buf`. Returns the number of bytes appended.
 ///
 /// `flags` are the `NLM_F_*` flags; `NLM_F_REQUEST` is not added for you.
+///
+/// ```
+/// use ipvs_sys::{emit_request, IpvsCmd, IpvsMessage};
+/// let mut buf = Vec::new();
+/// // ipvsadm -C: FLUSH, with NLM_F_REQUEST | NLM_F_ACK.
+/// let n = emit_request(&mut buf, 0x20, 0x0001 | 0x0004, 1, &IpvsMessage::new(IpvsCmd::Flush, vec![]));
+/// assert_eq!(n, 20);
+/// assert_eq!(buf[16], 17); // IPVS_CMD_FLUSH
+/// ```
 pub fn emit_request(buf: &mut Vec<u8>, family_id: u16, flags: u16, seq: u32, msg: &IpvsMessage) -> usize {
     let attrs_len = msg.buffer_len();
     let len = NLMSG_HDRLEN + GENL_HDRLEN + attrs_len;
@@ -39,6 +48,17 @@ pub fn emit_request(buf: &mut Vec<u8>, family_id: u16, flags: u16, seq: u32, msg
 }
 
 /// What one received netlink message says.
+///
+/// ```
+/// use ipvs_sys::{parse_replies, ReplyKind};
+/// // An ACK: NLMSG_ERROR with error 0, for the request with sequence number 9.
+/// let mut ack = vec![0u8; 36];
+/// ack[0..4].copy_from_slice(&36u32.to_ne_bytes());
+/// ack[4..6].copy_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+/// ack[8..12].copy_from_slice(&9u32.to_ne_bytes());
+/// let r = parse_replies(&ack, 0x20).next().unwrap().unwrap();
+/// assert_eq!((r.seq, r.kind), (9, ReplyKind::Ack));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplyKind {
     /// An IPVS message (a `do` reply or one entry of a dump).
@@ -57,6 +77,17 @@ pub enum ReplyKind {
 
 /// One received netlink message with the header fields a caller needs to
 /// attribute it to a request.
+///
+/// ```
+/// use ipvs_sys::{parse_replies, ReplyKind};
+/// // NLMSG_DONE ending a dump, with NLM_F_MULTI.
+/// let mut done = vec![0u8; 20];
+/// done[0..4].copy_from_slice(&20u32.to_ne_bytes());
+/// done[4..6].copy_from_slice(&3u16.to_ne_bytes()); // NLMSG_DONE
+/// done[6..8].copy_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+/// let r = parse_replies(&done, 0x20).next().unwrap().unwrap();
+/// assert_eq!((r.flags, r.kind), (2, ReplyKind::Done(0)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     /// Sequence number of the request this answers.
@@ -68,6 +99,14 @@ pub struct Reply {
 }
 
 /// Iterator over the netlink messages in a received buffer.
+///
+/// ```
+/// use ipvs_sys::parse_replies;
+/// // Truncated input is an error, never a panic.
+/// let mut it = parse_replies(&[0x40, 0, 0, 0, 0x20, 0], 0x20);
+/// assert!(it.next().unwrap().is_err());
+/// assert!(it.next().is_none());
+/// ```
 pub struct Replies<'a> {
     buf: &'a [u8],
     family_id: u16,
@@ -75,6 +114,18 @@ pub struct Replies<'a> {
 
 /// Split a buffer received from the socket into replies. Messages of type
 /// `family_id` are parsed as IPVS messages.
+///
+/// ```
+/// use ipvs_sys::{emit_request, parse_replies, IpvsCmd, IpvsMessage, ReplyKind};
+/// // Two messages in one buffer, as one recv may return them.
+/// let mut buf = Vec::new();
+/// emit_request(&mut buf, 0x20, 0, 1, &IpvsMessage::new(IpvsCmd::Zero, vec![]));
+/// emit_request(&mut buf, 0x20, 0, 2, &IpvsMessage::new(IpvsCmd::Flush, vec![]));
+/// let seqs: Vec<u32> = parse_replies(&buf, 0x20).map(|r| r.unwrap().seq).collect();
+/// assert_eq!(seqs, [1, 2]);
+/// // Messages of another family are not parsed as IPVS.
+/// assert_eq!(parse_replies(&buf, 0x21).next().unwrap().unwrap().kind, ReplyKind::Ignored);
+/// ```
 pub fn parse_replies(buf: &[u8], family_id: u16) -> Replies<'_> {
     Replies { buf, family_id }
 }

@@ -10,6 +10,14 @@ use crate::service::ServiceAttr;
 use crate::util::*;
 
 /// An IPVS command (`IPVS_CMD_*`).
+///
+/// ```
+/// use ipvs_sys::IpvsCmd;
+/// assert_eq!(u8::from(IpvsCmd::GetService), 4);
+/// // Replies come with their own command: a service dump answers with NEW_SERVICE.
+/// assert_eq!(IpvsCmd::from(1), IpvsCmd::NewService);
+/// assert_eq!(IpvsCmd::from(200), IpvsCmd::Other(200));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum IpvsCmd {
@@ -103,6 +111,16 @@ impl From<IpvsCmd> for u8 {
 
 /// A top-level attribute. Attribute numbers mean different things in an info
 /// reply, so parsing depends on the message's command.
+///
+/// ```
+/// use ipvs_sys::{IpvsAttr, IpvsCmd, IpvsMessage};
+/// // ipvsadm --set 900 120 300
+/// let msg = IpvsMessage::new(
+///     IpvsCmd::SetConfig,
+///     vec![IpvsAttr::TimeoutTcp(900), IpvsAttr::TimeoutTcpFin(120), IpvsAttr::TimeoutUdp(300)],
+/// );
+/// # let _ = msg;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpvsAttr {
     /// Nested service attributes.
@@ -196,6 +214,20 @@ impl Nla for IpvsAttr {
 ///
 /// Wrap it in [`netlink_packet_generic::GenlMessage`] and
 /// [`netlink_packet_core::NetlinkMessage`] to send it, or use [`crate::emit_request`].
+///
+/// ```
+/// use ipvs_sys::{emit_request, parse_replies, IpvsAttr, IpvsCmd, IpvsMessage, ReplyKind, ServiceAttr};
+/// use ipvs_sys::constants::AF_INET6;
+/// // GET_DEST for the IPv6 fwmark service 5.
+/// let msg = IpvsMessage::new(
+///     IpvsCmd::GetDest,
+///     vec![IpvsAttr::Service(vec![ServiceAttr::AddressFamily(AF_INET6), ServiceAttr::Fwmark(5)])],
+/// );
+/// let mut buf = Vec::new();
+/// emit_request(&mut buf, 0x20, 0x0001 | 0x0004 | 0x0300, 1, &msg);
+/// let back = parse_replies(&buf, 0x20).next().unwrap().unwrap();
+/// assert_eq!(back.kind, ReplyKind::Message(msg));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpvsMessage {
     /// The command.

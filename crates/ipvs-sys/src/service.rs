@@ -8,6 +8,14 @@ use crate::stats::StatsAttr;
 use crate::util::*;
 
 /// `struct ip_vs_flags`: the kernel computes `(old & !mask) | (flags & mask)`.
+///
+/// ```
+/// use ipvs_sys::ServiceFlags;
+/// use ipvs_sys::constants::svc_flags::{PERSISTENT, ONEPACKET};
+/// // Set persistence, clear one-packet, leave every other flag as it is.
+/// let f = ServiceFlags { flags: PERSISTENT, mask: PERSISTENT | ONEPACKET };
+/// assert_eq!((0x4 & !f.mask) | (f.flags & f.mask), PERSISTENT);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ServiceFlags {
     /// Flag bits (`IP_VS_SVC_F_*`).
@@ -17,6 +25,23 @@ pub struct ServiceFlags {
 }
 
 /// One service attribute.
+///
+/// ```
+/// use ipvs_sys::{ServiceAttr, ServiceFlags};
+/// use ipvs_sys::constants::{AF_INET, IPPROTO_TCP};
+/// // A service's identity and configuration, as NEW_SERVICE needs them.
+/// let attrs = vec![
+///     ServiceAttr::AddressFamily(AF_INET),
+///     ServiceAttr::Protocol(IPPROTO_TCP),
+///     ServiceAttr::Address("10.0.0.1".parse::<std::net::Ipv4Addr>().unwrap().into()),
+///     ServiceAttr::Port(80),
+///     ServiceAttr::SchedName("rr".into()),
+///     ServiceAttr::Flags(ServiceFlags { flags: 0, mask: u32::MAX }),
+///     ServiceAttr::Timeout(0),
+///     ServiceAttr::Netmask(u32::MAX),
+/// ];
+/// # let _ = attrs;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceAttr {
     /// `AF_INET` or `AF_INET6`.

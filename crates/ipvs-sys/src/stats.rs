@@ -7,6 +7,12 @@ use crate::constants::stats as c;
 use crate::util::{other, parse_nlas, u32_ne, u64_ne};
 
 /// Which counter or rate a [`StatsAttr`] carries.
+///
+/// ```
+/// use ipvs_sys::StatsField;
+/// assert_eq!(StatsField::from_kind(StatsField::InBytes.kind()), Some(StatsField::InBytes));
+/// assert_eq!(StatsField::from_kind(11), None); // IPVS_STATS_ATTR_PAD
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum StatsField {
@@ -71,6 +77,13 @@ impl StatsField {
 
 /// One statistics attribute. The width is kept as received so that parse then
 /// emit gives back the same bytes.
+///
+/// ```
+/// use ipvs_sys::{StatsAttr, StatsField};
+/// // STATS carries 32-bit counters (bytes are 64-bit), STATS64 all 64-bit: both widen to u64.
+/// assert_eq!(StatsAttr::U32(StatsField::Conns, 7).value(), Some((StatsField::Conns, 7)));
+/// assert_eq!(StatsAttr::U64(StatsField::InBytes, 1 << 40).value(), Some((StatsField::InBytes, 1 << 40)));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatsAttr {
     /// A 32-bit value (legacy `STATS` counters and rates).
