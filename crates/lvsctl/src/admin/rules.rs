@@ -330,4 +330,23 @@ mod tests {
         let t = desired_table(&parse_rules(&text).unwrap()).unwrap();
         assert_eq!(t, vec![DesiredService { service: s, destinations: d }]);
     }
+
+    /// The rules file of the privileged tests (every option ipvsadm has) reads
+    /// back to itself through parse and save, without a kernel.
+    #[test]
+    fn the_test_rules_file_round_trips() {
+        use crate::admin::save::{format_save, tests::entry};
+        for text in [
+            include_str!("../../../../tests/data/admin/full.rules"),
+            include_str!("../../../../tests/data/admin/replace-a.rules"),
+            include_str!("../../../../tests/data/admin/replace-b.rules"),
+        ] {
+            let table: Vec<_> = desired_table(&parse_rules(text).unwrap())
+                .unwrap()
+                .into_iter()
+                .map(|d| entry(d.service, d.destinations))
+                .collect();
+            assert_eq!(format_save(&table, true), text);
+        }
+    }
 }
