@@ -426,6 +426,11 @@ fn director_not_root_exits_4() {
         assert!(e.contains("must be run as root"), "{args:?}: {e}");
         assert_eq!(e.lines().count(), 1, "{e}");
     }
+    // status cannot read IPVS as nobody: 4 (LSB "insufficient privilege"), not 3.
+    let out = run(std::process::Command::new(lvsctl_bin()).args(["director", "status"]).uid(65534).gid(65534));
+    let (o, e) = texts(&out);
+    assert_eq!(code(&out), 4, "{o}{e}");
+    assert!(e.contains("permission denied"), "{e}");
 }
 
 #[test]

@@ -517,6 +517,10 @@ fn problem_of(op: &Op) -> String {
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
+    // The kernel first: without the right to read IPVS, the answer is 4 (not
+    // permitted), whatever the state file says.
+    let ipvs = Ipvs::connect().await?;
+    let table = ipvs.dump().await?;
     let dir = state::dir();
     let path = state::path(&dir, Role::Director)?;
     let Some(st) = state::read::<DirectorState>(&path)? else {
@@ -532,8 +536,6 @@ async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         print_status(&s, args.json, None);
         return Ok(ExitCode::from(3));
     };
-    let ipvs = Ipvs::connect().await?;
-    let table = ipvs.dump().await?;
     let info = ipvs.info().await.ok();
     let rtnl = Rtnl::connect()?;
     let mut problems = Vec::new();
