@@ -1,0 +1,339 @@
+//! Privileged tests of `lvsctl director run` (issue 6), the health-checking
+//! director daemon, on the seed's LVS-DR topology in network namespaces:
+//! checks (tcp, http, exec) drive weights, the sorry server, SIGHUP reloads,
+//! SIGTERM/SIGINT with and without teardown, and the file-safety refusals.
+//!
+//! Checks run every 200 ms so a test takes seconds even under software
+//! emulation; every wait polls with a generous deadline. The time a
+//! transition took is printed, not asserted.
+
+#[path = "support/daemon_net.rs"]
+mod net;
+
+use std::process::Command;
+use std::time::Duration;
+
+use net::{Daemon, Net, Server, TestDir, DIRECTOR, PORT, REALS, VIP};
+
+/// How long any awaited change may take (software emulation is slow).
+const T: Duration = Duration::from_secs(60);
+
+/// A quick tcp check: 200 ms apart, 500 ms timeout, rise 2, fall 2.
+const FAST_TCP: &str = r#"{ type = "tcp", interval = "200ms", timeout = "500ms", rise = 2, fall = 2 }"#;
+
+/// The seed's service with these real servers, this check, and `extra` service keys.
+fn config(reals: &[&str], check: &str, extra: &str) -> String {
+    let reals: Vec<String> = reals.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        "[director]\niface = \"eth0\"\n\n[[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nscheduler = \"rr\"\nreal = [{}]\ncheck = {check}\n{extra}\n",
+        reals.join(", ")
+    )
+}
+
+fn w(pairs: &[(&str, u32)]) -> Option<Vec<(String, u32)>> {
+    let mut v: Vec<(String, u32)> = pairs.iter().map(|(a, w)| ((*a).to_owned(), *w)).collect();
+    v.sort();
+    Some(v)
+}
+
+/// Answers alternate between exactly these two names (round robin).
+fn assert_round_robin(answers: &[String], a: &str, b: &str) {
+    assert!(answers.iter().all(|x| x == a || x == b), "answers {answers:?}: expected only {a} and {b}");
+    assert!(answers.windows(2).all(|p| p[0] != p[1]), "answers {answers:?} do not alternate (round robin)");
+}
+
+fn real_report(report: &serde_json::Value, addr: &str) -> serde_json::Value {
+    let want = format!("{addr}:{PORT}");
+    report["services"][0]["real_servers"]
+        .as_array()
+        .expect("real_servers")
+        .iter()
+        .find(|r| r["addr"] == want.as_str())
+        .unwrap_or_else(|| panic!("no {want} in the health report {report}"))
+        .clone()
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_tcp_check_drains_a_dead_real_server_and_restores_it() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], FAST_TCP, ""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    assert_round_robin(&net.answers(4), "rs1", "rs2");
+
+    s1.set_up(false);
+    let took = d.wait_for("rs1 at weight 0", T, || net.weights() == w(&[(REALS[0], 0), (REALS[1], 1)]));
+    eprintln!("rs1 drained {took:?} after its server stopped (fall 2 x 200ms + timeout 500ms = 900ms nominal)");
+    assert_eq!(net.answers(6), vec!["rs2"; 6], "every new connection must reach the healthy real server");
+    let rep = d.report().expect("health report");
+    let r1 = real_report(&rep, REALS[0]);
+    assert_eq!(r1["up"], false, "{rep}");
+    assert!(r1["last_error"].as_str().unwrap().contains("Connection refused"), "{rep}");
+    // director status shows each real server's health while the daemon runs.
+    let (code, out) = d.status(&net.director, false);
+    assert_eq!(code, 0, "a drained real server is the daemon's doing, not a degradation:\n{out}");
+    let line = |out: &str, addr: &str| {
+        let want = format!("-> {addr}:{PORT} ");
+        out.lines().find(|l| l.contains(&want) && l.contains(" since ")).map(str::to_owned)
+    };
+    let l1 = line(&out, REALS[0]).unwrap_or_else(|| panic!("no health line for rs1 in:\n{out}"));
+    assert!(l1.contains("down since") && l1.contains("Connection refused"), "{out}");
+    assert!(line(&out, REALS[1]).unwrap().contains("up since"), "{out}");
+    let (code, out) = d.status(&net.director, true);
+    assert_eq!(code, 0, "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(real_report(&j["health"], REALS[0])["up"], false, "{out}");
+
+    s1.set_up(true);
+    let took = d.wait_for("rs1 back at weight 1", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    eprintln!("rs1 restored {took:?} after its server started (rise 2 x 200ms = 400ms nominal)");
+    assert_round_robin(&net.answers(4), "rs1", "rs2");
+
+    // Each transition is logged once, with the reason.
+    let log = d.log();
+    let downs: Vec<&str> = log.lines().filter(|l| l.contains("real server down")).collect();
+    assert_eq!(downs.len(), 1, "one down transition expected:\n{log}");
+    assert!(downs[0].contains(&format!("real_server={}:{PORT}", REALS[0])), "{log}");
+    assert!(downs[0].contains("Connection refused"), "the reason must be logged:\n{log}");
+    assert_eq!(log.lines().filter(|l| l.contains("real server up")).count(), 1, "{log}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_sorry_server_takes_over_when_every_real_server_is_down() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let s2 = Server::text(&net.reals[1], PORT, "rs2");
+    // The director itself is the sorry server (the kernel forwards to it locally).
+    let _sorry = Server::text(&net.director, PORT, "sorry");
+    let extra = format!("on_failure = \"remove\"\nsorry_server = \"{DIRECTOR}\"");
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], FAST_TCP, &extra), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+
+    s1.set_up(false);
+    d.wait_for("rs1 removed (on_failure = remove)", T, || net.weights() == w(&[(REALS[1], 1)]));
+    assert_eq!(net.answers(3), vec!["rs2"; 3]);
+
+    s2.set_up(false);
+    d.wait_for("only the sorry server", T, || net.weights() == w(&[(DIRECTOR, 1)]));
+    assert_eq!(net.answers(3), vec!["sorry"; 3], "clients must reach the sorry server");
+    let rep = d.report().expect("health report");
+    assert_eq!(rep["services"][0]["sorry_active"], true, "{rep}");
+
+    s2.set_up(true);
+    d.wait_for("rs2 back and the sorry server gone", T, || net.weights() == w(&[(REALS[1], 1)]));
+    assert_eq!(net.answers(3), vec!["rs2"; 3]);
+    let log = d.log();
+    assert_eq!(log.matches("sorry server takes over").count(), 1, "{log}");
+    assert_eq!(log.matches("sorry server leaves").count(), 1, "{log}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_sighup_applies_the_difference_and_rejects_a_broken_config() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let _s3 = Server::text(&net.reals[2], PORT, "rs3");
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], FAST_TCP, ""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with rs1 and rs2", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    assert_round_robin(&net.answers(4), "rs1", "rs2");
+
+    // rs1 goes down: its state (down, since when) and counters must survive the reload.
+    s1.set_up(false);
+    d.wait_for("rs1 at weight 0", T, || net.weights() == w(&[(REALS[0], 0), (REALS[1], 1)]));
+    let since = real_report(&d.report().unwrap(), REALS[0])["since"].clone();
+    let conns = |net: &Net| -> u64 {
+        let t = net.table();
+        t[0].1.iter().find(|x| x.destination.addr.ip().to_string() == REALS[0]).map(|x| x.stats.conns).unwrap()
+    };
+    // The kernel folds its per-CPU counters into the dumped ones every 2 s.
+    d.wait_for("rs1's counter to show its 2 connections", T, || conns(&net) >= 2);
+    let before = conns(&net);
+
+    // Add rs3, remove rs2.
+    dir.write("lvsctl.toml", &config(&[REALS[0], REALS[2]], FAST_TCP, ""), 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("rs3 added and rs2 removed", T, || net.weights() == w(&[(REALS[0], 0), (REALS[2], 1)]));
+    let rep = d.report().unwrap();
+    let r1 = real_report(&rep, REALS[0]);
+    assert_eq!(r1["up"], false, "rs1 must stay down across the reload: {rep}");
+    assert_eq!(r1["since"], since, "rs1 must keep its health state across the reload: {rep}");
+    assert_eq!(conns(&net), before, "rs1 must keep its counters (it was not re-created)");
+    assert_eq!(net.answers(3), vec!["rs3"; 3]);
+    assert!(d.log().contains("new config applied"), "{}", d.log());
+
+    // A config that does not parse is rejected; nothing changes.
+    let table_before: Vec<_> = net
+        .table()
+        .into_iter()
+        .map(|(s, ds)| (s.service, ds.into_iter().map(|x| x.destination).collect::<Vec<_>>()))
+        .collect();
+    dir.write("lvsctl.toml", "[director\niface = \"eth0\"\n", 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the rejection in the log", T, || d.log().contains("new config rejected"));
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("new config rejected")).unwrap();
+    assert!(line.contains("lvsctl.toml:1:"), "the reason (file, line, column) must be logged: {line}");
+    let table_after: Vec<_> = net
+        .table()
+        .into_iter()
+        .map(|(s, ds)| (s.service, ds.into_iter().map(|x| x.destination).collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(table_after, table_before, "a rejected config must not change the table");
+    // The running configuration stays in force: rs1 still comes back.
+    s1.set_up(true);
+    d.wait_for("rs1 back at weight 1 after the rejected reload", T, || {
+        net.weights() == w(&[(REALS[0], 1), (REALS[2], 1)])
+    });
+    assert_round_robin(&net.answers(4), "rs1", "rs3");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_exec_check_runs_as_nobody_and_drives_a_transition() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let flags = dir.0.display().to_string();
+    let script = dir.write(
+        "check.sh",
+        &format!(
+            "#!/bin/sh\n\
+             [ \"$(id -u)\" = 65534 ] || {{ echo \"runs as uid $(id -u), not nobody\" >&2; exit 3; }}\n\
+             [ \"$LVSCTL_REAL_SERVER_PORT\" = {PORT} ] || {{ echo \"port $LVSCTL_REAL_SERVER_PORT\" >&2; exit 4; }}\n\
+             [ -e \"{flags}/up-$LVSCTL_REAL_SERVER_ADDR\" ] || {{ echo \"no flag for $LVSCTL_REAL_SERVER_ADDR\" >&2; exit 1; }}\n"
+        ),
+        0o755,
+    );
+    for r in &REALS[..2] {
+        dir.write(&format!("up-{r}"), "", 0o644);
+    }
+    let check = format!(
+        "{{ type = \"exec\", command = [\"{}\"], interval = \"200ms\", timeout = \"5s\", rise = 2, fall = 2 }}",
+        script.display()
+    );
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], &check, ""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+
+    std::fs::remove_file(dir.0.join(format!("up-{}", REALS[0]))).unwrap();
+    d.wait_for("rs1 at weight 0", T, || net.weights() == w(&[(REALS[0], 0), (REALS[1], 1)]));
+    let rep = d.report().unwrap();
+    let r1 = real_report(&rep, REALS[0]);
+    assert!(r1["last_error"].as_str().unwrap().ends_with(&format!("exit status 1: no flag for {}", REALS[0])), "{rep}");
+    // rs2's check has passed every time: it ran as nobody with the address and port in its environment.
+    assert_eq!(real_report(&rep, REALS[1])["last_error"], serde_json::Value::Null, "{rep}");
+    assert_eq!(net.answers(4), vec!["rs2"; 4]);
+
+    dir.write(&format!("up-{}", REALS[0]), "", 0o644);
+    d.wait_for("rs1 back at weight 1", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    assert_round_robin(&net.answers(4), "rs1", "rs2");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_http_check_drives_transitions_on_status_and_body() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let _h1 = Server::http(&net.reals[0], 8080, "status: ok");
+    let h2 = Server::http(&net.reals[1], 8080, "status: ok");
+    let check = r#"{ type = "http", port = 8080, path = "/health", status = 200, body = "ok", interval = "200ms", timeout = "1s", rise = 2, fall = 2 }"#;
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], check, ""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+
+    // The service port still answers; only the health endpoint says no.
+    h2.set_http(503, "status: ok");
+    d.wait_for("rs2 at weight 0 on status 503", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 0)]));
+    assert_eq!(net.answers(4), vec!["rs1"; 4]);
+    h2.set_http(200, "status: ok");
+    d.wait_for("rs2 back at weight 1", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    h2.set_http(200, "status: maintenance");
+    d.wait_for("rs2 at weight 0 on a body without \"ok\"", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 0)]));
+    let log = d.log();
+    assert!(log.contains("answered status 503, expected 200"), "{log}");
+    assert!(log.contains("body does not contain \\\"ok\\\"") || log.contains("body does not contain \"ok\""), "{log}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_sigterm_leaves_the_service_and_teardown_on_exit_removes_it() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], FAST_TCP, ""), 0o644);
+    let both = w(&[(REALS[0], 1), (REALS[1], 1)]);
+
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service and its health report", T, || net.weights() == both && d.report().is_some());
+    assert!(net.director_addrs().contains(&format!("{VIP}/32")), "{}", net.director_addrs());
+    d.signal(libc::SIGTERM);
+    let st = d.wait(T);
+    assert!(st.success(), "director run must exit 0 on SIGTERM, got {st}; log:\n{}", d.log());
+    assert_eq!(net.weights(), both, "SIGTERM must leave the service in place");
+    assert!(net.director_addrs().contains(&format!("{VIP}/32")), "the VIP must stay: {}", net.director_addrs());
+    assert!(d.report().is_none(), "the health report is removed when the daemon exits");
+    assert_round_robin(&net.answers(2), "rs1", "rs2");
+
+    let d = Daemon::start(&net.director, &dir, &cfg, &["--teardown-on-exit"]);
+    d.wait_for("the daemon's health report", T, || d.report().is_some());
+    assert_eq!(net.weights(), both);
+    d.signal(libc::SIGINT);
+    let st = d.wait(T);
+    assert!(st.success(), "director run must exit 0 on SIGINT, got {st}; log:\n{}", d.log());
+    assert_eq!(net.weights(), None, "--teardown-on-exit must remove the service");
+    assert!(!net.director_addrs().contains(VIP), "--teardown-on-exit must remove the VIP: {}", net.director_addrs());
+}
+
+#[test]
+#[ignore = "privileged: needs root (scripts/privileged-tests)"]
+fn daemon_refuses_files_others_can_write_and_root_checks() {
+    lvsctl_tests::require_privileged();
+    let dir = TestDir::new();
+    let run = |cfg: &std::path::Path| {
+        let out = Command::new(lvsctl_tests::lvsctl_bin())
+            .args(["director", "run", "--config"])
+            .arg(cfg)
+            .env("LVSCTL_STATE_DIR", dir.0.join("state"))
+            .output()
+            .unwrap();
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let safe = dir.write("check.sh", "#!/bin/sh\nexit 0\n", 0o755);
+    let exec =
+        |cmd: &std::path::Path, user: &str| format!("{{ type = \"exec\", command = [\"{}\"]{user} }}", cmd.display());
+
+    let cfg = dir.write("open.toml", &config(&REALS[..1], FAST_TCP, ""), 0o666);
+    let (st, err) = run(&cfg);
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("refusing config file") && err.contains("writable by everyone (mode 0666)"), "{err}");
+
+    let group_writable = dir.write("group.sh", "#!/bin/sh\nexit 0\n", 0o775);
+    let cfg = dir.write("a.toml", &config(&REALS[..1], &exec(&group_writable, ""), ""), 0o644);
+    let (st, err) = run(&cfg);
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("refusing check command") && err.contains("writable by its group"), "{err}");
+
+    let cfg = dir.write("b.toml", &config(&REALS[..1], &exec(&safe, ", user = \"root\""), ""), 0o644);
+    let (st, err) = run(&cfg);
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("never run as root"), "{err}");
+
+    let cfg = dir.write("c.toml", &config(&REALS[..1], &exec(&safe, ", user = \"no-such-user-x\""), ""), 0o644);
+    let (st, err) = run(&cfg);
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("no user \"no-such-user-x\""), "{err}");
+}
