@@ -378,3 +378,54 @@ fn describe_check(c: &Check) -> String {
     };
     format!("{kind} every {}, timeout {}, rise {}, fall {}", Secs(c.interval), Secs(c.timeout), c.rise, c.fall)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use checks::{CheckType, Probe};
+
+    /// The example of README's "Health-checking daemon" section, under a `[director]` header.
+    fn readme_example() -> String {
+        let readme = include_str!("../../../../README.md");
+        let section = &readme[readme.find("## Health-checking daemon").expect("README has the daemon section")..];
+        let start = section.find("```toml\n").expect("the section has a TOML example") + "```toml\n".len();
+        let body = &section[start..];
+        format!("[director]\niface = \"enp1s0\"\n{}", &body[..body.find("```").unwrap()])
+    }
+
+    #[test]
+    fn readme_example_loads() {
+        let text = readme_example();
+        let d = Config::parse(&text, "README.md").unwrap().director().unwrap();
+        let s = specs(&d).unwrap();
+        assert_eq!(s[0].on_failure, health::OnFailure::Drain);
+        assert_eq!(s[0].sorry.as_ref().unwrap().addr, "10.18.68.190:15858".parse().unwrap());
+        let c = s[0].reals[0].check.as_ref().unwrap();
+        assert_eq!(c.probe, Probe::Tcp { port: 15858 });
+        assert_eq!(
+            (c.interval, c.timeout, c.rise, c.fall),
+            (Secs::parse("2s").unwrap().0, Secs::parse("1s").unwrap().0, 2, 3)
+        );
+
+        // The commented per-real-server form parses too (its exec program need not exist here).
+        let mut alt = String::new();
+        for l in text.lines() {
+            if l.starts_with("real = ") {
+                continue;
+            }
+            let line = if let Some(r) = l.strip_prefix("# real = ") {
+                format!("real = {r}")
+            } else if let Some(r) = l.strip_prefix("#         ") {
+                format!("        {r}")
+            } else {
+                l.to_owned()
+            };
+            alt.push_str(&line);
+            alt.push('\n');
+        }
+        let d = Config::parse(&alt, "README.md").unwrap().director().unwrap();
+        let kinds: Vec<_> = d.services[0].checks.iter().map(|c| c.as_ref().unwrap().kind).collect();
+        assert_eq!(kinds, [CheckType::Http, CheckType::Exec]);
+    }
+}
