@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipvs_sys::{emit_request, parse_replies, IpvsMessage, Reply, ReplyKind};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
+use ipvs_sys::{emit_request, parse_replies, IpvsCmd, IpvsMessage, Reply, ReplyKind};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLMSG_OVERRUN, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
+};
 use netlink_packet_generic::ctrl::nlas::GenlCtrlAttrs;
 use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_packet_generic::GenlMessage;
@@ -19,8 +22,25 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 
-/// Receive buffer: the kernel fills dump messages up to 32 KiB.
+/// Receive buffer of the request socket (ACKs, errors, `do` replies: all small).
 const RECV_BUF: usize = 64 * 1024;
+/// Dumps: the kernel sizes each dump datagram by the largest length the socket
+/// ever passed to recv (at least ~3.7 KiB, at most 32 KiB). The two kinds of
+/// dump want opposite sizes, so each has its own socket, always read with the
+/// same length (a larger datagram, which the kernel never sends, is detected
+/// with MSG_TRUNC and reported). Measured on Linux 6.1 with a 10k x 10 table:
+///
+/// - Destination dumps (one per service) carry little (~350 bytes per
+///   destination) and every one costs two datagrams (the kernel sends the end
+///   marker separately). With 32 KiB datagrams each service cost two 32 KiB
+///   page allocations, cleared (init_on_alloc), which was the largest single
+///   kernel cost of a full dump. `SKB_WITH_OVERHEAD(8192)` makes them 8 KiB
+///   slab objects holding ~20 destinations.
+const DEST_DUMP_RECV_LEN: usize = 8192 - 320;
+/// - The service dump walks the kernel's service hash table from the start
+///   for every datagram, skipping what it already sent: its cost grows with
+///   services squared over services per datagram, so it gets the largest.
+const DUMP_RECV_LEN: usize = 32 * 1024;
 /// Socket receive buffer asked for, so that bursts of replies are not dropped.
 const SO_RCVBUF_SIZE: usize = 8 * 1024 * 1024;
 /// Socket send buffer: one sendmsg may carry this many bytes of requests.
@@ -46,13 +66,36 @@ struct Shared {
     pending: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
 }
 
-/// A netlink connection to the IPVS family in one network namespace.
+/// A netlink connection to the IPVS family in one network namespace: a
+/// request socket (many requests in flight, replies routed by a reader task)
+/// and a dump socket (one dump at a time, read inline by the dumping task).
 pub(crate) struct Conn {
     shared: Arc<Shared>,
     family_id: u16,
     seq: AtomicU32,
-    dump_lock: tokio::sync::Mutex<()>,
+    dump: tokio::sync::Mutex<DumpSock>,
+    dest_dump: tokio::sync::Mutex<DumpSock>,
     reader: tokio::task::JoinHandle<()>,
+}
+
+/// A dump socket and its buffers. The kernel runs one dump at a time per
+/// socket, so dumps queue on the mutex around this.
+struct DumpSock {
+    fd: AsyncFd<Socket>,
+    /// Exactly as long as every recv on this socket (see [`DUMP_RECV_LEN`]).
+    recv: Vec<u8>,
+    send: Vec<u8>,
+    /// Sequence number of a dump whose caller went away before its end: its
+    /// remaining datagrams are drained before the next dump starts (the kernel
+    /// answers a new dump with EBUSY while one is running).
+    unfinished: Option<u32>,
+}
+
+/// The sockets of a [`Conn`], opened in the same network namespace.
+pub(crate) struct Sockets {
+    main: Socket,
+    dump: Socket,
+    dest_dump: Socket,
 }
 
 impl Drop for Conn {
@@ -61,11 +104,16 @@ impl Drop for Conn {
     }
 }
 
-/// Open a generic netlink socket in the calling thread's network namespace.
-pub(crate) fn open_socket() -> io::Result<Socket> {
+fn open_one() -> io::Result<Socket> {
     let mut sock = Socket::new(NETLINK_GENERIC)?;
     sock.bind_auto()?;
     Ok(sock)
+}
+
+/// Open the generic netlink sockets of a connection in the calling thread's
+/// network namespace.
+pub(crate) fn open_socket() -> io::Result<Sockets> {
+    Ok(Sockets { main: open_one()?, dump: open_one()?, dest_dump: open_one()? })
 }
 
 fn set_buf(fd: i32, force: i32, plain: i32, size: usize) {
@@ -87,7 +135,10 @@ fn io_err(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
 impl Conn {
     /// Set up a socket (already bound, in its namespace): resolve the family,
     /// start the reader task.
-    pub(crate) async fn new(sock: Socket, timeout: Duration) -> Result<Self> {
+    pub(crate) async fn new(socks: Sockets, timeout: Duration) -> Result<Self> {
+        let Sockets { main: sock, dump, dest_dump } = socks;
+        let dump = DumpSock::new(dump, DUMP_RECV_LEN)?;
+        let dest_dump = DumpSock::new(dest_dump, DEST_DUMP_RECV_LEN)?;
         sock.set_non_blocking(true).map_err(io_err("netlink socket"))?;
         // Errors carry only the header of the failed request, not all of it.
         let _ = sock.set_cap_ack(true);
@@ -118,7 +169,14 @@ impl Conn {
         };
         let shared = Arc::new(Shared { fd, pending: Mutex::new(HashMap::new()) });
         let reader = tokio::spawn(read_loop(Arc::clone(&shared), family_id));
-        Ok(Self { shared, family_id, seq: AtomicU32::new(1), dump_lock: tokio::sync::Mutex::new(()), reader })
+        Ok(Self {
+            shared,
+            family_id,
+            seq: AtomicU32::new(1),
+            dump: tokio::sync::Mutex::new(dump),
+            dest_dump: tokio::sync::Mutex::new(dest_dump),
+            reader,
+        })
     }
 
     /// The resolved family id.
@@ -216,59 +274,121 @@ impl Conn {
         out
     }
 
-    /// Run a dump; only one runs at a time on a socket (the kernel answers a
-    /// second with EBUSY), so dumps queue here.
+    /// Run a dump and collect its messages.
     pub(crate) async fn dump(
         &self,
         msg: &IpvsMessage,
         what: &str,
         timeout: Duration,
     ) -> Result<std::result::Result<Vec<IpvsMessage>, i32>> {
-        let _g = self.dump_lock.lock().await;
-        let seq = self.next_seqs(1);
-        let mut buf = Vec::with_capacity(256);
-        emit_request(&mut buf, self.family_id, NLM_F_REQUEST | NLM_F_DUMP, seq, msg);
-        let mut rx = self.register(std::iter::once(seq));
-        let out = async {
-            self.send(&buf).await?;
-            let mut msgs = Vec::new();
-            loop {
-                let r = self.recv_event(&mut rx, what, timeout).await?;
-                match r.kind {
-                    ReplyKind::Message(m) => msgs.push(m),
-                    ReplyKind::Done(0) | ReplyKind::Ack => return Ok(Ok(msgs)),
-                    ReplyKind::Done(e) | ReplyKind::Error(e) => return Ok(Err(-e)),
-                    ReplyKind::Overrun => return Err(Error::Io(what.into(), io::Error::other("netlink overrun"))),
-                    ReplyKind::Ignored => {}
-                }
-            }
-        }
-        .await;
-        self.unregister(std::iter::once(seq));
-        out
+        let mut msgs = Vec::new();
+        let r = self
+            .dump_with(
+                msg,
+                || what.to_owned(),
+                timeout,
+                |cmd, attrs| {
+                    msgs.push(
+                        IpvsMessage::parse_attrs(attrs, IpvsCmd::from(cmd))
+                            .map_err(|e| Error::Decode(e.to_string()))?,
+                    );
+                    Ok(())
+                },
+            )
+            .await?;
+        Ok(r.map(|()| msgs))
     }
 
-    /// Send many requests, [`BATCH_MAX_MSGS`] per sendmsg, with `NLM_F_ACK`
-    /// only on the last of each sendmsg. The kernel handles them in order and
-    /// reports every failure, so the result has one entry per request: `Ok` or
-    /// the positive errno.
+    /// Run a dump on the dump socket, handing each IPVS message of the reply
+    /// (its generic netlink command and its attribute bytes) to `f` as it is
+    /// received: nothing is buffered or parsed here. GET_DEST dumps use one
+    /// socket, all others another; on each only one dump runs at a time (the
+    /// kernel answers a second with EBUSY), so dumps queue. `what`
+    /// names the dump in errors. A kernel error is `Ok(Err(errno))` (positive).
+    ///
+    /// The kernel fills the first datagram while handling the request and the
+    /// next one each time one is received, so a dump is read with plain
+    /// non-blocking receives; the task waits (at most `timeout` per datagram)
+    /// only when the kernel is not done yet.
+    pub(crate) async fn dump_with<W, F>(
+        &self,
+        msg: &IpvsMessage,
+        what: W,
+        timeout: Duration,
+        mut f: F,
+    ) -> Result<std::result::Result<(), i32>>
+    where
+        W: Fn() -> String,
+        F: FnMut(u8, &[u8]) -> Result<()>,
+    {
+        let sock = if msg.cmd == IpvsCmd::GetDest { &self.dest_dump } else { &self.dump };
+        let mut guard = sock.lock().await;
+        let d = &mut *guard;
+        if let Some(old) = d.unfinished {
+            // Read what is left of an abandoned dump before starting another.
+            drain_dump(d, old, timeout, &what).await?;
+            d.unfinished = None;
+        }
+        let seq = self.next_seqs(1);
+        d.send.clear();
+        emit_request(&mut d.send, self.family_id, NLM_F_REQUEST | NLM_F_DUMP, seq, msg);
+        d.unfinished = Some(seq);
+        dump_send(&d.fd, &d.send).await.map_err(|e| Error::Io(what(), e))?;
+        let family_id = self.family_id;
+        loop {
+            let n = dump_recv(d, timeout, &what).await?;
+            let mut end = None;
+            for (ty, mseq, payload) in NlMsgs(&d.recv[..n]) {
+                if mseq != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE | NLMSG_ERROR => {
+                        let e = payload.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                        end = Some(-e);
+                        break;
+                    }
+                    NLMSG_OVERRUN => {
+                        d.unfinished = None;
+                        return Err(Error::Io(what(), io::Error::other("netlink overrun")));
+                    }
+                    t if t == family_id && payload.len() >= ipvs_sys::frame::GENL_HDRLEN => {
+                        // On an error the rest of this dump stays `unfinished`.
+                        f(payload[0], &payload[ipvs_sys::frame::GENL_HDRLEN..])?;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(e) = end {
+                d.unfinished = None;
+                return Ok(if e == 0 { Ok(()) } else { Err(e) });
+            }
+        }
+    }
+
+    /// Send `count` requests, [`BATCH_MAX_MSGS`] per sendmsg, with `NLM_F_ACK`
+    /// only on the last of each sendmsg. Request `i` is `msg(i)`, built only
+    /// when its chunk is laid out (so a large batch never holds every request
+    /// at once). The kernel handles them in order and reports every failure,
+    /// so the result has one entry per request: `Ok` or the positive errno.
     pub(crate) async fn batch(
         &self,
-        msgs: &[IpvsMessage],
+        count: usize,
+        mut msg: impl FnMut(usize) -> IpvsMessage,
         what: &str,
         timeout: Duration,
     ) -> Result<Vec<std::result::Result<(), i32>>> {
-        let mut results = Vec::with_capacity(msgs.len());
+        let mut results = Vec::with_capacity(count);
         let mut buf = Vec::with_capacity(BATCH_MAX_BYTES + 4096);
         let mut i = 0;
-        while i < msgs.len() {
+        while i < count {
             // Lay out one chunk.
             buf.clear();
             let start = i;
             let first_seq = self.next_seqs(BATCH_MAX_MSGS as u32);
-            while i < msgs.len() && i - start < BATCH_MAX_MSGS && buf.len() < BATCH_MAX_BYTES {
+            while i < count && i - start < BATCH_MAX_MSGS && buf.len() < BATCH_MAX_BYTES {
                 let seq = first_seq + (i - start) as u32;
-                emit_request(&mut buf, self.family_id, NLM_F_REQUEST, seq, &msgs[i]);
+                emit_request(&mut buf, self.family_id, NLM_F_REQUEST, seq, &msg(i));
                 i += 1;
             }
             let n = i - start;
@@ -453,11 +573,11 @@ async fn resolve_family(fd: &AsyncFd<Socket>, timeout: Duration) -> Result<Optio
 /// Open a socket inside the network namespace at `path` (`/var/run/netns/NAME`,
 /// `/proc/PID/ns/net`) from a short-lived thread, so the caller's threads never
 /// change namespace. The socket stays bound to that namespace.
-pub(crate) fn open_socket_in(path: &std::path::Path) -> Result<Socket> {
+pub(crate) fn open_socket_in(path: &std::path::Path) -> Result<Sockets> {
     let ns =
         std::fs::File::open(path).map_err(|e| Error::Io(format!("opening network namespace {}", path.display()), e))?;
     let path_s = path.display().to_string();
-    std::thread::spawn(move || -> Result<Socket> {
+    std::thread::spawn(move || -> Result<Sockets> {
         // SAFETY: setns on a valid fd; only this thread changes namespace and it ends right after.
         #[allow(unsafe_code)]
         let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
@@ -468,4 +588,92 @@ pub(crate) fn open_socket_in(path: &std::path::Path) -> Result<Socket> {
     })
     .join()
     .map_err(|_| Error::Io("netns thread".into(), io::Error::other("panicked")))?
+}
+
+/// The messages of a received buffer as (type, seq, payload after the netlink
+/// header); stops at the first malformed header.
+struct NlMsgs<'a>(&'a [u8]);
+
+impl<'a> Iterator for NlMsgs<'a> {
+    type Item = (u16, u32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.0;
+        if b.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
+        if len < 16 || len > b.len() {
+            self.0 = &[];
+            return None;
+        }
+        let ty = u16::from_ne_bytes(b[4..6].try_into().unwrap());
+        let seq = u32::from_ne_bytes(b[8..12].try_into().unwrap());
+        self.0 = &b[((len + 3) & !3).min(b.len())..];
+        Some((ty, seq, &b[16..len]))
+    }
+}
+
+async fn dump_send(fd: &AsyncFd<Socket>, buf: &[u8]) -> io::Result<()> {
+    loop {
+        // A send to the kernel is handled inside the call; try it first.
+        match fd.get_ref().send(buf, 0) {
+            Ok(n) if n == buf.len() => return Ok(()),
+            Ok(n) => return Err(io::Error::other(format!("short send: {n} of {} bytes", buf.len()))),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => fd.writable().await?.clear_ready(),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl DumpSock {
+    fn new(sock: Socket, recv_len: usize) -> Result<Self> {
+        sock.set_non_blocking(true).map_err(io_err("netlink socket"))?;
+        let _ = sock.set_cap_ack(true);
+        let _ = sock.set_ext_ack(true);
+        // SAFETY: `Socket` owns its fd, keeps it open until dropped and always
+        // returns the same fd from `as_raw_fd`.
+        #[allow(unsafe_code)]
+        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| Error::Io("netlink socket".into(), e.into()))?;
+        Ok(Self { fd, recv: vec![0; recv_len], send: Vec::with_capacity(256), unfinished: None })
+    }
+}
+
+/// Receive one datagram of a dump into `d.recv`; waits at most `timeout`.
+async fn dump_recv<W: Fn() -> String>(d: &mut DumpSock, timeout: Duration, what: &W) -> Result<usize> {
+    loop {
+        // Usually the kernel has the next datagram ready: try before waiting.
+        match recv_trunc(d.fd.get_ref(), &mut d.recv) {
+            Ok(n) if n > d.recv.len() => {
+                return Err(Error::Io(
+                    what(),
+                    io::Error::other(format!("netlink message of {n} bytes was truncated to {}", d.recv.len())),
+                ))
+            }
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                return Err(Error::Io(what(), io::Error::other("dump replies were lost (ENOBUFS)")))
+            }
+            Err(e) => return Err(Error::Io(what(), e)),
+        }
+        let ready = tokio::time::timeout(timeout, d.fd.readable()).await;
+        match ready {
+            Err(_) => return Err(Error::Timeout(timeout, what())),
+            Ok(Err(e)) => return Err(Error::Io(what(), e)),
+            Ok(Ok(mut g)) => g.clear_ready(),
+        }
+    }
+}
+
+/// Read and drop the rest of dump `seq`.
+async fn drain_dump<W: Fn() -> String>(d: &mut DumpSock, seq: u32, timeout: Duration, what: &W) -> Result<()> {
+    loop {
+        let n = dump_recv(d, timeout, what).await?;
+        if NlMsgs(&d.recv[..n]).any(|(ty, s, _)| s == seq && (ty == NLMSG_DONE || ty == NLMSG_ERROR)) {
+            return Ok(());
+        }
+    }
 }

@@ -9,6 +9,7 @@ use ipvs_sys::{IpvsAttr, IpvsCmd, IpvsMessage};
 
 use crate::conn::{self, Conn};
 use crate::convert::*;
+use crate::dumpparse::DestParser;
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -95,7 +96,7 @@ impl Ipvs {
         Self::connect_in_netns(Path::new("/var/run/netns").join(name)).await
     }
 
-    async fn from_socket(sock: netlink_sys::Socket, timeout: Duration) -> Result<Self> {
+    async fn from_socket(sock: conn::Sockets, timeout: Duration) -> Result<Self> {
         Ok(Self { conn: Arc::new(Conn::new(sock, timeout).await?), timeout })
     }
 
@@ -271,22 +272,21 @@ impl Ipvs {
     }
 
     async fn destinations_raw(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
+        self.destinations_with(key, &mut DestParser::default()).await
+    }
+
+    /// The destination dump of one service, parsed from the received bytes
+    /// as they arrive (no intermediate messages; `parser`'s buffers are reused
+    /// from one service to the next).
+    async fn destinations_with(&self, key: &ServiceKey, parser: &mut DestParser) -> Result<Vec<DestinationEntry>> {
         let msg = Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(key))]);
-        let what = format!("listing real servers of {key}");
-        let msgs = match self.conn.dump(&msg, &what, self.timeout).await? {
-            Ok(v) => v,
-            Err(e) => return Err(map_common(e).unwrap_or_else(|| svc_err(key, e))),
-        };
         let fam = key.family();
-        let mut out = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            for a in m.attrs {
-                if let IpvsAttr::Dest(d) = a {
-                    out.push(dest_from(&d, fam)?);
-                }
-            }
+        let mut out = Vec::new();
+        let what = || format!("listing real servers of {key}");
+        match self.conn.dump_with(&msg, what, self.timeout, |_cmd, attrs| parser.message(attrs, fam, &mut out)).await? {
+            Ok(()) => Ok(out),
+            Err(e) => Err(map_common(e).unwrap_or_else(|| svc_err(key, e))),
         }
-        Ok(out)
     }
 
     /// Add a destination to a service.
@@ -361,8 +361,9 @@ impl Ipvs {
     pub async fn dump(&self) -> Result<Table> {
         let services = self.services().await?;
         let mut out = Vec::with_capacity(services.len());
+        let mut parser = DestParser::default();
         for s in services {
-            let d = self.destinations_raw(&s.service.key).await?;
+            let d = self.destinations_with(&s.service.key, &mut parser).await?;
             out.push((s, d));
         }
         Ok(out)
@@ -569,8 +570,8 @@ impl Ipvs {
         for op in ops {
             op.validate()?;
         }
-        let msgs: Vec<IpvsMessage> = ops.iter().map(Op::message).collect();
-        let res = self.conn.batch(&msgs, "applying changes", self.timeout).await?;
+        // Requests are built chunk by chunk: a large batch never holds them all.
+        let res = self.conn.batch(ops.len(), |i| ops[i].message(), "applying changes", self.timeout).await?;
         Ok(res
             .into_iter()
             .zip(ops)

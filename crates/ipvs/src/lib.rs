@@ -32,6 +32,7 @@
 
 mod conn;
 mod convert;
+mod dumpparse;
 mod error;
 mod handle;
 pub mod reconcile;
