@@ -1,0 +1,181 @@
+#!/bin/sh
+# bench/guest.sh - the benchmark's guest half, run as root by scripts/bench inside the
+# test VM (scripts/vm-run; busybox sh). Not meant to be run by hand on a host: it
+# creates network namespaces and large IPVS tables.
+#
+# For each table size (BENCH_SIZES services, 10 destinations each; IPv4, TCP, wrr, DR):
+#   create:    `ipvsadm -R`, `lvsctl restore`, `lvs-bench apply` (library bulk API),
+#              each in its own FRESH network namespace; the result of each is checked
+#              against the generated table (`ipvsadm -Sn | sort | sha256sum`);
+#   dump:      in the namespace the library filled, BENCH_REPS rounds of `ipvsadm -Sn`,
+#              `lvsctl save`, `lvs-bench dump`, `ipvsadm -Ln --stats`, `lvsctl list --stats`,
+#              `lvs-bench dump --stats`; the save outputs are digest-checked too;
+#   reconcile: for 0, 1 and 10 % of the services changed, a fresh namespace is filled with
+#              the base table (untimed), then `lvsctl restore --replace` (or, in another
+#              fresh namespace, `lvs-bench reconcile`) is timed and the result checked;
+#              at 0 % an extra untimed run under strace counts the IPVS requests that are
+#              not dumps (must be 0).
+# Every timed command runs under `lvs-bench measure` (wall time, peak RSS via wait4).
+# A namespace is flushed (`ipvsadm -C`) and deleted right after its last use, and the
+# script waits a moment, so that no big table or its cleanup runs behind a measurement.
+# The report goes to the console between @@BENCH-REPORT-BEGIN@@ and @@BENCH-REPORT-END@@.
+#
+# Environment: BENCH_SIZES (default "1000 10000"), BENCH_REPS (default 3),
+# BENCH_DESTS (default 10).
+
+set -u
+SIZES="${BENCH_SIZES:-1000 10000}"
+REPS="${BENCH_REPS:-3}"
+DESTS="${BENCH_DESTS:-10}"
+IP=/usr/sbin/ip
+W=/tmp/bench
+R=$W/results.tsv
+N=$W/notes.md
+mkdir -p $W
+cd $W || exit 1
+: >$R
+: >$N
+failures=0
+
+note() { echo "$*" >>$N; echo "bench: $*"; }
+fail() { failures=$((failures + 1)); note "- **FAILED**: $*"; }
+
+# Which lvsctl commands exist (they may land later than the benchmark).
+has_lvsctl() { command -v lvsctl >/dev/null 2>&1 && lvsctl "$@" --help >/dev/null 2>&1; }
+LV_RESTORE=0; LV_SAVE=0; LV_LIST=0; LV_REPLACE=0
+has_lvsctl restore && LV_RESTORE=1
+has_lvsctl save && LV_SAVE=1
+has_lvsctl list && LV_LIST=1
+[ $LV_RESTORE = 1 ] && lvsctl restore --help 2>&1 | grep -q -- --replace && LV_REPLACE=1
+
+nsn=0
+# newns: create a fresh namespace (lo up, a dummy interface with 10.0.0.254/8 so every
+# real-server address of the generated tables is a reachable unicast address); sets NS.
+newns() {
+	nsn=$((nsn + 1))
+	NS=bench$nsn
+	$IP netns add $NS || exit 1
+	$IP -n $NS link set lo up
+	$IP -n $NS link add dum0 type dummy
+	$IP -n $NS link set dum0 up
+	$IP -n $NS addr add 10.0.0.254/8 dev dum0
+}
+# dropns NS: flush its table (synchronously, here), delete it, let the kernel settle.
+dropns() {
+	$IP netns exec "$1" ipvsadm -C
+	$IP netns del "$1"
+	sleep 2
+}
+inns() { ns=$1; shift; $IP netns exec "$ns" "$@"; }
+digest() { sort "$1" | sha256sum | cut -d' ' -f1; }
+ns_digest() { $IP netns exec "$1" ipvsadm -Sn | sort | sha256sum | cut -d' ' -f1; }
+# measure NS LABEL STDIN STDOUT CMD...
+measure() {
+	ns=$1 label=$2 in=$3 out=$4
+	shift 4
+	inns "$ns" lvs-bench measure --label "$label" --results $R --stdin "$in" --stdout "$out" --stderr $W/stderr -- "$@"
+	rc=$?
+	if [ $rc != 0 ]; then
+		fail "$label exited with $rc: $(head -c 600 $W/stderr)"
+	fi
+	return $rc
+}
+check() { # check WHAT GOT WANT
+	if [ "$2" = "$3" ]; then
+		note "- $1: table OK"
+	else
+		fail "$1: table differs (sha256 $2, want $3)"
+	fi
+}
+
+note "- guest: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
+note "- ipvsadm: $(ipvsadm --version 2>&1 | head -1); lvsctl commands present: restore=$LV_RESTORE save=$LV_SAVE list=$LV_LIST restore--replace=$LV_REPLACE"
+# The measuring wrapper's own floor: the peak RSS it reports for /bin/true.
+newns
+measure $NS "floor|true|/bin/true" /dev/null /dev/null /bin/true
+$IP netns del $NS
+
+for n in $SIZES; do
+	size="${n}x$DESTS"
+	base=$W/t$n.rules
+	lvs-bench gen --services "$n" --dests "$DESTS" --out "$base" || exit 1
+	for pct in 1 10; do
+		lvs-bench gen --services "$n" --dests "$DESTS" --change $pct --out "$W/t$n.c$pct.rules" || exit 1
+	done
+	want=$(digest "$base")
+	note "- table $size: $(wc -l <"$base") lines, sha256 of sorted save $want"
+
+	# ---- create ---------------------------------------------------------------
+	newns
+	measure $NS "$size|create|ipvsadm -R" "$base" /dev/null ipvsadm -R
+	check "create $size ipvsadm -R" "$(ns_digest $NS)" "$want"
+	dropns $NS
+	if [ $LV_RESTORE = 1 ]; then
+		newns
+		measure $NS "$size|create|lvsctl restore" "$base" /dev/null lvsctl restore
+		check "create $size lvsctl restore" "$(ns_digest $NS)" "$want"
+		dropns $NS
+	fi
+	newns
+	measure $NS "$size|create|library apply" /dev/null $W/out lvs-bench apply "$base"
+	check "create $size library apply ($(cat $W/out))" "$(ns_digest $NS)" "$want"
+
+	# ---- dump (in the namespace the library filled) ---------------------------
+	full=$NS
+	r=0
+	while [ $r -lt "$REPS" ]; do
+		r=$((r + 1))
+		measure $full "$size|save|ipvsadm -Sn" /dev/null $W/save.ipvsadm ipvsadm -Sn
+		if [ $LV_SAVE = 1 ]; then
+			measure $full "$size|save|lvsctl save" /dev/null $W/save.lvsctl lvsctl save -n
+		fi
+		measure $full "$size|save|library dump" /dev/null $W/save.lib lvs-bench dump
+		measure $full "$size|stats|ipvsadm -Ln --stats" /dev/null $W/stats.ipvsadm ipvsadm -Ln --stats
+		if [ $LV_LIST = 1 ]; then
+			measure $full "$size|stats|lvsctl list --stats" /dev/null $W/stats.lvsctl lvsctl list -n --stats
+		fi
+		measure $full "$size|stats|library dump --stats" /dev/null $W/stats.lib lvs-bench dump --stats
+	done
+	check "dump $size ipvsadm -Sn" "$(digest $W/save.ipvsadm)" "$want"
+	[ $LV_SAVE = 1 ] && check "dump $size lvsctl save" "$(digest $W/save.lvsctl)" "$want"
+	check "dump $size library dump" "$(digest $W/save.lib)" "$want"
+	note "- list --stats $size: ipvsadm $(wc -l <$W/stats.ipvsadm) lines$([ $LV_LIST = 1 ] && echo ", lvsctl $(wc -l <$W/stats.lvsctl) lines")"
+	dropns $full
+
+	# ---- reconcile ----------------------------------------------------------
+	for pct in 0 1 10; do
+		if [ $pct = 0 ]; then target=$base; else target=$W/t$n.c$pct.rules; fi
+		twant=$(digest "$target")
+		if [ $LV_REPLACE = 1 ]; then
+			newns
+			inns $NS lvs-bench apply "$base" >/dev/null || fail "setup of reconcile $pct % $size"
+			measure $NS "$size|reconcile$pct|lvsctl restore --replace" "$target" /dev/null lvsctl restore --replace
+			check "reconcile $pct % $size lvsctl restore --replace" "$(ns_digest $NS)" "$twant"
+			if [ $pct = 0 ]; then
+				# Count what an unchanged reconcile sends: IPVS requests that are not dumps.
+				inns $NS strace -f -e trace=sendto,sendmsg -e signal=none -s 0 -o $W/strace lvsctl restore --replace <"$base" >/dev/null 2>&1
+				total=$(grep -c 'nlmsg_flags=NLM_F_REQUEST' $W/strace)
+				dumps=$(grep -c 'nlmsg_flags=NLM_F_REQUEST|NLM_F_DUMP\|nlmsg_flags=NLM_F_REQUEST|NLM_F_ACK|NLM_F_DUMP' $W/strace)
+				ctrl=$(grep -c 'nlctrl\|nlmsg_type=0x10 \|GENL_ID_CTRL' $W/strace)
+				note "- reconcile 0 % $size lvsctl restore --replace under strace: $total netlink requests sent, $dumps of them dumps, $ctrl to the genl controller: $((total - dumps - ctrl)) change requests"
+				[ $((total - dumps - ctrl)) = 0 ] || fail "unchanged reconcile sent change requests (see strace)"
+			fi
+			dropns $NS
+		fi
+		newns
+		inns $NS lvs-bench apply "$base" >/dev/null || fail "setup of reconcile $pct % $size"
+		measure $NS "$size|reconcile$pct|library reconcile" /dev/null $W/out lvs-bench reconcile "$target"
+		check "reconcile $pct % $size library reconcile ($(cat $W/out))" "$(ns_digest $NS)" "$twant"
+		dropns $NS
+	done
+done
+
+note "- failures: $failures"
+lvs-bench report $R --notes $N >$W/report.md
+echo "@@BENCH-REPORT-BEGIN@@"
+cat $W/report.md
+echo "@@BENCH-REPORT-END@@"
+echo "@@BENCH-RAW-BEGIN@@"
+cat $R
+echo "@@BENCH-RAW-END@@"
+[ $failures = 0 ]
