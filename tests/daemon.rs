@@ -222,9 +222,11 @@ fn daemon_exec_check_runs_as_nobody_and_drives_a_transition() {
         "{{ type = \"exec\", command = [\"{}\"], interval = \"200ms\", timeout = \"5s\", rise = 2, fall = 2 }}",
         script.display()
     );
-    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], &check, ""), 0o644);
+    // rs1 has weight 3: recovery must restore the configured weight, not 1.
+    let rs1 = format!("{},weight=3", REALS[0]);
+    let cfg = dir.write("lvsctl.toml", &config(&[&rs1, REALS[1]], &check, ""), 0o644);
     let d = Daemon::start(&net.director, &dir, &cfg, &[]);
-    d.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    d.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 3), (REALS[1], 1)]));
 
     std::fs::remove_file(dir.0.join(format!("up-{}", REALS[0]))).unwrap();
     d.wait_for("rs1 at weight 0", T, || net.weights() == w(&[(REALS[0], 0), (REALS[1], 1)]));
@@ -236,7 +238,7 @@ fn daemon_exec_check_runs_as_nobody_and_drives_a_transition() {
     assert_eq!(net.answers(4), vec!["rs2"; 4]);
 
     dir.write(&format!("up-{}", REALS[0]), "", 0o644);
-    d.wait_for("rs1 back at weight 1", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    d.wait_for("rs1 back at its weight 3", T, || net.weights() == w(&[(REALS[0], 3), (REALS[1], 1)]));
     assert_round_robin(&net.answers(4), "rs1", "rs2");
 }
 

@@ -394,6 +394,40 @@ mod tests {
         format!("[director]\niface = \"enp1s0\"\n{}", &body[..body.find("```").unwrap()])
     }
 
+    /// One task per real server: a check that hangs (a server that accepts
+    /// and never answers) does not hold up the checks of another real server.
+    #[tokio::test]
+    async fn a_slow_check_does_not_delay_another() {
+        let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fast = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (sa, fa) = (slow.local_addr().unwrap(), fast.local_addr().unwrap());
+        let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+        let every = std::time::Duration::from_millis(50);
+        let hang = Check {
+            probe: Probe::Http(http::HttpCheck {
+                port: sa.port(),
+                path: "/".into(),
+                status: 200,
+                body: None,
+                host: None,
+            }),
+            interval: every,
+            timeout: std::time::Duration::from_secs(30),
+            rise: 1,
+            fall: 1,
+        };
+        let quick =
+            Check { probe: Probe::Tcp { port: fa.port() }, timeout: std::time::Duration::from_secs(5), ..hang.clone() };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _slow = spawn_checker(tx.clone(), 1, (key, sa), hang);
+        let _fast = spawn_checker(tx, 2, (key, fa), quick);
+        for _ in 0..5 {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+            assert_eq!(r.task, 2, "only the quick check can have finished");
+            assert_eq!(r.result, Ok(()));
+        }
+    }
+
     #[test]
     fn readme_example_loads() {
         let text = readme_example();
