@@ -507,3 +507,50 @@ fn director_ipv6_vip_and_realserver_ipv6() {
     assert_eq!(code(&ns.lvsctl(&["director", "status"])), 3);
     assert_eq!(code(&ns.lvsctl(&["realserver", "status"])), 3);
 }
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_kernel_refusal_changes_nothing() {
+    let ns = director_host();
+    // A scheduler lvsctl knows but this kernel lacks: Debian's 6.1 ships no ip_vs_twos.
+    let probe = ns.exec("ipvsadm", &["-A", "-t", "10.0.0.9:1", "-s", "twos"]);
+    assert!(
+        !probe.status.success(),
+        "TEST PRECONDITION: this kernel has the twos scheduler; pick another one it lacks"
+    );
+    let before = ns.snapshot(&[IF]);
+    // Two services: the kernel takes the first and refuses the second; the
+    // first is undone.
+    let dir = tempdir();
+    let cfg = dir.join("two.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[director]\niface = \"{IF}\"\n\
+             [[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nreal = [\"10.18.68.186\"]\n\
+             [[director.service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"twos\"\nreal = [\"10.18.68.186\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = ns.lvsctl(&["director", "start", "--config", cfg.to_str().unwrap()]);
+    let (o, e) = texts(&out);
+    assert_eq!(code(&out), 1, "{o}{e}");
+    assert_eq!(e.lines().count(), 1, "{e}");
+    assert!(e.contains("scheduler \"twos\" not found in the kernel"), "{e}");
+    assert!(o.contains("undone: delete service tcp 10.19.70.166:15858"), "{o}");
+    assert_eq!(ns.snapshot(&[IF]), before, "a refused start must leave the host as it was");
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 3, "and leave no state behind");
+    let mut args = seed_start_args();
+    args.extend(["--scheduler", "twos"]);
+
+    // The same refusal while reconciling a running director: the running
+    // configuration stays, and status still says running.
+    ns.lvsctl_ok(&seed_start_args());
+    let running = ns.snapshot(&[IF]);
+    let out = ns.lvsctl(&args);
+    assert_eq!(code(&out), 1, "{:?}", texts(&out));
+    assert_eq!(ns.snapshot(&[IF]), running);
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+    ns.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(ns.snapshot(&[IF]), before);
+}

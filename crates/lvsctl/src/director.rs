@@ -276,12 +276,38 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
         .cloned()
         .collect();
 
-    // IPVS, in one batch.
     let mut owned: Vec<ServiceKey> = prev_owned.iter().copied().filter(|k| present(k)).collect();
+    // Write ahead: if this run dies half-way, the state already claims what it
+    // is about to create, so the next start or stop can finish or undo it.
+    if !ops.is_empty() || !adds.is_empty() || !dels.is_empty() {
+        let mut claim = owned.clone();
+        for op in &ops {
+            if let Op::AddService(s) = op {
+                if !claim.contains(&s.key) {
+                    claim.push(s.key);
+                }
+            }
+        }
+        let mut addresses = records.clone();
+        addresses.extend(adds.iter().map(|(_, r)| AddressRecord { created: true, ..r.clone() }));
+        addresses.extend(dels.iter().cloned());
+        state::write(
+            &path,
+            &DirectorState { format: state::FORMAT, services: desired.clone(), owned: claim, addresses },
+        )?;
+    }
+
+    // IPVS, in one batch.
     let mut first_err: Option<CliError> = None;
     let mut changes = 0usize;
     if !ops.is_empty() {
-        let results = ipvs.apply(&ops).await?;
+        let results = match ipvs.apply(&ops).await {
+            Ok(r) => r,
+            Err(e) => {
+                put_back(&path, prev)?;
+                return Err(e.into());
+            }
+        };
         let mut added_now = Vec::new();
         for (op, r) in ops.iter().zip(results) {
             match r {
@@ -317,11 +343,13 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
                     }
                 }
             }
-            if let Some(p) = prev {
-                state::write(&path, &DirectorState { owned, ..p })?;
-            } else if !owned.is_empty() {
-                let st = DirectorState { format: state::FORMAT, services: desired, owned, addresses: vec![] };
-                state::write(&path, &st)?;
+            match prev {
+                Some(p) => state::write(&path, &DirectorState { owned, ..p })?,
+                None if !owned.is_empty() => {
+                    let st = DirectorState { format: state::FORMAT, services: desired, owned, addresses: vec![] };
+                    state::write(&path, &st)?;
+                }
+                None => state::remove(&path)?,
             }
             return Err(e);
         }
@@ -369,6 +397,14 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
         println!("director: running ({nsvc} virtual services, {nreal} real servers)");
     }
     Ok(())
+}
+
+/// Put the state file back as it was before this run (none: remove it).
+fn put_back(path: &std::path::Path, prev: Option<DirectorState>) -> Result<(), CliError> {
+    match prev {
+        Some(p) => state::write(path, &p),
+        None => state::remove(path),
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -181,7 +181,19 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
     let dels: Vec<AddressRecord> =
         prev_addrs.iter().filter(|r| r.created && !spec.vips.contains(&r.addr)).cloned().collect();
 
-    // Changes. The state is written whatever happens, so stop can undo it.
+    // Write ahead: if this run dies half-way, the state already holds every
+    // previous value and every address it is about to add, so stop can undo it.
+    if !restores.is_empty() || !writes.is_empty() || !dels.is_empty() || !adds.is_empty() {
+        let mut sysctls = records.clone();
+        sysctls.extend(restores.iter().cloned());
+        let mut addresses = addrs.clone();
+        addresses.extend(adds.iter().map(|r| AddressRecord { created: true, ..r.clone() }));
+        addresses.extend(dels.iter().cloned());
+        let iface = spec.iface.as_ref().map(|i| i.to_string());
+        state::write(&path, &RealserverState { format: state::FORMAT, iface, addresses, sysctls })?;
+    }
+
+    // Changes. The state is written again whatever happens, so stop can undo them.
     let mut changes = 0usize;
     let res: Result<(), CliError> = async {
         for r in &restores {
