@@ -664,8 +664,14 @@ fn stats_cols(s: Option<&Stats>) -> String {
 fn print_status(s: &DirectorStatus, json: bool, info: Option<ipvs::Info>) {
     if json {
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
-        return;
+    } else {
+        print!("{}", render(s, info));
     }
+}
+
+/// The human status: state, problems, VIPs, then the table of `ipvsadm -Ln
+/// --stats` with forwarding method, weight and connection columns.
+fn render(s: &DirectorStatus, info: Option<ipvs::Info>) -> String {
     let mut out = String::new();
     match s.problems.len() {
         0 => out.push_str(&format!("director: {}\n", s.status)),
@@ -677,8 +683,7 @@ fn print_status(s: &DirectorStatus, json: bool, info: Option<ipvs::Info>) {
         }
     }
     if s.exit_code == 3 {
-        print!("{out}");
-        return;
+        return out;
     }
     for a in &s.addresses {
         let what = if a.present { "present" } else { "MISSING" };
@@ -700,7 +705,8 @@ fn print_status(s: &DirectorStatus, json: bool, info: Option<ipvs::Info>) {
         if !svc.present {
             left.push_str(" (MISSING)");
         }
-        out.push_str(&format!("{left:<LEFT$}{}\n", stats_cols(svc.stats.as_ref())));
+        out.push_str(format!("{left:<LEFT$}{}", stats_cols(svc.stats.as_ref())).trim_end());
+        out.push('\n');
         for r in &svc.real_servers {
             let mut left = format!(
                 "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
@@ -715,13 +721,14 @@ fn print_status(s: &DirectorStatus, json: bool, info: Option<ipvs::Info>) {
             } else if !r.configured {
                 left.push_str(" (not configured)");
             }
-            out.push_str(&format!("{left:<LEFT$}{}\n", stats_cols(r.stats.as_ref())));
+            out.push_str(format!("{left:<LEFT$}{}", stats_cols(r.stats.as_ref())).trim_end());
+            out.push('\n');
         }
     }
     if let Some(h) = &s.health {
         out.push_str(&h.render());
     }
-    print!("{out}");
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -796,6 +803,64 @@ mod tests {
         }
         let e = err(StartArgs { config: Some("/nonexistent/lvsctl.toml".into()), ..Default::default() });
         assert!(e.msg.starts_with("cannot read config file /nonexistent/lvsctl.toml"), "{}", e.msg);
+    }
+
+    #[test]
+    fn human_status_lines_up_like_ipvsadm_stats() {
+        let stats = |conns, pkts, bytes| Stats {
+            conns,
+            in_pkts: pkts,
+            out_pkts: pkts,
+            in_bytes: bytes,
+            out_bytes: bytes,
+            ..Stats::default()
+        };
+        let real = |a: &str, present, n| RealStatus {
+            address: a.parse().unwrap(),
+            forward: "Route",
+            weight: 1,
+            configured: true,
+            present,
+            active_conns: 1,
+            inactive_conns: 2,
+            stats: present.then(|| stats(n, 10, 1000)),
+        };
+        let s = DirectorStatus {
+            role: "director",
+            status: "degraded",
+            exit_code: 1,
+            problems: vec!["real server 10.18.68.187:15858 of tcp 10.19.70.166:15858 is missing".into()],
+            addresses: vec![AddrStatus {
+                addr: "10.19.70.166".parse().unwrap(),
+                prefix_len: 32,
+                iface: "enp1s0".into(),
+                present: true,
+            }],
+            services: vec![ServiceStatus {
+                protocol: "TCP".into(),
+                address: "10.19.70.166:15858".into(),
+                scheduler: "rr".into(),
+                persistence: None,
+                present: true,
+                stats: Some(stats(5, 16, 2918)),
+                real_servers: vec![real("10.18.68.186:15858", true, 5), real("10.18.68.187:15858", false, 0)],
+            }],
+            health: None,
+        };
+        let want = "\
+director: degraded (1 problem)
+  - real server 10.18.68.187:15858 of tcp 10.19.70.166:15858 is missing
+VIP 10.19.70.166/32 on enp1s0: present
+Prot LocalAddress:Port Scheduler Flags                                    Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.19.70.166:15858 rr                                                    5       16       16     2918     2918
+  -> 10.18.68.186:15858           Route   1      1          2                 5       10       10     1000     1000
+  -> 10.18.68.187:15858           (MISSING)
+";
+        assert_eq!(render(&s, None), want);
+        let v: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["services"][0]["real_servers"][0]["stats"]["conns"], 5);
+        assert_eq!(v["services"][0]["real_servers"][1]["present"], false);
     }
 
     #[test]
