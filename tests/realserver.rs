@@ -188,3 +188,21 @@ fn realserver_bad_input_changes_nothing() {
         assert_eq!(code(&ns.lvsctl(&["realserver", "status"])), 3, "{a:?} left a state file");
     }
 }
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn realserver_state_found_whatever_lo_does() {
+    // The state file is per network namespace; how lvsctl names the namespace
+    // must not depend on lo being up (a new namespace has it down).
+    let ns = host("enp1s0");
+    ns.ip(&["link", "set", "lo", "down"]);
+    let before = ns.snapshot(&["enp1s0"]);
+    ns.lvsctl_ok(&["realserver", "start", "--vip", VIP, "--iface", "enp1s0"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    assert_eq!(code(&ns.lvsctl(&["realserver", "status"])), 0);
+    ns.lvsctl_ok(&["realserver", "start", "--vip", VIP, "--iface", "enp1s0"]);
+    ns.ip(&["link", "set", "lo", "down"]);
+    let out = ns.lvsctl_ok(&["realserver", "stop"]);
+    assert!(out.ends_with("realserver: stopped\n"), "{out}");
+    assert_eq!(ns.snapshot(&["enp1s0"]), before);
+}

@@ -55,8 +55,16 @@ pub(crate) fn path(dir: &Path, role: Role) -> Result<PathBuf, CliError> {
 /// An id of the calling thread's network namespace: its cookie, or its inode.
 pub(crate) fn netns_id() -> Result<String, CliError> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0").or_else(|_| std::net::UdpSocket::bind("[::1]:0"));
-    if let Ok(sock) = sock {
+    // Any socket tells its namespace's cookie; a unix socket needs no address
+    // (so it works even with lo down) and no IP stack.
+    // SAFETY: plain socket(2); the fd is owned right away.
+    #[allow(unsafe_code)]
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd >= 0 {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+        #[allow(unsafe_code)]
+        let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut cookie: u64 = 0;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
         // SAFETY: getsockopt on a valid socket with a buffer of `len` bytes.
@@ -74,6 +82,7 @@ pub(crate) fn netns_id() -> Result<String, CliError> {
             return Ok(cookie.to_string());
         }
     }
+    // Kernels before 5.14 have no cookie: the namespace's inode number.
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata("/proc/thread-self/ns/net")
         .map_err(|e| CliError::failure(format!("cannot tell this network namespace: {e}")))?;
