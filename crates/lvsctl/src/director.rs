@@ -366,24 +366,25 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
                 changes += 1;
             }
             Err(e) => {
+                // Still ours: stop tries again.
                 kept_dels.push(r);
-                result = Err(e);
-                break;
+                if result.is_ok() {
+                    result = Err(e);
+                }
             }
         }
     }
-    if result.is_ok() {
-        for (idx, mut r) in adds {
-            match rtnl.add_address(idx, &r.iface, r.addr, r.prefix_len).await {
-                Ok(()) => {
-                    println!("director: added {}/{} to {}", r.addr, r.prefix_len, r.iface);
-                    changes += 1;
-                    r.created = true;
-                    records.push(r);
-                }
-                Err(e) => {
+    for (idx, mut r) in adds {
+        match rtnl.add_address(idx, &r.iface, r.addr, r.prefix_len).await {
+            Ok(()) => {
+                println!("director: added {}/{} to {}", r.addr, r.prefix_len, r.iface);
+                changes += 1;
+                r.created = true;
+                records.push(r);
+            }
+            Err(e) => {
+                if result.is_ok() {
                     result = Err(e);
-                    break;
                 }
             }
         }
