@@ -279,10 +279,20 @@ fn daemon_sigterm_leaves_the_service_and_teardown_on_exit_removes_it() {
     let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], FAST_TCP, ""), 0o644);
     let both = w(&[(REALS[0], 1), (REALS[1], 1)]);
 
-    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
-    d.wait_for("the service and its health report", T, || net.weights() == both && d.report().is_some());
+    // As under systemd (Type=notify): READY=1 once the config is applied, STOPPING=1 on SIGTERM.
+    let notify_path = dir.0.join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(T)).unwrap();
+    let d = Daemon::start_env(&net.director, &dir, &cfg, &[], &[("NOTIFY_SOCKET", notify_path.as_path())]);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from director run");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "READY=1\nSTATUS=2 of 2 real servers up");
+    assert_eq!(net.weights(), both, "READY=1 comes after the config is applied");
+    d.wait_for("the health report", T, || d.report().is_some());
     assert!(net.director_addrs().contains(&format!("{VIP}/32")), "{}", net.director_addrs());
     d.signal(libc::SIGTERM);
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from director run");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1");
     let st = d.wait(T);
     assert!(st.success(), "director run must exit 0 on SIGTERM, got {st}; log:\n{}", d.log());
     assert_eq!(net.weights(), both, "SIGTERM must leave the service in place");

@@ -288,6 +288,11 @@ pub struct Daemon {
 impl Daemon {
     /// Start it with `LVSCTL_STATE_DIR` in the test folder.
     pub fn start(ns: &Netns, dir: &TestDir, config: &Path, args: &[&str]) -> Self {
+        Self::start_env(ns, dir, config, args, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables.
+    pub fn start_env(ns: &Netns, dir: &TestDir, config: &Path, args: &[&str], env: &[(&str, &Path)]) -> Self {
         let log = dir.0.join(unique("daemon-log-"));
         let state_dir = dir.0.join("state");
         let f = std::fs::File::create(&log).unwrap();
@@ -297,6 +302,7 @@ impl Daemon {
             .args(args)
             .env("LVSCTL_STATE_DIR", &state_dir)
             .env("LVSCTL_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(f)

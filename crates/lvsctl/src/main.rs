@@ -69,8 +69,9 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    // Logs go to stderr: colours only on a terminal, and no timestamps when
-    // stderr is the journal (systemd sets JOURNAL_STREAM), which adds its own.
+    // Logs go to stderr: colours only on a terminal; when stderr is the
+    // journal (systemd sets JOURNAL_STREAM), no timestamps (it adds its own)
+    // and each line starts with its syslog priority.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LVSCTL_LOG")
@@ -78,7 +79,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() { logs.without_time().try_init() } else { logs.try_init() };
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.event_format(daemon::journal::SyslogPrefix(tracing_subscriber::fmt::format().without_time())).try_init()
+    } else {
+        logs.try_init()
+    };
     if let Some(ns) = &cli.netns {
         if let Err(e) = enter_netns(ns) {
             return e.report();

@@ -19,6 +19,7 @@
 pub(crate) mod checks;
 pub(crate) mod health;
 pub(crate) mod http;
+pub(crate) mod journal;
 pub(crate) mod report;
 pub(crate) mod security;
 
@@ -150,6 +151,9 @@ struct Daemon {
     dirty: bool,
     report_path: PathBuf,
     started: SystemTime,
+    /// When the report was last written (failed checks that change nothing
+    /// else refresh its "last error" at most once a second).
+    report_written: std::time::Instant,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -175,12 +179,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         dirty: false,
         report_path: report::path(&state::dir())?,
         started: SystemTime::now(),
+        report_written: std::time::Instant::now(),
     };
     d.sync_reals();
     let (desired, sorry_in) = effective(&d.loaded.services, &d.health);
     d.sorry_in = sorry_in;
     crate::director::apply(&d.loaded.director, &desired).await?;
     d.write_report();
+    journal::sd_notify(&format!("READY=1\nSTATUS={}", d.summary()));
     info!(
         config = %d.config_path.display(),
         services = d.loaded.services.len(),
@@ -196,6 +202,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             _ = int.recv() => break "SIGINT",
         }
     };
+    journal::sd_notify("STOPPING=1");
     d.checkers.clear();
     let _ = state::remove(&d.report_path);
     if args.teardown_on_exit {
@@ -244,6 +251,19 @@ impl Daemon {
         }
     }
 
+    /// `2 of 3 real servers up` (for systemd's STATUS).
+    fn summary(&self) -> String {
+        let total: usize = self.loaded.services.iter().map(|s| s.reals.len()).sum();
+        let up = self
+            .loaded
+            .services
+            .iter()
+            .flat_map(|s| s.reals.iter().map(move |r| (s.service.key, r.dest.addr)))
+            .filter(|k| self.health.get(k).is_none_or(|h| h.up))
+            .count();
+        format!("{up} of {total} real servers up")
+    }
+
     fn check_of(&self, k: &RealKey) -> Option<&Check> {
         self.checkers.get(k).map(|c| &c.check)
     }
@@ -256,9 +276,12 @@ impl Daemon {
         let (rise, fall) = (checker.check.rise, checker.check.fall);
         let Some(h) = self.health.get_mut(&r.real) else { return };
         let (key, addr) = r.real;
+        let failed = r.result.is_err();
         let Some(t) = h.record(r.result, rise, fall, SystemTime::now()) else {
             if self.dirty {
                 self.converge("retrying a change that failed").await;
+            } else if failed && self.report_written.elapsed() >= std::time::Duration::from_secs(1) {
+                self.write_report();
             }
             return;
         };
@@ -298,6 +321,7 @@ impl Daemon {
             }
         }
         self.sorry_in = sorry_in;
+        journal::sd_notify(&format!("STATUS={}", self.summary()));
         self.dirty = match crate::director::apply(&self.loaded.director, &desired).await {
             Ok(()) => false,
             Err(e) => {
@@ -336,7 +360,8 @@ impl Daemon {
         }
     }
 
-    fn write_report(&self) {
+    fn write_report(&mut self) {
+        self.report_written = std::time::Instant::now();
         let mut r = report::new(&self.config_path, self.started);
         for s in &self.loaded.services {
             let key = s.service.key;
