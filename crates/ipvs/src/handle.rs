@@ -136,10 +136,13 @@ impl Ipvs {
     ///
     /// One service dump. The kernel sends a dump in parts of up to about
     /// 32 KiB (some 100 services) and resumes each part by position in its
-    /// hash table, so a dump taken while someone else adds or deletes services
-    /// can skip an entry or repeat one. Repeats are removed here (a key appears
-    /// at most once); a skipped service cannot be detected. On a table that
-    /// does not change during the call the result is complete.
+    /// service hash table. That table is shared by every network namespace
+    /// and the position counts the services of all of them, so a dump taken
+    /// while services are added or deleted, in this namespace or in ANY other
+    /// (seen on Linux 6.1), can skip an entry or repeat one. Repeats are
+    /// removed here (a key appears at most once); a skipped service cannot be
+    /// detected. When no namespace changes its services during the call, the
+    /// result is complete; a dump that fits in one part is always consistent.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), ipvs::Error> {
@@ -506,14 +509,27 @@ impl Ipvs {
     /// # Ok(()) }
     /// ```
     pub async fn stop_sync_daemon(&self, state: SyncState) -> Result<()> {
-        let msg =
-            Self::msg(IpvsCmd::DelDaemon, vec![IpvsAttr::Daemon(vec![ipvs_sys::DaemonAttr::State(state.value())])]);
-        self.do_ack(msg, format!("stopping {} sync daemon", state.name()), |e| match e {
-            libc::ESRCH => Error::NoSuchDaemon(state.name().to_owned()),
-            _ => kernel(&format!("stopping {} sync daemon", state.name()), e),
-        })
-        .await?;
-        Ok(())
+        // When the daemon's kernel thread has not run yet, kthread_stop()
+        // returns -EINTR and netlink_rcv_skb() then sends NO reply at all, not
+        // even an error (seen on Linux 6.1: stopping a backup daemon right
+        // after starting it). A lone request would wait out its deadline
+        // although the daemon is stopped. So the stop goes without NLM_F_ACK,
+        // followed in the same sendmsg by a GET_INFO with NLM_F_ACK: the kernel
+        // handles both in order, still reports an error of the stop, and the
+        // second ACK proves the stop has been handled.
+        let msgs = [
+            Self::msg(IpvsCmd::DelDaemon, vec![IpvsAttr::Daemon(vec![ipvs_sys::DaemonAttr::State(state.value())])]),
+            Self::msg(IpvsCmd::GetInfo, vec![]),
+        ];
+        let what = format!("stopping {} sync daemon", state.name());
+        let res = self.conn.batch(&msgs, &what, self.timeout).await?;
+        match res.first().copied().unwrap_or(Ok(())) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(map_common(e).unwrap_or_else(|| match e {
+                libc::ESRCH => Error::NoSuchDaemon(state.name().to_owned()),
+                _ => kernel(&what, e),
+            })),
+        }
     }
 
     /// IPVS version and connection table size.
