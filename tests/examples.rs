@@ -87,8 +87,14 @@ fn dr_service_example_sets_up_and_converges() {
 fn list_example_prints_the_table() {
     in_fresh_netns(|| async {
         let h = connect().await;
+        // Real traffic from a client namespace through the first service
+        // (NAT to a local echo server), so the counters are not all zero.
+        let client = NamedNetns::new("lcli");
+        let dir_ip = std::net::Ipv4Addr::new(10, 1, 0, 1);
+        veth_to(&client, "vdir", dir_ip, "vcli", std::net::Ipv4Addr::new(10, 1, 0, 2));
+        let _echo = EchoServer::start(std::net::SocketAddr::new(dir_ip.into(), 8080));
         let services = [
-            Service::new(ServiceKey::tcp("10.0.0.1:80".parse().unwrap()), Scheduler::Rr),
+            Service::new(ServiceKey::tcp("10.1.0.1:80".parse().unwrap()), Scheduler::Rr),
             Service::new(ServiceKey::udp("[2001:db8::1]:53".parse().unwrap()), Scheduler::Wlc),
             Service::new(ServiceKey::fwmark(7, Family::Inet), Scheduler::Sh),
         ];
@@ -96,10 +102,14 @@ fn list_example_prints_the_table() {
             h.add_service(s).await.unwrap();
         }
         let dests = [
-            (services[0].key, Destination::new("10.0.1.1:80".parse().unwrap(), Forward::Route)),
+            // Weight 0: gets no connections.
             (
                 services[0].key,
-                Destination { weight: 5, ..Destination::new("10.0.1.2:8080".parse().unwrap(), Forward::Masq) },
+                Destination { weight: 0, ..Destination::new("10.0.1.1:80".parse().unwrap(), Forward::Route) },
+            ),
+            (
+                services[0].key,
+                Destination { weight: 5, ..Destination::new("10.1.0.1:8080".parse().unwrap(), Forward::Masq) },
             ),
             (
                 services[1].key,
@@ -110,6 +120,22 @@ fn list_example_prints_the_table() {
         for (k, d) in &dests {
             h.add_destination(k, d).await.unwrap();
         }
+
+        client.run(|| {
+            for _ in 0..4 {
+                echo_once("10.1.0.1:80".parse().unwrap(), b"hello through ipvs");
+            }
+        });
+        // Wait for the kernel's estimator (every 2 s) to count all four.
+        let mut counted = false;
+        for _ in 0..60 {
+            if h.service(&services[0].key).await.unwrap().stats.conns == 4 {
+                counted = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        assert!(counted, "the kernel never counted the 4 connections");
 
         let out = run_example("list", &[]);
         let mut lines = out.lines();
@@ -144,10 +170,33 @@ fn list_example_prints_the_table() {
         w.sort();
         assert_eq!(g, w, "list prints exactly the table ipvsadm -Sn shows:\n{out}");
         assert_eq!(got.len(), services.len() + dests.len());
-        // Each real server is printed under its own service.
+        // Each real server is printed under its own service, with the
+        // counters ipvsadm -Ln --stats --exact shows (only the first service
+        // had traffic; the others must show zeros).
+        let (svc_row, dest_rows) = ipvsadm_stats("TCP", "10.1.0.1:80".parse().unwrap());
+        let as_vec = |r: RowStats| vec![r.conns, r.in_pkts, r.out_pkts, r.in_bytes, r.out_bytes];
+        assert_eq!(svc_row.conns, 4);
         let mut current = None;
         for (label, nums) in &rows {
-            assert_eq!(nums, &vec![0, 0, 0, 0, 0], "no traffic yet: {label}");
+            let want = if label.starts_with("tcp 10.1.0.1:80 ") {
+                as_vec(svc_row)
+            } else if let (Some(rest), Some(k)) = (label.strip_prefix("-> "), current) {
+                if k == services[0].key {
+                    let addr = rest.split_whitespace().next().unwrap();
+                    as_vec(
+                        dest_rows
+                            .iter()
+                            .find(|(a, _)| a == addr)
+                            .unwrap_or_else(|| panic!("{addr} in {dest_rows:?}"))
+                            .1,
+                    )
+                } else {
+                    vec![0; 5]
+                }
+            } else {
+                vec![0; 5]
+            };
+            assert_eq!(nums, &want, "counters of {label}");
             if let Some(rest) = label.strip_prefix("-> ") {
                 let k = current.expect("a real server line after a service line");
                 assert!(

@@ -467,3 +467,96 @@ pub fn drop_all_capabilities() {
     let rc = unsafe { libc::syscall(libc::SYS_capset, &hdr as *const Header, data.as_ptr()) };
     assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
 }
+
+/// One real server line of `ipvsadm -Ln`, with the service line above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedDest {
+    /// The service as `ipvsadm -Ln` heads it: `TCP 10.0.0.1:80`, `UDP [2001:db8::1]:53`, `FWM 5`.
+    pub service: String,
+    /// `10.0.1.1:80` or `[2001:db8::2]:80`.
+    pub addr: String,
+    /// `Masq`, `Route`, `Tunnel`, `Local`, ...
+    pub forward: String,
+    /// Weight.
+    pub weight: u32,
+    /// ActiveConn.
+    pub active: u32,
+    /// InActConn.
+    pub inactive: u32,
+}
+
+/// Every real server line of `ipvsadm -Ln` in the calling thread's netns.
+pub fn ipvsadm_list() -> Vec<ListedDest> {
+    let text = crate::ipvsadm(&["-Ln"]);
+    let mut out = Vec::new();
+    let mut service = None;
+    for l in text.lines().skip(3) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.first() == Some(&"->") {
+            assert_eq!(f.len(), 6, "ipvsadm -Ln real server line {l:?}");
+            out.push(ListedDest {
+                service: service.clone().unwrap_or_else(|| panic!("real server before any service: {l:?}")),
+                addr: f[1].to_owned(),
+                forward: f[2].to_owned(),
+                weight: f[3].parse().unwrap(),
+                active: f[4].parse().unwrap(),
+                inactive: f[5].parse().unwrap(),
+            });
+        } else if f.len() >= 2 {
+            service = Some(format!("{} {}", f[0], f[1]));
+        }
+    }
+    out
+}
+
+/// How `ipvsadm -Ln` heads a service (see [`ListedDest::service`]).
+pub fn ipvsadm_service_head(key: &ServiceKey) -> String {
+    match key {
+        ServiceKey::Inet { protocol, addr } => format!("{} {addr}", ipvsadm_proto(*protocol)),
+        ServiceKey::Fwmark { mark, .. } => format!("FWM {}", *mark as i32),
+    }
+}
+
+/// Compare every destination of the library's table with `ipvsadm -Ln`:
+/// forwarding method, weight, active and inactive connections.
+pub fn assert_same_as_ipvsadm_list(table: &ipvs::Table) {
+    let mut listed = ipvsadm_list();
+    let mut ours = Vec::new();
+    for (s, dests) in table {
+        for d in dests {
+            ours.push(ListedDest {
+                service: ipvsadm_service_head(&s.service.key),
+                addr: d.destination.addr.to_string(),
+                forward: d.destination.forward.name().to_owned(),
+                weight: d.destination.weight,
+                active: d.active_conns,
+                inactive: d.inactive_conns,
+            });
+        }
+    }
+    let key = |d: &ListedDest| (d.service.clone(), d.addr.clone());
+    listed.sort_by_key(key);
+    ours.sort_by_key(key);
+    assert_eq!(ours, listed, "the library's destinations (left) differ from ipvsadm -Ln (right)");
+}
+
+/// The kernel pages IPVS service dumps by a position counted over the
+/// services of EVERY network namespace (`ip_vs_genl_dump_services` counts
+/// before it filters by namespace), so a dump larger than one netlink message
+/// (about 100 services) can skip entries when a test in another namespace
+/// changes its table meanwhile. Tests hold this lock shared; tests that check
+/// that a large dump is complete hold it exclusively.
+fn table_lock() -> &'static std::sync::RwLock<()> {
+    static LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+    &LOCK
+}
+
+/// Hold while changing IPVS tables alongside other tests.
+pub fn shared_table() -> std::sync::RwLockReadGuard<'static, ()> {
+    table_lock().read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hold while no other test may change any IPVS table (large dumps).
+pub fn exclusive_table() -> std::sync::RwLockWriteGuard<'static, ()> {
+    table_lock().write().unwrap_or_else(|e| e.into_inner())
+}
