@@ -511,6 +511,64 @@ mod tests {
         assert!(e.contains("not found in PATH"), "{e}");
     }
 
+    /// An exec check as this test's own user (resolve() would insist on a
+    /// root-owned program and a non-root user).
+    fn exec_check(script: &str, timeout: Duration) -> Check {
+        // SAFETY: getuid and getgid have no preconditions.
+        #[allow(unsafe_code)]
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Check {
+            probe: Probe::Exec(ExecCheck {
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script.into()],
+                user: "test".into(),
+                uid,
+                gid,
+            }),
+            interval: DEFAULT_INTERVAL,
+            timeout,
+            rise: 1,
+            fall: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn exec_probe_env_status_and_stderr() {
+        let t = Target { addr: "10.18.68.186:15858".parse().unwrap(), service: "tcp 10.19.70.166:15858".into() };
+        let ok = "[ \"$LVSCTL_REAL_SERVER_ADDR:$LVSCTL_REAL_SERVER_PORT $LVSCTL_VIRTUAL_SERVICE\" = \"10.18.68.186:15858 tcp 10.19.70.166:15858\" ]";
+        exec_check(ok, Duration::from_secs(10)).run(&t).await.unwrap();
+        let e = exec_check("echo 'not ready:\n  replica lag' >&2; exit 2", Duration::from_secs(10))
+            .run(&t)
+            .await
+            .unwrap_err();
+        assert_eq!(e, "/bin/sh exit status 2: not ready: replica lag");
+    }
+
+    /// A check that outlives its timeout is killed with everything it started.
+    #[tokio::test]
+    async fn exec_timeout_kills_the_process_group() {
+        let dir = std::env::temp_dir().join(format!("lvsctl-exec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let t = Target { addr: "10.0.0.2:80".parse().unwrap(), service: "tcp 10.0.0.1:80".into() };
+        let e = exec_check(&script, Duration::from_millis(500)).run(&t).await.unwrap_err();
+        assert_eq!(e, "exec check timed out after 500ms");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        // The background sleep is gone (or a zombie waiting for init to reap it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()).unwrap_or("");
+            if stat.is_empty() || state == "Z" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the check's child {pid} survived its timeout: {stat}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn tcp_probe_up_and_down() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
