@@ -522,7 +522,7 @@ impl Ipvs {
             Self::msg(IpvsCmd::GetInfo, vec![]),
         ];
         let what = format!("stopping {} sync daemon", state.name());
-        let res = self.conn.batch(&msgs, &what, self.timeout).await?;
+        let res = self.conn.batch(msgs.len(), |i| msgs[i].clone(), &what, self.timeout).await?;
         match res.first().copied().unwrap_or(Ok(())) {
             Ok(()) => Ok(()),
             Err(e) => Err(map_common(e).unwrap_or_else(|| match e {
