@@ -152,18 +152,29 @@ impl Ipvs {
     /// # Ok(()) }
     /// ```
     pub async fn services(&self) -> Result<Vec<ServiceEntry>> {
-        let msgs =
-            match self.conn.dump(&Self::msg(IpvsCmd::GetService, vec![]), "listing services", self.timeout).await? {
-                Ok(v) => v,
-                Err(e) => return Err(map_common(e).unwrap_or(kernel("listing services", e))),
-            };
-        let mut out = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            for a in m.attrs {
-                if let IpvsAttr::Service(s) = a {
-                    out.push(service_from(&s)?);
-                }
-            }
+        let mut out = Vec::new();
+        let msg = Self::msg(IpvsCmd::GetService, vec![]);
+        // Each service is converted as it arrives: no list of messages is kept.
+        let r = self
+            .conn
+            .dump_with(
+                &msg,
+                || "listing services".to_owned(),
+                self.timeout,
+                |cmd, attrs| {
+                    let m = IpvsMessage::parse_attrs(attrs, IpvsCmd::from(cmd))
+                        .map_err(|e| Error::Decode(e.to_string()))?;
+                    for a in m.attrs {
+                        if let IpvsAttr::Service(s) = a {
+                            out.push(service_from(&s)?);
+                        }
+                    }
+                    Ok(())
+                },
+            )
+            .await?;
+        if let Err(e) = r {
+            return Err(map_common(e).unwrap_or(kernel("listing services", e)));
         }
         // The kernel pages service dumps by hash bucket index: a dump taken
         // while the table changes may repeat an entry. Never return duplicates.
@@ -287,7 +298,11 @@ impl Ipvs {
         let mut out = Vec::new();
         let what = || format!("listing real servers of {key}");
         match self.conn.dump_with(&msg, what, self.timeout, |_cmd, attrs| parser.message(attrs, fam, &mut out)).await? {
-            Ok(()) => Ok(out),
+            Ok(()) => {
+                // A whole table holds one of these per service: no spare capacity.
+                out.shrink_to_fit();
+                Ok(out)
+            }
             Err(e) => Err(map_common(e).unwrap_or_else(|| svc_err(key, e))),
         }
     }

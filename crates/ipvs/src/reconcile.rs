@@ -16,6 +16,7 @@
 //! assert_eq!(ops.len(), 2);
 //! ```
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
@@ -43,7 +44,13 @@ pub enum Scope {
     Owned(Vec<ServiceKey>),
 }
 
-fn normalize(s: &Service) -> Service {
+fn normalize(s: &Service) -> Cow<'_, Service> {
+    let full_mask = s.persistence.is_some_and(|p| p.netmask.is_some_and(|m| m.is_full()));
+    let empty_pe = s.pe.as_deref() == Some("");
+    if !full_mask && !empty_pe {
+        // The usual case: already normal, nothing to copy.
+        return Cow::Borrowed(s);
+    }
     let mut s = s.clone();
     if let Some(p) = &mut s.persistence {
         if p.netmask.is_some_and(|m| m.is_full()) {
@@ -53,7 +60,31 @@ fn normalize(s: &Service) -> Service {
     if s.pe.as_deref() == Some("") {
         s.pe = None;
     }
-    s
+    Cow::Owned(s)
+}
+
+/// Destinations looked up by address: a linear scan for the usual handful
+/// (cheaper than hashing), a hash map for long lists.
+enum ByAddr<'a, T> {
+    Few(&'a [T]),
+    Many(HashMap<SocketAddr, &'a T>),
+}
+
+impl<'a, T> ByAddr<'a, T> {
+    fn new(list: &'a [T], addr: impl Fn(&T) -> SocketAddr) -> Self {
+        if list.len() <= 16 {
+            ByAddr::Few(list)
+        } else {
+            ByAddr::Many(list.iter().map(|x| (addr(x), x)).collect())
+        }
+    }
+
+    fn get(&self, a: &SocketAddr, addr: impl Fn(&T) -> SocketAddr) -> Option<&'a T> {
+        match self {
+            ByAddr::Few(l) => l.iter().find(|x| addr(x) == *a),
+            ByAddr::Many(m) => m.get(a).copied(),
+        }
+    }
 }
 
 /// Whether the kernel's destination already is what is desired. The kernel
@@ -93,32 +124,32 @@ pub fn plan(current: &[(ServiceEntry, Vec<DestinationEntry>)], desired: &[Desire
         }
     }
 
+    let dest_addr = |x: &Destination| x.addr;
+    let entry_addr = |x: &DestinationEntry| x.destination.addr;
     for d in desired {
         let want = normalize(&d.service);
         let key = want.key;
         match cur.get(&key) {
             None => {
-                ops.push(Op::AddService(want));
+                ops.push(Op::AddService(want.into_owned()));
                 for dest in &d.destinations {
                     ops.push(Op::AddDestination(key, dest.clone()));
                 }
             }
             Some((have, have_dests)) => {
-                if normalize(have) != want {
-                    ops.push(Op::UpdateService(want));
+                if *normalize(have) != *want {
+                    ops.push(Op::UpdateService(want.into_owned()));
                 }
-                let desired_by_addr: HashMap<SocketAddr, &Destination> =
-                    d.destinations.iter().map(|x| (x.addr, x)).collect();
-                let have_by_addr: HashMap<SocketAddr, &Destination> =
-                    have_dests.iter().map(|x| (x.destination.addr, &x.destination)).collect();
+                let desired_by_addr = ByAddr::new(&d.destinations, dest_addr);
+                let have_by_addr = ByAddr::new(have_dests, entry_addr);
                 for h in have_dests.iter() {
-                    if !desired_by_addr.contains_key(&h.destination.addr) {
+                    if desired_by_addr.get(&h.destination.addr, dest_addr).is_none() {
                         ops.push(Op::DeleteDestination(key, h.destination.addr));
                     }
                 }
                 for dest in &d.destinations {
-                    match have_by_addr.get(&dest.addr) {
-                        Some(h) if destination_matches(h, dest) => {}
+                    match have_by_addr.get(&dest.addr, entry_addr) {
+                        Some(h) if destination_matches(&h.destination, dest) => {}
                         Some(_) => ops.push(Op::UpdateDestination(key, dest.clone())),
                         None => ops.push(Op::AddDestination(key, dest.clone())),
                     }
@@ -182,6 +213,28 @@ mod tests {
                 Op::AddDestination(s.key, dest("10.0.0.4:80", 1)),
             ]
         );
+    }
+
+    #[test]
+    fn long_destination_lists_too() {
+        // More destinations than the linear lookup takes: the hashed one.
+        let s = svc("10.0.0.1:80");
+        let have: Vec<Destination> = (1..=40).map(|i| dest(&format!("10.0.1.{i}:80"), 1)).collect();
+        let mut want = have.clone();
+        want[30].weight = 3;
+        want.remove(5);
+        want.push(dest("10.0.2.1:80", 1));
+        let cur = vec![entry(s.clone(), have.clone())];
+        let ops = plan(&cur, &[DesiredService { service: s.clone(), destinations: want.clone() }], &Scope::All);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DeleteDestination(s.key, have[5].addr),
+                Op::UpdateDestination(s.key, want[29].clone()),
+                Op::AddDestination(s.key, dest("10.0.2.1:80", 1)),
+            ]
+        );
+        assert!(plan(&cur, &[DesiredService { service: s, destinations: have }], &Scope::All).is_empty());
     }
 
     #[test]
