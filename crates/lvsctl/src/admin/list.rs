@@ -11,7 +11,7 @@ use ipvs::{
     Tunnel, TunnelChecksum,
 };
 
-use super::sort::sort_table;
+use super::sort::{service_order, sort_table, sorted_dests};
 
 /// Which columns to print, in ipvsadm's order of precedence: stats, rate,
 /// thresholds, persistent-conn, tun-info, else the default view.
@@ -218,21 +218,20 @@ fn dest_line(svc_family: Family, d: &DestinationEntry, v: &View) -> String {
 /// The listing. With `info` (a full listing) the version line comes first; a
 /// listing of one named service has none, as in ipvsadm.
 pub(crate) fn format_list(info: Option<&Info>, table: &[(ServiceEntry, Vec<DestinationEntry>)], v: &View) -> String {
-    let mut table = table.to_vec();
-    sort_table(&mut table);
     let mut out = String::new();
     if let Some(i) = info {
         let _ = writeln!(out, "IP Virtual Server version {} (size={})", i.version_string(), i.conn_table_size);
     }
     out.push_str(title(v));
-    for (s, dests) in &table {
+    for i in service_order(table) {
+        let (s, dests) = &table[i];
         if v.stats || v.rate {
             let _ = writeln!(out, "{:<33}{}", list_service_name(&s.service.key), five(&s.stats, v.rate, v.exact));
         } else {
             out.push_str(&service_line(s));
             out.push('\n');
         }
-        for d in dests {
+        for d in &sorted_dests(dests) {
             out.push_str(&dest_line(s.service.key.family(), d, v));
             out.push('\n');
         }

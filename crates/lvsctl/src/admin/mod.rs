@@ -497,7 +497,13 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
     .map_err(|e| usage(format!("cannot read the rules: {e}")))?;
     // Everything is parsed and checked before anything is applied.
     let rules = rules::parse_rules(&text).map_err(|e| usage(e.to_string()))?;
-    let desired = if a.replace { Some(rules::desired_table(&rules).map_err(|e| usage(e.to_string()))?) } else { None };
+    drop(text);
+    // Memory (a 110,000-line input): keep only what is used from here on.
+    let (rules, desired) = if a.replace {
+        (Vec::new(), Some(rules::desired_table(&rules).map_err(|e| usage(e.to_string()))?))
+    } else {
+        (rules, None)
+    };
     let h = connect().await?;
     // (operation, input line it came from)
     let ops: Vec<(ipvs::Op, Option<usize>)> = match desired {
@@ -507,17 +513,17 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
         }
         None => rules.into_iter().map(|r| (r.op, Some(r.line))).collect(),
     };
+    let (ops, lines): (Vec<ipvs::Op>, Vec<Option<usize>>) = ops.into_iter().unzip();
     if a.dry_run {
         let mut s = String::new();
-        for (op, _) in &ops {
+        for op in &ops {
             s.push_str(&format!("{op}\n"));
         }
         return out(&s);
     }
-    let only: Vec<ipvs::Op> = ops.iter().map(|(o, _)| o.clone()).collect();
-    let results = h.apply(&only).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+    let results = h.apply(&ops).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
     let mut failed = 0;
-    for ((op, line), r) in ops.iter().zip(results) {
+    for ((op, line), r) in ops.iter().zip(&lines).zip(results) {
         if let Err(e) = r {
             failed += 1;
             let ctx = match op {

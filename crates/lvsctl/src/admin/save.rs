@@ -9,7 +9,7 @@ use std::fmt::Write;
 use ipvs::{DestinationEntry, Family, Forward, Netmask, Service, ServiceEntry, ServiceKey, Tunnel, TunnelChecksum};
 
 use super::list::addr_port;
-use super::sort::sort_table;
+use super::sort::{service_order, sorted_dests};
 
 /// The `-t ADDR:PORT` / `-f MARK [-6]` part of a rule.
 pub(crate) fn rule_service_name(key: &ServiceKey) -> String {
@@ -104,13 +104,12 @@ pub(crate) fn dest_rule(key: &ServiceKey, d: &DestinationEntry, thresholds: bool
 
 /// The whole table as `ipvsadm -Sn` prints it (sorted as ipvsadm sorts).
 pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thresholds: bool) -> String {
-    let mut table = table.to_vec();
-    sort_table(&mut table);
     let mut out = String::new();
-    for (s, dests) in &table {
+    for i in service_order(table) {
+        let (s, dests) = &table[i];
         out.push_str(&service_rule(&s.service));
         out.push('\n');
-        for d in dests {
+        for d in &sorted_dests(dests) {
             out.push_str(&dest_rule(&s.service.key, d, thresholds));
             out.push('\n');
         }
