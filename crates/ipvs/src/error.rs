@@ -3,6 +3,21 @@
 use std::io;
 
 /// What went wrong. One variant per thing a caller handles differently.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), ipvs::Error> {
+/// use ipvs::{Error, Scheduler, Service, ServiceKey};
+/// let ipvs = ipvs::Ipvs::connect().await?;
+/// let s = Service::new(ServiceKey::tcp("10.0.0.1:80".parse().unwrap()), Scheduler::Rr);
+/// match ipvs.add_service(&s).await {
+///     Ok(()) | Err(Error::ServiceExists(_)) => {} // idempotent add
+///     Err(Error::SchedulerNotFound(msg)) => eprintln!("{msg}"),
+///     Err(Error::PermissionDenied) => eprintln!("run as root"),
+///     Err(e) if e.errno() == Some(libc::EINVAL) => eprintln!("the kernel refused it: {e}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
