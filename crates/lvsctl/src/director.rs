@@ -238,11 +238,11 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
             index.insert(iface.to_string(), i);
         }
     }
+    let ipvs = Ipvs::connect().await?;
     let dir = state::dir();
     let _lock = state::lock(&dir)?;
     let path = state::path(&dir, Role::Director)?;
     let prev: Option<DirectorState> = state::read(&path)?;
-    let ipvs = Ipvs::connect().await?;
     let table = ipvs.dump().await?;
     let present = |k: &ServiceKey| table.iter().any(|(s, _)| s.service.key == *k);
     let prev_owned: Vec<ServiceKey> = prev.as_ref().map(|p| p.owned.clone()).unwrap_or_default();
@@ -423,6 +423,11 @@ async fn stop() -> Result<ExitCode, CliError> {
 pub(crate) async fn teardown() -> Result<(), CliError> {
     require_root("lvsctl director")?;
     let dir = state::dir();
+    if !dir.exists() {
+        // Never started on this host (not even a lock file): nothing to stop, nothing to create.
+        println!("director: not running; nothing to stop");
+        return Ok(());
+    }
     let _lock = state::lock(&dir)?;
     let path = state::path(&dir, Role::Director)?;
     let Some(mut st) = state::read::<DirectorState>(&path)? else {

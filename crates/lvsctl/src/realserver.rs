@@ -246,6 +246,11 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
 async fn stop() -> Result<ExitCode, CliError> {
     require_root("lvsctl realserver stop")?;
     let dir = state::dir();
+    if !dir.exists() {
+        // Never started on this host (not even a lock file): nothing to stop, nothing to create.
+        println!("realserver: not running; nothing to stop");
+        return Ok(ExitCode::SUCCESS);
+    }
     let _lock = state::lock(&dir)?;
     let path = state::path(&dir, Role::Realserver)?;
     let Some(mut st) = state::read::<RealserverState>(&path)? else {
