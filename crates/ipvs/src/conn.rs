@@ -378,6 +378,27 @@ impl Conn {
         what: &str,
         timeout: Duration,
     ) -> Result<Vec<std::result::Result<(), i32>>> {
+        self.batch_emit(
+            count,
+            |buf, family_id, flags, seq, i| emit_request(buf, family_id, flags, seq, &msg(i)),
+            what,
+            timeout,
+        )
+        .await
+    }
+
+    /// [`Conn::batch`] with request `i` written by `emit(buf, family_id,
+    /// flags, seq, i)`, which appends one whole netlink message.
+    pub(crate) async fn batch_emit<E>(
+        &self,
+        count: usize,
+        mut emit: E,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Vec<std::result::Result<(), i32>>>
+    where
+        E: FnMut(&mut Vec<u8>, u16, u16, u32, usize) -> usize,
+    {
         let mut results = Vec::with_capacity(count);
         let mut buf = Vec::with_capacity(BATCH_MAX_BYTES + 4096);
         let mut i = 0;
@@ -388,7 +409,7 @@ impl Conn {
             let first_seq = self.next_seqs(BATCH_MAX_MSGS as u32);
             while i < count && i - start < BATCH_MAX_MSGS && buf.len() < BATCH_MAX_BYTES {
                 let seq = first_seq + (i - start) as u32;
-                emit_request(&mut buf, self.family_id, NLM_F_REQUEST, seq, &msg(i));
+                emit(&mut buf, self.family_id, NLM_F_REQUEST, seq, i);
                 i += 1;
             }
             let n = i - start;

@@ -43,7 +43,7 @@ pub(crate) fn service_attrs(s: &Service) -> Vec<ServiceAttr> {
     v
 }
 
-fn netmask_raw(m: Netmask) -> u32 {
+pub(crate) fn netmask_raw(m: Netmask) -> u32 {
     match m {
         Netmask::V4(m) => u32::from_ne_bytes(m.octets()),
         Netmask::V6(p) => u32::from(p),

@@ -10,6 +10,7 @@ use ipvs_sys::{IpvsAttr, IpvsCmd, IpvsMessage};
 use crate::conn::{self, Conn};
 use crate::convert::*;
 use crate::dumpparse::DestParser;
+use crate::emit::emit_op;
 use crate::error::{Error, Result};
 use crate::types::*;
 
@@ -602,7 +603,15 @@ impl Ipvs {
             op.validate()?;
         }
         // Requests are built chunk by chunk: a large batch never holds them all.
-        let res = self.conn.batch(ops.len(), |i| ops[i].message(), "applying changes", self.timeout).await?;
+        let res = self
+            .conn
+            .batch_emit(
+                ops.len(),
+                |buf, family_id, flags, seq, i| emit_op(buf, family_id, flags, seq, &ops[i]),
+                "applying changes",
+                self.timeout,
+            )
+            .await?;
         Ok(res
             .into_iter()
             .zip(ops)
@@ -638,7 +647,9 @@ impl Op {
         }
     }
 
-    fn message(&self) -> IpvsMessage {
+    /// The request as a message: the reference `emit::emit_op` is tested against.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn message(&self) -> IpvsMessage {
         match self {
             Op::AddService(s) => IpvsMessage::new(IpvsCmd::NewService, vec![IpvsAttr::Service(service_attrs(s))]),
             Op::UpdateService(s) => IpvsMessage::new(IpvsCmd::SetService, vec![IpvsAttr::Service(service_attrs(s))]),

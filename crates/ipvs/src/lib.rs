@@ -33,6 +33,7 @@
 mod conn;
 mod convert;
 mod dumpparse;
+mod emit;
 mod error;
 mod handle;
 pub mod reconcile;
