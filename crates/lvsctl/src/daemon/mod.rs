@@ -305,7 +305,7 @@ impl Daemon {
 
     /// Make the host match the effective table with `director::apply` (the
     /// reconcile of `director start`: only the difference is applied), log
-    /// sorry-server changes, and write the report.
+    /// sorry-server changes, and write the report (before the kernel changes).
     async fn converge(&mut self, why: &str) {
         let (desired, sorry_in) = effective(&self.loaded.services, &self.health);
         for s in &self.loaded.services {
@@ -322,6 +322,9 @@ impl Daemon {
         }
         self.sorry_in = sorry_in;
         journal::sd_notify(&format!("STATUS={}", self.summary()));
+        // The report first: whoever sees the kernel change (status, a test)
+        // must find the reason for it already in the report.
+        self.write_report();
         self.dirty = match crate::director::apply(&self.loaded.director, &desired).await {
             Ok(()) => false,
             Err(e) => {
@@ -329,7 +332,6 @@ impl Daemon {
                 true
             }
         };
-        self.write_report();
     }
 
     async fn reload(&mut self) {
