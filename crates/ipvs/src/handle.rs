@@ -143,7 +143,9 @@ impl Ipvs {
     /// (seen on Linux 6.1), can skip an entry or repeat one. Repeats are
     /// removed here (a key appears at most once); a skipped service cannot be
     /// detected. When no namespace changes its services during the call, the
-    /// result is complete; a dump that fits in one part is always consistent.
+    /// result is complete. A table whose services all fit in the first part
+    /// (about 100) cannot lose any: the kernel's extra pass that ends the
+    /// dump can only repeat entries.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), ipvs::Error> {
