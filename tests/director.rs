@@ -554,3 +554,103 @@ fn director_kernel_refusal_changes_nothing() {
     ns.lvsctl_ok(&["director", "stop"]);
     assert_eq!(ns.snapshot(&[IF]), before);
 }
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_config_with_every_service_and_real_server_option() {
+    // Fwmark (v4 and v6), scheduler flags, persistence granularity, pe,
+    // one-packet, thresholds and every tunnel type, from one config file: the
+    // kernel (read back by ipvsadm, an independent reader) must hold exactly them.
+    let ns = director_host();
+    ns.ip(&["-6", "addr", "add", "2001:db8::185/64", "dev", IF, "nodad"]);
+    let dir = tempdir();
+    let cfg = dir.join("full.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[director]
+iface = "{IF}"
+
+[[director.service]]
+vip = "{VIP}"
+port = {PORT}
+scheduler = "sh"
+sched_flags = ["sh-port", "sh-fallback"]
+persistence = 600
+persistence_netmask = "255.255.255.0"
+pe = "sip"
+forward = "tunnel"
+[[director.service.real]]
+addr = "10.18.68.186"
+weight = 5
+upper_threshold = 100
+lower_threshold = 10
+tunnel = "gue"
+tunnel_port = 6080
+tunnel_checksum = "remcsum"
+[[director.service.real]]
+addr = "10.18.68.187"
+tunnel = "gre"
+tunnel_checksum = "csum"
+[[director.service.real]]
+addr = "10.18.68.188"
+
+[[director.service]]
+vip = "10.19.70.167"
+fwmark = 7
+scheduler = "wrr"
+one_packet = true
+real = ["10.18.68.186,weight=2,upper=9,lower=3", "10.18.68.187,forward=nat"]
+
+[[director.service]]
+vip = "2001:db8::166"
+fwmark = 8
+persistence = 60
+persistence_netmask = "64"
+real = ["2001:db8::186"]
+"#
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let out = ns.lvsctl_ok(&["director", "start", "--config", cfg_s]);
+    assert!(out.contains("director: running (3 virtual services, 6 real servers)"), "{out}");
+    let mut got: Vec<String> = ns.ipvsadm_save().lines().map(str::to_owned).collect();
+    got.sort();
+    let mut want: Vec<String> = [
+        "-A -t 10.19.70.166:15858 -s sh -p 600 -M 255.255.255.0 --pe sip -b sh-fallback,sh-port",
+        "-a -t 10.19.70.166:15858 -r 10.18.68.186:15858 -i -w 5 --tun-type gue --tun-port 6080 --tun-remcsum",
+        "-a -t 10.19.70.166:15858 -r 10.18.68.187:15858 -i -w 1 --tun-type gre --tun-csum",
+        "-a -t 10.19.70.166:15858 -r 10.18.68.188:15858 -i -w 1 --tun-type ipip",
+        "-A -f 7 -s wrr -o",
+        "-a -f 7 -r 10.18.68.186:0 -g -w 2",
+        "-a -f 7 -r 10.18.68.187:0 -m -w 1",
+        "-A -f 8 -6 -s rr -p 60 -M 64",
+        "-a -f 8 -6 -r [2001:db8::186]:0 -g -w 1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    want.sort();
+    assert_eq!(got, want);
+    // Thresholds are not in ipvsadm's save format: read them from its list view.
+    let thresholds = ns.ipvsadm(&["-Ln", "--thresholds"]);
+    // "  -> ADDR:PORT  Uthreshold Lthreshold ActiveConn InActConn"
+    let ul = |addr: &str| -> Vec<String> {
+        let l = thresholds.lines().find(|l| l.contains(addr)).unwrap_or_default();
+        l.split_whitespace().skip(2).take(2).map(str::to_owned).collect()
+    };
+    assert_eq!(ul("10.18.68.186:15858"), ["100", "10"], "{thresholds}");
+    assert_eq!(ul("10.18.68.187:15858"), ["0", "0"], "{thresholds}");
+    assert_eq!(ul("10.18.68.186:0"), ["9", "3"], "{thresholds}");
+    // Both VIPs of the fwmark services are on the interface.
+    assert!(ns.addrs4().contains("10.19.70.167/32"), "{}", ns.addrs4());
+    assert!(ns.ip(&["-6", "-o", "addr", "show", "dev", IF]).contains("2001:db8::166/128"));
+    // Idempotent, running, and stop removes all of it.
+    let again = ns.lvsctl_ok(&["director", "start", "--config", cfg_s]);
+    assert_eq!(changes(&again), ["already running as configured; nothing changed"], "{again}");
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+    ns.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(ns.ipvsadm_save(), "");
+    assert!(!ns.addrs4().contains("10.19.70.167"));
+}

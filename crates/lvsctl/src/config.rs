@@ -47,7 +47,7 @@ use std::ops::Range;
 use std::path::Path;
 
 use ipvs::reconcile::DesiredService;
-use ipvs::{Destination, Forward, Persistence, Protocol, Scheduler, Service, ServiceKey, Tunnel};
+use ipvs::{Destination, Forward, Netmask, Persistence, Protocol, SchedFlags, Scheduler, Service, ServiceKey, Tunnel};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
@@ -136,8 +136,12 @@ pub(crate) struct DirectorConfig {
 pub(crate) struct ServiceConfig {
     /// Virtual IP address (v4 or v6).
     pub(crate) vip: IpAddr,
-    /// Port; 0 means every port (needs `persistence`).
-    pub(crate) port: u16,
+    /// Port; 0 means every port (needs `persistence`). Required unless `fwmark` is set.
+    pub(crate) port: Option<u16>,
+    /// A firewall-mark service (`ipvsadm -f`): traffic that netfilter marked
+    /// with this mark, instead of protocol + VIP + port. The VIP still goes on
+    /// the interface (and on the real servers' `lo`).
+    pub(crate) fwmark: Option<u32>,
     /// Transport protocol (default tcp).
     #[serde(default = "default_protocol")]
     pub(crate) protocol: Protocol,
@@ -146,6 +150,18 @@ pub(crate) struct ServiceConfig {
     pub(crate) scheduler: SchedulerName,
     /// Persistence timeout in seconds.
     pub(crate) persistence: Option<u32>,
+    /// Persistence granularity (`ipvsadm -M`): an IPv4 netmask like
+    /// `"255.255.255.0"`, or an IPv6 prefix length like `"64"`.
+    pub(crate) persistence_netmask: Option<String>,
+    /// Scheduler flags (`ipvsadm -b`): `sh-port`, `sh-fallback`, `mh-port`,
+    /// `mh-fallback`, `flag-1`, `flag-2`, `flag-3`.
+    #[serde(default)]
+    pub(crate) sched_flags: Vec<String>,
+    /// One-packet scheduling (`ipvsadm -o`; UDP and fwmark services).
+    #[serde(default)]
+    pub(crate) one_packet: bool,
+    /// Persistence engine (`ipvsadm --pe`), e.g. `sip`.
+    pub(crate) pe: Option<String>,
     /// Forwarding method of the real servers (default dr).
     #[serde(default)]
     pub(crate) forward: ForwardMethod,
@@ -183,6 +199,12 @@ pub(crate) struct RealConfig {
     pub(crate) weight: u32,
     /// Forwarding method; default the service's.
     pub(crate) forward: Option<ForwardMethod>,
+    /// Upper connection threshold (`ipvsadm -x`; 0 = none).
+    pub(crate) upper_threshold: u32,
+    /// Lower connection threshold (`ipvsadm -y`; 0 = none).
+    pub(crate) lower_threshold: u32,
+    /// Tunnel encapsulation, with `forward = "tunnel"` (default ipip).
+    pub(crate) tunnel: Option<Tunnel>,
     /// Health-check settings (`director run`). Accepted and kept, not acted
     /// on by `director start`.
     pub(crate) check: Option<CheckConfig>,
@@ -197,7 +219,55 @@ struct RealTable {
     #[serde(default = "default_weight")]
     weight: u32,
     forward: Option<ForwardMethod>,
+    #[serde(default)]
+    upper_threshold: u32,
+    #[serde(default)]
+    lower_threshold: u32,
+    /// `ipip` (default), `gue` or `gre`.
+    tunnel: Option<TunnelType>,
+    /// GUE's UDP port (required with `tunnel = "gue"`).
+    tunnel_port: Option<u16>,
+    /// `nocsum` (default), `csum` or `remcsum` (GUE, GRE).
+    tunnel_checksum: Option<TunnelChecksumName>,
     check: Option<CheckConfig>,
+}
+
+/// `tunnel` of a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TunnelType {
+    Ipip,
+    Gue,
+    Gre,
+}
+
+/// `tunnel_checksum` of a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TunnelChecksumName {
+    Nocsum,
+    Csum,
+    Remcsum,
+}
+
+impl RealTable {
+    fn tunnel(&self) -> Result<Option<Tunnel>, String> {
+        let checksum = match self.tunnel_checksum {
+            None | Some(TunnelChecksumName::Nocsum) => ipvs::TunnelChecksum::NoCsum,
+            Some(TunnelChecksumName::Csum) => ipvs::TunnelChecksum::Csum,
+            Some(TunnelChecksumName::Remcsum) => ipvs::TunnelChecksum::RemCsum,
+        };
+        let t = match (self.tunnel, self.tunnel_port) {
+            (None, None) if self.tunnel_checksum.is_none() => return Ok(None),
+            (None | Some(TunnelType::Ipip), None) if self.tunnel_checksum.is_none() => Tunnel::Ipip,
+            (Some(TunnelType::Gue), Some(port)) if port != 0 => Tunnel::Gue { port, checksum },
+            (Some(TunnelType::Gue), _) => return Err("tunnel = \"gue\" needs tunnel_port = 1..65535".into()),
+            (Some(TunnelType::Gre), None) => Tunnel::Gre { checksum },
+            (_, Some(_)) => return Err("tunnel_port is only for tunnel = \"gue\"".into()),
+            (_, None) => return Err("tunnel_checksum is only for tunnel = \"gue\" or \"gre\"".into()),
+        };
+        Ok(Some(t))
+    }
 }
 
 fn default_weight() -> u32 {
@@ -217,7 +287,17 @@ impl<'de> Deserialize<'de> for RealConfig {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RealConfig, A::Error> {
                 let t = RealTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RealConfig { addr: t.addr, port: t.port, weight: t.weight, forward: t.forward, check: t.check })
+                let tunnel = t.tunnel().map_err(de::Error::custom)?;
+                Ok(RealConfig {
+                    addr: t.addr,
+                    port: t.port,
+                    weight: t.weight,
+                    forward: t.forward,
+                    upper_threshold: t.upper_threshold,
+                    lower_threshold: t.lower_threshold,
+                    tunnel,
+                    check: t.check,
+                })
             }
         }
         d.deserialize_any(V)
@@ -231,7 +311,16 @@ impl RealConfig {
         let mut parts = s.split(',');
         let addr_part = parts.next().unwrap_or("").trim();
         let (addr, port) = parse_addr_port(addr_part)?;
-        let mut r = RealConfig { addr, port, weight: 1, forward: None, check: None };
+        let mut r = RealConfig {
+            addr,
+            port,
+            weight: 1,
+            forward: None,
+            upper_threshold: 0,
+            lower_threshold: 0,
+            tunnel: None,
+            check: None,
+        };
         for opt in parts {
             let opt = opt.trim();
             let (k, v) = opt
@@ -245,8 +334,20 @@ impl RealConfig {
                         .map_err(|_| format!("real server {s:?}: weight {v:?} is not a number in 0..{MAX_WEIGHT}"))?;
                 }
                 "forward" => r.forward = Some(v.trim().parse()?),
+                "upper" | "lower" => {
+                    let n = v.trim().parse::<u32>().map_err(|_| {
+                        format!("real server {s:?}: {k} threshold {v:?} is not a number of connections")
+                    })?;
+                    if k.trim() == "upper" {
+                        r.upper_threshold = n;
+                    } else {
+                        r.lower_threshold = n;
+                    }
+                }
                 other => {
-                    return Err(format!("real server {s:?}: unknown option {other:?} (expected weight or forward)"))
+                    return Err(format!(
+                        "real server {s:?}: unknown option {other:?} (expected weight, forward, upper or lower)"
+                    ))
                 }
             }
         }
@@ -406,6 +507,8 @@ impl std::str::FromStr for IfName {
 pub(crate) struct VirtualService {
     /// The service and its real servers, as the library takes them.
     pub(crate) desired: DesiredService,
+    /// Its VIP (for a fwmark service, the address the marked traffic goes to).
+    pub(crate) vip: IpAddr,
     /// The interface its VIP goes on.
     pub(crate) iface: IfName,
     /// Health-check settings per real server (same order as
@@ -436,10 +539,8 @@ impl DirectorSpec {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for s in &self.services {
-            if let ServiceKey::Inet { addr, .. } = s.desired.service.key {
-                if seen.insert(addr.ip()) {
-                    out.push((addr.ip(), s.iface.clone()));
-                }
+            if seen.insert(s.vip) {
+                out.push((s.vip, s.iface.clone()));
             }
         }
         out
@@ -522,11 +623,23 @@ pub(crate) fn validate_director(
         if s.vip.is_unspecified() || s.vip.is_multicast() || is_broadcast(s.vip) {
             return Err(origin.error(sp, format!("VIP {} is not a unicast address", s.vip)));
         }
-        if s.port == 0 && s.persistence.is_none() {
-            return Err(origin.error(sp, "port 0 (every port) needs persistence (--persistence SECS), as in ipvsadm"));
-        }
-        let addr = SocketAddr::new(s.vip, s.port);
-        let key = ServiceKey::Inet { protocol: s.protocol, addr };
+        let key = match (s.fwmark, s.port) {
+            (Some(0), _) => return Err(origin.error(sp, "fwmark 0 cannot identify a service: use 1..4294967295")),
+            (Some(mark), None) => ServiceKey::Fwmark { mark, family: ipvs::Family::of(s.vip) },
+            (Some(_), Some(_)) => {
+                return Err(origin.error(sp, "a fwmark service has no port: remove port (the mark selects the traffic)"))
+            }
+            (None, None) => {
+                return Err(origin.error(sp, "missing port (or fwmark) for VIP ".to_owned() + &s.vip.to_string()))
+            }
+            (None, Some(0)) if s.persistence.is_none() => {
+                return Err(
+                    origin.error(sp, "port 0 (every port) needs persistence (--persistence SECS), as in ipvsadm")
+                )
+            }
+            (None, Some(port)) => ServiceKey::Inet { protocol: s.protocol, addr: SocketAddr::new(s.vip, port) },
+        };
+        let svc_port = s.port.unwrap_or(0);
         if !keys.insert(key) {
             return Err(origin.error(sp, format!("virtual service {key} is listed twice")));
         }
@@ -538,9 +651,30 @@ pub(crate) fn validate_director(
             }
         }
         let mut service = Service::new(key, s.scheduler.0.clone());
+        let netmask = match &s.persistence_netmask {
+            None => None,
+            Some(m) if s.persistence.is_none() => {
+                return Err(origin.error(sp, format!("persistence_netmask {m:?} needs persistence (seconds)")))
+            }
+            Some(m) => Some(match s.vip {
+                IpAddr::V4(_) => Netmask::V4(m.parse().map_err(|_| {
+                    origin.error(
+                        sp.clone(),
+                        format!("persistence_netmask {m:?} is not an IPv4 netmask like 255.255.255.0"),
+                    )
+                })?),
+                IpAddr::V6(_) => Netmask::V6(m.trim_start_matches('/').parse().map_err(|_| {
+                    origin.error(sp.clone(), format!("persistence_netmask {m:?} is not an IPv6 prefix length 1..128"))
+                })?),
+            }),
+        };
         if let Some(t) = s.persistence {
-            service.persistence = Some(Persistence { timeout: t, netmask: None });
+            service.persistence = Some(Persistence { timeout: t, netmask });
         }
+        service.sched_flags =
+            SchedFlags::parse_list(&s.sched_flags.join(",")).map_err(|e| origin.error(sp.clone(), e))?;
+        service.one_packet = s.one_packet;
+        service.pe = s.pe.clone();
         service.validate().map_err(|e| origin.error(sp.clone(), e))?;
         let mut dests: Vec<Destination> = Vec::new();
         let mut checks = Vec::new();
@@ -550,7 +684,7 @@ pub(crate) fn validate_director(
             if r.weight > MAX_WEIGHT {
                 return Err(origin.error(rsp, format!("weight {} is out of range 0..{MAX_WEIGHT}", r.weight)));
             }
-            let port = r.port.unwrap_or(s.port);
+            let port = r.port.unwrap_or(svc_port);
             let forward = r.forward.unwrap_or(s.forward);
             if Family::of(r.addr) != Family::of(s.vip) && forward != ForwardMethod::Tunnel {
                 return Err(origin.error(
@@ -566,6 +700,17 @@ pub(crate) fn validate_director(
             }
             let mut dest = Destination::new(SocketAddr::new(r.addr, port), forward.forward());
             dest.weight = r.weight;
+            dest.upper_threshold = r.upper_threshold;
+            dest.lower_threshold = r.lower_threshold;
+            match (r.tunnel, forward) {
+                (None, _) => {}
+                (Some(t), ForwardMethod::Tunnel) => dest.forward = Forward::Tunnel(t),
+                (Some(_), _) => {
+                    return Err(
+                        origin.error(rsp, format!("real server {}: tunnel options need forward = \"tunnel\"", r.addr))
+                    )
+                }
+            }
             dest.validate(&key).map_err(|e| origin.error(rsp.clone(), e))?;
             if dests.iter().any(|x| x.addr == dest.addr) {
                 return Err(origin.error(rsp, format!("real server {} is listed twice in {key}", dest.addr)));
@@ -579,7 +724,7 @@ pub(crate) fn validate_director(
                 let rsp = Some(r.span());
                 let r = r.get_ref();
                 let forward = r.forward.unwrap_or(s.forward);
-                let mut dest = Destination::new(SocketAddr::new(r.addr, r.port.unwrap_or(s.port)), forward.forward());
+                let mut dest = Destination::new(SocketAddr::new(r.addr, r.port.unwrap_or(svc_port)), forward.forward());
                 dest.weight = r.weight;
                 if r.weight == 0 || r.weight > MAX_WEIGHT {
                     return Err(
@@ -598,6 +743,7 @@ pub(crate) fn validate_director(
         };
         out.push(VirtualService {
             desired: DesiredService { service, destinations: dests },
+            vip: s.vip,
             iface,
             checks,
             on_failure: s.on_failure,
@@ -725,7 +871,16 @@ iface = "enp1s0"
     fn real_server_forms() {
         assert_eq!(
             RealConfig::parse("10.0.0.1").unwrap(),
-            RealConfig { addr: "10.0.0.1".parse().unwrap(), port: None, weight: 1, forward: None, check: None }
+            RealConfig {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: None,
+                weight: 1,
+                forward: None,
+                upper_threshold: 0,
+                lower_threshold: 0,
+                tunnel: None,
+                check: None
+            }
         );
         let r = RealConfig::parse("10.0.0.1:8080,weight=3,forward=nat").unwrap();
         assert_eq!((r.port, r.weight, r.forward), (Some(8080), 3, Some(ForwardMethod::Nat)));
@@ -845,5 +1000,88 @@ sorry_server = "10.0.1.9,weight=2"
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
         assert_eq!(line_col("é\nx", 3), (2, 1));
+    }
+
+    fn director_of(text: &str) -> Result<DirectorSpec, ConfigError> {
+        Config::parse(text, "t.toml")?.director()
+    }
+
+    #[test]
+    fn every_service_and_real_server_option() {
+        let d = director_of(
+            r#"
+[director]
+iface = "eth0"
+[[director.service]]
+vip = "10.0.0.10"
+port = 80
+scheduler = "sh"
+sched_flags = ["sh-port", "sh-fallback"]
+persistence = 600
+persistence_netmask = "255.255.255.0"
+pe = "sip"
+forward = "tunnel"
+[[director.service.real]]
+addr = "10.0.1.1"
+weight = 5
+upper_threshold = 100
+lower_threshold = 10
+tunnel = "gue"
+tunnel_port = 6080
+tunnel_checksum = "remcsum"
+[[director.service.real]]
+addr = "10.0.1.2"
+tunnel = "gre"
+tunnel_checksum = "csum"
+[[director.service]]
+vip = "2001:db8::10"
+fwmark = 7
+scheduler = "rr"
+one_packet = true
+persistence = 60
+persistence_netmask = "64"
+real = ["[2001:db8::1],upper=9,lower=3"]
+"#,
+        )
+        .unwrap();
+        let s = &d.services[0].desired;
+        assert_eq!(s.service.sched_flags, SchedFlags::FLAG_1 | SchedFlags::FLAG_2);
+        assert_eq!(
+            s.service.persistence,
+            Some(Persistence { timeout: 600, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) })
+        );
+        assert_eq!(s.service.pe.as_deref(), Some("sip"));
+        let r = &s.destinations[0];
+        assert_eq!((r.weight, r.upper_threshold, r.lower_threshold), (5, 100, 10));
+        assert_eq!(r.forward, Forward::Tunnel(Tunnel::Gue { port: 6080, checksum: ipvs::TunnelChecksum::RemCsum }));
+        assert_eq!(s.destinations[1].forward, Forward::Tunnel(Tunnel::Gre { checksum: ipvs::TunnelChecksum::Csum }));
+        let f = &d.services[1];
+        assert_eq!(f.desired.service.key, ServiceKey::Fwmark { mark: 7, family: ipvs::Family::Inet6 });
+        assert!(f.desired.service.one_packet);
+        assert_eq!(f.desired.service.persistence.unwrap().netmask, Some(Netmask::V6(64)));
+        assert_eq!(f.desired.destinations[0].addr, "[2001:db8::1]:0".parse().unwrap());
+        assert_eq!((f.desired.destinations[0].upper_threshold, f.desired.destinations[0].lower_threshold), (9, 3));
+        // The fwmark service's VIP still goes on the interface.
+        assert_eq!(d.vips().len(), 2);
+    }
+
+    #[test]
+    fn bad_service_and_real_server_options_are_named() {
+        let base = "[director]\niface = \"eth0\"\n[[director.service]]\nvip = \"10.0.0.10\"\n";
+        for (extra, want) in [
+            ("port = 80\npersistence_netmask = \"255.255.255.0\"\n", "needs persistence"),
+            ("port = 80\npersistence = 60\npersistence_netmask = \"64\"\n", "not an IPv4 netmask"),
+            ("port = 80\nsched_flags = [\"sh-nope\"]\n", "unknown scheduler flag"),
+            ("fwmark = 0\n", "fwmark 0"),
+            ("fwmark = 3\nport = 80\n", "has no port"),
+            ("scheduler = \"rr\"\n", "missing port"),
+            ("port = 80\nreal = [{ addr = \"10.0.1.1\", tunnel = \"gue\" }]\n", "tunnel_port"),
+            ("port = 80\nreal = [{ addr = \"10.0.1.1\", tunnel = \"gre\" }]\n", "need forward = \"tunnel\""),
+            ("port = 80\nreal = [\"10.0.1.1,upper=5,lower=9\"]\n", "lower threshold 9 is above upper threshold 5"),
+            ("port = 80\nreal = [\"10.0.1.1,upper=x\"]\n", "threshold"),
+        ] {
+            let e = director_of(&format!("{base}{extra}")).unwrap_err().0;
+            assert!(e.contains(want), "{extra:?}: {e:?} does not say {want:?}");
+        }
     }
 }
