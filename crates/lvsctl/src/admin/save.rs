@@ -75,16 +75,21 @@ fn csum_opt(c: TunnelChecksum) -> &'static str {
     }
 }
 
-/// `-a ...` for a real server of the service `key`.
-pub(crate) fn dest_rule(key: &ServiceKey, d: &DestinationEntry, thresholds: bool) -> String {
+/// `-a ...` for a real server, appended to `out`, with the service part
+/// (`-t ADDR:PORT`, [`rule_service_name`]) given: a save of a large table
+/// writes every line this way, without formatting the service again or
+/// allocating for each line.
+fn write_dest_rule(out: &mut String, service_name: &str, d: &DestinationEntry, thresholds: bool) {
     let d = &d.destination;
-    let mut out = format!(
-        "-a {} -r {} {} -w {}",
-        rule_service_name(key),
-        addr_port(d.addr),
-        fwd_switch(&d.forward),
-        d.weight as i32
-    );
+    let _ = write!(out, "-a {service_name} -r ");
+    match d.addr {
+        // What addr_port prints, without its allocations.
+        std::net::SocketAddr::V4(a) => {
+            let _ = write!(out, "{}:{}", a.ip(), a.port());
+        }
+        a => out.push_str(&addr_port(a)),
+    }
+    let _ = write!(out, " {} -w {}", fwd_switch(&d.forward), d.weight as i32);
     if let Forward::Tunnel(t) = &d.forward {
         match t {
             Tunnel::Ipip => out.push_str(" --tun-type ipip"),
@@ -99,7 +104,6 @@ pub(crate) fn dest_rule(key: &ServiceKey, d: &DestinationEntry, thresholds: bool
     if thresholds && (d.upper_threshold != 0 || d.lower_threshold != 0) {
         let _ = write!(out, " -x {} -y {}", d.upper_threshold, d.lower_threshold);
     }
-    out
 }
 
 /// The whole table as `ipvsadm -Sn` prints it (sorted as ipvsadm sorts).
@@ -109,8 +113,9 @@ pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thres
         let (s, dests) = &table[i];
         out.push_str(&service_rule(&s.service));
         out.push('\n');
+        let name = rule_service_name(&s.service.key);
         for d in &sorted_dests(dests) {
-            out.push_str(&dest_rule(&s.service.key, d, thresholds));
+            write_dest_rule(&mut out, &name, d, thresholds);
             out.push('\n');
         }
     }
