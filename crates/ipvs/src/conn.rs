@@ -53,6 +53,9 @@ pub(crate) const BATCH_MAX_BYTES: usize = 256 * 1024;
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 
+/// Per dump of a series: `Ok` or the kernel's positive errno.
+pub(crate) type DumpResults = Vec<std::result::Result<(), i32>>;
+
 /// What the reader task hands to a waiting request.
 #[derive(Debug)]
 enum Event {
@@ -75,6 +78,9 @@ pub(crate) struct Conn {
     seq: AtomicU32,
     dump: tokio::sync::Mutex<DumpSock>,
     dest_dump: tokio::sync::Mutex<DumpSock>,
+    /// A blocking socket for destination dumps run on a second thread
+    /// ([`Conn::dest_dumps_blocking`]); `None` once it failed.
+    helper: Arc<std::sync::Mutex<Option<Socket>>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -96,6 +102,7 @@ pub(crate) struct Sockets {
     main: Socket,
     dump: Socket,
     dest_dump: Socket,
+    helper: Socket,
 }
 
 impl Drop for Conn {
@@ -113,7 +120,7 @@ fn open_one() -> io::Result<Socket> {
 /// Open the generic netlink sockets of a connection in the calling thread's
 /// network namespace.
 pub(crate) fn open_socket() -> io::Result<Sockets> {
-    Ok(Sockets { main: open_one()?, dump: open_one()?, dest_dump: open_one()? })
+    Ok(Sockets { main: open_one()?, dump: open_one()?, dest_dump: open_one()?, helper: open_one()? })
 }
 
 fn set_buf(fd: i32, force: i32, plain: i32, size: usize) {
@@ -136,7 +143,10 @@ impl Conn {
     /// Set up a socket (already bound, in its namespace): resolve the family,
     /// start the reader task.
     pub(crate) async fn new(socks: Sockets, timeout: Duration) -> Result<Self> {
-        let Sockets { main: sock, dump, dest_dump } = socks;
+        let Sockets { main: sock, dump, dest_dump, helper } = socks;
+        let _ = helper.set_cap_ack(true);
+        let _ = helper.set_ext_ack(true);
+        let helper = Arc::new(std::sync::Mutex::new(Some(helper)));
         let dump = DumpSock::new(dump, DUMP_RECV_LEN)?;
         let dest_dump = DumpSock::new(dest_dump, DEST_DUMP_RECV_LEN)?;
         sock.set_non_blocking(true).map_err(io_err("netlink socket"))?;
@@ -175,6 +185,7 @@ impl Conn {
             seq: AtomicU32::new(1),
             dump: tokio::sync::Mutex::new(dump),
             dest_dump: tokio::sync::Mutex::new(dest_dump),
+            helper,
             reader,
         })
     }
@@ -364,6 +375,38 @@ impl Conn {
                 return Ok(if e == 0 { Ok(()) } else { Err(e) });
             }
         }
+    }
+
+    /// Start the destination dumps of `keys` on a blocking thread with the
+    /// helper socket, one after the other; each service's reply is handed to
+    /// `f(index, cmd, attrs)` there. The result is `Ok(None)` when the helper
+    /// is busy or gone (the caller dumps those services itself), else per
+    /// service `Ok(())` or the kernel's positive errno. On an I/O error the
+    /// helper socket is dropped (what is left on it is unknown).
+    pub(crate) fn dest_dumps_blocking<F, T>(
+        &self,
+        msgs: Vec<IpvsMessage>,
+        timeout: Duration,
+        mut f: F,
+        state: T,
+    ) -> tokio::task::JoinHandle<(T, Option<Result<DumpResults>>)>
+    where
+        F: FnMut(&mut T, usize, u8, &[u8]) -> Result<()> + Send + 'static,
+        T: Send + 'static,
+    {
+        let helper = Arc::clone(&self.helper);
+        let family_id = self.family_id;
+        let first = self.next_seqs(msgs.len().max(1) as u32);
+        let mut state = state;
+        tokio::task::spawn_blocking(move || {
+            let Ok(mut guard) = helper.try_lock() else { return (state, None) };
+            let Some(sock) = guard.as_ref() else { return (state, None) };
+            let r = blocking_dumps(sock, family_id, first, &msgs, timeout, |i, c, a| f(&mut state, i, c, a));
+            if r.is_err() {
+                *guard = None;
+            }
+            (state, Some(r))
+        })
     }
 
     /// Send `count` requests, [`BATCH_MAX_MSGS`] per sendmsg, with `NLM_F_ACK`
@@ -697,4 +740,79 @@ async fn drain_dump<W: Fn() -> String>(d: &mut DumpSock, seq: u32, timeout: Dura
             return Ok(());
         }
     }
+}
+
+/// Run dumps one after the other on a blocking socket (see
+/// [`Conn::dest_dumps_blocking`]).
+fn blocking_dumps(
+    sock: &Socket,
+    family_id: u16,
+    first_seq: u32,
+    msgs: &[IpvsMessage],
+    timeout: Duration,
+    mut f: impl FnMut(usize, u8, &[u8]) -> Result<()>,
+) -> Result<Vec<std::result::Result<(), i32>>> {
+    let what = || "listing real servers".to_owned();
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: setsockopt with a valid fd and a timeval of the given size.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    let mut send = Vec::with_capacity(256);
+    let mut recv = vec![0u8; DEST_DUMP_RECV_LEN];
+    let mut out = Vec::with_capacity(msgs.len());
+    for (i, msg) in msgs.iter().enumerate() {
+        let seq = first_seq.wrapping_add(i as u32);
+        send.clear();
+        emit_request(&mut send, family_id, NLM_F_REQUEST | NLM_F_DUMP, seq, msg);
+        loop {
+            match sock.send(&send, 0) {
+                Ok(n) if n == send.len() => break,
+                Ok(n) => return Err(Error::Io(what(), io::Error::other(format!("short send: {n} of {}", send.len())))),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::Io(what(), e)),
+            }
+        }
+        let end = 'dump: loop {
+            // SAFETY: recv into a buffer valid for its length (blocking, with SO_RCVTIMEO).
+            #[allow(unsafe_code)]
+            let n = unsafe { libc::recv(sock.as_raw_fd(), recv.as_mut_ptr().cast(), recv.len(), libc::MSG_TRUNC) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => return Err(Error::Timeout(timeout, what())),
+                    _ => return Err(Error::Io(what(), e)),
+                }
+            }
+            let n = n as usize;
+            if n > recv.len() {
+                return Err(Error::Io(what(), io::Error::other(format!("netlink message of {n} bytes was truncated"))));
+            }
+            for (ty, mseq, payload) in NlMsgs(&recv[..n]) {
+                if mseq != seq {
+                    continue;
+                }
+                match ty {
+                    NLMSG_DONE | NLMSG_ERROR => {
+                        break 'dump -payload.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                    }
+                    NLMSG_OVERRUN => return Err(Error::Io(what(), io::Error::other("netlink overrun"))),
+                    t if t == family_id && payload.len() >= ipvs_sys::frame::GENL_HDRLEN => {
+                        f(i, payload[0], &payload[ipvs_sys::frame::GENL_HDRLEN..])?;
+                    }
+                    _ => {}
+                }
+            }
+        };
+        out.push(if end == 0 { Ok(()) } else { Err(end) });
+    }
+    Ok(out)
 }

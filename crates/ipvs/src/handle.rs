@@ -14,6 +14,9 @@ use crate::emit::emit_op;
 use crate::error::{Error, Result};
 use crate::types::*;
 
+/// From this many services on, [`Ipvs::dump`] reads destinations on two threads.
+const PARALLEL_DUMP_MIN: usize = 32;
+
 /// How long a request waits for the kernel's next reply by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -381,11 +384,61 @@ impl Ipvs {
     /// ```
     pub async fn dump(&self) -> Result<Table> {
         let services = self.services().await?;
-        let mut out = Vec::with_capacity(services.len());
+        let n = services.len();
+        // The kernel does the work of a dump inside the system calls of the
+        // thread that reads it, so on a large table the second half of the
+        // destination dumps runs on a blocking thread with a socket of its
+        // own while this task reads the first half: two CPUs instead of one.
+        let split = if n >= PARALLEL_DUMP_MIN { n / 2 } else { n };
+        let helper = (split < n).then(|| {
+            let keys = &services[split..];
+            let msgs = keys
+                .iter()
+                .map(|s| Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(&s.service.key))]))
+                .collect();
+            let fams: Vec<Family> = keys.iter().map(|s| s.service.key.family()).collect();
+            let state: (DestParser, Vec<Vec<DestinationEntry>>) = (DestParser::default(), Vec::new());
+            self.conn.dest_dumps_blocking(
+                msgs,
+                self.timeout,
+                move |st: &mut (DestParser, Vec<Vec<DestinationEntry>>), i, _cmd, attrs| {
+                    if st.1.len() <= i {
+                        st.1.resize_with(i + 1, Vec::new);
+                    }
+                    st.0.message(attrs, fams[i], &mut st.1[i])
+                },
+                state,
+            )
+        });
+        let mut out = Vec::with_capacity(n);
         let mut parser = DestParser::default();
-        for s in services {
+        let mut services = services.into_iter();
+        for s in services.by_ref().take(split) {
             let d = self.destinations_with(&s.service.key, &mut parser).await?;
             out.push((s, d));
+        }
+        let Some(helper) = helper else { return Ok(out) };
+        let ((_, mut lists), r) =
+            helper.await.map_err(|e| Error::Io("listing real servers".into(), std::io::Error::other(e.to_string())))?;
+        match r {
+            Some(Ok(res)) => {
+                for (i, (s, r)) in services.zip(res).enumerate() {
+                    if let Err(e) = r {
+                        return Err(map_common(e).unwrap_or_else(|| svc_err(&s.service.key, e)));
+                    }
+                    let mut d = lists.get_mut(i).map(std::mem::take).unwrap_or_default();
+                    d.shrink_to_fit();
+                    out.push((s, d));
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            // The helper is busy with another dump (or gone): do the rest here.
+            None => {
+                for s in services {
+                    let d = self.destinations_with(&s.service.key, &mut parser).await?;
+                    out.push((s, d));
+                }
+            }
         }
         Ok(out)
     }
