@@ -496,22 +496,33 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
     }
     .map_err(|e| usage(format!("cannot read the rules: {e}")))?;
     // Everything is parsed and checked before anything is applied.
-    let rules = rules::parse_rules(&text).map_err(|e| usage(e.to_string()))?;
-    drop(text);
-    // Memory (a 110,000-line input): keep only what is used from here on.
-    let (rules, desired) = if a.replace {
-        (Vec::new(), Some(rules::desired_table(&rules).map_err(|e| usage(e.to_string()))?))
-    } else {
-        (rules, None)
-    };
-    let h = connect().await?;
     // (operation, input line it came from)
-    let ops: Vec<(ipvs::Op, Option<usize>)> = match desired {
-        Some(want) => {
-            let current = h.dump().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
-            plan(&current, &want, &Scope::All).into_iter().map(|o| (o, None)).collect()
-        }
-        None => rules.into_iter().map(|r| (r.op, Some(r.line))).collect(),
+    let (h, ops): (Ipvs, Vec<(ipvs::Op, Option<usize>)>) = if a.replace {
+        // The input is parsed on a blocking thread while the table is read
+        // (the kernel's work, done in this thread's and the dump helper's
+        // system calls): a large reconcile costs about one dump, not a parse
+        // plus a dump. Reading changes nothing, and a bad input is still
+        // reported (before any other error) without anything applied.
+        let parse = tokio::task::spawn_blocking(move || {
+            let rules = rules::parse_rules(&text).map_err(|e| e.to_string())?;
+            drop(text);
+            rules::desired_table(&rules).map_err(|e| e.to_string())
+        });
+        let h = connect().await;
+        let current = match &h {
+            Ok(h) => Some(h.dump().await),
+            Err(_) => None,
+        };
+        let want = parse.await.map_err(|e| CliError::failure(format!("parsing the rules: {e}")))?.map_err(usage)?;
+        let h = h?;
+        let current = current.unwrap_or_else(|| unreachable!("dumped once connected"));
+        let current = current.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+        let ops = plan(&current, &want, &Scope::All).into_iter().map(|o| (o, None)).collect();
+        (h, ops)
+    } else {
+        let rules = rules::parse_rules(&text).map_err(|e| usage(e.to_string()))?;
+        drop(text);
+        (connect().await?, rules.into_iter().map(|r| (r.op, Some(r.line))).collect())
     };
     let (ops, lines): (Vec<ipvs::Op>, Vec<Option<usize>>) = ops.into_iter().unzip();
     if a.dry_run {
