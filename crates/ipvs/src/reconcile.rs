@@ -168,18 +168,7 @@ mod tests {
     use super::*;
 
     fn entry(s: Service, d: Vec<Destination>) -> (ServiceEntry, Vec<DestinationEntry>) {
-        (
-            ServiceEntry { service: s, stats: Stats::default() },
-            d.into_iter()
-                .map(|destination| DestinationEntry {
-                    destination,
-                    active_conns: 0,
-                    inactive_conns: 0,
-                    persistent_conns: 0,
-                    stats: Stats::default(),
-                })
-                .collect(),
-        )
+        (s.into(), d.into_iter().map(DestinationEntry::from).collect())
     }
 
     fn svc(a: &str) -> Service {

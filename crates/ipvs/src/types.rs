@@ -893,6 +893,20 @@ pub struct DestinationEntry {
     pub stats: Stats,
 }
 
+impl From<Service> for ServiceEntry {
+    /// A service with zero counters (as a freshly created one reads back).
+    fn from(service: Service) -> Self {
+        Self { service, stats: Stats::default() }
+    }
+}
+
+impl From<Destination> for DestinationEntry {
+    /// A destination with no connections and zero counters.
+    fn from(destination: Destination) -> Self {
+        Self { destination, active_conns: 0, inactive_conns: 0, persistent_conns: 0, stats: Stats::default() }
+    }
+}
+
 /// Connection timeouts in seconds (`ipvsadm --set tcp tcpfin udp`). On set, 0
 /// leaves a value unchanged.
 ///

@@ -125,21 +125,10 @@ pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thres
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use ipvs::{Destination, Persistence, SchedFlags, Scheduler, Stats};
+    use ipvs::{Destination, Persistence, SchedFlags, Scheduler};
 
     pub(crate) fn entry(s: Service, d: Vec<Destination>) -> (ServiceEntry, Vec<DestinationEntry>) {
-        (
-            ServiceEntry { service: s, stats: Stats::default() },
-            d.into_iter()
-                .map(|destination| DestinationEntry {
-                    destination,
-                    active_conns: 0,
-                    inactive_conns: 0,
-                    persistent_conns: 0,
-                    stats: Stats::default(),
-                })
-                .collect(),
-        )
+        (s.into(), d.into_iter().map(DestinationEntry::from).collect())
     }
 
     fn dest(a: &str, f: Forward, w: u32) -> Destination {
