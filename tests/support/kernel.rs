@@ -432,20 +432,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    require_privileged();
-    let r = std::thread::spawn(move || {
-        // SAFETY: unshare affects only this thread's network namespace.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed: {}", std::io::Error::last_os_error());
-        ip(&["link", "set", "lo", "up"]);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(f());
-    })
-    .join();
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
+    crate::in_fresh_netns_with(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build(), f)
 }
 
 /// Drop every capability of the calling thread (effective, permitted and

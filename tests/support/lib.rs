@@ -93,6 +93,17 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
+    in_fresh_netns_with(|| tokio::runtime::Builder::new_current_thread().enable_all().build(), f)
+}
+
+/// [`in_fresh_netns`] with the runtime `runtime` builds (on the new thread,
+/// after the namespace change, so its worker threads live in the namespace too).
+pub fn in_fresh_netns_with<R, F, Fut>(runtime: R, f: F)
+where
+    R: FnOnce() -> std::io::Result<tokio::runtime::Runtime> + Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
     require_privileged();
     let r = std::thread::spawn(move || {
         // SAFETY: unshare affects only this thread's network namespace.
@@ -100,8 +111,7 @@ where
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "unshare(CLONE_NEWNET) failed: {}", std::io::Error::last_os_error());
         ip(&["link", "set", "lo", "up"]);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        rt.block_on(f());
+        runtime().expect("tokio runtime").block_on(f());
     })
     .join();
     if let Err(p) = r {
