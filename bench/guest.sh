@@ -11,10 +11,11 @@
 #              `lvsctl save`, `lvs-bench dump`, `ipvsadm -Ln --stats`, `lvsctl list --stats`,
 #              `lvs-bench dump --stats`; the save outputs are digest-checked too;
 #   reconcile: for 0, 1 and 10 % of the services changed, a fresh namespace is filled with
-#              the base table (untimed), then `lvsctl restore --replace` (or, in another
-#              fresh namespace, `lvs-bench reconcile`) is timed and the result checked;
-#              at 0 % an extra untimed run under strace counts the IPVS requests that are
-#              not dumps (must be 0).
+#              the base table (untimed), one `lvsctl save` (`lvs-bench dump`) of it is timed
+#              as the yardstick, then `lvsctl restore --replace` (or, in another fresh
+#              namespace, `lvs-bench reconcile`) is timed and the result checked;
+#              at 0 % an extra untimed run counts the requests each tool sends, captured
+#              on an nlmon device (`lvs-bench nlcount`): it must send no change request.
 # Every timed command runs under `lvs-bench measure` (wall time, peak RSS via wait4).
 # A namespace is flushed (`ipvsadm -C`) and deleted right after its last use, and the
 # script waits a moment, so that no big table or its cleanup runs behind a measurement.
@@ -64,7 +65,7 @@ newns() {
 dropns() {
 	$IP netns exec "$1" ipvsadm -C
 	$IP netns del "$1"
-	sleep 2
+	sleep 4
 }
 inns() { ns=$1; shift; $IP netns exec "$ns" "$@"; }
 digest() { sort "$1" | sha256sum | cut -d' ' -f1; }
@@ -88,6 +89,26 @@ check() { # check WHAT GOT WANT
 	fi
 }
 
+# count_requests NS WHAT STDIN CMD...: run CMD again (untimed; the table is already
+# what it asks for) with its generic netlink traffic captured on an nlmon device, and
+# require that it sends no change request.
+count_requests() {
+	ns=$1 what=$2 in=$3
+	shift 3
+	$IP -n "$ns" link add nlmon0 type nlmon && $IP -n "$ns" link set nlmon0 up || {
+		fail "cannot create an nlmon device to count requests"
+		return
+	}
+	counted=$(inns "$ns" lvs-bench nlcount --dev nlmon0 -- "$@" <"$in" 2>$W/stderr | grep '^requests:')
+	note "- unchanged reconcile $size, $what, $counted"
+	case "$counted" in
+	*" 0 changes,"*) ;;
+	*) fail "unchanged reconcile ($what) did not show 0 change requests: $counted $(head -c 300 $W/stderr)" ;;
+	esac
+	$IP -n "$ns" link del nlmon0
+}
+
+modprobe nlmon 2>/dev/null
 note "- guest: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
 note "- ipvsadm: $(ipvsadm --version 2>&1 | head -1); lvsctl commands present: restore=$LV_RESTORE save=$LV_SAVE list=$LV_LIST restore--replace=$LV_REPLACE"
 # The measuring wrapper's own floor: the peak RSS it reports for /bin/true.
@@ -149,23 +170,19 @@ for n in $SIZES; do
 		if [ $LV_REPLACE = 1 ]; then
 			newns
 			inns $NS lvs-bench apply "$base" >/dev/null || fail "setup of reconcile $pct % $size"
+			# One dump of the same table right before, the yardstick of this reconcile.
+			measure $NS "$size|reconcile$pct|lvsctl save" /dev/null /dev/null lvsctl save -n
 			measure $NS "$size|reconcile$pct|lvsctl restore --replace" "$target" /dev/null lvsctl restore --replace
 			check "reconcile $pct % $size lvsctl restore --replace" "$(ns_digest $NS)" "$twant"
-			if [ $pct = 0 ]; then
-				# Count what an unchanged reconcile sends: IPVS requests that are not dumps.
-				inns $NS strace -f -e trace=sendto,sendmsg -e signal=none -s 0 -o $W/strace lvsctl restore --replace <"$base" >/dev/null 2>&1
-				total=$(grep -c 'nlmsg_flags=NLM_F_REQUEST' $W/strace)
-				dumps=$(grep -c 'nlmsg_flags=NLM_F_REQUEST|NLM_F_DUMP\|nlmsg_flags=NLM_F_REQUEST|NLM_F_ACK|NLM_F_DUMP' $W/strace)
-				ctrl=$(grep -c 'nlctrl\|nlmsg_type=0x10 \|GENL_ID_CTRL' $W/strace)
-				note "- reconcile 0 % $size lvsctl restore --replace under strace: $total netlink requests sent, $dumps of them dumps, $ctrl to the genl controller: $((total - dumps - ctrl)) change requests"
-				[ $((total - dumps - ctrl)) = 0 ] || fail "unchanged reconcile sent change requests (see strace)"
-			fi
+			[ $pct = 0 ] && count_requests $NS "lvsctl restore --replace" "$base" lvsctl restore --replace
 			dropns $NS
 		fi
 		newns
 		inns $NS lvs-bench apply "$base" >/dev/null || fail "setup of reconcile $pct % $size"
+		measure $NS "$size|reconcile$pct|library dump" /dev/null /dev/null lvs-bench dump
 		measure $NS "$size|reconcile$pct|library reconcile" /dev/null $W/out lvs-bench reconcile "$target"
 		check "reconcile $pct % $size library reconcile ($(cat $W/out))" "$(ns_digest $NS)" "$twant"
+		[ $pct = 0 ] && count_requests $NS "library reconcile" /dev/null lvs-bench reconcile "$base"
 		dropns $NS
 	done
 done
