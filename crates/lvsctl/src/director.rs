@@ -462,21 +462,11 @@ pub(crate) async fn teardown() -> Result<(), CliError> {
     st.owned.retain(|k| services.iter().any(|s| s.service.key == *k) && !deleted.contains(k));
 
     let rtnl = Rtnl::connect()?;
-    let mut left = Vec::new();
-    for r in std::mem::take(&mut st.addresses) {
-        if !r.created {
-            continue;
-        }
-        let Some(idx) = rtnl.link_index(&r.iface).await? else { continue };
-        match rtnl.del_address(idx, &r.iface, r.addr, r.prefix_len).await {
-            Ok(()) => println!("director: removed {}/{} from {}", r.addr, r.prefix_len, r.iface),
-            Err(e) => {
-                first_err.get_or_insert(e);
-                left.push(r);
-            }
-        }
-    }
+    let (left, err) = rtnl.remove_created(std::mem::take(&mut st.addresses), "director").await;
     st.addresses = left;
+    if let Some(e) = err {
+        first_err.get_or_insert(e);
+    }
     if let Some(e) = first_err {
         state::write(&path, &st)?;
         return Err(e);

@@ -286,21 +286,11 @@ async fn stop() -> Result<ExitCode, CliError> {
     left.reverse();
     st.sysctls = left;
     let rtnl = Rtnl::connect()?;
-    let lo = rtnl.link_index("lo").await?.ok_or_else(|| CliError::failure("no loopback interface lo"))?;
-    let mut left = Vec::new();
-    for r in std::mem::take(&mut st.addresses) {
-        if !r.created {
-            continue;
-        }
-        match rtnl.del_address(lo, "lo", r.addr, r.prefix_len).await {
-            Ok(()) => println!("realserver: removed {}/{} from lo", r.addr, r.prefix_len),
-            Err(e) => {
-                first_err.get_or_insert(e);
-                left.push(r);
-            }
-        }
-    }
+    let (left, err) = rtnl.remove_created(std::mem::take(&mut st.addresses), "realserver").await;
     st.addresses = left;
+    if let Some(e) = err {
+        first_err.get_or_insert(e);
+    }
     if let Some(e) = first_err {
         state::write(&path, &st)?;
         return Err(e);

@@ -109,6 +109,35 @@ impl Rtnl {
     }
 
     /// `ip addr del IP/PREFIX dev IF`. Missing already: Ok.
+    /// Remove the addresses `start` created (records with `created`), saying
+    /// so on stdout as `role`. Records of addresses that were there before are
+    /// dropped (they stay on the host); those that could not be removed are
+    /// returned, with the first error, so the state can keep them.
+    pub(crate) async fn remove_created(
+        &self,
+        records: Vec<crate::state::AddressRecord>,
+        role: &str,
+    ) -> (Vec<crate::state::AddressRecord>, Option<CliError>) {
+        let mut left = Vec::new();
+        let mut first_err = None;
+        for r in records.into_iter().filter(|r| r.created) {
+            let res = match self.link_index(&r.iface).await {
+                // An interface that is gone took its addresses with it.
+                Ok(None) => continue,
+                Ok(Some(idx)) => self.del_address(idx, &r.iface, r.addr, r.prefix_len).await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => println!("{role}: removed {}/{} from {}", r.addr, r.prefix_len, r.iface),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    left.push(r);
+                }
+            }
+        }
+        (left, first_err)
+    }
+
     pub(crate) async fn del_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), CliError> {
         let mut s = self.handle.address().get().set_link_index_filter(index).set_address_filter(ip).execute();
         let mut found = None;
