@@ -45,3 +45,8 @@ pub use types::*;
 
 /// The wire-format crate, re-exported.
 pub use ipvs_sys;
+
+/// The README's Rust examples, compiled as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
