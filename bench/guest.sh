@@ -61,11 +61,28 @@ newns() {
 	$IP -n $NS link set dum0 up
 	$IP -n $NS addr add 10.0.0.254/8 dev dum0
 }
+# settle: wait (at most 90 s) until the guest's CPUs have been idle for a second: the
+# kernel frees a deleted namespace's IPVS table in the background, which under
+# emulation takes many seconds and would otherwise run behind the next measurement.
+cpu_busy() { awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
+settle() {
+	t=0
+	while [ $t -lt 90 ]; do
+		a=$(cpu_busy)
+		sleep 1
+		b=$(cpu_busy)
+		t=$((t + 1))
+		# busy share of the last second, in %
+		pct=$(echo "$a $b" | awk '{ db = $3 - $1; di = $4 - $2; print (db + di) ? int(100 * db / (db + di)) : 0 }')
+		[ "$pct" -lt 5 ] && return
+	done
+	note "- (the guest was still busy after 90 s of waiting)"
+}
 # dropns NS: flush its table (synchronously, here), delete it, let the kernel settle.
 dropns() {
 	$IP netns exec "$1" ipvsadm -C
 	$IP netns del "$1"
-	sleep 4
+	settle
 }
 inns() { ns=$1; shift; $IP netns exec "$ns" "$@"; }
 digest() { sort "$1" | sha256sum | cut -d' ' -f1; }
@@ -111,6 +128,7 @@ count_requests() {
 modprobe nlmon 2>/dev/null
 note "- guest: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
 note "- ipvsadm: $(ipvsadm --version 2>&1 | head -1); lvsctl commands present: restore=$LV_RESTORE save=$LV_SAVE list=$LV_LIST restore--replace=$LV_REPLACE"
+settle
 # The measuring wrapper's own floor: the peak RSS it reports for /bin/true.
 newns
 measure $NS "floor|true|/bin/true" /dev/null /dev/null /bin/true
