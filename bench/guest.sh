@@ -64,17 +64,18 @@ newns() {
 # settle: wait (at most 90 s) until the guest's CPUs have been idle for a second: the
 # kernel frees a deleted namespace's IPVS table in the background, which under
 # emulation takes many seconds and would otherwise run behind the next measurement.
+# (busy-box sh has no local variables: settle's names must not clash with the caller's)
 cpu_busy() { awk '/^cpu / {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
 settle() {
-	t=0
-	while [ $t -lt 90 ]; do
-		a=$(cpu_busy)
+	st_t=0
+	while [ $st_t -lt 90 ]; do
+		st_a=$(cpu_busy)
 		sleep 1
-		b=$(cpu_busy)
-		t=$((t + 1))
+		st_b=$(cpu_busy)
+		st_t=$((st_t + 1))
 		# busy share of the last second, in %
-		pct=$(echo "$a $b" | awk '{ db = $3 - $1; di = $4 - $2; print (db + di) ? int(100 * db / (db + di)) : 0 }')
-		[ "$pct" -lt 5 ] && return
+		busy=$(echo "$st_a $st_b" | awk '{ db = $3 - $1; di = $4 - $2; print (db + di) ? int(100 * db / (db + di)) : 0 }')
+		[ "$busy" -lt 5 ] && return
 	done
 	note "- (the guest was still busy after 90 s of waiting)"
 }
