@@ -539,3 +539,173 @@ fn admin_netns_option_acts_in_that_namespace() {
         }
     });
 }
+
+/// `ipvsadm -Lnc` read just before and just after `ours()`: when those two
+/// agree, no expiry timer ticked in between, so `ours()` must print exactly
+/// that. Retried until they agree (a tick falls between them now and then).
+fn same_as_ipvsadm_around(theirs_args: &[&str], ours: impl Fn() -> String) -> String {
+    for _ in 0..20 {
+        let before = ipvsadm(theirs_args);
+        let o = ours();
+        let after = ipvsadm(theirs_args);
+        if before == after {
+            assert_eq!(o, before, "lvsctl vs ipvsadm {theirs_args:?}");
+            return before;
+        }
+    }
+    panic!("the connection table never held still for three reads in a row");
+}
+
+/// Run `f` on a thread that has entered the named network namespace.
+fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = std::path::Path::new("/var/run/netns").join(ns);
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // SAFETY: setns with a valid fd; it changes only this thread's network namespace.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {}: {}", path.display(), std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// `list --connection` and `--nosort`, against ipvsadm on real connections:
+/// this namespace is a NAT director (a persistent IPv4 service and an IPv6
+/// one) between a client namespace and a real-server namespace (veth pairs);
+/// one connection held open, others closed by the client (TIME_WAIT and the
+/// like), and the persistence template.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn admin_conn_list_agrees_with_ipvsadm() {
+    in_fresh_netns(|| async {
+        let (cl, rs) = (unique("lvscl"), unique("lvsrs"));
+        ip(&["netns", "add", &cl]);
+        ip(&["netns", "add", &rs]);
+        let res = std::panic::catch_unwind(|| conn_list_test(&cl, &rs));
+        ip(&["netns", "del", &cl]);
+        ip(&["netns", "del", &rs]);
+        if let Err(p) = res {
+            std::panic::resume_unwind(p);
+        }
+    });
+}
+
+fn conn_list_test(cl: &str, rs: &str) {
+    use std::io::Read;
+    use std::net::{Shutdown, TcpListener};
+    // Director: VIPs on a dummy, the client side on v0, the real servers on r0.
+    ip(&["link", "add", "d0", "type", "dummy"]);
+    ip(&["link", "set", "d0", "up"]);
+    ip(&["addr", "add", "10.0.0.1/32", "dev", "d0"]);
+    ip(&["-6", "addr", "add", "2001:db8::1/128", "dev", "d0", "nodad"]);
+    for (dev, peer, ns, mine, theirs, mine6, theirs6) in [
+        ("v0", "vc", cl, "192.168.50.1/24", "192.168.50.2/24", "2001:db8:50::1/64", "2001:db8:50::2/64"),
+        ("r0", "vr", rs, "10.1.0.1/24", "10.1.0.2/24", "2001:db8:1::1/64", "2001:db8:1::2/64"),
+    ] {
+        ip(&["link", "add", dev, "type", "veth", "peer", "name", peer, "netns", ns]);
+        ip(&["addr", "add", mine, "dev", dev]);
+        ip(&["-6", "addr", "add", mine6, "dev", dev, "nodad"]);
+        ip(&["link", "set", dev, "up"]);
+        ip(&["-n", ns, "addr", "add", theirs, "dev", peer]);
+        ip(&["-n", ns, "-6", "addr", "add", theirs6, "dev", peer, "nodad"]);
+        ip(&["-n", ns, "link", "set", peer, "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        let gw = mine.split('/').next().unwrap();
+        let gw6 = mine6.split('/').next().unwrap();
+        ip(&["-n", ns, "route", "add", "default", "via", gw]);
+        ip(&["-n", ns, "-6", "route", "add", "default", "via", gw6]);
+    }
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
+    // The real servers: read until the client closes, then close.
+    for addr in ["10.1.0.2:8080", "[2001:db8:1::2]:8080"] {
+        let l = in_named_netns(rs, move || TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}")));
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+    }
+    ipvsadm(&["-A", "-t", "10.0.0.1:80", "-s", "rr", "-p", "300"]);
+    ipvsadm(&["-a", "-t", "10.0.0.1:80", "-r", "10.1.0.2:8080", "-m"]);
+    ipvsadm(&["-A", "-t", "[2001:db8::1]:80", "-s", "rr"]);
+    ipvsadm(&["-a", "-t", "[2001:db8::1]:80", "-r", "[2001:db8:1::2]:8080", "-m"]);
+    // From the client: one connection held open, some closed by the client.
+    let held = in_named_netns(cl, || {
+        let connect = |a: &str| {
+            TcpStream::connect_timeout(&a.parse().unwrap(), Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("connecting through {a}: {e}"))
+        };
+        let held = connect("10.0.0.1:80");
+        for vip in ["10.0.0.1:80", "10.0.0.1:80", "[2001:db8::1]:80", "[2001:db8::1]:80"] {
+            let mut s = connect(vip);
+            s.shutdown(Shutdown::Write).unwrap();
+            let _ = s.read_to_end(&mut Vec::new());
+        }
+        held
+    });
+    std::thread::sleep(Duration::from_millis(200));
+
+    let table = same_as_ipvsadm_around(&["-Lnc"], || lvsctl_ok(&["list", "-c"]));
+    // The comparison saw what it was meant to see.
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "IPVS connection entries");
+    assert!(lines.len() >= 2 + 6, "expected 5 connections and a template:\n{table}");
+    assert!(lines.iter().any(|l| l.contains(" ESTABLISHED ") && l.contains(" 10.0.0.1:80 ")), "{table}");
+    // The persistence template: client port 0 (its state is ASSURED on Linux 6.1).
+    assert!(lines.iter().any(|l| l.starts_with("TCP") && l.contains(" 192.168.50.2:0 ")), "no template:\n{table}");
+    assert!(lines.iter().any(|l| l.contains("[2001:db8::1]:80")), "no IPv6 entry:\n{table}");
+    assert!(
+        lines.iter().filter(|l| l.contains(" 10.0.0.1:80 ") && !l.contains(" ESTABLISHED ")).count() >= 3,
+        "no closed connections:\n{table}"
+    );
+    same_as_ipvsadm_around(&["-Lnc"], || lvsctl_ok(&["list", "-n", "--connection"]));
+    same_as_ipvsadm_around(&["-Lnc", "--persistent-conn"], || lvsctl_ok(&["list", "-c", "--persistent-conn"]));
+
+    // JSON: the same entries in the same order, expiry in seconds.
+    let (j, theirs) = (0..20)
+        .find_map(|_| {
+            let before = ipvsadm(&["-Lnc"]);
+            let j: serde_json::Value = serde_json::from_str(&lvsctl_ok(&["list", "-c", "--json"])).unwrap();
+            (ipvsadm(&["-Lnc"]) == before).then_some((j, before))
+        })
+        .expect("the connection table never held still for three reads in a row");
+    let entries = j.as_array().expect("a JSON array");
+    let rows: Vec<Vec<&str>> = theirs.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(entries.len(), rows.len(), "{j:#}\n{theirs}");
+    for (e, row) in entries.iter().zip(&rows) {
+        let secs = e["expires_seconds"].as_u64().unwrap();
+        let got = [
+            e["protocol"].as_str().unwrap().to_owned(),
+            format!("{:02}:{:02}", secs / 60, secs % 60),
+            e["state"].as_str().unwrap().to_owned(),
+            e["client"].as_str().unwrap().to_owned(),
+            e["virtual"].as_str().unwrap().to_owned(),
+            e["destination"].as_str().unwrap().to_owned(),
+        ];
+        assert_eq!(got.to_vec(), *row, "{e}");
+        assert!(e["pe"].is_null(), "{e}");
+    }
+
+    // --nosort: the kernel's order of services and real servers.
+    ipvsadm(&["-A", "-u", "10.0.0.2:53", "-s", "rr"]);
+    ipvsadm(&["-A", "-t", "10.0.0.3:80", "-s", "wrr"]);
+    for rs in ["10.1.0.9", "10.1.0.3", "10.1.0.5"] {
+        ipvsadm(&["-a", "-t", "10.0.0.3:80", "-r", rs, "-m"]);
+    }
+    let sorted = same_as_ipvsadm_around(&["-Ln"], || lvsctl_ok(&["list"]));
+    let unsorted = same_as_ipvsadm_around(&["-Ln", "--nosort"], || lvsctl_ok(&["list", "--nosort"]));
+    // Services and real servers only (connection counts may move meanwhile).
+    let order = |t: &str| -> Vec<String> {
+        t.lines().map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect()
+    };
+    assert_ne!(order(&unsorted), order(&sorted), "the kernel's order happened to be ipvsadm's sorted order");
+    drop(held);
+}

@@ -29,6 +29,8 @@ pub(crate) struct View {
     pub(crate) persistent_conn: bool,
     /// `--tun-info`.
     pub(crate) tun_info: bool,
+    /// `--nosort`: services and real servers in the kernel's order.
+    pub(crate) nosort: bool,
 }
 
 /// An IP address as glibc's `inet_ntop` writes it.
@@ -223,7 +225,8 @@ pub(crate) fn format_list(info: Option<&Info>, table: &[(ServiceEntry, Vec<Desti
         let _ = writeln!(out, "IP Virtual Server version {} (size={})", i.version_string(), i.conn_table_size);
     }
     out.push_str(title(v));
-    for i in service_order(table) {
+    let order = if v.nosort { (0..table.len()).collect() } else { service_order(table) };
+    for i in order {
         let (s, dests) = &table[i];
         if v.stats || v.rate {
             let _ = writeln!(out, "{:<33}{}", list_service_name(&s.service.key), five(&s.stats, v.rate, v.exact));
@@ -231,7 +234,14 @@ pub(crate) fn format_list(info: Option<&Info>, table: &[(ServiceEntry, Vec<Desti
             out.push_str(&service_line(s));
             out.push('\n');
         }
-        for d in &sorted_dests(dests) {
+        let sorted;
+        let dests = if v.nosort {
+            dests
+        } else {
+            sorted = sorted_dests(dests);
+            &sorted
+        };
+        for d in dests {
             out.push_str(&dest_line(s.service.key.family(), d, v));
             out.push('\n');
         }
@@ -276,11 +286,14 @@ pub(crate) struct JsonService<'a> {
     pub(crate) destinations: &'a [DestinationEntry],
 }
 
-/// The table as JSON: an array of services in ipvsadm's order, each with
-/// every field (counters, rates, thresholds, connection counts, tunnel).
-pub(crate) fn format_json(table: &[(ServiceEntry, Vec<DestinationEntry>)]) -> String {
+/// The table as JSON: an array of services in ipvsadm's order (`nosort`:
+/// the kernel's), each with every field (counters, rates, thresholds,
+/// connection counts, tunnel).
+pub(crate) fn format_json(table: &[(ServiceEntry, Vec<DestinationEntry>)], nosort: bool) -> String {
     let mut table = table.to_vec();
-    sort_table(&mut table);
+    if !nosort {
+        sort_table(&mut table);
+    }
     let v: Vec<JsonService<'_>> = table.iter().map(|(s, d)| JsonService { service: s, destinations: d }).collect();
     serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
 }
@@ -433,6 +446,30 @@ FWM  3 IPv6 wrr
         assert!(rt.contains("\nFWM  2 IPv6                              0        0        0        0        0\n"));
     }
 
+    /// `--nosort`: services and real servers as the kernel listed them.
+    #[test]
+    fn nosort_keeps_the_kernel_order() {
+        let t = table();
+        let want = "\
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+FWM  3 IPv6 wrr
+TCP  10.0.0.10:80 sh (sh-port) persistent 360 mask 255.255.255.0 pe sip
+  -> 10.1.0.3:8080                Masq    7      3          4         
+  -> 10.1.0.7:80                  Tunnel  1      0          0         
+  -> 10.1.0.2:80                  Route   1      0          0         
+  -> 10.1.0.9:80                  Tunnel  1      0          0         
+  -> 10.1.0.4:80                  Tunnel  0      0          0         
+SCTP 10.0.0.10:3868 rr
+UDP  10.0.0.10:53 rr ops
+FWM  2 IPv6 wrr persistent 100 mask 64
+";
+        assert_eq!(format_list(None, &t, &View { nosort: true, ..Default::default() }), want);
+        let j: serde_json::Value = serde_json::from_str(&format_json(&t, true)).unwrap();
+        assert_eq!(j[0]["key"]["mark"], 3);
+        assert_eq!(j[1]["destinations"][0]["addr"], "10.1.0.3:8080");
+    }
+
     #[test]
     fn timeouts_and_daemons() {
         assert_eq!(
@@ -455,7 +492,7 @@ FWM  3 IPv6 wrr
 
     #[test]
     fn json_has_everything() {
-        let j: serde_json::Value = serde_json::from_str(&format_json(&table())).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&format_json(&table(), false)).unwrap();
         let first = &j[0];
         assert_eq!(first["scheduler"], "sh");
         assert_eq!(first["destinations"][1]["upper_threshold"], 100);

@@ -6,8 +6,10 @@
 //! rr`, `lvsctl real add -t 10.0.0.1:80 -r 10.0.0.2 -m -w 2`); the formats of
 //! `list` and `save` are ipvsadm 1.31's, byte for byte. Pieces:
 //! [`spec`] (options and their meaning), [`rules`] (the `-R`/`-S` line
-//! format), [`save`] and [`list`] (the text formats), [`sort`] (ipvsadm's order).
+//! format), [`save`] and [`list`] (the text formats), [`sort`] (ipvsadm's order),
+//! [`conn`] (the connection table of `list --connection`).
 
+mod conn;
 mod list;
 mod rules;
 mod save;
@@ -149,6 +151,14 @@ pub(crate) struct ListArgs {
     /// Tunnel type, port and checksum of the real servers.
     #[arg(long = "tun-info")]
     tun_info: bool,
+    /// The connection table (/proc/net/ip_vs_conn) instead of the services, as
+    /// ipvsadm -Lnc prints it, in the kernel's order; with --persistent-conn
+    /// also the persistence engine's name and data.
+    #[arg(short = 'c', long, conflicts_with_all = ["timeout", "daemon", "tcp", "udp", "sctp", "fwmark"])]
+    connection: bool,
+    /// The services and real servers in the kernel's order instead of ipvsadm's sorted order.
+    #[arg(long)]
+    nosort: bool,
     /// The connection timeouts instead of the table.
     #[arg(long, conflicts_with = "daemon")]
     timeout: bool,
@@ -454,6 +464,9 @@ async fn real(c: RealCmd) -> Result<ExitCode, CliError> {
 async fn list_cmd(a: ListArgs) -> Result<ExitCode, CliError> {
     let key = a.key.key().map_err(usage)?;
     let h = connect().await?;
+    if a.connection {
+        return connections(a.persistent_conn, a.json);
+    }
     if a.timeout {
         let t = h.timeouts().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
         return if a.json { json(&t) } else { out(&list::format_timeouts(&t)) };
@@ -469,6 +482,7 @@ async fn list_cmd(a: ListArgs) -> Result<ExitCode, CliError> {
         thresholds: a.thresholds,
         persistent_conn: a.persistent_conn,
         tun_info: a.tun_info,
+        nosort: a.nosort,
     };
     let (info, table) = match key {
         Some(k) => {
@@ -482,9 +496,32 @@ async fn list_cmd(a: ListArgs) -> Result<ExitCode, CliError> {
         }
     };
     if a.json {
-        return out(&list::format_json(&table));
+        return out(&list::format_json(&table, a.nosort));
     }
     out(&list::format_list(info.as_ref(), &table, &view))
+}
+
+/// `list --connection`: /proc/net/ip_vs_conn of this network namespace (the
+/// one `--netns` entered), as ipvsadm -Lnc or as JSON.
+fn connections(persistent_conn: bool, as_json: bool) -> Result<ExitCode, CliError> {
+    let f = std::fs::File::open(conn::CONN_PROC_FILE)
+        .map_err(|_| CliError::failure(format!("cannot open file {}", conn::CONN_PROC_FILE)))?;
+    let r = std::io::BufReader::with_capacity(64 * 1024, f);
+    let read_err = |e: std::io::Error| CliError::failure(format!("reading {}: {e}", conn::CONN_PROC_FILE));
+    if as_json {
+        return json(&conn::parse(r).map_err(read_err)?);
+    }
+    let mut o = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    let res = conn::write_text(r, &mut o, persistent_conn).and_then(|_| o.flush());
+    match res {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A closed pipe (lvsctl list -c | head) is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof) => {
+            Err(CliError::failure(e.to_string()))
+        }
+        Err(e) => Err(read_err(e)),
+    }
 }
 
 async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
@@ -617,6 +654,13 @@ mod tests {
         .is_ok());
         assert!(parse(&["real", "del", "-t", "10.0.0.1:80", "-r", "10.1.0.1"]).is_ok());
         assert!(parse(&["ls", "--stats", "--exact", "-t", "10.0.0.1:80"]).is_ok());
+        assert!(parse(&["list", "-n", "-c"]).is_ok());
+        assert!(parse(&["list", "--connection", "--persistent-conn", "--json"]).is_ok());
+        assert!(parse(&["list", "--nosort", "--stats"]).is_ok());
+        // As in ipvsadm, -c lists every connection: not with a service, --timeout or --daemon.
+        assert!(parse(&["list", "-c", "-t", "10.0.0.1:80"]).is_err());
+        assert!(parse(&["list", "-c", "--timeout"]).is_err());
+        assert!(parse(&["list", "-c", "--daemon"]).is_err());
         assert!(parse(&["--netns", "x", "list", "--timeout"]).is_ok());
         assert!(parse(&["timeout", "900", "120", "300"]).is_ok());
         assert!(parse(&["timeout", "900"]).is_err());
