@@ -467,11 +467,7 @@ pub(crate) async fn teardown() -> Result<(), CliError> {
     if let Some(e) = err {
         first_err.get_or_insert(e);
     }
-    if let Some(e) = first_err {
-        state::write(&path, &st)?;
-        return Err(e);
-    }
-    state::remove(&path)?;
+    state::finish_stop(&path, &st, first_err)?;
     println!("director: stopped");
     Ok(())
 }

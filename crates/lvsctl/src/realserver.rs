@@ -291,11 +291,7 @@ async fn stop() -> Result<ExitCode, CliError> {
     if let Some(e) = err {
         first_err.get_or_insert(e);
     }
-    if let Some(e) = first_err {
-        state::write(&path, &st)?;
-        return Err(e);
-    }
-    state::remove(&path)?;
+    state::finish_stop(&path, &st, first_err)?;
     println!("realserver: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -184,6 +184,19 @@ pub(crate) fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError
     })
 }
 
+/// The end of a `stop`: when something could not be undone (`err`), keep
+/// the state with what is left so a later stop can finish, and return the
+/// error; otherwise remove the state file.
+pub(crate) fn finish_stop<T: Serialize>(path: &Path, left: &T, err: Option<CliError>) -> Result<(), CliError> {
+    match err {
+        Some(e) => {
+            write(path, left)?;
+            Err(e)
+        }
+        None => remove(path),
+    }
+}
+
 /// Remove a state file (no error if it is gone).
 pub(crate) fn remove(path: &Path) -> Result<(), CliError> {
     match std::fs::remove_file(path) {
