@@ -76,61 +76,89 @@ fn decode(msg: &str) -> Error {
     Error::Decode(msg.to_owned())
 }
 
-/// A service read from the kernel.
+/// A service's attributes as read, before their meaning is worked out by
+/// [`RawService::finish`]; filled from parsed [`ServiceAttr`]s by
+/// [`service_from`] or straight from the bytes by the dump parser. Each field
+/// keeps the last value received.
+#[derive(Default)]
+pub(crate) struct RawService<'a> {
+    pub af: Option<u16>,
+    pub proto: Option<u16>,
+    pub addr: Option<InetAddr>,
+    pub port: Option<u16>,
+    pub mark: Option<u32>,
+    pub sched: Option<&'a str>,
+    /// `flags & mask`.
+    pub flags: u32,
+    pub timeout: u32,
+    pub netmask: Option<u32>,
+    pub pe: Option<&'a str>,
+    pub stats32: Option<Stats>,
+    pub stats64: Option<Stats>,
+}
+
+impl RawService<'_> {
+    /// The service these attributes describe.
+    pub(crate) fn finish(self) -> Result<ServiceEntry> {
+        let af = self.af.ok_or_else(|| decode("service without address family"))?;
+        let family = Family::from_af(af).ok_or_else(|| decode(&format!("service with unknown address family {af}")))?;
+        let key = match self.mark.filter(|m| *m != 0) {
+            Some(mark) => ServiceKey::Fwmark { mark, family },
+            None => {
+                let proto = self.proto.ok_or_else(|| decode("service without protocol"))?;
+                let protocol = Protocol::from_number(proto)
+                    .ok_or_else(|| decode(&format!("service with unknown protocol {proto}")))?;
+                let ip = self.addr.ok_or_else(|| decode("service without address"))?.to_ip(af).unwrap();
+                ServiceKey::Inet { protocol, addr: SocketAddr::new(ip, self.port.unwrap_or(0)) }
+            }
+        };
+        let netmask = match (family, self.netmask) {
+            (Family::Inet, Some(raw)) => Netmask::V4(Ipv4Addr::from(raw.to_ne_bytes())),
+            (Family::Inet6, Some(raw)) => Netmask::V6(raw.min(255) as u8),
+            (f, None) => Netmask::full(f),
+        };
+        let flags = self.flags;
+        let persistence = (flags & svc_flags::PERSISTENT != 0)
+            .then_some(Persistence { timeout: self.timeout, netmask: (!netmask.is_full()).then_some(netmask) });
+        // The 64-bit set when present, else the legacy one.
+        let stats = self.stats64.or(self.stats32).unwrap_or_default();
+        let scheduler = self.sched.ok_or_else(|| decode("service without scheduler"))?;
+        let scheduler = Scheduler::from_name(scheduler).unwrap_or_else(|_| Scheduler::Other(scheduler.to_owned()));
+        Ok(ServiceEntry {
+            service: Service {
+                key,
+                scheduler,
+                sched_flags: SchedFlags(flags & SchedFlags::ALL),
+                persistence,
+                one_packet: flags & svc_flags::ONEPACKET != 0,
+                pe: self.pe.filter(|p| !p.is_empty()).map(str::to_owned),
+            },
+            stats,
+        })
+    }
+}
+
+/// A service read from the kernel, from its parsed attributes.
 pub(crate) fn service_from(attrs: &[ServiceAttr]) -> Result<ServiceEntry> {
-    let (mut af, mut proto, mut addr, mut port, mut mark) = (None, None, None, None, None);
-    let (mut sched, mut flags, mut timeout, mut netmask, mut pe) = (None, 0u32, 0u32, None, None);
-    let (mut stats32, mut stats64) = (None, None);
+    let mut r = RawService::default();
     for a in attrs {
         match a {
-            ServiceAttr::AddressFamily(v) => af = Some(*v),
-            ServiceAttr::Protocol(v) => proto = Some(*v),
-            ServiceAttr::Address(v) => addr = Some(*v),
-            ServiceAttr::Port(v) => port = Some(*v),
-            ServiceAttr::Fwmark(v) => mark = Some(*v),
-            ServiceAttr::SchedName(v) => sched = Some(v.clone()),
-            ServiceAttr::Flags(f) => flags = f.flags & f.mask,
-            ServiceAttr::Timeout(v) => timeout = *v,
-            ServiceAttr::Netmask(v) => netmask = Some(*v),
-            ServiceAttr::PeName(v) => pe = Some(v.clone()),
-            ServiceAttr::Stats(s) => stats32 = Some(s),
-            ServiceAttr::Stats64(s) => stats64 = Some(s),
+            ServiceAttr::AddressFamily(v) => r.af = Some(*v),
+            ServiceAttr::Protocol(v) => r.proto = Some(*v),
+            ServiceAttr::Address(v) => r.addr = Some(*v),
+            ServiceAttr::Port(v) => r.port = Some(*v),
+            ServiceAttr::Fwmark(v) => r.mark = Some(*v),
+            ServiceAttr::SchedName(v) => r.sched = Some(v),
+            ServiceAttr::Flags(f) => r.flags = f.flags & f.mask,
+            ServiceAttr::Timeout(v) => r.timeout = *v,
+            ServiceAttr::Netmask(v) => r.netmask = Some(*v),
+            ServiceAttr::PeName(v) => r.pe = Some(v),
+            ServiceAttr::Stats(s) => r.stats32 = Some(stats_from(s)),
+            ServiceAttr::Stats64(s) => r.stats64 = Some(stats_from(s)),
             _ => {}
         }
     }
-    let af = af.ok_or_else(|| decode("service without address family"))?;
-    let family = Family::from_af(af).ok_or_else(|| decode(&format!("service with unknown address family {af}")))?;
-    let key = match mark.filter(|m| *m != 0) {
-        Some(mark) => ServiceKey::Fwmark { mark, family },
-        None => {
-            let proto = proto.ok_or_else(|| decode("service without protocol"))?;
-            let protocol = Protocol::from_number(proto)
-                .ok_or_else(|| decode(&format!("service with unknown protocol {proto}")))?;
-            let ip = addr.ok_or_else(|| decode("service without address"))?.to_ip(af).unwrap();
-            ServiceKey::Inet { protocol, addr: SocketAddr::new(ip, port.unwrap_or(0)) }
-        }
-    };
-    let netmask = match (family, netmask) {
-        (Family::Inet, Some(raw)) => Netmask::V4(Ipv4Addr::from(raw.to_ne_bytes())),
-        (Family::Inet6, Some(raw)) => Netmask::V6(raw.min(255) as u8),
-        (f, None) => Netmask::full(f),
-    };
-    let persistence = (flags & svc_flags::PERSISTENT != 0)
-        .then_some(Persistence { timeout, netmask: (!netmask.is_full()).then_some(netmask) });
-    let stats = stats64.or(stats32).map(|s| stats_from(s)).unwrap_or_default();
-    let scheduler = sched.ok_or_else(|| decode("service without scheduler"))?;
-    let scheduler = Scheduler::from_name(&scheduler).unwrap_or(Scheduler::Other(scheduler));
-    Ok(ServiceEntry {
-        service: Service {
-            key,
-            scheduler,
-            sched_flags: SchedFlags(flags & SchedFlags::ALL),
-            persistence,
-            one_packet: flags & svc_flags::ONEPACKET != 0,
-            pe: pe.filter(|p| !p.is_empty()),
-        },
-        stats,
-    })
+    r.finish()
 }
 
 /// The attributes that identify a destination.
@@ -164,63 +192,99 @@ pub(crate) fn dest_attrs(d: &Destination) -> Vec<DestAttr> {
 
 /// A destination read from the kernel. `service_family` is used when the
 /// kernel does not say the destination's own family.
+/// A destination's attributes as read, before their meaning is worked out
+/// by [`RawDest::finish`]; filled from parsed [`DestAttr`]s by [`dest_from`]
+/// or straight from the bytes by the dump parser. Each field keeps the last
+/// value received.
+#[derive(Default)]
+pub(crate) struct RawDest {
+    pub addr: Option<InetAddr>,
+    pub port: u16,
+    /// The address family attribute (0 counts as absent).
+    pub af: Option<u16>,
+    pub method: Option<u32>,
+    pub weight: u32,
+    pub upper: u32,
+    pub lower: u32,
+    pub active: u32,
+    pub inactive: u32,
+    pub persistent: u32,
+    pub tun_type: u8,
+    pub tun_port: u16,
+    pub tun_flags: u16,
+    pub stats32: Option<Stats>,
+    pub stats64: Option<Stats>,
+}
+
+impl RawDest {
+    /// The destination these attributes describe; `service_family` stands in
+    /// for a missing address family (kernels before 3.18).
+    pub(crate) fn finish(self, service_family: Family) -> Result<DestinationEntry> {
+        let af = self.af.unwrap_or(service_family.af());
+        let ip: IpAddr = self
+            .addr
+            .ok_or_else(|| decode("destination without address"))?
+            .to_ip(af)
+            .ok_or_else(|| decode(&format!("destination with unknown address family {af}")))?;
+        let method = self.method.ok_or_else(|| decode("destination without forwarding method"))?;
+        let forward = match method & fwd::MASK {
+            fwd::MASQ => Forward::Masq,
+            fwd::LOCALNODE => Forward::Local,
+            fwd::DROUTE => Forward::Route,
+            fwd::BYPASS => Forward::Bypass,
+            fwd::TUNNEL => Forward::Tunnel(match self.tun_type {
+                tun_type::GUE => {
+                    Tunnel::Gue { port: self.tun_port, checksum: TunnelChecksum::from_flags(self.tun_flags) }
+                }
+                tun_type::GRE => Tunnel::Gre { checksum: TunnelChecksum::from_flags(self.tun_flags) },
+                _ => Tunnel::Ipip,
+            }),
+            other => return Err(decode(&format!("unknown forwarding method {other}"))),
+        };
+        // The 64-bit set when present, else the legacy one.
+        let stats = self.stats64.or(self.stats32).unwrap_or_default();
+        Ok(DestinationEntry {
+            destination: Destination {
+                addr: SocketAddr::new(ip, self.port),
+                forward,
+                weight: self.weight,
+                upper_threshold: self.upper,
+                lower_threshold: self.lower,
+            },
+            active_conns: self.active,
+            inactive_conns: self.inactive,
+            persistent_conns: self.persistent,
+            stats,
+        })
+    }
+}
+
+/// A destination from its parsed attributes: the reference the dump parser
+/// (`dumpparse`) is tested against.
+#[cfg(test)]
 pub(crate) fn dest_from(attrs: &[DestAttr], service_family: Family) -> Result<DestinationEntry> {
-    let (mut addr, mut port, mut af, mut method) = (None, 0u16, None, None);
-    let (mut weight, mut u, mut l, mut active, mut inact, mut persist) = (0u32, 0u32, 0u32, 0u32, 0u32, 0u32);
-    let (mut tty, mut tport, mut tflags) = (0u8, 0u16, 0u16);
-    let (mut stats32, mut stats64) = (None, None);
+    let mut r = RawDest::default();
     for a in attrs {
         match a {
-            DestAttr::Address(v) => addr = Some(*v),
-            DestAttr::Port(v) => port = *v,
-            DestAttr::AddressFamily(v) => af = Some(*v).filter(|v| *v != 0),
-            DestAttr::FwdMethod(v) => method = Some(*v),
-            DestAttr::Weight(v) => weight = *v,
-            DestAttr::UpperThreshold(v) => u = *v,
-            DestAttr::LowerThreshold(v) => l = *v,
-            DestAttr::ActiveConns(v) => active = *v,
-            DestAttr::InactiveConns(v) => inact = *v,
-            DestAttr::PersistConns(v) => persist = *v,
-            DestAttr::Stats(s) => stats32 = Some(s),
-            DestAttr::Stats64(s) => stats64 = Some(s),
-            DestAttr::TunType(v) => tty = *v,
-            DestAttr::TunPort(v) => tport = *v,
-            DestAttr::TunFlags(v) => tflags = *v,
+            DestAttr::Address(v) => r.addr = Some(*v),
+            DestAttr::Port(v) => r.port = *v,
+            DestAttr::AddressFamily(v) => r.af = Some(*v).filter(|v| *v != 0),
+            DestAttr::FwdMethod(v) => r.method = Some(*v),
+            DestAttr::Weight(v) => r.weight = *v,
+            DestAttr::UpperThreshold(v) => r.upper = *v,
+            DestAttr::LowerThreshold(v) => r.lower = *v,
+            DestAttr::ActiveConns(v) => r.active = *v,
+            DestAttr::InactiveConns(v) => r.inactive = *v,
+            DestAttr::PersistConns(v) => r.persistent = *v,
+            DestAttr::Stats(s) => r.stats32 = Some(stats_from(s)),
+            DestAttr::Stats64(s) => r.stats64 = Some(stats_from(s)),
+            DestAttr::TunType(v) => r.tun_type = *v,
+            DestAttr::TunPort(v) => r.tun_port = *v,
+            DestAttr::TunFlags(v) => r.tun_flags = *v,
             _ => {}
         }
     }
-    let af = af.unwrap_or(service_family.af());
-    let ip: IpAddr = addr
-        .ok_or_else(|| decode("destination without address"))?
-        .to_ip(af)
-        .ok_or_else(|| decode(&format!("destination with unknown address family {af}")))?;
-    let method = method.ok_or_else(|| decode("destination without forwarding method"))?;
-    let forward = match method & fwd::MASK {
-        fwd::MASQ => Forward::Masq,
-        fwd::LOCALNODE => Forward::Local,
-        fwd::DROUTE => Forward::Route,
-        fwd::BYPASS => Forward::Bypass,
-        fwd::TUNNEL => Forward::Tunnel(match tty {
-            tun_type::GUE => Tunnel::Gue { port: tport, checksum: TunnelChecksum::from_flags(tflags) },
-            tun_type::GRE => Tunnel::Gre { checksum: TunnelChecksum::from_flags(tflags) },
-            _ => Tunnel::Ipip,
-        }),
-        other => return Err(decode(&format!("unknown forwarding method {other}"))),
-    };
-    let stats = stats64.or(stats32).map(|s| stats_from(s)).unwrap_or_default();
-    Ok(DestinationEntry {
-        destination: Destination {
-            addr: SocketAddr::new(ip, port),
-            forward,
-            weight,
-            upper_threshold: u,
-            lower_threshold: l,
-        },
-        active_conns: active,
-        inactive_conns: inact,
-        persistent_conns: persist,
-        stats,
-    })
+    r.finish(service_family)
 }
 
 pub(crate) fn daemon_attrs(d: &SyncDaemon) -> Vec<DaemonAttr> {

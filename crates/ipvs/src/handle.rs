@@ -9,13 +9,14 @@ use ipvs_sys::{IpvsAttr, IpvsCmd, IpvsMessage};
 
 use crate::conn::{self, Conn};
 use crate::convert::*;
-use crate::dumpparse::DestParser;
+use crate::dumpparse::dest_message;
 use crate::emit::emit_op;
 use crate::error::{Error, Result};
 use crate::types::*;
 
-/// From this many services on, [`Ipvs::dump`] reads destinations on two threads.
-const PARALLEL_DUMP_MIN: usize = 32;
+/// From this many services on, [`Ipvs::dump`] reads destinations with the
+/// pipelined socket pool.
+const POOL_DUMP_MIN: usize = 8;
 
 /// How long a request waits for the kernel's next reply by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -160,23 +161,15 @@ impl Ipvs {
     pub async fn services(&self) -> Result<Vec<ServiceEntry>> {
         let mut out = Vec::new();
         let msg = Self::msg(IpvsCmd::GetService, vec![]);
-        // Each service is converted as it arrives: no list of messages is kept.
+        // Each service is parsed from the bytes as it arrives: no list of
+        // messages is kept.
         let r = self
             .conn
             .dump_with(
                 &msg,
                 || "listing services".to_owned(),
                 self.timeout,
-                |cmd, attrs| {
-                    let m = IpvsMessage::parse_attrs(attrs, IpvsCmd::from(cmd))
-                        .map_err(|e| Error::Decode(e.to_string()))?;
-                    for a in m.attrs {
-                        if let IpvsAttr::Service(s) = a {
-                            out.push(service_from(&s)?);
-                        }
-                    }
-                    Ok(())
-                },
+                |_cmd, attrs| crate::dumpparse::service_message(attrs, &mut out),
             )
             .await?;
         if let Err(e) = r {
@@ -292,18 +285,18 @@ impl Ipvs {
     }
 
     async fn destinations_raw(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
-        self.destinations_with(key, &mut DestParser::default()).await
+        self.destinations_with(key).await
     }
 
     /// The destination dump of one service, parsed from the received bytes
     /// as they arrive (no intermediate messages; `parser`'s buffers are reused
     /// from one service to the next).
-    async fn destinations_with(&self, key: &ServiceKey, parser: &mut DestParser) -> Result<Vec<DestinationEntry>> {
+    async fn destinations_with(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
         let msg = Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(key))]);
         let fam = key.family();
         let mut out = Vec::new();
         let what = || format!("listing real servers of {key}");
-        match self.conn.dump_with(&msg, what, self.timeout, |_cmd, attrs| parser.message(attrs, fam, &mut out)).await? {
+        match self.conn.dump_with(&msg, what, self.timeout, |_cmd, attrs| dest_message(attrs, fam, &mut out)).await? {
             Ok(()) => {
                 // A whole table holds one of these per service: no spare capacity.
                 out.shrink_to_fit();
@@ -384,61 +377,51 @@ impl Ipvs {
     /// ```
     pub async fn dump(&self) -> Result<Table> {
         let services = self.services().await?;
-        let n = services.len();
+        if services.len() < POOL_DUMP_MIN {
+            return self.dump_one_by_one(services).await;
+        }
         // The kernel does the work of a dump inside the system calls of the
-        // thread that reads it, so on a large table the second half of the
-        // destination dumps runs on a blocking thread with a socket of its
-        // own while this task reads the first half: two CPUs instead of one.
-        let split = if n >= PARALLEL_DUMP_MIN { n / 2 } else { n };
-        let helper = (split < n).then(|| {
-            let keys = &services[split..];
-            let msgs = keys
-                .iter()
-                .map(|s| Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(&s.service.key))]))
-                .collect();
-            let fams: Vec<Family> = keys.iter().map(|s| s.service.key.family()).collect();
-            let state: (DestParser, Vec<Vec<DestinationEntry>>) = (DestParser::default(), Vec::new());
-            self.conn.dest_dumps_blocking(
+        // thread that reads it: the destination dumps run on the socket pool,
+        // several in flight on two threads (see `Conn::dest_dumps`).
+        let msgs = services
+            .iter()
+            .map(|s| Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(&s.service.key))]))
+            .collect();
+        let fams: Vec<Family> = services.iter().map(|s| s.service.key.family()).collect();
+        // Per thread: the destination lists of its share of the services.
+        let r = self
+            .conn
+            .dest_dumps(
                 msgs,
                 self.timeout,
-                move |st: &mut (DestParser, Vec<Vec<DestinationEntry>>), i, _cmd, attrs| {
-                    if st.1.len() <= i {
-                        st.1.resize_with(i + 1, Vec::new);
-                    }
-                    st.0.message(attrs, fams[i], &mut st.1[i])
+                |share| (vec![Vec::new(); share.len()], share.start),
+                move |st: &mut (Vec<Vec<DestinationEntry>>, usize), i, _cmd, attrs| {
+                    dest_message(attrs, fams[i], &mut st.0[i - st.1])
                 },
-                state,
             )
-        });
-        let mut out = Vec::with_capacity(n);
-        let mut parser = DestParser::default();
-        let mut services = services.into_iter();
-        for s in services.by_ref().take(split) {
-            let d = self.destinations_with(&s.service.key, &mut parser).await?;
+            .await?;
+        let Some((shares, results)) = r else {
+            return self.dump_one_by_one(services).await;
+        };
+        let lists = shares.into_iter().flat_map(|(_, (lists, _))| lists);
+        let mut out = Vec::with_capacity(services.len());
+        for ((s, r), mut d) in services.into_iter().zip(results).zip(lists) {
+            if let Err(e) = r {
+                return Err(map_common(e).unwrap_or_else(|| svc_err(&s.service.key, e)));
+            }
+            // A whole table holds one of these per service: no spare capacity.
+            d.shrink_to_fit();
             out.push((s, d));
         }
-        let Some(helper) = helper else { return Ok(out) };
-        let ((_, mut lists), r) =
-            helper.await.map_err(|e| Error::Io("listing real servers".into(), std::io::Error::other(e.to_string())))?;
-        match r {
-            Some(Ok(res)) => {
-                for (i, (s, r)) in services.zip(res).enumerate() {
-                    if let Err(e) = r {
-                        return Err(map_common(e).unwrap_or_else(|| svc_err(&s.service.key, e)));
-                    }
-                    let mut d = lists.get_mut(i).map(std::mem::take).unwrap_or_default();
-                    d.shrink_to_fit();
-                    out.push((s, d));
-                }
-            }
-            Some(Err(e)) => return Err(e),
-            // The helper is busy with another dump (or gone): do the rest here.
-            None => {
-                for s in services {
-                    let d = self.destinations_with(&s.service.key, &mut parser).await?;
-                    out.push((s, d));
-                }
-            }
+        Ok(out)
+    }
+
+    /// The destinations of `services`, one dump after the other.
+    async fn dump_one_by_one(&self, services: Vec<ServiceEntry>) -> Result<Table> {
+        let mut out = Vec::with_capacity(services.len());
+        for s in services {
+            let d = self.destinations_with(&s.service.key).await?;
+            out.push((s, d));
         }
         Ok(out)
     }

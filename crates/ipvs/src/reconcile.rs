@@ -16,8 +16,8 @@
 //! assert_eq!(ops.len(), 2);
 //! ```
 
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::handle::Op;
