@@ -12,6 +12,7 @@ use ipvs::{
 };
 
 use super::sort::{service_order, sort_table, sorted_dests};
+use super::text::{digits, pad_from, push_addr_port, push_i64_left, push_u64_left, push_u64_right};
 
 /// Which columns to print, in ipvsadm's order of precedence: stats, rate,
 /// thresholds, persistent-conn, tun-info, else the default view.
@@ -59,23 +60,33 @@ pub(crate) fn addr_port(a: SocketAddr) -> String {
 }
 
 /// ipvsadm's `print_largenum`: 9 columns, abbreviated unless exact.
+#[cfg(test)]
 pub(crate) fn largenum(i: u64, exact: bool) -> String {
+    let mut s = String::new();
+    push_largenum(&mut s, i, exact);
+    s
+}
+
+/// ipvsadm's `print_largenum` appended to `out`: 9 columns, abbreviated
+/// unless exact.
+pub(crate) fn push_largenum(out: &mut String, i: u64, exact: bool) {
     if exact {
-        let len = i.to_string().len();
-        let w = if len <= 8 { 9 } else { len + 1 };
-        return format!("{i:>w$}");
+        // At least one space before the number, and 9 columns at least.
+        return push_u64_right(out, i, digits(i).max(8) + 1);
     }
-    if i < 100_000_000 {
-        format!("{i:>9}")
+    let (n, unit) = if i < 100_000_000 {
+        return push_u64_right(out, i, 9);
     } else if i < 1_000_000_000 {
-        format!("{:>8}K", i / 1000)
+        (i / 1000, 'K')
     } else if i < 100_000_000_000 {
-        format!("{:>8}M", i / 1_000_000)
+        (i / 1_000_000, 'M')
     } else if i < 100_000_000_000_000 {
-        format!("{:>8}G", i / 1_000_000_000)
+        (i / 1_000_000_000, 'G')
     } else {
-        format!("{:>8}T", i / 1_000_000_000_000)
-    }
+        (i / 1_000_000_000_000, 'T')
+    };
+    push_u64_right(out, n, 8);
+    out.push(unit);
 }
 
 /// `TCP  10.0.0.1:80`, `SCTP 10.0.0.1:3868`, `FWM  1`, `FWM  1 IPv6`.
@@ -143,13 +154,16 @@ fn service_line(e: &ServiceEntry) -> String {
     out
 }
 
-fn five(s: &Stats, rate: bool, exact: bool) -> String {
+/// The five counters (or rates) of the stats (rate) view.
+fn push_five(out: &mut String, s: &Stats, rate: bool, exact: bool) {
     let v = if rate {
         [s.cps, s.in_pps, s.out_pps, s.in_bps, s.out_bps]
     } else {
         [s.conns, s.in_pkts, s.out_pkts, s.in_bytes, s.out_bytes]
     };
-    v.iter().map(|n| largenum(*n, exact)).collect()
+    for n in v {
+        push_largenum(out, n, exact);
+    }
 }
 
 /// `--tun-info`'s TunnelInfo column.
@@ -169,58 +183,65 @@ pub(crate) fn tun_info(f: &Forward) -> String {
     }
 }
 
-fn dest_line(svc_family: Family, d: &DestinationEntry, v: &View) -> String {
-    let mut name = addr_port(d.destination.addr);
-    if svc_family != Family::Inet6 {
-        name.truncate(28);
+/// A real server's line (without its newline), appended to `out`.
+fn push_dest_line(out: &mut String, svc_family: Family, d: &DestinationEntry, v: &View) {
+    out.push_str("  -> ");
+    let start = out.len();
+    push_addr_port(out, d.destination.addr);
+    if svc_family != Family::Inet6 && out.len() - start > 28 {
+        out.truncate(start + 28);
     }
+    pad_from(out, start, 28);
     let dd = &d.destination;
     if v.stats {
-        format!("  -> {name:<28}{}", five(&d.stats, false, v.exact))
+        push_five(out, &d.stats, false, v.exact);
     } else if v.rate {
         let s = &d.stats;
-        format!(
-            "  -> {name:<28} {:>8} {:>8} {:>8}{}{}",
-            s.cps,
-            s.in_pps,
-            s.out_pps,
-            largenum(s.in_bps, v.exact),
-            largenum(s.out_bps, v.exact)
-        )
+        for n in [s.cps, s.in_pps, s.out_pps] {
+            out.push(' ');
+            push_u64_right(out, n, 8);
+        }
+        push_largenum(out, s.in_bps, v.exact);
+        push_largenum(out, s.out_bps, v.exact);
     } else if v.thresholds {
-        format!(
-            "  -> {name:<28} {:<10} {:<10} {:<10} {:<10}",
-            dd.upper_threshold, dd.lower_threshold, d.active_conns, d.inactive_conns
-        )
+        for n in [dd.upper_threshold, dd.lower_threshold, d.active_conns, d.inactive_conns] {
+            out.push(' ');
+            push_u64_left(out, n.into(), 10);
+        }
     } else if v.persistent_conn {
-        format!(
-            "  -> {name:<28} {:<9} {:<11} {:<10} {:<10}",
-            dd.weight, d.persistent_conns, d.active_conns, d.inactive_conns
-        )
-    } else if v.tun_info {
-        format!(
-            "  -> {name:<28} {:<7} {:<13} {:<6} {:<10} {:<10}",
-            dd.forward.name(),
-            tun_info(&dd.forward),
-            dd.weight as i32,
-            d.active_conns,
-            d.inactive_conns
-        )
+        out.push(' ');
+        push_u64_left(out, dd.weight.into(), 9);
+        out.push(' ');
+        push_u64_left(out, d.persistent_conns.into(), 11);
+        for n in [d.active_conns, d.inactive_conns] {
+            out.push(' ');
+            push_u64_left(out, n.into(), 10);
+        }
     } else {
-        format!(
-            "  -> {name:<28} {:<7} {:<6} {:<10} {:<10}",
-            dd.forward.name(),
-            dd.weight as i32,
-            d.active_conns,
-            d.inactive_conns
-        )
+        out.push(' ');
+        let start = out.len();
+        out.push_str(dd.forward.name());
+        pad_from(out, start, 7);
+        if v.tun_info {
+            out.push(' ');
+            let start = out.len();
+            out.push_str(&tun_info(&dd.forward));
+            pad_from(out, start, 13);
+        }
+        out.push(' ');
+        push_i64_left(out, (dd.weight as i32).into(), 6);
+        for n in [d.active_conns, d.inactive_conns] {
+            out.push(' ');
+            push_u64_left(out, n.into(), 10);
+        }
     }
 }
 
 /// The listing. With `info` (a full listing) the version line comes first; a
 /// listing of one named service has none, as in ipvsadm.
 pub(crate) fn format_list(info: Option<&Info>, table: &[(ServiceEntry, Vec<DestinationEntry>)], v: &View) -> String {
-    let mut out = String::new();
+    // About what a line takes, so that the text is not copied as it grows.
+    let mut out = String::with_capacity(256 + table.iter().map(|(_, d)| 96 + 80 * d.len()).sum::<usize>());
     if let Some(i) = info {
         let _ = writeln!(out, "IP Virtual Server version {} (size={})", i.version_string(), i.conn_table_size);
     }
@@ -229,20 +250,18 @@ pub(crate) fn format_list(info: Option<&Info>, table: &[(ServiceEntry, Vec<Desti
     for i in order {
         let (s, dests) = &table[i];
         if v.stats || v.rate {
-            let _ = writeln!(out, "{:<33}{}", list_service_name(&s.service.key), five(&s.stats, v.rate, v.exact));
+            let start = out.len();
+            out.push_str(&list_service_name(&s.service.key));
+            pad_from(&mut out, start, 33);
+            push_five(&mut out, &s.stats, v.rate, v.exact);
+            out.push('\n');
         } else {
             out.push_str(&service_line(s));
             out.push('\n');
         }
-        let sorted;
-        let dests = if v.nosort {
-            dests
-        } else {
-            sorted = sorted_dests(dests);
-            &sorted
-        };
+        let dests = if v.nosort { dests.iter().collect() } else { sorted_dests(dests) };
         for d in dests {
-            out.push_str(&dest_line(s.service.key.family(), d, v));
+            push_dest_line(&mut out, s.service.key.family(), d, v);
             out.push('\n');
         }
     }

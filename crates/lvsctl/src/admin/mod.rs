@@ -15,6 +15,7 @@ mod rules;
 mod save;
 mod sort;
 mod spec;
+mod text;
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -543,7 +544,7 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
         let parse = tokio::task::spawn_blocking(move || {
             let rules = rules::parse_rules(&text).map_err(|e| e.to_string())?;
             drop(text);
-            rules::desired_table(&rules).map_err(|e| e.to_string())
+            rules::desired_table(rules).map_err(|e| e.to_string())
         });
         let h = connect().await;
         let current = match &h {

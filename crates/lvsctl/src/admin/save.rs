@@ -10,6 +10,7 @@ use ipvs::{DestinationEntry, Family, Forward, Netmask, Service, ServiceEntry, Se
 
 use super::list::addr_port;
 use super::sort::{service_order, sorted_dests};
+use super::text::{push_addr_port, push_i64};
 
 /// The `-t ADDR:PORT` / `-f MARK [-6]` part of a rule.
 pub(crate) fn rule_service_name(key: &ServiceKey) -> String {
@@ -81,15 +82,14 @@ fn csum_opt(c: TunnelChecksum) -> &'static str {
 /// allocating for each line.
 fn write_dest_rule(out: &mut String, service_name: &str, d: &DestinationEntry, thresholds: bool) {
     let d = &d.destination;
-    let _ = write!(out, "-a {service_name} -r ");
-    match d.addr {
-        // What addr_port prints, without its allocations.
-        std::net::SocketAddr::V4(a) => {
-            let _ = write!(out, "{}:{}", a.ip(), a.port());
-        }
-        a => out.push_str(&addr_port(a)),
-    }
-    let _ = write!(out, " {} -w {}", fwd_switch(&d.forward), d.weight as i32);
+    out.push_str("-a ");
+    out.push_str(service_name);
+    out.push_str(" -r ");
+    push_addr_port(out, d.addr);
+    out.push(' ');
+    out.push_str(fwd_switch(&d.forward));
+    out.push_str(" -w ");
+    push_i64(out, (d.weight as i32).into());
     if let Forward::Tunnel(t) = &d.forward {
         match t {
             Tunnel::Ipip => out.push_str(" --tun-type ipip"),
@@ -108,13 +108,14 @@ fn write_dest_rule(out: &mut String, service_name: &str, d: &DestinationEntry, t
 
 /// The whole table as `ipvsadm -Sn` prints it (sorted as ipvsadm sorts).
 pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thresholds: bool) -> String {
-    let mut out = String::new();
+    // About what a line of a real server takes, so that the text is not copied as it grows.
+    let mut out = String::with_capacity(table.iter().map(|(_, d)| 64 + 48 * d.len()).sum());
     for i in service_order(table) {
         let (s, dests) = &table[i];
         out.push_str(&service_rule(&s.service));
         out.push('\n');
         let name = rule_service_name(&s.service.key);
-        for d in &sorted_dests(dests) {
+        for d in sorted_dests(dests) {
             write_dest_rule(&mut out, &name, d, thresholds);
             out.push('\n');
         }

@@ -87,27 +87,33 @@ pub(crate) fn cmp_dests(a: &DestinationEntry, b: &DestinationEntry) -> i32 {
 /// glibc's `msort_with_tmp`: split in halves (the first one `n/2` long), sort
 /// each, merge taking from the first half while `cmp(first, second) <= 0`.
 pub(crate) fn glibc_msort<T: Clone>(v: &mut [T], cmp: &impl Fn(&T, &T) -> i32) {
+    let mut tmp = Vec::with_capacity(v.len());
+    msort_with_tmp(v, &mut tmp, cmp);
+}
+
+/// [`glibc_msort`] merging through `tmp` (one buffer for the whole sort).
+fn msort_with_tmp<T: Clone>(v: &mut [T], tmp: &mut Vec<T>, cmp: &impl Fn(&T, &T) -> i32) {
     let n = v.len();
     if n <= 1 {
         return;
     }
     let n1 = n / 2;
-    glibc_msort(&mut v[..n1], cmp);
-    glibc_msort(&mut v[n1..], cmp);
+    msort_with_tmp(&mut v[..n1], tmp, cmp);
+    msort_with_tmp(&mut v[n1..], tmp, cmp);
     let (mut i, mut j) = (0, n1);
-    let mut out = Vec::with_capacity(n);
+    tmp.clear();
     while i < n1 && j < n {
         if cmp(&v[i], &v[j]) <= 0 {
-            out.push(v[i].clone());
+            tmp.push(v[i].clone());
             i += 1;
         } else {
-            out.push(v[j].clone());
+            tmp.push(v[j].clone());
             j += 1;
         }
     }
-    out.extend_from_slice(&v[i..n1]);
-    out.extend_from_slice(&v[j..n]);
-    v.clone_from_slice(&out);
+    tmp.extend_from_slice(&v[i..n1]);
+    tmp.extend_from_slice(&v[j..n]);
+    v.clone_from_slice(tmp);
 }
 
 /// The positions of `table`'s services in ipvsadm's order. Sorting positions
@@ -121,10 +127,11 @@ pub(crate) fn service_order(table: &[(ServiceEntry, Vec<DestinationEntry>)]) -> 
     idx
 }
 
-/// A service's real servers in ipvsadm's order (a sorted copy).
-pub(crate) fn sorted_dests(d: &[DestinationEntry]) -> Vec<DestinationEntry> {
-    let mut d = d.to_vec();
-    glibc_msort(&mut d, &cmp_dests);
+/// A service's real servers in ipvsadm's order (sorted references: an
+/// entry is too large to copy around a merge sort).
+pub(crate) fn sorted_dests(d: &[DestinationEntry]) -> Vec<&DestinationEntry> {
+    let mut d: Vec<&DestinationEntry> = d.iter().collect();
+    glibc_msort(&mut d, &|a: &&DestinationEntry, b: &&DestinationEntry| cmp_dests(a, b));
     d
 }
 
@@ -207,8 +214,10 @@ mod tests {
         let mut got = table.clone();
         sort_table(&mut got);
         assert_eq!(got, want);
-        let by_order: Vec<_> =
-            service_order(&table).into_iter().map(|i| (table[i].0.clone(), sorted_dests(&table[i].1))).collect();
+        let by_order: Vec<_> = service_order(&table)
+            .into_iter()
+            .map(|i| (table[i].0.clone(), sorted_dests(&table[i].1).into_iter().cloned().collect()))
+            .collect();
         assert_eq!(by_order, want);
     }
 

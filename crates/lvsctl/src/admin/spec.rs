@@ -161,12 +161,16 @@ pub(crate) fn parse_addr_port(s: &str) -> Option<(IpAddr, Option<u16>)> {
         };
         return Some((IpAddr::V6(ip), port));
     }
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some((ip, None));
+    // One colon: IPv4:PORT (an IPv6 address has at least two). Otherwise a
+    // bare address of either family.
+    match s.bytes().filter(|b| *b == b':').count() {
+        1 => {
+            let (addr, port) = s.split_once(':')?;
+            let ip: Ipv4Addr = addr.parse().ok()?;
+            Some((IpAddr::V4(ip), Some(parse_port(port)?)))
+        }
+        _ => s.parse::<IpAddr>().ok().map(|ip| (ip, None)),
     }
-    let (addr, port) = s.rsplit_once(':')?;
-    let ip: Ipv4Addr = addr.parse().ok()?;
-    Some((IpAddr::V4(ip), Some(parse_port(port)?)))
 }
 
 fn parse_port(s: &str) -> Option<u16> {
@@ -182,6 +186,18 @@ fn number(s: &str, min: u64, max: u64) -> Option<u64> {
         return None;
     }
     s.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
+}
+
+/// The key of a `-t/-u/--sctp-service ADDR[:PORT]` service (`-6` given or not).
+pub(crate) fn inet_key(protocol: Protocol, s: &str, ipv6: bool) -> Result<ServiceKey, String> {
+    let (ip, port) = parse_addr_port(s).ok_or("illegal virtual server address[:port] specified")?;
+    if ipv6 && ip.is_ipv4() {
+        return Err("-6 given with an IPv4 virtual address: -6 applies to fwmark services".into());
+    }
+    if ip.is_unspecified() {
+        return Err("illegal virtual server address[:port] specified".into());
+    }
+    Ok(ServiceKey::Inet { protocol, addr: SocketAddr::new(ip, port.unwrap_or(0)) })
 }
 
 impl ServiceKeyArgs {
@@ -207,14 +223,7 @@ impl ServiceKeyArgs {
                 return Ok(None);
             }
         };
-        let (ip, port) = parse_addr_port(s).ok_or("illegal virtual server address[:port] specified")?;
-        if self.ipv6 && ip.is_ipv4() {
-            return Err("-6 given with an IPv4 virtual address: -6 applies to fwmark services".into());
-        }
-        if ip.is_unspecified() {
-            return Err("illegal virtual server address[:port] specified".into());
-        }
-        Ok(Some(ServiceKey::Inet { protocol, addr: SocketAddr::new(ip, port.unwrap_or(0)) }))
+        inet_key(protocol, s, self.ipv6).map(Some)
     }
 
     /// The service key, which must be given.
@@ -366,16 +375,29 @@ pub(crate) fn build_destination(key: &ServiceKey, r: &str, o: &DestOpts) -> Resu
             Forward::Route
         }
     };
+    destination_with(key, r, forward, o.weight.as_deref(), o.u_threshold.as_deref(), o.l_threshold.as_deref())
+}
+
+/// The rest of [`build_destination`] once the forwarding method is known:
+/// real server `r`, weight (default 1) and thresholds (default 0) as given.
+pub(crate) fn destination_with(
+    key: &ServiceKey,
+    r: &str,
+    forward: Forward,
+    weight: Option<&str>,
+    u_threshold: Option<&str>,
+    l_threshold: Option<&str>,
+) -> Result<Destination, String> {
     let addr = real_server_addr(key, r, Some(&forward))?;
-    let weight = match &o.weight {
+    let weight = match weight {
         Some(w) => number(w, 0, 65535).ok_or("illegal weight specified")? as u32,
         None => 1,
     };
-    let upper_threshold = match &o.u_threshold {
+    let upper_threshold = match u_threshold {
         Some(x) => number(x, 0, i32::MAX as u64).ok_or("illegal u_threshold specified")? as u32,
         None => 0,
     };
-    let lower_threshold = match &o.l_threshold {
+    let lower_threshold = match l_threshold {
         Some(y) => number(y, 0, i32::MAX as u64).ok_or("illegal l_threshold specified")? as u32,
         None => 0,
     };
