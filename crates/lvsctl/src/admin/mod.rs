@@ -541,11 +541,7 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
         // system calls): a large reconcile costs about one dump, not a parse
         // plus a dump. Reading changes nothing, and a bad input is still
         // reported (before any other error) without anything applied.
-        let parse = tokio::task::spawn_blocking(move || {
-            let rules = rules::parse_rules(&text).map_err(|e| e.to_string())?;
-            drop(text);
-            rules::desired_table(rules).map_err(|e| e.to_string())
-        });
+        let parse = tokio::task::spawn_blocking(move || rules::parse_desired_table(&text).map_err(|e| e.to_string()));
         let h = connect().await;
         let current = match &h {
             Ok(h) => Some(h.dump().await),

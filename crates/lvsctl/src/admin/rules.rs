@@ -234,6 +234,16 @@ fn from_line(l: Line) -> Result<Op, String> {
 /// Parse a whole input. Stops at the first bad line.
 pub(crate) fn parse_rules(text: &str) -> Result<Vec<Rule>, LineError> {
     let mut out = Vec::with_capacity(text.bytes().filter(|b| *b == b'\n').count() + 1);
+    for_each_rule(text, |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Parse an input line by line, handing each change to `f`. Stops at the
+/// first bad line or the first error of `f`.
+fn for_each_rule(text: &str, mut f: impl FnMut(Rule) -> Result<(), LineError>) -> Result<(), LineError> {
     let mut words: Vec<&str> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -244,21 +254,39 @@ pub(crate) fn parse_rules(text: &str) -> Result<Vec<Rule>, LineError> {
         }
         let op = parse_words(&words).map_err(|msg| LineError { line, msg })?;
         op.validate().map_err(|e| LineError { line, msg: e.to_string() })?;
-        out.push(Rule { line, op });
+        f(Rule { line, op })?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The table an input describes, for `restore --replace`: only `-A` and `-a`
-/// lines, every real server after its service, nothing twice.
-pub(crate) fn desired_table(rules: Vec<Rule>) -> Result<Vec<DesiredService>, LineError> {
-    let mut out: Vec<DesiredService> = Vec::new();
-    // Per service (by position in `out`): its line, and the lines of its real servers.
-    let mut svc_line: FxHashMap<ServiceKey, usize> = FxHashMap::default();
-    let mut lines: Vec<(usize, Vec<usize>)> = Vec::new();
-    const SCAN_MAX: usize = 32;
-    let mut many: FxHashMap<(usize, SocketAddr), usize> = FxHashMap::default();
-    for r in rules {
+/// lines, every real server after its service, nothing twice. Built as the
+/// lines are read (a large input's list of changes is never held); the first
+/// bad line, of either kind, is reported.
+pub(crate) fn parse_desired_table(text: &str) -> Result<Vec<DesiredService>, LineError> {
+    let mut t = TableBuilder::default();
+    for_each_rule(text, |r| t.add(r))?;
+    Ok(t.out)
+}
+
+/// Real servers of a service past which duplicates are found by hashing.
+const SCAN_MAX: usize = 32;
+
+/// The table being built by [`parse_desired_table`].
+#[derive(Default)]
+struct TableBuilder {
+    out: Vec<DesiredService>,
+    /// Position in `out` of each service.
+    svc_line: FxHashMap<ServiceKey, usize>,
+    /// Per service (by position in `out`): its line, and the lines of its real servers.
+    lines: Vec<(usize, Vec<usize>)>,
+    /// Real servers of services with more than SCAN_MAX: (service position, address) -> position.
+    many: FxHashMap<(usize, SocketAddr), usize>,
+}
+
+impl TableBuilder {
+    fn add(&mut self, r: Rule) -> Result<(), LineError> {
+        let Self { out, svc_line, lines, many } = self;
         let line = r.line;
         match r.op {
             Op::AddService(s) => {
@@ -314,8 +342,8 @@ pub(crate) fn desired_table(rules: Vec<Rule>) -> Result<Vec<DesiredService>, Lin
                 })
             }
         }
+        Ok(())
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -499,20 +527,17 @@ mod tests {
 
     #[test]
     fn desired_table_checks() {
-        let rules = parse_rules("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.0.1:80\n-A -f 1\n").unwrap();
-        let t = desired_table(rules.clone()).unwrap();
+        let t = parse_desired_table("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.0.1:80\n-A -f 1\n").unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].destinations.len(), 1);
-        let dup = parse_rules("-A -t 10.0.0.1:80\n-A -t 10.0.0.1:80 -s rr\n").unwrap();
-        assert_eq!(desired_table(dup).unwrap_err().line, 2);
-        let orphan = parse_rules("-a -t 10.0.0.1:80 -r 10.1.0.1:80\n").unwrap();
-        assert_eq!(desired_table(orphan).unwrap_err().line, 1);
-        let dupd =
-            parse_rules("-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.1.0.1\n-a -t 10.0.0.1:80 -r 10.1.0.1:80 -w 2\n")
-                .unwrap();
-        assert_eq!(desired_table(dupd).unwrap_err().line, 3);
-        let edit = parse_rules("-E -t 10.0.0.1:80\n").unwrap();
-        assert_eq!(desired_table(edit).unwrap_err().line, 1);
+        let dup = "-A -t 10.0.0.1:80\n-A -t 10.0.0.1:80 -s rr\n";
+        assert_eq!(parse_desired_table(dup).unwrap_err().line, 2);
+        let orphan = "-a -t 10.0.0.1:80 -r 10.1.0.1:80\n";
+        assert_eq!(parse_desired_table(orphan).unwrap_err().line, 1);
+        let dupd = "-A -t 10.0.0.1:80\n-a -t 10.0.0.1:80 -r 10.1.0.1\n-a -t 10.0.0.1:80 -r 10.1.0.1:80 -w 2\n";
+        assert_eq!(parse_desired_table(dupd).unwrap_err().line, 3);
+        let edit = "-E -t 10.0.0.1:80\n";
+        assert_eq!(parse_desired_table(edit).unwrap_err().line, 1);
         // A duplicate real server of a large service, before and after the
         // first SCAN_MAX, with the line of the first definition named.
         for (n, dup_of) in [(100usize, 7usize), (100, 60), (33, 32), (32, 0)] {
@@ -521,10 +546,10 @@ mod tests {
                 text.push_str(&format!("-a -t 10.0.0.1:80 -r 10.1.{}.{}:80\n", i / 200, i % 200));
                 text.push_str(&format!("-a -t 10.0.0.2:80 -r 10.1.{}.{}:80\n", i / 200, i % 200));
             }
-            let good = desired_table(parse_rules(&text).unwrap()).unwrap();
+            let good = parse_desired_table(&text).unwrap();
             assert_eq!((good[0].destinations.len(), good[1].destinations.len()), (n, n));
             text.push_str(&format!("-a -t 10.0.0.1:80 -r 10.1.{}.{}:80\n", dup_of / 200, dup_of % 200));
-            let e = desired_table(parse_rules(&text).unwrap()).unwrap_err();
+            let e = parse_desired_table(&text).unwrap_err();
             assert_eq!(e.line, 3 + 2 * n, "{n} {dup_of}");
             assert!(e.msg.ends_with(&format!("already defined on line {}", 3 + 2 * dup_of)), "{}", e.msg);
         }
@@ -553,7 +578,7 @@ mod tests {
         ];
         let table = vec![entry(s.clone(), d.clone())];
         let text = format_save(&table, true);
-        let t = desired_table(parse_rules(&text).unwrap()).unwrap();
+        let t = parse_desired_table(&text).unwrap();
         assert_eq!(t, vec![DesiredService { service: s, destinations: d }]);
     }
 
@@ -567,11 +592,8 @@ mod tests {
             include_str!("../../../../tests/data/admin/replace-a.rules"),
             include_str!("../../../../tests/data/admin/replace-b.rules"),
         ] {
-            let table: Vec<_> = desired_table(parse_rules(text).unwrap())
-                .unwrap()
-                .into_iter()
-                .map(|d| entry(d.service, d.destinations))
-                .collect();
+            let table: Vec<_> =
+                parse_desired_table(text).unwrap().into_iter().map(|d| entry(d.service, d.destinations)).collect();
             assert_eq!(format_save(&table, true), text);
         }
     }
