@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -391,40 +391,44 @@ impl Conn {
     }
 
     /// Run the destination dumps `msgs` (GET_DEST requests, one per service)
-    /// on the socket pool: the list is cut into contiguous shares, one per
-    /// thread (a blocking thread, and with at least `2 * DEST_POOL_SIZE`
-    /// requests a second one scoped inside it), and each thread keeps one
-    /// dump in flight on each of its sockets. Every message of request `i`'s
-    /// reply is handed to `f(state, i, cmd, attrs)` on the thread that reads
-    /// it, with that thread's own `state` (made by `new_state` from the range
-    /// of indices it will see); the states come back in share order with the
-    /// first index of each share.
+    /// on the socket pool: on a blocking thread (and with at least
+    /// `2 * DEST_POOL_SIZE` requests a second one scoped inside it), each
+    /// keeping one dump in flight on each of its sockets and taking the next
+    /// request from a shared counter, so that the threads end together even
+    /// when one of them gets less CPU (a reconcile parses its input meanwhile).
+    /// Every message of request `i`'s reply is handed to `f(state, i, cmd,
+    /// attrs)` on the thread that reads it, with that thread's own `state`
+    /// (made by `new_state`); a thread sees all of one reply's messages
+    /// before any of its next one's.
     ///
     /// `Ok(None)` when the pool has no socket left (the caller dumps one
-    /// service after the other instead). Otherwise per request `Ok(())` or the
-    /// kernel's positive errno. The pool is released only when every thread
-    /// is done, even when the caller stops waiting; a socket whose dump
-    /// failed (I/O error, deadline, error from `f`) is dropped from it.
+    /// service after the other instead). Otherwise the threads' states and
+    /// per request `Ok(())` or the kernel's positive errno. The pool is
+    /// released only when every thread is done, even when the caller stops
+    /// waiting; a socket whose dump failed (I/O error, deadline, error from
+    /// `f`) is dropped from it.
     pub(crate) async fn dest_dumps<S, F>(
         &self,
         msgs: Vec<IpvsMessage>,
         timeout: Duration,
-        new_state: impl Fn(std::ops::Range<usize>) -> S,
+        new_state: impl Fn() -> S,
         f: F,
-    ) -> Result<Option<(Vec<(usize, S)>, DumpResults)>>
+    ) -> Result<Option<(Vec<S>, DumpResults)>>
     where
         S: Send + 'static,
         F: Fn(&mut S, usize, u8, &[u8]) -> Result<()> + Send + Sync + 'static,
     {
         let mut guard = Arc::clone(&self.pool).lock_owned().await;
-        if guard.is_empty() || msgs.is_empty() {
-            return Ok(if msgs.is_empty() { Some((Vec::new(), Vec::new())) } else { None });
+        if msgs.is_empty() {
+            return Ok(Some((Vec::new(), Vec::new())));
+        }
+        if guard.is_empty() {
+            return Ok(None);
         }
         let family_id = self.family_id;
         let first_seq = self.next_seqs(msgs.len() as u32);
         let lanes = if msgs.len() >= 2 * DEST_POOL_SIZE { DEST_DUMP_LANES.min(guard.len()) } else { 1 };
-        let per = msgs.len().div_ceil(lanes);
-        let states: Vec<S> = (0..lanes).map(|l| new_state(l * per..((l + 1) * per).min(msgs.len()))).collect();
+        let states: Vec<S> = (0..lanes).map(|_| new_state()).collect();
         let work = move || {
             let socks = std::mem::take(&mut *guard);
             let share = socks.len().div_ceil(lanes);
@@ -433,17 +437,15 @@ impl Conn {
             for _ in 0..lanes {
                 groups.push(it.by_ref().take(share).collect());
             }
-            let msgs = &msgs;
-            let f = &f;
-            let run = |(lane, (socks, mut state)): (usize, (Vec<Socket>, S))| {
-                let start = lane * per;
-                let end = (start + per).min(msgs.len());
-                let r = pipelined_dumps(&socks, family_id, first_seq, msgs, start..end, timeout, |i, c, a| {
+            let next = AtomicUsize::new(0);
+            let (msgs, f, next) = (&msgs, &f, &next);
+            let run = |(socks, mut state): (Vec<Socket>, S)| {
+                let r = pipelined_dumps(&socks, family_id, first_seq, msgs, next, timeout, |i, c, a| {
                     f(&mut state, i, c, a)
                 });
-                (start, socks, state, r)
+                (socks, state, r)
             };
-            let mut jobs = groups.into_iter().zip(states).enumerate();
+            let mut jobs = groups.into_iter().zip(states);
             let first = jobs.next().expect("at least one lane");
             let done: Vec<_> = std::thread::scope(|sc| {
                 let others: Vec<_> = jobs.map(|job| sc.spawn(move || run(job))).collect();
@@ -451,22 +453,24 @@ impl Conn {
                 done.extend(others.into_iter().map(|h| h.join().expect("dump thread panicked")));
                 done
             });
-            let mut results = Vec::with_capacity(msgs.len());
-            let mut out = Vec::with_capacity(lanes);
+            let mut results: DumpResults = vec![Ok(()); msgs.len()];
+            let mut states = Vec::with_capacity(lanes);
             let mut err = None;
-            for (start, socks, state, r) in done {
+            for (socks, state, r) in done {
                 match r {
                     Ok(r) => {
                         guard.extend(socks);
-                        results.extend(r);
+                        for (i, e) in r {
+                            results[i] = Err(e);
+                        }
                     }
                     Err(e) => err = err.or(Some(e)),
                 }
-                out.push((start, state));
+                states.push(state);
             }
             match err {
                 Some(e) => Err(e),
-                None => Ok(Some((out, results))),
+                None => Ok(Some((states, results))),
             }
         };
         tokio::task::spawn_blocking(work)
@@ -807,20 +811,22 @@ async fn drain_dump<W: Fn() -> String>(d: &mut DumpSock, seq: u32, timeout: Dura
     }
 }
 
-/// Run the dumps `msgs[range]` on the blocking sockets `socks`, one in
-/// flight on each (request `i` has sequence number `first_seq + i`); see
+/// Run dumps of `msgs` on the blocking sockets `socks`, one in flight on
+/// each, taking the index of the next one from `next` until it passes the
+/// end (request `i` has sequence number `first_seq + i`); see
 /// [`Conn::dest_dumps`]. The kernel builds a dump's first datagram inside the
 /// sendmsg and the next one inside the recvmsg that reads it, so the reads
-/// find their data ready and never wait unless the kernel is slow.
+/// find their data ready and never wait unless the kernel is slow. The result
+/// lists the requests the kernel refused, with its positive errno.
 fn pipelined_dumps(
     socks: &[Socket],
     family_id: u16,
     first_seq: u32,
     msgs: &[IpvsMessage],
-    range: std::ops::Range<usize>,
+    next: &AtomicUsize,
     timeout: Duration,
     mut f: impl FnMut(usize, u8, &[u8]) -> Result<()>,
-) -> Result<DumpResults> {
+) -> Result<Vec<(usize, i32)>> {
     let what = || "listing real servers".to_owned();
     let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
     for sock in socks {
@@ -838,13 +844,18 @@ fn pipelined_dumps(
     }
     let mut send = Vec::with_capacity(256);
     let mut recv = vec![0u8; DEST_DUMP_RECV_LEN];
-    let mut out: DumpResults = vec![Ok(()); range.len()];
-    let mut start = |sock: &Socket, i: usize| -> Result<()> {
+    let mut refused = Vec::new();
+    // Send the next request on `sock`; the index sent, `None` when all are taken.
+    let mut start = |sock: &Socket| -> Result<Option<usize>> {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= msgs.len() {
+            return Ok(None);
+        }
         send.clear();
         emit_request(&mut send, family_id, NLM_F_REQUEST | NLM_F_DUMP, first_seq.wrapping_add(i as u32), &msgs[i]);
         loop {
             match sock.send(&send, 0) {
-                Ok(n) if n == send.len() => return Ok(()),
+                Ok(n) if n == send.len() => return Ok(Some(i)),
                 Ok(n) => return Err(Error::Io(what(), io::Error::other(format!("short send: {n} of {}", send.len())))),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::Io(what(), e)),
@@ -852,14 +863,9 @@ fn pipelined_dumps(
         }
     };
     // What each socket is dumping.
-    let mut inflight: Vec<Option<usize>> = vec![None; socks.len()];
-    let mut next = range.start;
-    for (slot, sock) in inflight.iter_mut().zip(socks) {
-        if next < range.end {
-            start(sock, next)?;
-            *slot = Some(next);
-            next += 1;
-        }
+    let mut inflight: Vec<Option<usize>> = Vec::with_capacity(socks.len());
+    for sock in socks {
+        inflight.push(start(sock)?);
     }
     while inflight.iter().any(Option::is_some) {
         for (slot, sock) in inflight.iter_mut().zip(socks) {
@@ -905,14 +911,11 @@ fn pipelined_dumps(
                     }
                 }
             };
-            out[i - range.start] = if end == 0 { Ok(()) } else { Err(end) };
-            *slot = None;
-            if next < range.end {
-                start(sock, next)?;
-                *slot = Some(next);
-                next += 1;
+            if end != 0 {
+                refused.push((i, end));
             }
+            *slot = start(sock)?;
         }
     }
-    Ok(out)
+    Ok(refused)
 }

@@ -388,22 +388,31 @@ impl Ipvs {
             .map(|s| Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(&s.service.key))]))
             .collect();
         let fams: Vec<Family> = services.iter().map(|s| s.service.key.family()).collect();
-        // Per thread: the destination lists of its share of the services.
+        // Per thread: the destination lists of the services it dumped, by index.
         let r = self
             .conn
             .dest_dumps(
                 msgs,
                 self.timeout,
-                |share| (vec![Vec::new(); share.len()], share.start),
-                move |st: &mut (Vec<Vec<DestinationEntry>>, usize), i, _cmd, attrs| {
-                    dest_message(attrs, fams[i], &mut st.0[i - st.1])
+                Vec::<(usize, Vec<DestinationEntry>)>::new,
+                move |st: &mut Vec<(usize, Vec<DestinationEntry>)>, i, _cmd, attrs| {
+                    // A thread reads all of a reply before the next one's.
+                    if st.last().is_none_or(|(j, _)| *j != i) {
+                        st.push((i, Vec::new()));
+                    }
+                    let list = &mut st.last_mut().expect("just pushed").1;
+                    dest_message(attrs, fams[i], list)
                 },
             )
             .await?;
-        let Some((shares, results)) = r else {
+        let Some((states, results)) = r else {
             return self.dump_one_by_one(services).await;
         };
-        let lists = shares.into_iter().flat_map(|(_, (lists, _))| lists);
+        let mut lists: Vec<Vec<DestinationEntry>> = Vec::new();
+        lists.resize_with(services.len(), Vec::new);
+        for (i, d) in states.into_iter().flatten() {
+            lists[i] = d;
+        }
         let mut out = Vec::with_capacity(services.len());
         for ((s, r), mut d) in services.into_iter().zip(results).zip(lists) {
             if let Err(e) = r {
