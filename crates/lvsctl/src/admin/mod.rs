@@ -339,6 +339,13 @@ fn out(s: &str) -> Result<ExitCode, CliError> {
     }
 }
 
+/// Hand a large table over to the end of the process instead of freeing its
+/// allocations (one per service, plus the text) one by one: the command is
+/// about to exit, and the kernel takes the memory back in one piece.
+fn keep_until_exit<T>(big: T) {
+    std::mem::forget(big);
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<ExitCode, CliError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::failure(format!("encoding JSON: {e}")))?;
     out(&(s + "\n"))
@@ -352,7 +359,11 @@ pub(crate) async fn run(cmd: AdminCmd) -> Result<ExitCode, CliError> {
         AdminCmd::Save(a) => {
             let h = connect().await?;
             let t = h.dump().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
-            out(&save::format_save(&t, a.thresholds))
+            let text = save::format_save(&t, a.thresholds);
+            keep_until_exit(t);
+            let r = out(&text);
+            keep_until_exit(text);
+            r
         }
         AdminCmd::Restore(a) => restore(a).await,
         AdminCmd::Clear => {
@@ -499,7 +510,11 @@ async fn list_cmd(a: ListArgs) -> Result<ExitCode, CliError> {
     if a.json {
         return out(&list::format_json(&table, a.nosort));
     }
-    out(&list::format_list(info.as_ref(), &table, &view))
+    let text = list::format_list(info.as_ref(), &table, &view);
+    keep_until_exit(table);
+    let r = out(&text);
+    keep_until_exit(text);
+    r
 }
 
 /// `list --connection`: /proc/net/ip_vs_conn of this network namespace (the
@@ -552,6 +567,7 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
         let current = current.unwrap_or_else(|| unreachable!("dumped once connected"));
         let current = current.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
         let ops = plan(&current, &want, &Scope::All).into_iter().map(|o| (o, None)).collect();
+        keep_until_exit((current, want));
         (h, ops)
     } else {
         let rules = rules::parse_rules(&text).map_err(|e| usage(e.to_string()))?;
