@@ -136,7 +136,18 @@ fn fast_line(words: &[&str]) -> Option<Line> {
 /// strings cost a reconcile of 10k x 10 services a fifth of its time on the
 /// test VM. Anything else is `None`. The checks are those of the `-a`/`-e`
 /// path of [`from_line`] through the same functions.
+#[cfg(test)]
 fn fast_dest_line(words: &[&str]) -> Option<Result<Op, String>> {
+    fast_dest_line_with(words, &mut None)
+}
+
+/// The service of the last real-server line read: a saved table lists a
+/// service's real servers one after the other, each naming it again.
+type LastService<'a> = Option<(&'a str, Protocol, ServiceKey)>;
+
+/// [`fast_dest_line`], reusing the key of `last` when the line names the same
+/// service the same way (and keeping this line's there).
+fn fast_dest_line_with<'a>(words: &[&'a str], last: &mut LastService<'a>) -> Option<Result<Op, String>> {
     let (mut cmd, mut svc, mut real, mut forward, mut weight) = (None, None, None, None, None);
     let mut i = 0;
     while i < words.len() {
@@ -163,15 +174,28 @@ fn fast_dest_line(words: &[&str]) -> Option<Result<Op, String>> {
     }
     let (add, (protocol, svc), real) = (cmd?, svc?, real?);
     Some((|| {
-        let key = inet_key(protocol, svc, false)?;
+        let key = match *last {
+            Some((s, p, k)) if s == svc && p == protocol => k,
+            _ => {
+                let k = inet_key(protocol, svc, false)?;
+                *last = Some((svc, protocol, k));
+                k
+            }
+        };
         let d = destination_with(&key, real, forward.unwrap_or(Forward::Route), weight, None, None)?;
         Ok(if add { Op::AddDestination(key, d) } else { Op::UpdateDestination(key, d) })
     })())
 }
 
 /// Parse one line (already split into words) into the change it asks for.
+#[cfg(test)]
 pub(crate) fn parse_words(words: &[&str]) -> Result<Op, String> {
-    if let Some(r) = fast_dest_line(words) {
+    parse_words_with(words, &mut None)
+}
+
+/// [`parse_words`] with the service of the previous real-server line.
+fn parse_words_with<'a>(words: &[&'a str], last: &mut LastService<'a>) -> Result<Op, String> {
+    if let Some(r) = fast_dest_line_with(words, last) {
         return r;
     }
     let l = match fast_line(words) {
@@ -245,6 +269,7 @@ pub(crate) fn parse_rules(text: &str) -> Result<Vec<Rule>, LineError> {
 /// first bad line or the first error of `f`.
 fn for_each_rule(text: &str, mut f: impl FnMut(Rule) -> Result<(), LineError>) -> Result<(), LineError> {
     let mut words: Vec<&str> = Vec::new();
+    let mut last = None;
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         words.clear();
@@ -252,7 +277,7 @@ fn for_each_rule(text: &str, mut f: impl FnMut(Rule) -> Result<(), LineError>) -
         if words.is_empty() || words[0].starts_with('#') {
             continue;
         }
-        let op = parse_words(&words).map_err(|msg| LineError { line, msg })?;
+        let op = parse_words_with(&words, &mut last).map_err(|msg| LineError { line, msg })?;
         op.validate().map_err(|e| LineError { line, msg: e.to_string() })?;
         f(Rule { line, op })?;
     }
@@ -523,6 +548,36 @@ mod tests {
         assert_eq!(e.to_string(), "line 4: illegal weight specified");
         let ok = parse_rules("-A -t 10.0.0.1:80 -s rr\n  \n# x\n-a -t 10.0.0.1:80 -r 10.1.0.1:80\n").unwrap();
         assert_eq!(ok.iter().map(|r| r.line).collect::<Vec<_>>(), vec![1, 4]);
+    }
+
+    /// The service key reused from the previous real-server line is the
+    /// same one the line itself names.
+    #[test]
+    fn consecutive_real_server_lines_keep_their_own_service() {
+        let text = "-A -t 10.0.0.1:80\n-A -u 10.0.0.1:80\n-A -t 10.0.0.1:81\n\
+                    -a -t 10.0.0.1:80 -r 10.1.0.1\n-a -u 10.0.0.1:80 -r 10.1.0.2\n\
+                    -a -t 10.0.0.1:81 -r 10.1.0.3\n-a -t 10.0.0.1:81 -r 10.1.0.4\n-a -t 10.0.0.1:80 -r 10.1.0.5 -m\n";
+        let rules = parse_rules(text).unwrap();
+        let keys: Vec<String> = rules
+            .iter()
+            .filter_map(|r| match &r.op {
+                Op::AddDestination(k, d) => Some(format!("{k} {}", d.addr)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "tcp 10.0.0.1:80 10.1.0.1:80",
+                "udp 10.0.0.1:80 10.1.0.2:80",
+                "tcp 10.0.0.1:81 10.1.0.3:81",
+                "tcp 10.0.0.1:81 10.1.0.4:81",
+                "tcp 10.0.0.1:80 10.1.0.5:80"
+            ]
+        );
+        // A bad service after a good one is still reported.
+        let e = parse_rules("-a -t 10.0.0.1:80 -r 10.1.0.1\n-a -t 10.0.0.999:80 -r 10.1.0.1\n").unwrap_err();
+        assert_eq!(e, LineError { line: 2, msg: "illegal virtual server address[:port] specified".into() });
     }
 
     #[test]
