@@ -284,9 +284,13 @@ async fn dump(args: &[String]) -> Res<ExitCode> {
 async fn reconcile(args: &[String]) -> Res<ExitCode> {
     let a = parse_args(args, &[])?;
     let path = a.pos.first().ok_or("reconcile FILE")?;
-    let desired = read_rules(path)?;
+    // The input is parsed on a blocking thread while the table is read, as
+    // an embedding program would do it (and `lvsctl restore --replace` does).
+    let path = path.clone();
+    let parse = tokio::task::spawn_blocking(move || read_rules(&path));
     let h = connect().await?;
     let current = h.dump().await.map_err(|e| format!("dump: {e}"))?;
+    let desired = parse.await.map_err(|e| format!("parse: {e}"))??;
     let ops = plan(&current, &desired, &Scope::All);
     drop(current);
     apply_ops(&h, &ops).await
