@@ -654,3 +654,112 @@ real = ["2001:db8::186"]
     assert_eq!(ns.ipvsadm_save(), "");
     assert!(!ns.addrs4().contains("10.19.70.167"));
 }
+
+/// LVS-NAT end to end: the director sits between a public LAN (client, VIP)
+/// and a private one (real servers, whose default route is the director). It
+/// must route the real servers' replies back to the client, so `start` with
+/// NAT turns IPv4 forwarding on, `status` shows it, and `stop` puts back what
+/// the host had - 0 here, and an already-on forwarding stays on.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_nat_turns_forwarding_on_and_stop_restores_it() {
+    require_privileged();
+    let public = Lan::new();
+    let private = Lan::new();
+    let client = public.host("cli", "eth0", "10.0.0.2/24");
+    let director = public.host("dir", "eth0", "10.0.0.1/24");
+    private.attach(&director, "eth1", "192.168.7.1/24");
+    let rs1 = private.host("rsa", "eth0", "192.168.7.11/24");
+    let rs2 = private.host("rsb", "eth0", "192.168.7.12/24");
+    for rs in [&rs1, &rs2] {
+        rs.ip(&["route", "add", "default", "via", "192.168.7.1"]);
+    }
+    let _a = NameServer::start(&rs1, "0.0.0.0:8080".parse().unwrap(), "rs1");
+    let _b = NameServer::start(&rs2, "0.0.0.0:8080".parse().unwrap(), "rs2");
+    let vip: SocketAddr = "10.0.0.100:80".parse().unwrap();
+    let start = [
+        "director",
+        "start",
+        "--vip",
+        "10.0.0.100",
+        "--port",
+        "80",
+        "--iface",
+        "eth0",
+        "--forward",
+        "nat",
+        "--real",
+        "192.168.7.11:8080",
+        "--real",
+        "192.168.7.12:8080",
+    ];
+
+    // A new namespace does not forward.
+    assert_eq!(director.sysctl("all", "forwarding"), "0");
+    let before = director.snapshot(&["eth0", "eth1"]);
+    let out = director.lvsctl_ok(&start);
+    assert!(out.contains("set /proc/sys/net/ipv4/conf/all/forwarding = 1 (was 0)"), "{out}");
+    assert_eq!(director.sysctl("all", "forwarding"), "1");
+    assert_eq!(director.sysctl("eth1", "forwarding"), "1");
+    assert_eq!(
+        director.ipvsadm_save(),
+        "-A -t 10.0.0.100:80 -s rr\n\
+         -a -t 10.0.0.100:80 -r 192.168.7.11:8080 -m -w 1\n\
+         -a -t 10.0.0.100:80 -r 192.168.7.12:8080 -m -w 1\n"
+    );
+    // The data path through NAT: every answer comes back, from both.
+    let names = ask_names(&client, vip, 6);
+    assert!(names.iter().all(|n| n == "rs1" || n == "rs2"), "{names:?}");
+    assert!(names.iter().any(|n| n == "rs1") && names.iter().any(|n| n == "rs2"), "{names:?}");
+
+    let (c, v) = status_json(&director, "director");
+    assert_eq!(c, 0, "{v}");
+    assert_eq!(v["sysctls"][0]["path"], "/proc/sys/net/ipv4/conf/all/forwarding");
+    assert_eq!((v["sysctls"][0]["value"].as_str(), v["sysctls"][0]["previous"].as_str()), (Some("1"), Some("0")));
+    // Someone turning it off is a problem status names.
+    director.set_sysctl("all", "forwarding", "0");
+    let out = director.lvsctl(&["director", "status"]);
+    let (text, _) = texts(&out);
+    assert_eq!(code(&out), 1, "{text}");
+    assert!(text.contains("/proc/sys/net/ipv4/conf/all/forwarding is 0, want 1"), "{text}");
+    // A second start puts it right, and only that.
+    let out = director.lvsctl_ok(&start);
+    assert!(out.contains("set /proc/sys/net/ipv4/conf/all/forwarding = 1 (was 0)"), "{out}");
+    assert!(!out.contains("add"), "{out}");
+
+    let out = director.lvsctl_ok(&["director", "stop"]);
+    assert!(out.contains("restored /proc/sys/net/ipv4/conf/all/forwarding = 0 (was 1)"), "{out}");
+    assert_eq!(director.snapshot(&["eth0", "eth1"]), before);
+    assert_eq!(code(&director.lvsctl(&["director", "status"])), 3);
+
+    // Forwarding already on (a router): start leaves it, stop leaves it on.
+    director.set_sysctl("all", "forwarding", "1");
+    let out = director.lvsctl_ok(&start);
+    assert!(!out.contains("forwarding"), "{out}");
+    assert_eq!(ask_names(&client, vip, 2).len(), 2);
+    let out = director.lvsctl_ok(&["director", "stop"]);
+    assert!(!out.contains("forwarding"), "{out}");
+    assert_eq!(director.sysctl("all", "forwarding"), "1");
+    // Direct routing needs no forwarding: a DR start does not record it.
+    director.set_sysctl("all", "forwarding", "0");
+    let dr = [
+        "director",
+        "start",
+        "--vip",
+        "10.0.0.100",
+        "--port",
+        "80",
+        "--iface",
+        "eth0",
+        "--real",
+        "192.168.7.11",
+        "--real",
+        "192.168.7.12",
+    ];
+    let out = director.lvsctl_ok(&dr);
+    assert!(!out.contains("forwarding"), "{out}");
+    let (_, v) = status_json(&director, "director");
+    assert_eq!(v["sysctls"], serde_json::json!([]));
+    director.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(director.sysctl("all", "forwarding"), "0");
+}

@@ -128,7 +128,7 @@ impl Netns {
     pub fn snapshot(&self, ifaces: &[&str]) -> Snapshot {
         let mut sysctls = Vec::new();
         for i in ["all", "default", "lo"].iter().chain(ifaces) {
-            for n in ["arp_ignore", "arp_announce"] {
+            for n in ["arp_ignore", "arp_announce", "forwarding"] {
                 sysctls.push(format!("{i}/{n}={}", self.sysctl(i, n)));
             }
         }
@@ -188,12 +188,18 @@ impl Lan {
     /// `cidr` (like `10.18.68.186/24`), its veth peer on the bridge.
     pub fn host(&self, prefix: &str, ifname: &str, cidr: &str) -> Netns {
         let h = Netns::new(prefix);
+        self.attach(&h, ifname, cidr);
+        h
+    }
+
+    /// Put an existing host on this segment too: a new interface `ifname`
+    /// with `cidr` (a director between a public and a private LAN).
+    pub fn attach(&self, h: &Netns, ifname: &str, cidr: &str) {
         let peer = unique("p");
         ip(&["link", "add", ifname, "netns", &h.name, "type", "veth", "peer", "name", &peer, "netns", &self.ns.name]);
         self.ns.ip(&["link", "set", &peer, "master", "br0", "up"]);
         h.ip(&["link", "set", ifname, "up"]);
         h.ip(&["addr", "add", cidr, "dev", ifname]);
-        h
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::config::{self, Config, DirectorConfig, DirectorSpec, IfName, Origin, RealConfig, ServiceConfig};
 use crate::host::addr::{host_prefix, Rtnl};
-use crate::host::require_root;
+use crate::host::{require_root, sysctl};
 use crate::state::{self, AddressRecord, DirectorState, Role};
 use crate::CliError;
 
@@ -256,6 +256,8 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
         }
     }
     let ops = plan(&table, &desired, &Scope::Owned(prev_owned.clone()));
+    let prev_sysctls = prev.as_ref().map(|p| p.sysctls.clone()).unwrap_or_default();
+    let sysctl_plan = sysctl::plan(&forwarding_sysctls(spec), &prev_sysctls)?;
 
     let prev_addrs: Vec<AddressRecord> = prev.as_ref().map(|p| p.addresses.clone()).unwrap_or_default();
     let mut records = Vec::new();
@@ -279,7 +281,7 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
     let mut owned: Vec<ServiceKey> = prev_owned.iter().copied().filter(|k| present(k)).collect();
     // Write ahead: if this run dies half-way, the state already claims what it
     // is about to create, so the next start or stop can finish or undo it.
-    if !ops.is_empty() || !adds.is_empty() || !dels.is_empty() {
+    if !ops.is_empty() || !adds.is_empty() || !dels.is_empty() || !sysctl_plan.is_empty() {
         let mut claim = owned.clone();
         for op in &ops {
             if let Op::AddService(s) = op {
@@ -291,9 +293,11 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
         let mut addresses = records.clone();
         addresses.extend(adds.iter().map(|(_, r)| AddressRecord { created: true, ..r.clone() }));
         addresses.extend(dels.iter().cloned());
+        let mut sysctls = sysctl_plan.records.clone();
+        sysctls.extend(sysctl_plan.restores.iter().cloned());
         state::write(
             &path,
-            &DirectorState { format: state::FORMAT, services: desired.clone(), owned: claim, addresses },
+            &DirectorState { format: state::FORMAT, services: desired.clone(), owned: claim, addresses, sysctls },
         )?;
     }
 
@@ -346,7 +350,13 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
             match prev {
                 Some(p) => state::write(&path, &DirectorState { owned, ..p })?,
                 None if !owned.is_empty() => {
-                    let st = DirectorState { format: state::FORMAT, services: desired, owned, addresses: vec![] };
+                    let st = DirectorState {
+                        format: state::FORMAT,
+                        services: desired,
+                        owned,
+                        addresses: vec![],
+                        sysctls: vec![],
+                    };
                     state::write(&path, &st)?;
                 }
                 None => state::remove(&path)?,
@@ -390,14 +400,42 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
         }
     }
     records.extend(kept_dels);
-    state::write(&path, &DirectorState { format: state::FORMAT, services: desired, owned, addresses: records })?;
+    // The forwarding NAT needs.
+    let sysctl_result = sysctl::apply(&sysctl_plan, "director", &mut changes);
+    let sysctl::Plan { records: mut sysctls, restores, .. } = sysctl_plan;
+    if sysctl_result.is_err() {
+        // Keep whatever may still need undoing.
+        sysctls.extend(restores);
+    }
+    let st = DirectorState { format: state::FORMAT, services: desired, owned, addresses: records, sysctls };
+    state::write(&path, &st)?;
     result?;
+    sysctl_result?;
     if changes == 0 {
         println!("director: already running as configured; nothing changed");
     } else {
         println!("director: running ({nsvc} virtual services, {nreal} real servers)");
     }
     Ok(())
+}
+
+/// The sysctls the configured services need: forwarding on (in the family
+/// of their addresses) when a real server is reached by NAT, whose replies
+/// the director must route back through itself. Direct routing and
+/// tunnelling need none.
+fn forwarding_sysctls(spec: &DirectorSpec) -> Vec<sysctl::Want> {
+    let mut out: Vec<sysctl::Want> = Vec::new();
+    for s in &spec.services {
+        for d in &s.desired.destinations {
+            if d.forward == ipvs::Forward::Masq {
+                let want = (d.addr.is_ipv6(), "all".to_owned(), "forwarding", "1");
+                if !out.contains(&want) {
+                    out.push(want);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Put the state file back as it was before this run (none: remove it).
@@ -467,6 +505,11 @@ pub(crate) async fn teardown() -> Result<(), CliError> {
     if let Some(e) = err {
         first_err.get_or_insert(e);
     }
+    let (left, err) = sysctl::restore_all(&st.sysctls, "director");
+    st.sysctls = left;
+    if let Some(e) = err {
+        first_err.get_or_insert(e);
+    }
     state::finish_stop(&path, &st, first_err)?;
     println!("director: stopped");
     Ok(())
@@ -487,6 +530,8 @@ struct DirectorStatus {
     /// What is missing or differs.
     problems: Vec<String>,
     addresses: Vec<AddrStatus>,
+    /// The forwarding sysctls start set for NAT.
+    sysctls: Vec<sysctl::SysctlStatus>,
     services: Vec<ServiceStatus>,
     /// The health of every real server, while `director run` runs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -558,6 +603,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
             exit_code: 3,
             problems: vec![],
             addresses: vec![],
+            sysctls: vec![],
             services: vec![],
             health: None,
         };
@@ -581,11 +627,13 @@ async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         }
         addresses.push(AddrStatus { addr: r.addr, prefix_len: r.prefix_len, iface: r.iface.clone(), present });
     }
+    let sysctls = sysctl::status(&st.sysctls, &mut problems);
     problems.extend(plan(&table, &st.services, &Scope::Owned(vec![])).iter().map(problem_of));
     let services = st.services.iter().map(|d| service_status(d, &table)).collect();
     let (status, code) = if problems.is_empty() { ("running", 0) } else { ("degraded", 1) };
     let health = crate::daemon::report::read_running()?;
-    let s = DirectorStatus { role: "director", status, exit_code: code, problems, addresses, services, health };
+    let s =
+        DirectorStatus { role: "director", status, exit_code: code, problems, addresses, sysctls, services, health };
     print_status(&s, args.json, info);
     Ok(ExitCode::from(code))
 }
@@ -681,6 +729,10 @@ fn render(s: &DirectorStatus, info: Option<ipvs::Info>) -> String {
         let what = if a.present { "present" } else { "MISSING" };
         out.push_str(&format!("VIP {}/{} on {}: {what}\n", a.addr, a.prefix_len, a.iface));
     }
+    for c in &s.sysctls {
+        out.push_str(&c.line());
+        out.push('\n');
+    }
     if let Some(i) = info {
         out.push_str(&format!("IP Virtual Server version {} (size={})\n", i.version_string(), i.conn_table_size));
     }
@@ -772,6 +824,23 @@ mod tests {
     }
 
     #[test]
+    fn only_nat_needs_forwarding_in_the_family_of_its_real_servers() {
+        assert!(forwarding_sysctls(&start_spec(&args(|_| {})).unwrap()).is_empty());
+        for f in ["dr", "tunnel"] {
+            assert!(forwarding_sysctls(&start_spec(&args(|a| a.forward = Some(f.into()))).unwrap()).is_empty());
+        }
+        let nat = start_spec(&args(|a| a.forward = Some("nat".into()))).unwrap();
+        assert_eq!(forwarding_sysctls(&nat), vec![(false, "all".to_owned(), "forwarding", "1")]);
+        let nat6 = start_spec(&args(|a| {
+            a.forward = Some("nat".into());
+            a.vip = Some("2001:db8::10".into());
+            a.reals = vec!["2001:db8::11".into(), "2001:db8::12".into()];
+        }))
+        .unwrap();
+        assert_eq!(forwarding_sysctls(&nat6), vec![(true, "all".to_owned(), "forwarding", "1")]);
+    }
+
+    #[test]
     fn bad_flags_are_usage_errors_of_one_line() {
         for (a, want) in [
             (args(|a| a.vip = Some("10.19.70.1666".into())), "malformed VIP"),
@@ -828,6 +897,7 @@ mod tests {
                 iface: "enp1s0".into(),
                 present: true,
             }],
+            sysctls: vec![],
             services: vec![ServiceStatus {
                 protocol: "TCP".into(),
                 address: "10.19.70.166:15858".into(),

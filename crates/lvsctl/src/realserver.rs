@@ -21,7 +21,7 @@ use crate::config::{self, Config, IfName, Origin, RealserverSpec};
 use crate::director::AddrStatus;
 use crate::host::addr::{host_prefix, Rtnl};
 use crate::host::{require_root, sysctl};
-use crate::state::{self, AddressRecord, RealserverState, Role, SysctlRecord};
+use crate::state::{self, AddressRecord, RealserverState, Role};
 use crate::CliError;
 
 /// The sysctls a DR real server needs, with their values.
@@ -139,32 +139,11 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
     let path = state::path(&dir, Role::Realserver)?;
     let prev: Option<RealserverState> = state::read(&path)?;
     let prev_sysctls = prev.as_ref().map(|p| p.sysctls.clone()).unwrap_or_default();
-    let mut records = Vec::new();
-    let mut writes = Vec::new();
-    for iface in sysctl_targets(&spec) {
-        for (name, value) in ARP_SYSCTLS {
-            let current = sysctl::read(&iface, name)?;
-            let previous = prev_sysctls
-                .iter()
-                .find(|r| r.iface == iface && r.name == name)
-                .map_or_else(|| current.clone(), |r| r.previous.clone());
-            if current != value {
-                writes.push((iface.clone(), name, value, current));
-            }
-            records.push(SysctlRecord {
-                iface: iface.clone(),
-                name: name.to_owned(),
-                previous,
-                value: value.to_owned(),
-            });
-        }
-    }
-    // Sysctls recorded before but not wanted now go back to their previous values.
-    let restores: Vec<SysctlRecord> = prev_sysctls
-        .iter()
-        .filter(|p| !records.iter().any(|r| r.iface == p.iface && r.name == p.name))
-        .cloned()
+    let wanted: Vec<sysctl::Want> = sysctl_targets(&spec)
+        .into_iter()
+        .flat_map(|iface| ARP_SYSCTLS.iter().map(move |(name, value)| (false, iface.clone(), *name, *value)))
         .collect();
+    let sysctl_plan = sysctl::plan(&wanted, &prev_sysctls)?;
     let prev_addrs = prev.as_ref().map(|p| p.addresses.clone()).unwrap_or_default();
     let mut addrs = Vec::new();
     let mut adds = Vec::new();
@@ -183,9 +162,9 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
 
     // Write ahead: if this run dies half-way, the state already holds every
     // previous value and every address it is about to add, so stop can undo it.
-    if !restores.is_empty() || !writes.is_empty() || !dels.is_empty() || !adds.is_empty() {
-        let mut sysctls = records.clone();
-        sysctls.extend(restores.iter().cloned());
+    if !sysctl_plan.is_empty() || !dels.is_empty() || !adds.is_empty() {
+        let mut sysctls = sysctl_plan.records.clone();
+        sysctls.extend(sysctl_plan.restores.iter().cloned());
         let mut addresses = addrs.clone();
         addresses.extend(adds.iter().map(|r| AddressRecord { created: true, ..r.clone() }));
         addresses.extend(dels.iter().cloned());
@@ -196,18 +175,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
     // Changes. The state is written again whatever happens, so stop can undo them.
     let mut changes = 0usize;
     let res: Result<(), CliError> = async {
-        for r in &restores {
-            if sysctl::read(&r.iface, &r.name).is_ok() {
-                sysctl::write(&r.iface, &r.name, &r.previous)?;
-                println!("realserver: restored {} = {}", sysctl::display(&r.iface, &r.name), r.previous);
-                changes += 1;
-            }
-        }
-        for (iface, name, value, was) in &writes {
-            sysctl::write(iface, name, value)?;
-            println!("realserver: set {} = {value} (was {was})", sysctl::display(iface, name));
-            changes += 1;
-        }
+        sysctl::apply(&sysctl_plan, "realserver", &mut changes)?;
         for r in &dels {
             rtnl.del_address(lo, "lo", r.addr, r.prefix_len).await?;
             println!("realserver: removed {}/{} from lo", r.addr, r.prefix_len);
@@ -222,6 +190,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
         Ok(())
     }
     .await;
+    let sysctl::Plan { mut records, restores, .. } = sysctl_plan;
     if res.is_err() {
         // Keep whatever may still need undoing.
         records.extend(restores);
@@ -257,33 +226,7 @@ async fn stop() -> Result<ExitCode, CliError> {
         println!("realserver: not running; nothing to stop");
         return Ok(ExitCode::SUCCESS);
     };
-    let mut first_err: Option<CliError> = None;
-    let mut left = Vec::new();
-    for r in st.sysctls.iter().rev() {
-        // An interface that is gone took its sysctls with it.
-        let cur = match sysctl::read(&r.iface, &r.name) {
-            Ok(c) => c,
-            Err(_) if r.iface != "all" && r.iface != "lo" => continue,
-            Err(e) => {
-                first_err.get_or_insert(e);
-                left.push(r.clone());
-                continue;
-            }
-        };
-        if cur == r.previous {
-            continue;
-        }
-        match sysctl::write(&r.iface, &r.name, &r.previous) {
-            Ok(()) => {
-                println!("realserver: restored {} = {} (was {cur})", sysctl::display(&r.iface, &r.name), r.previous)
-            }
-            Err(e) => {
-                first_err.get_or_insert(e);
-                left.push(r.clone());
-            }
-        }
-    }
-    left.reverse();
+    let (left, mut first_err) = sysctl::restore_all(&st.sysctls, "realserver");
     st.sysctls = left;
     let rtnl = Rtnl::connect()?;
     let (left, err) = rtnl.remove_created(std::mem::take(&mut st.addresses), "realserver").await;
@@ -305,18 +248,7 @@ struct RealserverStatus {
     exit_code: u8,
     problems: Vec<String>,
     addresses: Vec<AddrStatus>,
-    sysctls: Vec<SysctlStatus>,
-}
-
-#[derive(Debug, Serialize)]
-struct SysctlStatus {
-    path: String,
-    /// What the kernel has now (`null`: unreadable).
-    value: Option<String>,
-    /// What start set.
-    want: String,
-    /// What stop will restore.
-    previous: String,
+    sysctls: Vec<sysctl::SysctlStatus>,
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
@@ -349,17 +281,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         }
         addresses.push(AddrStatus { addr: r.addr, prefix_len: r.prefix_len, iface: r.iface.clone(), present: ok });
     }
-    let mut sysctls = Vec::new();
-    for r in &st.sysctls {
-        let value = sysctl::read(&r.iface, &r.name).ok();
-        let p = sysctl::display(&r.iface, &r.name);
-        match &value {
-            None => problems.push(format!("{p} cannot be read (is interface {} gone?)", r.iface)),
-            Some(v) if *v != r.value => problems.push(format!("{p} is {v}, want {}", r.value)),
-            Some(_) => {}
-        }
-        sysctls.push(SysctlStatus { path: p, value, want: r.value.clone(), previous: r.previous.clone() });
-    }
+    let sysctls = sysctl::status(&st.sysctls, &mut problems);
     let (status, code) = if problems.is_empty() { ("running", 0) } else { ("degraded", 1) };
     let s = RealserverStatus { role: "realserver", status, exit_code: code, problems, addresses, sysctls };
     print_status(&s, args.json);
@@ -386,13 +308,8 @@ fn print_status(s: &RealserverStatus, json: bool) {
         out.push_str(&format!("VIP {}/{} on {}: {what}\n", a.addr, a.prefix_len, a.iface));
     }
     for c in &s.sysctls {
-        out.push_str(&format!(
-            "{} = {} (set {}, restores {})\n",
-            c.path,
-            c.value.as_deref().unwrap_or("?"),
-            c.want,
-            c.previous
-        ));
+        out.push_str(&c.line());
+        out.push('\n');
     }
     print!("{out}");
 }

@@ -222,9 +222,13 @@ pub(crate) struct AddressRecord {
 /// A sysctl start set, with the value it had before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SysctlRecord {
-    /// The interface part of `net/ipv4/conf/<iface>/<name>` (`all`, `lo`, ...).
+    /// Under `net/ipv6/conf` rather than `net/ipv4/conf` (absent in state
+    /// files written before IPv6 sysctls were managed: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) ipv6: bool,
+    /// The interface part of `net/ipv{4,6}/conf/<iface>/<name>` (`all`, `lo`, ...).
     pub(crate) iface: String,
-    /// `arp_ignore` or `arp_announce`.
+    /// `arp_ignore`, `arp_announce` or `forwarding`.
     pub(crate) name: String,
     /// The value before the first start (what stop writes back).
     pub(crate) previous: String,
@@ -243,6 +247,10 @@ pub(crate) struct DirectorState {
     pub(crate) owned: Vec<ServiceKey>,
     /// The VIPs on their interfaces.
     pub(crate) addresses: Vec<AddressRecord>,
+    /// The forwarding sysctls NAT needs, with their previous values (absent
+    /// in state files written before they were managed: none).
+    #[serde(default)]
+    pub(crate) sysctls: Vec<SysctlRecord>,
 }
 
 /// What `realserver start` recorded.
@@ -283,6 +291,7 @@ mod tests {
                 created: true,
             }],
             sysctls: vec![SysctlRecord {
+                ipv6: false,
                 iface: "eth0.100".into(),
                 name: "arp_ignore".into(),
                 previous: "2".into(),
@@ -300,6 +309,32 @@ mod tests {
         std::fs::write(&p, "{not json").unwrap();
         assert!(read::<RealserverState>(&p).unwrap_err().msg.contains("damaged"));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// State files of earlier versions (no IPv6 flag on sysctls, no sysctls
+    /// in the director's) still read; what is written now reads back.
+    #[test]
+    fn older_state_files_still_read() {
+        let rs: RealserverState = serde_json::from_str(
+            r#"{"format":1,"iface":null,"addresses":[],
+                "sysctls":[{"iface":"all","name":"arp_ignore","previous":"0","value":"1"}]}"#,
+        )
+        .unwrap();
+        assert!(!rs.sysctls[0].ipv6);
+        let d: DirectorState = serde_json::from_str(r#"{"format":1,"services":[],"owned":[],"addresses":[]}"#).unwrap();
+        assert!(d.sysctls.is_empty());
+        let v6 = SysctlRecord {
+            ipv6: true,
+            iface: "all".into(),
+            name: "forwarding".into(),
+            previous: "0".into(),
+            value: "1".into(),
+        };
+        let text = serde_json::to_string(&v6).unwrap();
+        assert!(text.contains(r#""ipv6":true"#), "{text}");
+        assert_eq!(serde_json::from_str::<SysctlRecord>(&text).unwrap(), v6);
+        // An IPv4 record is written as before.
+        assert!(!serde_json::to_string(&SysctlRecord { ipv6: false, ..v6 }).unwrap().contains("ipv6"));
     }
 
     #[test]
