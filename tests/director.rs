@@ -677,22 +677,17 @@ fn director_nat_turns_forwarding_on_and_stop_restores_it() {
     let _a = NameServer::start(&rs1, "0.0.0.0:8080".parse().unwrap(), "rs1");
     let _b = NameServer::start(&rs2, "0.0.0.0:8080".parse().unwrap(), "rs2");
     let vip: SocketAddr = "10.0.0.100:80".parse().unwrap();
-    let start = [
-        "director",
-        "start",
-        "--vip",
-        "10.0.0.100",
-        "--port",
-        "80",
-        "--iface",
-        "eth0",
-        "--forward",
-        "nat",
-        "--real",
-        "192.168.7.11:8080",
-        "--real",
-        "192.168.7.12:8080",
-    ];
+    // `director start` with the real servers reached by NAT (on port 8080) or DR.
+    let start_args = |nat: bool| {
+        let mut a = vec!["director", "start", "--vip", "10.0.0.100", "--port", "80", "--iface", "eth0"];
+        if nat {
+            a.extend(["--forward", "nat", "--real", "192.168.7.11:8080", "--real", "192.168.7.12:8080"]);
+        } else {
+            a.extend(["--real", "192.168.7.11", "--real", "192.168.7.12"]);
+        }
+        a
+    };
+    let start = start_args(true);
 
     // A new namespace does not forward.
     assert_eq!(director.sysctl("all", "forwarding"), "0");
@@ -742,20 +737,7 @@ fn director_nat_turns_forwarding_on_and_stop_restores_it() {
     assert_eq!(director.sysctl("all", "forwarding"), "1");
     // Direct routing needs no forwarding: a DR start does not record it.
     director.set_sysctl("all", "forwarding", "0");
-    let dr = [
-        "director",
-        "start",
-        "--vip",
-        "10.0.0.100",
-        "--port",
-        "80",
-        "--iface",
-        "eth0",
-        "--real",
-        "192.168.7.11",
-        "--real",
-        "192.168.7.12",
-    ];
+    let dr = start_args(false);
     let out = director.lvsctl_ok(&dr);
     assert!(!out.contains("forwarding"), "{out}");
     let (_, v) = status_json(&director, "director");

@@ -54,22 +54,27 @@ pub(crate) fn stats_from(attrs: &[StatsAttr]) -> Stats {
     let mut s = Stats::default();
     for a in attrs {
         if let Some((f, v)) = a.value() {
-            match f {
-                StatsField::Conns => s.conns = v,
-                StatsField::InPkts => s.in_pkts = v,
-                StatsField::OutPkts => s.out_pkts = v,
-                StatsField::InBytes => s.in_bytes = v,
-                StatsField::OutBytes => s.out_bytes = v,
-                StatsField::Cps => s.cps = v,
-                StatsField::InPps => s.in_pps = v,
-                StatsField::OutPps => s.out_pps = v,
-                StatsField::InBps => s.in_bps = v,
-                StatsField::OutBps => s.out_bps = v,
-                _ => {}
-            }
+            set_stat(&mut s, f, v);
         }
     }
     s
+}
+
+/// Put one counter or rate into its field.
+pub(crate) fn set_stat(s: &mut Stats, f: StatsField, v: u64) {
+    match f {
+        StatsField::Conns => s.conns = v,
+        StatsField::InPkts => s.in_pkts = v,
+        StatsField::OutPkts => s.out_pkts = v,
+        StatsField::InBytes => s.in_bytes = v,
+        StatsField::OutBytes => s.out_bytes = v,
+        StatsField::Cps => s.cps = v,
+        StatsField::InPps => s.in_pps = v,
+        StatsField::OutPps => s.out_pps = v,
+        StatsField::InBps => s.in_bps = v,
+        StatsField::OutBps => s.out_bps = v,
+        _ => {}
+    }
 }
 
 fn decode(msg: &str) -> Error {

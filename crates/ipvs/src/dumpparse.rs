@@ -5,11 +5,11 @@
 //! path through `ipvs_sys`'s typed attributes) uses too; the tests hold this
 //! parser to that reference on any bytes, errors included.
 
-use ipvs_sys::constants::{attr, dest, stats, svc};
-use ipvs_sys::InetAddr;
+use ipvs_sys::constants::{attr, dest, svc};
+use ipvs_sys::{InetAddr, StatsField};
 use netlink_packet_core::NLA_TYPE_MASK;
 
-use crate::convert::{RawDest, RawService};
+use crate::convert::{set_stat, RawDest, RawService};
 use crate::error::{Error, Result};
 use crate::types::{DestinationEntry, Family, ServiceEntry, Stats};
 
@@ -173,18 +173,8 @@ fn read_stats(payload: &[u8]) -> Result<Stats> {
             [a, b, c, d, e, g, h, i] => u64::from_ne_bytes([a, b, c, d, e, g, h, i]),
             _ => continue,
         };
-        match kind {
-            stats::CONNS => s.conns = v,
-            stats::INPKTS => s.in_pkts = v,
-            stats::OUTPKTS => s.out_pkts = v,
-            stats::INBYTES => s.in_bytes = v,
-            stats::OUTBYTES => s.out_bytes = v,
-            stats::CPS => s.cps = v,
-            stats::INPPS => s.in_pps = v,
-            stats::OUTPPS => s.out_pps = v,
-            stats::INBPS => s.in_bps = v,
-            stats::OUTBPS => s.out_bps = v,
-            _ => {}
+        if let Some(f) = StatsField::from_kind(kind) {
+            set_stat(&mut s, f, v);
         }
     }
     Ok(s)
@@ -287,6 +277,22 @@ mod tests {
         assert_eq!(without.stats, Default::default());
     }
 
+    /// Attributes as bytes, cut at `cut` when that is inside them and a
+    /// multiple of 3 (so that a third of the cases end in the middle of one).
+    fn encode(attrs: &[(u16, Vec<u8>)], cut: usize) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (kind, v) in attrs {
+            b.extend_from_slice(&((v.len() + 4) as u16).to_ne_bytes());
+            b.extend_from_slice(&kind.to_ne_bytes());
+            b.extend_from_slice(v);
+            b.resize((b.len() + 3) & !3, 0);
+        }
+        if cut < b.len() && cut % 3 == 0 {
+            b.truncate(cut);
+        }
+        b
+    }
+
     /// An attribute value: mostly of a length some attribute has (so that
     /// whole entries parse, not just errors), sometimes of any length.
     fn value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
@@ -306,16 +312,7 @@ mod tests {
             attrs in proptest::collection::vec((1u16..16, value()), 0..20),
             cut in 0usize..400,
         ) {
-            let mut b = Vec::new();
-            for (kind, v) in &attrs {
-                b.extend_from_slice(&((v.len() + 4) as u16).to_ne_bytes());
-                b.extend_from_slice(&kind.to_ne_bytes());
-                b.extend_from_slice(v);
-                b.resize((b.len() + 3) & !3, 0);
-            }
-            if cut < b.len() && cut % 3 == 0 {
-                b.truncate(cut);
-            }
+            let b = encode(&attrs, cut);
             let want = slow(&b, Family::Inet);
             let got = dest(&b, Family::Inet);
             match (&want, &got) {
@@ -367,16 +364,7 @@ mod tests {
             attrs in proptest::collection::vec((1u16..16, value()), 0..16),
             cut in 0usize..300,
         ) {
-            let mut b = Vec::new();
-            for (kind, v) in &attrs {
-                b.extend_from_slice(&((v.len() + 4) as u16).to_ne_bytes());
-                b.extend_from_slice(&kind.to_ne_bytes());
-                b.extend_from_slice(v);
-                b.resize((b.len() + 3) & !3, 0);
-            }
-            if cut < b.len() && cut % 3 == 0 {
-                b.truncate(cut);
-            }
+            let b = encode(&attrs, cut);
             match (slow_service(&b), service(&b)) {
                 (Ok(w), Ok(g)) => proptest::prop_assert_eq!(w, g),
                 (Err(_), Err(_)) => {}
