@@ -361,31 +361,17 @@ impl Conn {
         let family_id = self.family_id;
         loop {
             let n = dump_recv(d, timeout, &what).await?;
-            let mut end = None;
-            for (ty, mseq, payload) in NlMsgs(&d.recv[..n]) {
-                if mseq != seq {
-                    continue;
+            // On an error from `f` the rest of this dump stays `unfinished`.
+            match dump_datagram(&d.recv[..n], seq, family_id, &mut f)? {
+                Datagram::More => {}
+                Datagram::End(e) => {
+                    d.unfinished = None;
+                    return Ok(if e == 0 { Ok(()) } else { Err(e) });
                 }
-                match ty {
-                    NLMSG_DONE | NLMSG_ERROR => {
-                        let e = payload.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
-                        end = Some(-e);
-                        break;
-                    }
-                    NLMSG_OVERRUN => {
-                        d.unfinished = None;
-                        return Err(Error::Io(what(), io::Error::other("netlink overrun")));
-                    }
-                    t if t == family_id && payload.len() >= ipvs_sys::frame::GENL_HDRLEN => {
-                        // On an error the rest of this dump stays `unfinished`.
-                        f(payload[0], &payload[ipvs_sys::frame::GENL_HDRLEN..])?;
-                    }
-                    _ => {}
+                Datagram::Overrun => {
+                    d.unfinished = None;
+                    return Err(Error::Io(what(), io::Error::other("netlink overrun")));
                 }
-            }
-            if let Some(e) = end {
-                d.unfinished = None;
-                return Ok(if e == 0 { Ok(()) } else { Err(e) });
             }
         }
     }
@@ -801,6 +787,38 @@ async fn dump_recv<W: Fn() -> String>(d: &mut DumpSock, timeout: Duration, what:
     }
 }
 
+/// What a datagram of a dump said about it.
+enum Datagram {
+    /// More datagrams follow.
+    More,
+    /// The dump ended: 0, or the kernel's positive errno.
+    End(i32),
+    /// The kernel reported lost replies.
+    Overrun,
+}
+
+/// Hand each IPVS message of dump `seq` in the datagram `buf` to `f(cmd,
+/// attrs)`, up to the message that ends the dump; messages of other
+/// sequence numbers or types are skipped.
+fn dump_datagram(buf: &[u8], seq: u32, family_id: u16, mut f: impl FnMut(u8, &[u8]) -> Result<()>) -> Result<Datagram> {
+    for (ty, mseq, payload) in NlMsgs(buf) {
+        if mseq != seq {
+            continue;
+        }
+        match ty {
+            NLMSG_DONE | NLMSG_ERROR => {
+                return Ok(Datagram::End(-payload.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()))))
+            }
+            NLMSG_OVERRUN => return Ok(Datagram::Overrun),
+            t if t == family_id && payload.len() >= ipvs_sys::frame::GENL_HDRLEN => {
+                f(payload[0], &payload[ipvs_sys::frame::GENL_HDRLEN..])?;
+            }
+            _ => {}
+        }
+    }
+    Ok(Datagram::More)
+}
+
 /// Read and drop the rest of dump `seq`.
 async fn drain_dump<W: Fn() -> String>(d: &mut DumpSock, seq: u32, timeout: Duration, what: &W) -> Result<()> {
     loop {
@@ -895,20 +913,10 @@ fn pipelined_dumps(
                         io::Error::other(format!("netlink message of {n} bytes was truncated to {}", recv.len())),
                     ));
                 }
-                for (ty, mseq, payload) in NlMsgs(&recv[..n]) {
-                    if mseq != seq {
-                        continue;
-                    }
-                    match ty {
-                        NLMSG_DONE | NLMSG_ERROR => {
-                            break 'dump -payload.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
-                        }
-                        NLMSG_OVERRUN => return Err(Error::Io(what(), io::Error::other("netlink overrun"))),
-                        t if t == family_id && payload.len() >= ipvs_sys::frame::GENL_HDRLEN => {
-                            f(i, payload[0], &payload[ipvs_sys::frame::GENL_HDRLEN..])?;
-                        }
-                        _ => {}
-                    }
+                match dump_datagram(&recv[..n], seq, family_id, |c, a| f(i, c, a))? {
+                    Datagram::More => {}
+                    Datagram::End(e) => break 'dump e,
+                    Datagram::Overrun => return Err(Error::Io(what(), io::Error::other("netlink overrun"))),
                 }
             };
             if end != 0 {

@@ -40,8 +40,9 @@ impl<'a> Iterator for Nlas<'a> {
     }
 }
 
+/// `what` (`destination port`, `service fwmark`, ...) is not `want` bytes long.
 fn bad_len(what: &str, want: usize, got: usize) -> Error {
-    Error::Decode(format!("destination {what}: expected {want} bytes, got {got}"))
+    Error::Decode(format!("{what}: expected {want} bytes, got {got}"))
 }
 
 fn u16_of(what: &str, v: &[u8]) -> Result<[u8; 2]> {
@@ -77,25 +78,27 @@ pub(crate) fn dest(payload: &[u8], family: Family) -> Result<DestinationEntry> {
         let (kind, v) = nla?;
         match kind {
             dest::ADDR => r.addr = Some(InetAddr::parse(v).map_err(|e| Error::Decode(e.to_string()))?),
-            dest::PORT => r.port = u16::from_be_bytes(u16_of("port", v)?),
-            dest::FWD_METHOD => r.method = Some(u32_ne("forwarding method", v)?),
-            dest::WEIGHT => r.weight = u32_ne("weight", v)?,
-            dest::U_THRESH => r.upper = u32_ne("upper threshold", v)?,
-            dest::L_THRESH => r.lower = u32_ne("lower threshold", v)?,
-            dest::ACTIVE_CONNS => r.active = u32_ne("active connections", v)?,
-            dest::INACT_CONNS => r.inactive = u32_ne("inactive connections", v)?,
-            dest::PERSIST_CONNS => r.persistent = u32_ne("persistent connections", v)?,
+            dest::PORT => r.port = u16::from_be_bytes(u16_of("destination port", v)?),
+            dest::FWD_METHOD => r.method = Some(u32_ne("destination forwarding method", v)?),
+            dest::WEIGHT => r.weight = u32_ne("destination weight", v)?,
+            dest::U_THRESH => r.upper = u32_ne("destination upper threshold", v)?,
+            dest::L_THRESH => r.lower = u32_ne("destination lower threshold", v)?,
+            dest::ACTIVE_CONNS => r.active = u32_ne("destination active connections", v)?,
+            dest::INACT_CONNS => r.inactive = u32_ne("destination inactive connections", v)?,
+            dest::PERSIST_CONNS => r.persistent = u32_ne("destination persistent connections", v)?,
             dest::STATS => r.stats32 = Some(read_stats(v)?),
-            dest::ADDR_FAMILY => r.af = Some(u16::from_ne_bytes(u16_of("address family", v)?)).filter(|a| *a != 0),
+            dest::ADDR_FAMILY => {
+                r.af = Some(u16::from_ne_bytes(u16_of("destination address family", v)?)).filter(|a| *a != 0)
+            }
             dest::STATS64 => r.stats64 = Some(read_stats(v)?),
             dest::TUN_TYPE => {
                 r.tun_type = match *v {
                     [t] => t,
-                    _ => return Err(bad_len("tunnel type", 1, v.len())),
+                    _ => return Err(bad_len("destination tunnel type", 1, v.len())),
                 }
             }
-            dest::TUN_PORT => r.tun_port = u16::from_be_bytes(u16_of("tunnel port", v)?),
-            dest::TUN_FLAGS => r.tun_flags = u16::from_ne_bytes(u16_of("tunnel flags", v)?),
+            dest::TUN_PORT => r.tun_port = u16::from_be_bytes(u16_of("destination tunnel port", v)?),
+            dest::TUN_FLAGS => r.tun_flags = u16::from_ne_bytes(u16_of("destination tunnel flags", v)?),
             _ => {}
         }
     }
@@ -114,18 +117,6 @@ pub(crate) fn service_message(attrs: &[u8], out: &mut Vec<ServiceEntry>) -> Resu
     Ok(())
 }
 
-fn svc_len(what: &str, want: usize, got: usize) -> Error {
-    Error::Decode(format!("service {what}: expected {want} bytes, got {got}"))
-}
-
-fn svc_u16(what: &str, v: &[u8]) -> Result<[u8; 2]> {
-    v.try_into().map_err(|_| svc_len(what, 2, v.len()))
-}
-
-fn svc_u32(what: &str, v: &[u8]) -> Result<u32> {
-    v.try_into().map(u32::from_ne_bytes).map_err(|_| svc_len(what, 4, v.len()))
-}
-
 /// A NUL-terminated string (what follows the NUL is not part of it).
 fn cstr<'a>(what: &str, v: &'a [u8]) -> Result<&'a str> {
     let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
@@ -138,20 +129,20 @@ pub(crate) fn service(payload: &[u8]) -> Result<ServiceEntry> {
     for nla in Nlas(payload) {
         let (kind, v) = nla?;
         match kind {
-            svc::AF => r.af = Some(u16::from_ne_bytes(svc_u16("address family", v)?)),
-            svc::PROTOCOL => r.proto = Some(u16::from_ne_bytes(svc_u16("protocol", v)?)),
+            svc::AF => r.af = Some(u16::from_ne_bytes(u16_of("service address family", v)?)),
+            svc::PROTOCOL => r.proto = Some(u16::from_ne_bytes(u16_of("service protocol", v)?)),
             svc::ADDR => r.addr = Some(InetAddr::parse(v).map_err(|e| Error::Decode(e.to_string()))?),
-            svc::PORT => r.port = Some(u16::from_be_bytes(svc_u16("port", v)?)),
-            svc::FWMARK => r.mark = Some(svc_u32("fwmark", v)?),
+            svc::PORT => r.port = Some(u16::from_be_bytes(u16_of("service port", v)?)),
+            svc::FWMARK => r.mark = Some(u32_ne("service fwmark", v)?),
             svc::SCHED_NAME => r.sched = Some(cstr("scheduler name", v)?),
             svc::FLAGS => match *v {
                 [a, b, c, d, e, f, g, h] => {
                     r.flags = u32::from_ne_bytes([a, b, c, d]) & u32::from_ne_bytes([e, f, g, h]);
                 }
-                _ => return Err(svc_len("flags", 8, v.len())),
+                _ => return Err(bad_len("service flags", 8, v.len())),
             },
-            svc::TIMEOUT => r.timeout = svc_u32("timeout", v)?,
-            svc::NETMASK => r.netmask = Some(svc_u32("netmask", v)?),
+            svc::TIMEOUT => r.timeout = u32_ne("service timeout", v)?,
+            svc::NETMASK => r.netmask = Some(u32_ne("service netmask", v)?),
             svc::STATS => r.stats32 = Some(read_stats(v)?),
             svc::PE_NAME => r.pe = Some(cstr("pe name", v)?),
             svc::STATS64 => r.stats64 = Some(read_stats(v)?),

@@ -284,14 +284,10 @@ impl Ipvs {
         Ok(d)
     }
 
-    async fn destinations_raw(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
-        self.destinations_with(key).await
-    }
-
     /// The destination dump of one service, parsed from the received bytes
-    /// as they arrive (no intermediate messages; `parser`'s buffers are reused
-    /// from one service to the next).
-    async fn destinations_with(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
+    /// as they arrive (no intermediate messages); empty also when the service
+    /// does not exist.
+    async fn destinations_raw(&self, key: &ServiceKey) -> Result<Vec<DestinationEntry>> {
         let msg = Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(key))]);
         let fam = key.family();
         let mut out = Vec::new();
@@ -429,7 +425,7 @@ impl Ipvs {
     async fn dump_one_by_one(&self, services: Vec<ServiceEntry>) -> Result<Table> {
         let mut out = Vec::with_capacity(services.len());
         for s in services {
-            let d = self.destinations_with(&s.service.key).await?;
+            let d = self.destinations_raw(&s.service.key).await?;
             out.push((s, d));
         }
         Ok(out)
