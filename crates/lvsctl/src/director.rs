@@ -293,8 +293,7 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
         let mut addresses = records.clone();
         addresses.extend(adds.iter().map(|(_, r)| AddressRecord { created: true, ..r.clone() }));
         addresses.extend(dels.iter().cloned());
-        let mut sysctls = sysctl_plan.records.clone();
-        sysctls.extend(sysctl_plan.restores.iter().cloned());
+        let sysctls = sysctl_plan.claim();
         state::write(
             &path,
             &DirectorState { format: state::FORMAT, services: desired.clone(), owned: claim, addresses, sysctls },
@@ -402,11 +401,7 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
     records.extend(kept_dels);
     // The forwarding NAT needs.
     let sysctl_result = sysctl::apply(&sysctl_plan, "director", &mut changes);
-    let sysctl::Plan { records: mut sysctls, restores, .. } = sysctl_plan;
-    if sysctl_result.is_err() {
-        // Keep whatever may still need undoing.
-        sysctls.extend(restores);
-    }
+    let sysctls = sysctl_plan.kept(sysctl_result.is_err());
     let st = DirectorState { format: state::FORMAT, services: desired, owned, addresses: records, sysctls };
     state::write(&path, &st)?;
     result?;

@@ -163,8 +163,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
     // Write ahead: if this run dies half-way, the state already holds every
     // previous value and every address it is about to add, so stop can undo it.
     if !sysctl_plan.is_empty() || !dels.is_empty() || !adds.is_empty() {
-        let mut sysctls = sysctl_plan.records.clone();
-        sysctls.extend(sysctl_plan.restores.iter().cloned());
+        let sysctls = sysctl_plan.claim();
         let mut addresses = addrs.clone();
         addresses.extend(adds.iter().map(|r| AddressRecord { created: true, ..r.clone() }));
         addresses.extend(dels.iter().cloned());
@@ -190,17 +189,15 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
         Ok(())
     }
     .await;
-    let sysctl::Plan { mut records, restores, .. } = sysctl_plan;
     if res.is_err() {
         // Keep whatever may still need undoing.
-        records.extend(restores);
         addrs.extend(dels);
     }
     let st = RealserverState {
         format: state::FORMAT,
         iface: spec.iface.as_ref().map(|i| i.to_string()),
         addresses: addrs,
-        sysctls: records,
+        sysctls: sysctl_plan.kept(res.is_err()),
     };
     state::write(&path, &st)?;
     res?;

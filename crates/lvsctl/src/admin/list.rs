@@ -53,10 +53,9 @@ pub(crate) fn ntop(ip: IpAddr) -> String {
 
 /// `10.0.0.1:80` or `[2001:db8::1]:80` (ipvsadm's numeric `addrport_to_anyname`).
 pub(crate) fn addr_port(a: SocketAddr) -> String {
-    match a.ip() {
-        IpAddr::V4(_) => format!("{}:{}", ntop(a.ip()), a.port()),
-        IpAddr::V6(_) => format!("[{}]:{}", ntop(a.ip()), a.port()),
-    }
+    let mut s = String::new();
+    push_addr_port(&mut s, a);
+    s
 }
 
 /// ipvsadm's `print_largenum`: 9 columns, abbreviated unless exact.

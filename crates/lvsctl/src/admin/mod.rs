@@ -346,6 +346,13 @@ fn keep_until_exit<T>(big: T) {
     std::mem::forget(big);
 }
 
+/// [`out`] of a large text, then [`keep_until_exit`].
+fn out_and_keep(text: String) -> Result<ExitCode, CliError> {
+    let r = out(&text);
+    keep_until_exit(text);
+    r
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Result<ExitCode, CliError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::failure(format!("encoding JSON: {e}")))?;
     out(&(s + "\n"))
@@ -361,9 +368,7 @@ pub(crate) async fn run(cmd: AdminCmd) -> Result<ExitCode, CliError> {
             let t = h.dump().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
             let text = save::format_save(&t, a.thresholds);
             keep_until_exit(t);
-            let r = out(&text);
-            keep_until_exit(text);
-            r
+            out_and_keep(text)
         }
         AdminCmd::Restore(a) => restore(a).await,
         AdminCmd::Clear => {
@@ -512,9 +517,7 @@ async fn list_cmd(a: ListArgs) -> Result<ExitCode, CliError> {
     }
     let text = list::format_list(info.as_ref(), &table, &view);
     keep_until_exit(table);
-    let r = out(&text);
-    keep_until_exit(text);
-    r
+    out_and_keep(text)
 }
 
 /// `list --connection`: /proc/net/ip_vs_conn of this network namespace (the

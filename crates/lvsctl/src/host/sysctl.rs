@@ -78,6 +78,22 @@ impl Plan {
     pub(crate) fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.restores.is_empty()
     }
+
+    /// The records a state written ahead of [`apply`] holds: every one the
+    /// plan may change, so that stop can undo a run that dies half-way.
+    pub(crate) fn claim(&self) -> Vec<SysctlRecord> {
+        self.records.iter().chain(&self.restores).cloned().collect()
+    }
+
+    /// The records the state keeps after [`apply`]: the wanted ones, and
+    /// when it `failed` also those it may not have restored yet.
+    pub(crate) fn kept(self, failed: bool) -> Vec<SysctlRecord> {
+        let mut r = self.records;
+        if failed {
+            r.extend(self.restores);
+        }
+        r
+    }
 }
 
 /// Read the wanted sysctls (an unreadable one is an error: nothing has
