@@ -848,7 +848,7 @@ iface = "enp1s0"
 
     #[test]
     fn readme_example_parses_and_mirrors_the_seed() {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../README.md");
         let start = readme.find("```toml\n# lvsctl.toml").expect("README has the commented config example");
         let body = &readme[start + "```toml\n".len()..];
         let body = &body[..body.find("```").unwrap()];

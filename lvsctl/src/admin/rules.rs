@@ -643,9 +643,9 @@ mod tests {
     fn the_test_rules_file_round_trips() {
         use crate::admin::save::{format_save, tests::entry};
         for text in [
-            include_str!("../../../../tests/data/admin/full.rules"),
-            include_str!("../../../../tests/data/admin/replace-a.rules"),
-            include_str!("../../../../tests/data/admin/replace-b.rules"),
+            include_str!("../../../tests/data/admin/full.rules"),
+            include_str!("../../../tests/data/admin/replace-a.rules"),
+            include_str!("../../../tests/data/admin/replace-b.rules"),
         ] {
             let table: Vec<_> =
                 parse_desired_table(text).unwrap().into_iter().map(|d| entry(d.service, d.destinations)).collect();

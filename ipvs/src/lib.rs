@@ -47,6 +47,6 @@ pub use types::*;
 pub use ipvs_sys;
 
 /// The README's Rust examples, compiled as doctests.
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

@@ -1,8 +1,8 @@
 # Guest script for scripts/vm-run: records what ipvsadm 1.31 sends to the kernel
 # and what the kernel (Debian 6.1) answers, as strace hex dumps, for the golden
-# byte tests in crates/ipvs-sys/tests/golden.rs.
+# byte tests in ipvs-sys/tests/golden.rs.
 #
-#   scripts/vm-run --log /tmp/capture.log crates/ipvs-sys/tests/data/capture.sh
+#   scripts/vm-run --log /tmp/capture.log ipvs-sys/tests/data/capture.sh
 #
 # Every command runs under
 #   strace -f -x -s 65536 -e trace=sendmsg,sendto,recvmsg,recvfrom -e write=all -e read=all

@@ -414,7 +414,7 @@ mod tests {
 
     /// The example of README's "Health-checking daemon" section, under a `[director]` header.
     fn readme_example() -> String {
-        let readme = include_str!("../../../../README.md");
+        let readme = include_str!("../../../README.md");
         let section = &readme[readme.find("## Health-checking daemon").expect("README has the daemon section")..];
         let start = section.find("```toml\n").expect("the section has a TOML example") + "```toml\n".len();
         let body = &section[start..];
