@@ -540,20 +540,67 @@ fn admin_netns_option_acts_in_that_namespace() {
     });
 }
 
-/// `ipvsadm -Lnc` read just before and just after `ours()`: when those two
-/// agree, no expiry timer ticked in between, so `ours()` must print exactly
-/// that. Retried until they agree (a tick falls between them now and then).
+/// The expiry column (`MM:SS`, the second field) of each connection line of
+/// `ipvsadm -Lnc`, and the text with that column blanked: the one column that
+/// counts down while the table is read.
+fn split_expiry(table: &str) -> (String, Vec<u32>) {
+    let mut masked = String::with_capacity(table.len());
+    let mut expiry = Vec::new();
+    for line in table.lines() {
+        let mut fields = line.splitn(3, ' ');
+        let (first, rest) = (fields.next().unwrap_or(""), line.get(4..).unwrap_or(""));
+        let mmss = rest.get(..5).unwrap_or("");
+        match (mmss.get(..2).map(str::parse::<u32>), mmss.get(3..).map(str::parse::<u32>), mmss.get(2..3)) {
+            (Some(Ok(m)), Some(Ok(s)), Some(":")) if first.len() <= 3 && !first.is_empty() => {
+                expiry.push(m * 60 + s);
+                masked.push_str(&line[..4]);
+                masked.push_str("--:--");
+                masked.push_str(&rest[5..]);
+            }
+            _ => masked.push_str(line),
+        }
+        masked.push('\n');
+    }
+    (masked, expiry)
+}
+
+/// `ours()` against `ipvsadm` read just before and just after it. Listings
+/// without timers must be identical. Connection listings (`-Lnc`) count down
+/// while they are read, so the expiry column is compared as a range: each
+/// entry's expiry in `ours()` lies between the two ipvsadm reads, everything
+/// else is identical. Retried while the entries themselves change between the
+/// two reads (a connection expiring, a state changing).
 fn same_as_ipvsadm_around(theirs_args: &[&str], ours: impl Fn() -> String) -> String {
+    let timed = theirs_args.iter().any(|a| a.starts_with("-L") && a.contains('c'));
     for _ in 0..20 {
         let before = ipvsadm(theirs_args);
         let o = ours();
         let after = ipvsadm(theirs_args);
-        if before == after {
-            assert_eq!(o, before, "lvsctl vs ipvsadm {theirs_args:?}");
-            return before;
+        if !timed {
+            if before == after {
+                assert_eq!(o, before, "lvsctl vs ipvsadm {theirs_args:?}");
+                return before;
+            }
+            continue;
         }
+        let ((b, bx), (a, ax), (m, mx)) = (split_expiry(&before), split_expiry(&after), split_expiry(&o));
+        if a != b {
+            continue;
+        }
+        assert_eq!(m, b, "lvsctl vs ipvsadm {theirs_args:?} (expiry column blanked)");
+        assert!(bx.len() == mx.len() && ax.len() == mx.len(), "{before}\n{o}\n{after}");
+        for i in 0..mx.len() {
+            assert!(
+                bx[i] >= mx[i] && mx[i] >= ax[i],
+                "entry {i}: lvsctl's expiry {} is not between ipvsadm's {} and {}\n{before}\n{o}\n{after}",
+                mx[i],
+                bx[i],
+                ax[i]
+            );
+        }
+        return before;
     }
-    panic!("the connection table never held still for three reads in a row");
+    panic!("the table's entries kept changing between two ipvsadm reads ({theirs_args:?})");
 }
 
 /// Run `f` on a thread that has entered the named network namespace.
@@ -669,28 +716,31 @@ fn conn_list_test(cl: &str, rs: &str) {
     same_as_ipvsadm_around(&["-Lnc"], || lvsctl_ok(&["list", "-n", "--connection"]));
     same_as_ipvsadm_around(&["-Lnc", "--persistent-conn"], || lvsctl_ok(&["list", "-c", "--persistent-conn"]));
 
-    // JSON: the same entries in the same order, expiry in seconds.
-    let (j, theirs) = (0..20)
+    // JSON: the same entries in the same order, expiry in seconds (between
+    // the two ipvsadm reads around it).
+    let (j, before, after) = (0..20)
         .find_map(|_| {
             let before = ipvsadm(&["-Lnc"]);
             let j: serde_json::Value = serde_json::from_str(&lvsctl_ok(&["list", "-c", "--json"])).unwrap();
-            (ipvsadm(&["-Lnc"]) == before).then_some((j, before))
+            let after = ipvsadm(&["-Lnc"]);
+            (split_expiry(&before).0 == split_expiry(&after).0).then_some((j, before, after))
         })
-        .expect("the connection table never held still for three reads in a row");
+        .expect("the connection entries kept changing between two ipvsadm reads");
     let entries = j.as_array().expect("a JSON array");
-    let rows: Vec<Vec<&str>> = theirs.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
-    assert_eq!(entries.len(), rows.len(), "{j:#}\n{theirs}");
-    for (e, row) in entries.iter().zip(&rows) {
+    let rows: Vec<Vec<&str>> = before.lines().skip(2).map(|l| l.split_whitespace().collect()).collect();
+    let (bx, ax) = (split_expiry(&before).1, split_expiry(&after).1);
+    assert_eq!(entries.len(), rows.len(), "{j:#}\n{before}");
+    for (i, (e, row)) in entries.iter().zip(&rows).enumerate() {
         let secs = e["expires_seconds"].as_u64().unwrap();
+        assert!(u64::from(bx[i]) >= secs && secs >= u64::from(ax[i]), "{e}: expiry not between\n{before}\n{after}");
         let got = [
-            e["protocol"].as_str().unwrap().to_owned(),
-            format!("{:02}:{:02}", secs / 60, secs % 60),
-            e["state"].as_str().unwrap().to_owned(),
-            e["client"].as_str().unwrap().to_owned(),
-            e["virtual"].as_str().unwrap().to_owned(),
-            e["destination"].as_str().unwrap().to_owned(),
+            e["protocol"].as_str().unwrap(),
+            e["state"].as_str().unwrap(),
+            e["client"].as_str().unwrap(),
+            e["virtual"].as_str().unwrap(),
+            e["destination"].as_str().unwrap(),
         ];
-        assert_eq!(got.to_vec(), *row, "{e}");
+        assert_eq!(got.to_vec(), [row[0], row[2], row[3], row[4], row[5]], "{e}");
         assert!(e["pe"].is_null(), "{e}");
     }
 
