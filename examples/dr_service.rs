@@ -1,5 +1,5 @@
-//! Set up an LVS-DR virtual service with two real servers, the seed
-//! deployment's values by default, using the desired-state reconcile: run it
+//! Set up an LVS-DR virtual service with two real servers (by default those
+//! of a database coordinator pair: VIP 10.19.70.166:15858, round robin), using the desired-state reconcile: run it
 //! twice and the second run changes nothing.
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! Privileged tests of lvsctl's ipvsadm-level commands (issue 4), against a
+//! Privileged tests of lvsctl's ipvsadm-level commands, against a
 //! real IPVS kernel and ipvsadm 1.31, each in a fresh network namespace.
 //! Run them with `scripts/privileged-tests admin` (the test VM when the host
 //! kernel has no IPVS).

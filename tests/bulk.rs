@@ -1,4 +1,4 @@
-//! Privileged tests of the bulk paths (issue 5): what they do, not how fast.
+//! Privileged tests of the bulk paths: what they do, not how fast.
 //!
 //! - `Ipvs::apply` of many operations, some failing at chosen places (among
 //!   them the last request of a sendmsg chunk, the one that carries the ACK
@@ -76,7 +76,7 @@ fn expected(t: &[DesiredService]) -> Vec<(Service, Vec<Destination>)> {
 /// test of this file, and empty the table before the namespace goes. These
 /// tests build tables of thousands of services, and the kernel pages a
 /// service dump by a position counted over the services of EVERY namespace
-/// (see `Ipvs::services` and "A kernel limit" in README): a large table changing elsewhere during a
+/// (see `Ipvs::services` and "A kernel limit" in docs/library.md): a large table changing elsewhere during a
 /// dump - another test's, or one the kernel tears down in the background
 /// after its namespace went - makes a dump (ipvsadm's too) skip or repeat
 /// entries. Seen once in CI: `ipvsadm -Sn` listed 17,981 of 22,601 lines.

@@ -1,5 +1,6 @@
-//! Privileged tests of `lvsctl director run` (issue 6), the health-checking
-//! director daemon, on the seed's LVS-DR topology in network namespaces:
+//! Privileged tests of `lvsctl director run`, the health-checking director
+//! daemon, on an LVS-DR topology like the coordinator pair's (VIP
+//! 10.19.70.166:15858, see tests/support/daemon_net.rs) in network namespaces:
 //! checks (tcp, http, exec) drive weights, the sorry server, SIGHUP reloads,
 //! SIGTERM/SIGINT with and without teardown, and the file-safety refusals.
 //!
@@ -21,7 +22,7 @@ const T: Duration = Duration::from_secs(60);
 /// A quick tcp check: 200 ms apart, 500 ms timeout, rise 2, fall 2.
 const FAST_TCP: &str = r#"{ type = "tcp", interval = "200ms", timeout = "500ms", rise = 2, fall = 2 }"#;
 
-/// The seed's service with these real servers, this check, and `extra` service keys.
+/// The coordinator pair's service (VIP:PORT) with these real servers, this check, and `extra` service keys.
 fn config(reals: &[&str], check: &str, extra: &str) -> String {
     let reals: Vec<String> = reals.iter().map(|r| format!("\"{r}\"")).collect();
     format!(

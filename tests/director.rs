@@ -1,9 +1,10 @@
-//! Privileged tests of `lvsctl director` (and the seed's whole LVS-DR
-//! topology, real servers included) against the real kernel: every host is a
-//! network namespace, the hosts share a bridge.
+//! Privileged tests of `lvsctl director` (and of a whole LVS-DR topology,
+//! real servers included) against the real kernel: every host is a network
+//! namespace, the hosts share a bridge.
 //!
-//! Addresses are the seed's (VIP 10.19.70.166:15858, real servers
-//! 10.18.68.186 and .187) and exist only inside the test's namespaces.
+//! Addresses are those of the database coordinator pair lvsctl was written
+//! for (VIP 10.19.70.166:15858; real servers 10.18.68.186, which is also the
+//! director, and 10.18.68.187) and exist only inside the test's namespaces.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +21,8 @@ fn vip_port() -> SocketAddr {
     format!("{VIP}:{PORT}").parse().unwrap()
 }
 
+/// `director start` flags of the coordinator pair's service (the "seed" of
+/// these test names): VIP:PORT on enp1s0, real servers 186 and 187.
 fn seed_start_args() -> Vec<&'static str> {
     vec![
         "director",
@@ -151,7 +154,7 @@ fn director_seed_topology_end_to_end() {
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn director_is_also_a_real_server() {
     require_privileged();
-    // The seed: 186 runs lvs-dr and lvs-rs, 187 lvs-rs.
+    // The coordinator pair: 186 is director and real server, 187 real server.
     let lan = Lan::new();
     let client = lan.host("cli", IF, "10.18.68.10/24");
     let h186 = lan.host("h186", IF, "10.18.68.186/24");
@@ -197,7 +200,7 @@ fn director_is_also_a_real_server() {
 }
 
 /// A namespace with interface `enp1s0` (a veth pair inside it) and the
-/// seed's real-server addresses on its other end's subnet.
+/// coordinator pair's real-server addresses on its other end's subnet.
 fn director_host() -> Netns {
     let ns = Netns::new("d");
     ns.add_veth(IF, "peer0");

@@ -121,7 +121,7 @@ fn realserver_config_file_with_both_roles() {
     let dir = std::env::temp_dir().join(unique("lvsctl-rs-"));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("lvsctl.toml");
-    // The README's shape: both roles in one file, two services, realserver VIPs by default.
+    // The shape of docs/configuration.md: both roles in one file, two services, realserver VIPs by default.
     std::fs::write(
         &cfg,
         "[director]\niface = \"enp1s0\"\n\

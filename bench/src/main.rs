@@ -1,4 +1,4 @@
-//! `lvs-bench`: the pieces of the bulk-speed benchmark (issue 5) that run inside
+//! `lvs-bench`: the pieces of the bulk-speed benchmark that run inside
 //! the test VM. `scripts/bench` drives them; see its header for the whole run.
 //!
 //! ```text

@@ -46,7 +46,17 @@ pub use types::*;
 /// The wire-format crate, re-exported.
 pub use ipvs_sys;
 
-/// The README's Rust examples, compiled as doctests.
+/// The workspace README's Rust examples, compiled as doctests.
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The library guide's Rust examples (docs/library.md), compiled as doctests.
+#[doc = include_str!("../../docs/library.md")]
+#[cfg(doctest)]
+pub struct LibraryGuideDoctests;
+
+/// This crate's README examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;

@@ -3,12 +3,12 @@
 //! validation, and the conversion into what the `ipvs` library reconciles
 //! ([`DesiredService`]).
 //!
-//! Shared by `director start`, `realserver start` and (later) the
+//! Shared by `director start`, `realserver start` and the
 //! health-checking `director run`: parse with [`Config::load`] or
 //! [`Config::parse`], then [`Config::director`] / [`Config::realserver`] give
 //! validated specs, and [`DirectorSpec::desired_services`] the library's view.
 //!
-//! Schema (documented with an example in README, "Director and real server"):
+//! Schema (documented with an example in docs/configuration.md):
 //!
 //! ```toml
 //! [director]
@@ -594,9 +594,11 @@ impl Config {
     }
 }
 
-/// The services in the form the library reconciles: the function `director
-/// start` and `director run` share.
-#[allow(dead_code)] // the entry point for `director run` (issue 6)
+/// The services of a config's `[director]` section in the form the library
+/// reconciles, in one call (validation included). `director start` uses
+/// [`DirectorSpec::desired_services`] instead, and `director run` the
+/// health-adjusted services of `daemon::health::effective`.
+#[allow(dead_code)] // only the tests call it
 pub(crate) fn desired_services(config: &Config) -> Result<Vec<DesiredService>, ConfigError> {
     Ok(config.director()?.desired_services())
 }
@@ -806,6 +808,9 @@ impl fmt::Display for Family {
 mod tests {
     use super::*;
 
+    /// "Seed" in these tests: the deployment lvsctl was written for, a database
+    /// coordinator pair behind VIP 10.19.70.166:15858 (LVS-DR, round robin), the
+    /// director 10.18.68.186 also one of the two real servers.
     const SEED: &str = r#"
 [director]
 iface = "enp1s0"
@@ -848,17 +853,17 @@ iface = "enp1s0"
 
     #[test]
     fn readme_example_parses_and_mirrors_the_seed() {
-        let readme = include_str!("../../README.md");
-        let start = readme.find("```toml\n# lvsctl.toml").expect("README has the commented config example");
-        let body = &readme[start + "```toml\n".len()..];
+        let doc = include_str!("../../docs/configuration.md");
+        let start = doc.find("```toml\n# lvsctl.toml").expect("docs/configuration.md has the commented config example");
+        let body = &doc[start + "```toml\n".len()..];
         let body = &body[..body.find("```").unwrap()];
-        let c = Config::parse(body, "README.md").unwrap();
+        let c = Config::parse(body, "docs/configuration.md").unwrap();
         let d = c.director().unwrap();
         let seed = d
             .services
             .iter()
             .find(|s| s.desired.service.key == ServiceKey::tcp("10.19.70.166:15858".parse().unwrap()))
-            .expect("the seed's service");
+            .expect("the coordinator pair's service");
         assert_eq!(seed.desired.service.scheduler, Scheduler::Rr);
         let addrs: Vec<String> = seed.desired.destinations.iter().map(|d| d.addr.to_string()).collect();
         assert_eq!(addrs, ["10.18.68.186:15858", "10.18.68.187:15858"]);

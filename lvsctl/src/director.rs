@@ -1,5 +1,6 @@
-//! `lvsctl director start|stop|status` (issue 3): the seed's `lvs-dr` init
-//! script, without its `ipvsadm -C`.
+//! `lvsctl director start|stop|status`: what an LVS-DR director's init script
+//! (`lvs-dr start|stop|status` around ipvsadm and ifconfig) did, without its
+//! `ipvsadm -C` flush of every service.
 //!
 //! - `start` puts each VIP as /32 (/128) on its interface and reconciles the
 //!   virtual services it owns with the configuration ([`ipvs::reconcile::plan`]
@@ -44,7 +45,7 @@ enum DirectorCmd {
     Status(StatusArgs),
     /// Run as a daemon: apply the config like start, then health-check every
     /// real server and act (weight 0 or removal, sorry server); SIGHUP
-    /// reloads, SIGTERM/SIGINT stop (see README, "Health-checking daemon").
+    /// reloads, SIGTERM/SIGINT stop (see docs/health-daemon.md).
     Run(crate::daemon::RunArgs),
     /// Connect to ADDR:PORT COUNT times and print each answer (for scripts/demo).
     #[command(hide = true)]
@@ -61,7 +62,7 @@ enum DirectorCmd {
 /// `director start` flags (or `--config FILE`).
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct StartArgs {
-    /// TOML configuration with a [director] section (see README); excludes the other flags.
+    /// TOML configuration with a [director] section (see docs/configuration.md); excludes the other flags.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Virtual IP address (IPv4 or IPv6).

@@ -1,11 +1,11 @@
-//! `lvsctl realserver start|stop|status` (issue 3): the seed's `lvs-rs` init
-//! script.
+//! `lvsctl realserver start|stop|status`: what an LVS-DR real server's init
+//! script (`lvs-rs start|stop|status`) did.
 //!
 //! - `start` puts each VIP as /32 (/128) on `lo` and, when a VIP is IPv4, sets
 //!   `arp_ignore=1` and `arp_announce=2` on `all`, `lo` and the interface,
 //!   recording every previous value.
 //! - `stop` removes the addresses start added and writes back every previous
-//!   sysctl value (the seed wrote 0).
+//!   sysctl value (the `lvs-rs` script wrote 0, whatever the value had been).
 //! - `status` reads the addresses and sysctls and compares them with what
 //!   start configured.
 
@@ -58,7 +58,7 @@ enum RealserverCmd {
 /// `realserver start` flags (or `--config FILE`).
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct StartArgs {
-    /// TOML configuration with a [realserver] section (see README); excludes --vip and --iface.
+    /// TOML configuration with a [realserver] section (see docs/configuration.md); excludes --vip and --iface.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// A virtual IP to accept traffic for (repeatable).

@@ -1,6 +1,6 @@
-//! Test network for `director run` (tests/daemon.rs), on the seed topology
-//! helpers of the director tests ([`lvsctl_tests::topology`]): the seed's
-//! LVS-DR hosts on one bridge, real servers set up by `lvsctl realserver
+//! Test network for `director run` (tests/daemon.rs), on the topology
+//! helpers of the director tests ([`lvsctl_tests::topology`]): LVS-DR hosts
+//! like the coordinator pair's on one bridge, real servers set up by `lvsctl realserver
 //! start`, servers that can be switched off and on (and HTTP health
 //! endpoints), a client, and the daemon as a child process.
 //!
@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use lvsctl_tests::topology::{enter, Lan, Netns};
 use lvsctl_tests::{lvsctl_bin, unique};
 
-/// The VIP of the seed.
+/// The VIP of the coordinator pair's service.
 pub const VIP: &str = "10.19.70.166";
-/// The service port of the seed.
+/// The port of the coordinator pair's service.
 pub const PORT: u16 = 15858;
 /// The client's address.
 pub const CLIENT: &str = "10.18.68.10";

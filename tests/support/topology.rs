@@ -1,6 +1,6 @@
 //! Hosts emulated by named network namespaces on one bridge, for the
 //! `lvsctl director` / `lvsctl realserver` tests: each "host" is a netns with
-//! an interface (named like the seed's, `enp1s0`, or anything else) whose veth
+//! an interface (named like the coordinator pair's, `enp1s0`, or anything else) whose veth
 //! peer sits on a bridge in a "lan" netns. Plus tiny TCP servers and clients
 //! that run inside a netns, and snapshots of a host's state.
 //!

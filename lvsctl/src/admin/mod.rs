@@ -1,4 +1,4 @@
-//! ipvsadm-level commands (issue 4): virtual services, real servers, list,
+//! ipvsadm-level commands: virtual services, real servers, list,
 //! save, restore, clear, zero, timeouts, sync daemons, info, shell
 //! completions and the man page.
 //!

@@ -2,7 +2,7 @@
 //! machinery: `save` and `list` of a large table write hundreds of thousands
 //! of them, and `format!` with its temporary `String`s was most of their time
 //! (measured: 10k x 10 `list --stats` formatted in 90 ms natively before, see
-//! the benchmark in README). Every helper writes exactly what the `format!`
+//! docs/benchmarks.md). Every helper writes exactly what the `format!`
 //! spelling named in its documentation writes; the tests hold them to it.
 
 use std::net::{IpAddr, SocketAddr};

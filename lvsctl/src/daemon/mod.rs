@@ -1,5 +1,5 @@
-//! `lvsctl director run --config FILE` (issue 6): the health-checking
-//! director daemon.
+//! `lvsctl director run --config FILE`: the health-checking director
+//! daemon.
 //!
 //! It applies the config as `director start` does, then checks every real
 //! server (one task per real server, [`checks`]), counts results
@@ -412,10 +412,11 @@ mod tests {
     use crate::config::Config;
     use checks::{CheckType, Probe};
 
-    /// The example of README's "Health-checking daemon" section, under a `[director]` header.
+    /// The example of docs/health-daemon.md's "Checks in the config file" section, under a `[director]` header.
     fn readme_example() -> String {
-        let readme = include_str!("../../../README.md");
-        let section = &readme[readme.find("## Health-checking daemon").expect("README has the daemon section")..];
+        let doc = include_str!("../../../docs/health-daemon.md");
+        let section =
+            &doc[doc.find("## Checks in the config file").expect("docs/health-daemon.md has the checks section")..];
         let start = section.find("```toml\n").expect("the section has a TOML example") + "```toml\n".len();
         let body = &section[start..];
         format!("[director]\niface = \"enp1s0\"\n{}", &body[..body.find("```").unwrap()])
@@ -458,7 +459,7 @@ mod tests {
     #[test]
     fn readme_example_loads() {
         let text = readme_example();
-        let d = Config::parse(&text, "README.md").unwrap().director().unwrap();
+        let d = Config::parse(&text, "docs/health-daemon.md").unwrap().director().unwrap();
         let s = specs(&d).unwrap();
         assert_eq!(s[0].on_failure, health::OnFailure::Drain);
         assert_eq!(s[0].sorry.as_ref().unwrap().addr, "10.18.68.190:15858".parse().unwrap());
@@ -485,7 +486,7 @@ mod tests {
             alt.push_str(&line);
             alt.push('\n');
         }
-        let d = Config::parse(&alt, "README.md").unwrap().director().unwrap();
+        let d = Config::parse(&alt, "docs/health-daemon.md").unwrap().director().unwrap();
         let kinds: Vec<_> = d.services[0].checks.iter().map(|c| c.as_ref().unwrap().kind).collect();
         assert_eq!(kinds, [CheckType::Http, CheckType::Exec]);
     }
