@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::director::status::AddrStatus;
 use crate::host::addr::{host_prefix, Rtnl};
-use crate::host::{require_root, sysctl, Change, Report};
+use crate::host::{require_root, sysctl, Change, Incomplete, Report};
 use crate::spec::RealserverSpec;
 use crate::state::{self, AddressRecord, RealserverState, Role};
 use crate::Error;
@@ -115,8 +115,17 @@ pub async fn observe(
     Ok(Observed { on_lo, sysctls, prev })
 }
 
-/// Make the host a real server for `spec`; run again to reconcile.
-pub async fn start(spec: &RealserverSpec) -> Result<Report, Error> {
+/// Make the host a real server for `spec`; run again to reconcile. On an
+/// error, the changes made before it come with it.
+pub async fn start(spec: &RealserverSpec) -> Result<Report, Incomplete> {
+    let mut report = Report { services: spec.vips.len(), ..Report::default() };
+    match start_into(spec, &mut report.changes).await {
+        Ok(()) => Ok(report),
+        Err(e) => Err(report.failed(e)),
+    }
+}
+
+async fn start_into(spec: &RealserverSpec, changes: &mut Vec<Change>) -> Result<(), Error> {
     require_root("lvsctl realserver start")?;
     // Checks and reads first: nothing changes until all of them pass.
     let rtnl = Rtnl::connect()?;
@@ -134,9 +143,8 @@ pub async fn start(spec: &RealserverSpec) -> Result<Report, Error> {
     if let Some(st) = &p.write_ahead {
         state::write(&path, st)?;
     }
-    let mut report = Report { services: spec.vips.len(), ..Report::default() };
     let mut addrs = p.kept.clone();
-    let res = execute(&rtnl, lo, &p, &mut addrs, &mut report.changes).await;
+    let res = execute(&rtnl, lo, &p, &mut addrs, changes).await;
     if res.is_err() {
         // Keep whatever may still need undoing.
         addrs.extend(p.dels.iter().cloned());
@@ -148,7 +156,7 @@ pub async fn start(spec: &RealserverSpec) -> Result<Report, Error> {
         sysctls: p.sysctls.kept(res.is_err()),
     };
     state::write(&path, &st)?;
-    res.map(|()| report)
+    res
 }
 
 async fn execute(
@@ -173,27 +181,33 @@ async fn execute(
 
 /// Undo what start did. Without a record there is nothing to undo (an
 /// empty report).
-pub async fn stop() -> Result<Report, Error> {
-    require_root("lvsctl realserver stop")?;
+pub async fn stop() -> Result<Report, Incomplete> {
     let mut report = Report::default();
+    match stop_into(&mut report.changes).await {
+        Ok(()) => Ok(report),
+        Err(e) => Err(report.failed(e)),
+    }
+}
+
+async fn stop_into(changes: &mut Vec<Change>) -> Result<(), Error> {
+    require_root("lvsctl realserver stop")?;
     let dir = state::dir();
     if !dir.exists() {
         // Never started on this host (not even a lock file).
-        return Ok(report);
+        return Ok(());
     }
     let _lock = state::lock(&dir)?;
     let path = state::path(&dir, Role::Realserver)?;
-    let Some(mut st) = state::read::<RealserverState>(&path)? else { return Ok(report) };
-    let (left, mut first_err) = sysctl::restore_all(&st.sysctls, &mut report.changes);
+    let Some(mut st) = state::read::<RealserverState>(&path)? else { return Ok(()) };
+    let (left, mut first_err) = sysctl::restore_all(&st.sysctls, changes);
     st.sysctls = left;
     let rtnl = Rtnl::connect()?;
-    let (left, err) = rtnl.remove_created(std::mem::take(&mut st.addresses), &mut report.changes).await;
+    let (left, err) = rtnl.remove_created(std::mem::take(&mut st.addresses), changes).await;
     st.addresses = left;
     if let Some(e) = err {
         first_err.get_or_insert(e);
     }
-    state::finish_stop(&path, &st, first_err)?;
-    Ok(report)
+    state::finish_stop(&path, &st, first_err)
 }
 
 /// `realserver status` (`--json` prints it as it is).

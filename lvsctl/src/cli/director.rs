@@ -11,7 +11,7 @@ use lvsctl::config::{self, Config, DirectorConfig, ForwardMethod, IfName, Origin
 use lvsctl::director::{Director, Status};
 use lvsctl::spec::DirectorSpec;
 
-use super::{print_changes, CliError};
+use super::{done, CliError};
 
 /// Arguments of `lvsctl director`.
 #[derive(Debug, clap::Args)]
@@ -186,8 +186,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
     let spec = start_spec(&args)?;
     lvsctl::host::require_root("lvsctl director start")?;
     let mut director = Director::connect().await?;
-    let report = director.reconcile(&spec, &spec.desired_services()).await?;
-    print_changes("director", &report.changes);
+    let report = done("director", director.reconcile(&spec, &spec.desired_services()).await)?;
     if report.changes.is_empty() {
         println!("director: already running as configured; nothing changed");
     } else {
@@ -200,8 +199,7 @@ async fn stop() -> Result<ExitCode, CliError> {
     lvsctl::host::require_root("lvsctl director stop")?;
     let mut director = Director::connect().await?;
     let had_state = lvsctl::state::path(director.state_dir(), lvsctl::state::Role::Director)?.exists();
-    let report = director.stop().await?;
-    print_changes("director", &report.changes);
+    done("director", director.stop().await)?;
     if had_state {
         println!("director: stopped");
     } else {

@@ -85,11 +85,20 @@ pub(crate) fn enter_netns(name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Print `role: change` for each change, then the summary line.
-fn print_changes(role: &str, changes: &[lvsctl::host::Change]) {
+/// Print `role: change` for each change a run made, also when it failed
+/// part-way; the report, or the error.
+fn done(
+    role: &str,
+    r: Result<lvsctl::host::Report, lvsctl::host::Incomplete>,
+) -> Result<lvsctl::host::Report, CliError> {
     use std::io::Write;
+    let changes = match &r {
+        Ok(report) => &report.changes,
+        Err(i) => &i.report.changes,
+    };
     let mut out = std::io::stdout().lock();
     for c in changes {
         let _ = writeln!(out, "{role}: {c}");
     }
+    r.map_err(|i| CliError::from(i.error))
 }

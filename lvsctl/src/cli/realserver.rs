@@ -10,7 +10,7 @@ use lvsctl::config::{self, Config, IfName, Origin};
 use lvsctl::realserver::{self as rs, Status};
 use lvsctl::spec::RealserverSpec;
 
-use super::{print_changes, CliError};
+use super::{done, CliError};
 
 /// Arguments of `lvsctl realserver`.
 #[derive(Debug, clap::Args)]
@@ -95,8 +95,7 @@ fn start_spec(a: &StartArgs) -> Result<RealserverSpec, CliError> {
 
 async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
     let spec = start_spec(&args)?;
-    let report = rs::start(&spec).await?;
-    print_changes("realserver", &report.changes);
+    let report = done("realserver", rs::start(&spec).await)?;
     if report.changes.is_empty() {
         println!("realserver: already running as configured; nothing changed");
     } else {
@@ -109,8 +108,7 @@ async fn stop() -> Result<ExitCode, CliError> {
     lvsctl::host::require_root("lvsctl realserver stop")?;
     let dir = lvsctl::state::dir();
     let had_state = lvsctl::state::path(&dir, lvsctl::state::Role::Realserver)?.exists();
-    let report = rs::stop().await?;
-    print_changes("realserver", &report.changes);
+    done("realserver", rs::stop().await)?;
     if had_state {
         println!("realserver: stopped");
     } else {

@@ -229,9 +229,10 @@ impl Daemon {
                 log_changes(&r.changes, "start");
                 self.applied = Some(by_key(desired));
             }
-            Err(e) if e.is_input() || e.is_permission() => return Err(e),
-            Err(e) => {
-                error!(reason = %e, "cannot change the IPVS table; retrying");
+            Err(i) if i.error.is_input() || i.error.is_permission() => return Err(i.error),
+            Err(i) => {
+                log_changes(&i.report.changes, "start");
+                error!(reason = %i.error, "cannot change the IPVS table; retrying");
                 events.retry_later();
             }
         }
@@ -251,8 +252,13 @@ impl Daemon {
         let _ = state::remove(&self.report_path);
         if teardown {
             info!(signal = signal_name, "director run: stopping, removing the virtual services and VIPs");
-            let r = self.director.stop().await?;
-            log_changes(&r.changes, "stop");
+            let r = self.director.stop().await;
+            let changes = match &r {
+                Ok(report) => &report.changes,
+                Err(i) => &i.report.changes,
+            };
+            log_changes(changes, "stop");
+            r?;
         } else {
             info!(
                 signal = signal_name,
@@ -404,8 +410,9 @@ impl Daemon {
                 self.applied = Some(by_key(desired));
                 events.succeeded();
             }
-            Err(e) => {
-                error!(reason = %e, why, "cannot change the IPVS table; retrying");
+            Err(i) => {
+                log_changes(&i.report.changes, why);
+                error!(reason = %i.error, why, "cannot change the IPVS table; retrying");
                 self.applied = None;
                 events.retry_later();
             }

@@ -28,7 +28,7 @@ use ipvs::reconcile::DesiredService;
 use ipvs::{Ipvs, Op, ServiceKey, Table};
 
 use crate::host::addr::Rtnl;
-pub use crate::host::Report;
+pub use crate::host::{Incomplete, Report};
 use crate::host::{require_root, sysctl, Change};
 use crate::spec::DirectorSpec;
 use crate::state::{self, AddressRecord, DirectorState, Role};
@@ -84,31 +84,46 @@ impl Director {
 
     /// Make the host match `spec` with the services `desired`: see
     /// [`Director::reconcile_with`] with [`OnError::Undo`].
-    pub async fn reconcile(&mut self, spec: &DirectorSpec, desired: &[DesiredService]) -> Result<Report, Error> {
+    pub async fn reconcile(&mut self, spec: &DirectorSpec, desired: &[DesiredService]) -> Result<Report, Incomplete> {
         self.reconcile_with(spec, desired, OnError::Undo).await
     }
 
-    /// Observe, plan and execute under the state lock. On an error the
-    /// changes made before it are lost from the report but kept in the state.
+    /// Observe, plan and execute under the state lock. On an error, the
+    /// changes made before it come with it (they are recorded in the state).
     pub async fn reconcile_with(
         &mut self,
         spec: &DirectorSpec,
         desired: &[DesiredService],
         on_error: OnError,
-    ) -> Result<Report, Error> {
-        require_root("lvsctl director")?;
-        let _lock = state::lock(&self.dir)?;
-        let prev: Option<DirectorState> = state::read(&self.path)?;
-        let obs = self.observe(spec, desired, prev).await?;
-        let prev = obs.prev.clone();
-        let p = plan(spec, desired, &obs)?;
+    ) -> Result<Report, Incomplete> {
         let mut report = Report {
             services: desired.len(),
             real_servers: desired.iter().map(|d| d.destinations.len()).sum(),
             ..Report::default()
         };
-        self.execute(p, prev, on_error, &mut report.changes).await?;
-        Ok(report)
+        let p = match self.observe_and_plan(spec, desired).await {
+            Ok(p) => p,
+            Err(e) => return Err(report.failed(e)),
+        };
+        let (p, prev, _lock) = p;
+        match self.execute(p, prev, on_error, &mut report.changes).await {
+            Ok(()) => Ok(report),
+            Err(e) => Err(report.failed(e)),
+        }
+    }
+
+    /// Take the lock, read the record, observe and plan.
+    async fn observe_and_plan(
+        &self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+    ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
+        require_root("lvsctl director")?;
+        let lock = state::lock(&self.dir)?;
+        let prev: Option<DirectorState> = state::read(&self.path)?;
+        let obs = self.observe(spec, desired, prev).await?;
+        let p = plan(spec, desired, &obs)?;
+        Ok((p, obs.prev, lock))
     }
 
     /// Read what [`plan`] needs: the IPVS table (with targeted lookups of
@@ -282,24 +297,29 @@ impl Director {
     /// Undo what reconciles did: delete the services lvsctl owns and the
     /// VIPs it added, put back the sysctls; nothing else. Without a record
     /// there is nothing to undo (an empty report).
-    pub async fn stop(&mut self) -> Result<Report, Error> {
-        require_root("lvsctl director")?;
+    pub async fn stop(&mut self) -> Result<Report, Incomplete> {
         let mut report = Report::default();
+        match self.undo_all(&mut report.changes).await {
+            Ok(()) => Ok(report),
+            Err(e) => Err(report.failed(e)),
+        }
+    }
+
+    async fn undo_all(&self, changes: &mut Vec<Change>) -> Result<(), Error> {
+        require_root("lvsctl director")?;
         if !self.dir.exists() {
             // Never started on this host (not even a lock file).
-            return Ok(report);
+            return Ok(());
         }
         let _lock = state::lock(&self.dir)?;
-        let Some(mut st) = state::read::<DirectorState>(&self.path)? else { return Ok(report) };
-        let changes = &mut report.changes;
+        let Some(mut st) = state::read::<DirectorState>(&self.path)? else { return Ok(()) };
         let mut first_err = self.delete_owned(&mut st, changes).await.err();
         let (left, err) = self.rtnl.remove_created(std::mem::take(&mut st.addresses), changes).await;
         st.addresses = left;
         first_err = first_err.or(err);
         let (left, err) = sysctl::restore_all(&st.sysctls, changes);
         st.sysctls = left;
-        state::finish_stop(&self.path, &st, first_err.or(err))?;
-        Ok(report)
+        state::finish_stop(&self.path, &st, first_err.or(err))
     }
 
     /// Delete the owned services: ownership of each ends when its delete

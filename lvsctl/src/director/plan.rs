@@ -210,3 +210,215 @@ pub fn destination_ops(before: &DesiredService, after: &DesiredService) -> Vec<O
     }
     ops
 }
+
+#[cfg(test)]
+mod tests {
+    use ipvs::{Destination, DestinationEntry, Forward, Scheduler, Service, ServiceEntry};
+
+    use super::*;
+    use crate::config::Config;
+
+    const VIP: &str = "10.19.70.166";
+
+    fn spec() -> DirectorSpec {
+        let text = format!(
+            "[director]\niface = \"eth0\"\n[[director.service]]\nvip = \"{VIP}\"\nport = 80\n\
+             real = [\"10.18.68.186\", \"10.18.68.187\"]\n"
+        );
+        Config::parse(&text, "t.toml").unwrap().director().unwrap()
+    }
+
+    fn key() -> ServiceKey {
+        ServiceKey::tcp(format!("{VIP}:80").parse().unwrap())
+    }
+
+    fn dest(a: &str) -> DestinationEntry {
+        DestinationEntry::from(Destination::new(format!("{a}:80").parse().unwrap(), Forward::Route))
+    }
+
+    /// The kernel's table with the seed service and these real servers.
+    fn table(reals: &[&str]) -> Table {
+        let s = ServiceEntry::from(Service::new(key(), Scheduler::Rr));
+        vec![(s, reals.iter().map(|a| dest(a)).collect())]
+    }
+
+    fn recorded(owned: &[ServiceKey], vip_created: bool) -> DirectorState {
+        let addresses = vec![AddressRecord {
+            addr: VIP.parse().unwrap(),
+            prefix_len: 32,
+            iface: "eth0".into(),
+            created: vip_created,
+        }];
+        DirectorState {
+            format: state::FORMAT,
+            services: spec().desired_services(),
+            owned: owned.to_vec(),
+            addresses,
+            sysctls: vec![],
+        }
+    }
+
+    fn observed(table: Table, prev: Option<DirectorState>, vip_on: bool) -> Observed {
+        let vips_present = if vip_on { vec![(VIP.parse().unwrap(), "eth0".to_owned())] } else { vec![] };
+        Observed {
+            table,
+            links: [("eth0".to_owned(), 2)].into(),
+            vips_present,
+            prev,
+            ..Observed::default()
+        }
+    }
+
+    fn kinds(ops: &[Op]) -> Vec<String> {
+        ops.iter().map(|o| o.to_string()).collect()
+    }
+
+    /// Each case: the observation, and what the plan must be (IPVS ops,
+    /// owned services before the changes, claimed in the write-ahead record,
+    /// addresses added and removed), or the error.
+    #[test]
+    fn ownership_rules() {
+        let k = key();
+        let add_all = vec![
+            format!("add service tcp {VIP}:80 (rr)"),
+            format!("add real server 10.18.68.186:80 to tcp {VIP}:80 (Route, weight 1)"),
+            format!("add real server 10.18.68.187:80 to tcp {VIP}:80 (Route, weight 1)"),
+        ];
+        struct Case {
+            what: &'static str,
+            obs: Observed,
+            ops: Vec<String>,
+            owned: Vec<ServiceKey>,
+            claim: Option<Vec<ServiceKey>>,
+            adds: usize,
+        }
+        let cases = vec![
+            Case {
+                what: "first start: everything is added and claimed ahead",
+                obs: observed(vec![], None, false),
+                ops: add_all.clone(),
+                owned: vec![],
+                claim: Some(vec![k]),
+                adds: 1,
+            },
+            Case {
+                what: "already as configured: nothing to do, nothing written",
+                obs: observed(table(&["10.18.68.186", "10.18.68.187"]), Some(recorded(&[k], true)), true),
+                ops: vec![],
+                owned: vec![k],
+                claim: None,
+                adds: 0,
+            },
+            Case {
+                what: "an earlier run died after adding the service and one real server: the rest is added",
+                obs: observed(table(&["10.18.68.186"]), Some(recorded(&[k], true)), false),
+                ops: vec![add_all[2].clone()],
+                owned: vec![k],
+                claim: Some(vec![k]),
+                adds: 1,
+            },
+            Case {
+                what: "claimed but missing from the dump and not confirmed gone: ownership stays",
+                obs: observed(vec![], Some(recorded(&[k], true)), true),
+                ops: add_all.clone(),
+                owned: vec![k],
+                claim: Some(vec![k]),
+                adds: 0,
+            },
+            Case {
+                what: "claimed and confirmed gone by a lookup: ownership is dropped, then claimed again",
+                obs: Observed { confirmed_gone: vec![k], ..observed(vec![], Some(recorded(&[k], true)), true) },
+                ops: add_all.clone(),
+                owned: vec![],
+                claim: Some(vec![k]),
+                adds: 0,
+            },
+        ];
+        for c in cases {
+            let p = plan(&spec(), &spec().desired_services(), &c.obs).unwrap_or_else(|e| panic!("{}: {e}", c.what));
+            assert_eq!(kinds(&p.ipvs), c.ops, "{}", c.what);
+            assert_eq!(p.owned, c.owned, "{}", c.what);
+            assert_eq!(p.write_ahead.as_ref().map(|s| s.owned.clone()), c.claim, "{}", c.what);
+            assert_eq!(p.address_adds.len(), c.adds, "{}", c.what);
+            if let Some(w) = &p.write_ahead {
+                assert!(w.addresses.iter().all(|r| r.created || c.adds == 0), "{}", c.what);
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_change_nothing() {
+        // A service with the configured key that lvsctl did not create.
+        let foreign = observed(table(&["10.18.68.186"]), None, false);
+        match plan(&spec(), &spec().desired_services(), &foreign) {
+            Err(Error::ForeignService(k)) => assert_eq!(k, key()),
+            other => panic!("expected ForeignService, got {other:?}"),
+        }
+        let e = plan(&spec(), &spec().desired_services(), &foreign).unwrap_err().to_string();
+        assert!(e.contains(&format!("ipvsadm -D -t {VIP}:80")), "{e}");
+        // An interface that does not exist.
+        let no_link = Observed { links: HashMap::new(), ..observed(vec![], None, false) };
+        match plan(&spec(), &spec().desired_services(), &no_link) {
+            Err(Error::NoSuchInterface(i)) => assert_eq!(i, "eth0"),
+            other => panic!("expected NoSuchInterface, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_vip_no_longer_wanted_is_removed_only_if_lvsctl_added_it() {
+        let mut prev = recorded(&[key()], true);
+        prev.addresses[0].addr = "10.19.70.167".parse().unwrap();
+        let p = plan(&spec(), &spec().desired_services(), &observed(table(&[]), Some(prev.clone()), true)).unwrap();
+        assert_eq!(p.address_dels.len(), 1);
+        assert_eq!(p.address_dels[0].addr, "10.19.70.167".parse::<IpAddr>().unwrap());
+        prev.addresses[0].created = false;
+        let p = plan(&spec(), &spec().desired_services(), &observed(table(&[]), Some(prev), true)).unwrap();
+        assert!(p.address_dels.is_empty(), "an address that was there before stays");
+    }
+
+    #[test]
+    fn undo_deletes_only_the_services_added_by_the_failed_batch() {
+        let k = key();
+        let other = ServiceKey::tcp(format!("{VIP}:81").parse().unwrap());
+        let d = Destination::new("10.18.68.186:80".parse().unwrap(), Forward::Route);
+        let ops = vec![
+            Op::AddService(Service::new(k, Scheduler::Rr)),
+            Op::AddDestination(k, d.clone()),
+            Op::UpdateDestination(other, d),
+            Op::AddService(Service::new(other, Scheduler::Rr)),
+        ];
+        for (results, undo_keys, owned) in [
+            (vec![true, true, true, false], vec![k], vec![k]),
+            (vec![false, false, true, true], vec![other], vec![other]),
+            (vec![false, false, false, false], vec![], vec![]),
+        ] {
+            let u = undo(&ops, &results);
+            assert_eq!(u, undo_keys.iter().map(|k| Op::DeleteService(*k)).collect::<Vec<_>>());
+            assert_eq!(owned_after(&[], &ops, &results), owned);
+            let all_undone = vec![true; u.len()];
+            assert!(owned_after(&owned, &u, &all_undone).is_empty(), "after the undo nothing new is owned");
+        }
+        // A delete that failed keeps the ownership; one that succeeded ends it.
+        let del = [Op::DeleteService(k), Op::DeleteService(other)];
+        assert_eq!(owned_after(&[k, other], &del, &[false, true]), vec![k]);
+    }
+
+    #[test]
+    fn a_health_transition_is_one_destination_change() {
+        let before = spec().desired_services().remove(0);
+        let k = before.service.key;
+        let mut drained = before.clone();
+        drained.destinations[1].weight = 0;
+        assert_eq!(destination_ops(&before, &drained), vec![Op::UpdateDestination(k, drained.destinations[1].clone())]);
+        let mut removed = before.clone();
+        let gone = removed.destinations.remove(0);
+        assert_eq!(destination_ops(&before, &removed), vec![Op::DeleteDestination(k, gone.addr)]);
+        let mut sorry = removed.clone();
+        sorry.destinations.clear();
+        let s = Destination::new("10.18.68.190:80".parse().unwrap(), Forward::Route);
+        sorry.destinations.push(s.clone());
+        let ops = destination_ops(&removed, &sorry);
+        assert_eq!(ops, vec![Op::AddDestination(k, s), Op::DeleteDestination(k, removed.destinations[0].addr)]);
+        assert!(destination_ops(&before, &before).is_empty());
+    }
+}

@@ -84,6 +84,31 @@ pub struct Report {
     pub real_servers: usize,
 }
 
+/// A run that failed part-way: what it changed before the error, and the
+/// error. Converts into the bare [`Error`] for callers that only need that.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Incomplete {
+    /// The changes made before the error (they stay, and are recorded).
+    pub report: Report,
+    /// What failed.
+    #[source]
+    pub error: Error,
+}
+
+impl From<Incomplete> for Error {
+    fn from(i: Incomplete) -> Self {
+        i.error
+    }
+}
+
+impl Report {
+    /// This report, ended by `error`.
+    pub fn failed(self, error: impl Into<Error>) -> Incomplete {
+        Incomplete { report: self, error: error.into() }
+    }
+}
+
 /// Fail with [`Error::NotRoot`] unless running as root.
 pub fn require_root(what: &str) -> Result<(), Error> {
     // SAFETY: geteuid has no preconditions.
