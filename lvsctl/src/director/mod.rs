@@ -28,8 +28,8 @@ use ipvs::reconcile::DesiredService;
 use ipvs::{Ipvs, Op, ServiceKey, Table};
 
 use crate::host::addr::Rtnl;
-pub use crate::host::{Incomplete, Report};
 use crate::host::{require_root, sysctl, Change};
+pub use crate::host::{Incomplete, Report};
 use crate::spec::DirectorSpec;
 use crate::state::{self, AddressRecord, DirectorState, Role};
 use crate::Error;
@@ -187,20 +187,24 @@ impl Director {
         if let Some(st) = &p.write_ahead {
             state::write(&self.path, st)?;
         }
-        let owned = match self.run_ipvs(&p, on_error, changes).await {
-            Ok(owned) => owned,
-            Err((owned, e)) => {
+        let (owned, ipvs_err) = match self.run_ipvs(&p, on_error, changes).await {
+            Ok(owned) => (owned, None),
+            Err((owned, e)) if on_error == OnError::Undo => {
                 self.record_after_failure(prev, &p, owned)?;
                 return Err(e);
             }
+            // The rest of the host is still made to match.
+            Err((owned, e)) => (owned, Some(e)),
         };
         let (addresses, addr_result) = self.run_addresses(&p, changes).await;
         let sysctl_result = sysctl::apply(&p.sysctls, changes);
         let sysctls = p.sysctls.kept(sysctl_result.is_err());
         let st = DirectorState { format: state::FORMAT, services: p.desired, owned, addresses, sysctls };
         state::write(&self.path, &st)?;
-        addr_result?;
-        sysctl_result
+        match ipvs_err {
+            Some(e) => Err(e),
+            None => addr_result.and(sysctl_result),
+        }
     }
 
     /// The IPVS batch of `p`; the services owned after it. On a failure,

@@ -260,13 +260,7 @@ mod tests {
 
     fn observed(table: Table, prev: Option<DirectorState>, vip_on: bool) -> Observed {
         let vips_present = if vip_on { vec![(VIP.parse().unwrap(), "eth0".to_owned())] } else { vec![] };
-        Observed {
-            table,
-            links: [("eth0".to_owned(), 2)].into(),
-            vips_present,
-            prev,
-            ..Observed::default()
-        }
+        Observed { table, links: [("eth0".to_owned(), 2)].into(), vips_present, prev, ..Observed::default() }
     }
 
     fn kinds(ops: &[Op]) -> Vec<String> {
