@@ -221,14 +221,6 @@ impl CheckConfig {
     /// (0 for a fwmark service without a port): defaults, the exec program's
     /// path, safety and user. `what` names the owner in messages.
     pub fn resolve(&self, port: u16, what: &str) -> Result<Check, String> {
-        let kind = self.kind.name();
-        let only = |present: bool, field: &str, types: &str| {
-            if present {
-                Err(format!("{what}: check field `{field}` is for {types} checks, not {kind}"))
-            } else {
-                Ok(())
-            }
-        };
         let interval = self.interval.map_or(DEFAULT_INTERVAL, |s| s.0);
         let timeout = self.timeout.map_or(DEFAULT_TIMEOUT, |s| s.0);
         if interval < Duration::from_millis(10) {
@@ -242,65 +234,79 @@ impl CheckConfig {
         if rise == 0 || fall == 0 {
             return Err(format!("{what}: check rise and fall must be at least 1"));
         }
-        let check_port = || match self.port.unwrap_or(port) {
-            0 => Err(format!("{what}: the real server has no port (fwmark service): set the check's `port`")),
-            p => Ok(p),
-        };
         let probe = match self.kind {
-            CheckType::Tcp => {
-                only(self.path.is_some(), "path", "http")?;
-                only(self.status.is_some(), "status", "http")?;
-                only(self.body.is_some(), "body", "http")?;
-                only(self.host.is_some(), "host", "http")?;
-                only(self.command.is_some(), "command", "exec")?;
-                only(self.user.is_some(), "user", "exec")?;
-                Probe::Tcp { port: check_port()? }
-            }
-            CheckType::Http => {
-                only(self.command.is_some(), "command", "exec")?;
-                only(self.user.is_some(), "user", "exec")?;
-                let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
-                if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                    return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
-                }
-                let status = self.status.unwrap_or(200);
-                if !(100..=599).contains(&status) {
-                    return Err(format!("{what}: http check status {status} is not an HTTP status code"));
-                }
-                if let Some(h) = &self.host {
-                    if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                        return Err(format!("{what}: http check host {h:?} is not a valid Host header"));
-                    }
-                }
-                Probe::Http(http::HttpCheck {
-                    port: check_port()?,
-                    path,
-                    status,
-                    body: self.body.clone(),
-                    host: self.host.clone(),
-                })
-            }
-            CheckType::Exec => {
-                only(self.port.is_some(), "port", "tcp and http")?;
-                only(self.path.is_some(), "path", "http")?;
-                only(self.status.is_some(), "status", "http")?;
-                only(self.body.is_some(), "body", "http")?;
-                only(self.host.is_some(), "host", "http")?;
-                let cmd = match &self.command {
-                    Some(c) if !c.is_empty() && !c[0].is_empty() => c,
-                    _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
-                };
-                let program = resolve_program(&cmd[0]).map_err(|e| format!("{what}: check command: {e}"))?;
-                security::check_root_only_writable(&program, "check command").map_err(|e| format!("{what}: {e}"))?;
-                let user = self.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
-                let (uid, gid) = security::lookup_user(&user).map_err(|e| format!("{what}: check user: {e}"))?;
-                if uid == 0 {
-                    return Err(format!("{what}: exec checks never run as root (user {user:?} has uid 0)"));
-                }
-                Probe::Exec(ExecCheck { program, args: cmd[1..].to_vec(), user, uid, gid })
-            }
+            CheckType::Tcp => Probe::Tcp { port: self.tcp_port(port, what)? },
+            CheckType::Http => Probe::Http(self.http(port, what)?),
+            CheckType::Exec => Probe::Exec(self.exec(what)?),
         };
         Ok(Check { probe, interval, timeout, rise, fall })
+    }
+
+    /// Refuse a field given to a check type that does not take it.
+    fn only(&self, present: bool, field: &str, types: &str, what: &str) -> Result<(), String> {
+        if present {
+            Err(format!("{what}: check field `{field}` is for {types} checks, not {}", self.kind.name()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The port a tcp or http check connects to: its own, or the real server's.
+    fn check_port(&self, port: u16, what: &str) -> Result<u16, String> {
+        match self.port.unwrap_or(port) {
+            0 => Err(format!("{what}: the real server has no port (fwmark service): set the check's `port`")),
+            p => Ok(p),
+        }
+    }
+
+    fn tcp_port(&self, port: u16, what: &str) -> Result<u16, String> {
+        self.only(self.path.is_some(), "path", "http", what)?;
+        self.only(self.status.is_some(), "status", "http", what)?;
+        self.only(self.body.is_some(), "body", "http", what)?;
+        self.only(self.host.is_some(), "host", "http", what)?;
+        self.only(self.command.is_some(), "command", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec", what)?;
+        self.check_port(port, what)
+    }
+
+    fn http(&self, port: u16, what: &str) -> Result<http::HttpCheck, String> {
+        self.only(self.command.is_some(), "command", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec", what)?;
+        let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
+        }
+        let status = self.status.unwrap_or(200);
+        if !(100..=599).contains(&status) {
+            return Err(format!("{what}: http check status {status} is not an HTTP status code"));
+        }
+        if let Some(h) = &self.host {
+            if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                return Err(format!("{what}: http check host {h:?} is not a valid Host header"));
+            }
+        }
+        let port = self.check_port(port, what)?;
+        Ok(http::HttpCheck { port, path, status, body: self.body.clone(), host: self.host.clone() })
+    }
+
+    fn exec(&self, what: &str) -> Result<ExecCheck, String> {
+        self.only(self.port.is_some(), "port", "tcp and http", what)?;
+        self.only(self.path.is_some(), "path", "http", what)?;
+        self.only(self.status.is_some(), "status", "http", what)?;
+        self.only(self.body.is_some(), "body", "http", what)?;
+        self.only(self.host.is_some(), "host", "http", what)?;
+        let cmd = match &self.command {
+            Some(c) if !c.is_empty() && !c[0].is_empty() => c,
+            _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
+        };
+        let program = resolve_program(&cmd[0]).map_err(|e| format!("{what}: check command: {e}"))?;
+        security::check_root_only_writable(&program, "check command").map_err(|e| format!("{what}: {e}"))?;
+        let user = self.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
+        let (uid, gid) = security::lookup_user(&user).map_err(|e| format!("{what}: check user: {e}"))?;
+        if uid == 0 {
+            return Err(format!("{what}: exec checks never run as root (user {user:?} has uid 0)"));
+        }
+        Ok(ExecCheck { program, args: cmd[1..].to_vec(), user, uid, gid })
     }
 }
 

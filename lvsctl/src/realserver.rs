@@ -21,8 +21,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::director::status::AddrStatus;
-use crate::host::addr::{host_prefix, Rtnl};
+use crate::host::addr::{host_prefix, AddrStatus, Rtnl};
 use crate::host::{require_root, sysctl, Change, Incomplete, Report};
 use crate::spec::RealserverSpec;
 use crate::state::{self, AddressRecord, RealserverState, Role};

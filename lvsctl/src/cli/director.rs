@@ -266,37 +266,42 @@ fn render(s: &Status, info: Option<ipvs::Info>) -> String {
     ));
     out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
     for svc in &s.services {
-        let mut left = format!("{:<4} {} {}", svc.protocol, svc.address, svc.scheduler);
-        if let Some(p) = svc.persistence {
-            left.push_str(&format!(" persistent {p}"));
-        }
-        if !svc.present {
-            left.push_str(" (MISSING)");
-        }
-        out.push_str(format!("{left:<LEFT$}{}", stats_cols(svc.stats.as_ref())).trim_end());
-        out.push('\n');
-        for r in &svc.real_servers {
-            let mut left = format!(
-                "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
-                r.address.to_string(),
-                r.forward,
-                r.weight,
-                r.active_conns,
-                r.inactive_conns
-            );
-            if !r.present {
-                left = format!("  -> {:<28} (MISSING)", r.address.to_string());
-            } else if !r.configured {
-                left.push_str(" (not configured)");
-            }
-            out.push_str(format!("{left:<LEFT$}{}", stats_cols(r.stats.as_ref())).trim_end());
-            out.push('\n');
-        }
+        render_service(&mut out, svc);
     }
     if let Some(h) = &s.health {
         out.push_str(&h.render());
     }
     out
+}
+
+/// A service's lines in the table of `render`.
+fn render_service(out: &mut String, svc: &lvsctl::director::status::ServiceStatus) {
+    let mut left = format!("{:<4} {} {}", svc.protocol, svc.address, svc.scheduler);
+    if let Some(p) = svc.persistence {
+        left.push_str(&format!(" persistent {p}"));
+    }
+    if !svc.present {
+        left.push_str(" (MISSING)");
+    }
+    out.push_str(format!("{left:<LEFT$}{}", stats_cols(svc.stats.as_ref())).trim_end());
+    out.push('\n');
+    for r in &svc.real_servers {
+        let mut left = format!(
+            "  -> {:<28} {:<7} {:<6} {:<10} {:<10}",
+            r.address.to_string(),
+            r.forward,
+            r.weight,
+            r.active_conns,
+            r.inactive_conns
+        );
+        if !r.present {
+            left = format!("  -> {:<28} (MISSING)", r.address.to_string());
+        } else if !r.configured {
+            left.push_str(" (not configured)");
+        }
+        out.push_str(format!("{left:<LEFT$}{}", stats_cols(r.stats.as_ref())).trim_end());
+        out.push('\n');
+    }
 }
 
 fn demo_connect(to: SocketAddr, count: u32) -> Result<ExitCode, CliError> {

@@ -1,6 +1,6 @@
 //! `director status`: the kernel compared with what reconciles configured.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use ipvs::reconcile::{plan, DesiredService, Scope};
@@ -8,6 +8,7 @@ use ipvs::{DestinationEntry, Ipvs, Op, ServiceEntry, ServiceKey, Stats};
 use serde::Serialize;
 
 use crate::health::report::{self, HealthReport};
+pub use crate::host::addr::AddrStatus;
 use crate::host::addr::Rtnl;
 use crate::host::sysctl;
 use crate::state::{self, DirectorState};
@@ -33,15 +34,6 @@ pub struct Status {
     /// The IPVS version and table size (not in the JSON).
     #[serde(skip)]
     pub info: Option<ipvs::Info>,
-}
-
-#[derive(Debug, Serialize)]
-/// A VIP and whether it is on its interface.
-pub struct AddrStatus {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-    pub iface: String,
-    pub present: bool,
 }
 
 /// A virtual service in the status.

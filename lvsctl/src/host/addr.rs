@@ -31,6 +31,19 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// A VIP and whether it is on its interface, for `status`.
+#[derive(Debug, serde::Serialize)]
+pub struct AddrStatus {
+    /// The address.
+    pub addr: IpAddr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The interface.
+    pub iface: String,
+    /// Whether it is there.
+    pub present: bool,
+}
+
 /// The full prefix of a single address: /32 or /128.
 pub fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() {
