@@ -9,7 +9,7 @@
 //!    addresses, the sysctls and what an earlier run recorded
 //!    ([`director::Observed`], [`realserver::Observed`]);
 //! 2. **plan**: a pure function of the desired spec and the observation
-//!    ([`director::plan`], [`realserver::plan`]) decides every change: IPVS
+//!    ([`director::plan()`], [`realserver::plan()`]) decides every change: IPVS
 //!    operations, address changes, sysctl writes, the record written ahead
 //!    of them and what to undo if they fail;
 //! 3. **execute**: carry the plan out and report each change made
@@ -18,7 +18,7 @@
 //! [`director::Director`] bundles the three for a program that runs a
 //! director: one handle holds the IPVS and route netlink connections for its
 //! life, reconciles the whole table ([`director::Director::reconcile`]) or
-//! sends one real server's change ([`director::Director::set_destination`]).
+//! sends one real server's change ([`director::Director::send`]).
 //! [`daemon`] is the health-checking loop of `lvsctl director run` built on it.
 //!
 //! ```no_run
@@ -51,6 +51,8 @@
 //! [`health`] (pure health counting); [`host`] (addresses, sysctls) and
 //! [`state`] (records, locks); [`config`] (the TOML file into specs);
 //! [`director`] and [`realserver`]; [`daemon`] on top.
+
+#![warn(missing_docs)]
 
 pub mod check;
 pub mod config;

@@ -97,7 +97,7 @@ pub fn plan(spec: &RealserverSpec, obs: Observed) -> Plan {
     p
 }
 
-/// Read what [`plan`] needs. `lo` is the index of the loopback interface.
+/// Read what [`plan()`] needs. `lo` is the index of the loopback interface.
 pub async fn observe(
     rtnl: &Rtnl,
     lo: u32,

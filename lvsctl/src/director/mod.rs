@@ -126,7 +126,7 @@ impl Director {
         Ok((p, obs.prev, lock))
     }
 
-    /// Read what [`plan`] needs: the IPVS table (with targeted lookups of
+    /// Read what [`plan()`] needs: the IPVS table (with targeted lookups of
     /// the wanted and owned services a dump left out), the interfaces of the
     /// VIPs and which VIPs are on them, the sysctls, and `prev`.
     pub async fn observe(

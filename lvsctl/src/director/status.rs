@@ -17,6 +17,7 @@ use crate::Error;
 /// `director status --json`.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// `director`.
     pub role: &'static str,
     /// `running`, `degraded` or `not running`.
     pub status: &'static str,
@@ -24,9 +25,11 @@ pub struct Status {
     pub exit_code: u8,
     /// What is missing or differs.
     pub problems: Vec<String>,
+    /// The VIPs.
     pub addresses: Vec<AddrStatus>,
     /// The forwarding sysctls start set for NAT.
     pub sysctls: Vec<sysctl::SysctlStatus>,
+    /// The virtual services, as configured (with the health applied while the daemon runs).
     pub services: Vec<ServiceStatus>,
     /// The health of every real server, while `director run` runs.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,27 +42,40 @@ pub struct Status {
 /// A virtual service in the status.
 #[derive(Debug, Serialize)]
 pub struct ServiceStatus {
+    /// `TCP`, `UDP`, `SCTP` or `FWM`.
     pub protocol: String,
+    /// Address and port, or the firewall mark.
     pub address: String,
+    /// The scheduler (the kernel's when present).
     pub scheduler: String,
+    /// The persistence timeout in seconds.
     pub persistence: Option<u32>,
+    /// Whether the kernel has it.
     pub present: bool,
+    /// Its counters, when present.
     pub stats: Option<Stats>,
+    /// Its real servers.
     pub real_servers: Vec<RealStatus>,
 }
 
 /// A real server in the status.
 #[derive(Debug, Serialize)]
 pub struct RealStatus {
+    /// Address and port.
     pub address: SocketAddr,
     /// As the kernel reports it (`Route`, `Local`, ...), or the configured one when missing.
     pub forward: &'static str,
+    /// The weight (the kernel's when present).
     pub weight: u32,
     /// Configured by start (false: added by someone else).
     pub configured: bool,
+    /// Whether the kernel has it.
     pub present: bool,
+    /// Active connections.
     pub active_conns: u32,
+    /// Inactive connections.
     pub inactive_conns: u32,
+    /// Its counters, when present.
     pub stats: Option<Stats>,
 }
 

@@ -19,7 +19,7 @@ const FORMAT: u32 = 1;
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthReport {
-    /// [`FORMAT`].
+    /// The report format's version.
     pub format: u32,
     /// The daemon's process id.
     pub pid: u32,

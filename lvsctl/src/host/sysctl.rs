@@ -179,6 +179,7 @@ pub fn restore_all(records: &[SysctlRecord], changes: &mut Vec<Change>) -> (Vec<
 /// A managed sysctl in `status`.
 #[derive(Debug, Serialize)]
 pub struct SysctlStatus {
+    /// Its path under `/proc/sys`.
     pub path: String,
     /// What the kernel has now (`null`: unreadable).
     pub value: Option<String>,
