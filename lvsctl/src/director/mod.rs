@@ -101,11 +101,10 @@ impl Director {
             real_servers: desired.iter().map(|d| d.destinations.len()).sum(),
             ..Report::default()
         };
-        let p = match self.observe_and_plan(spec, desired).await {
-            Ok(p) => p,
+        let (p, prev, _lock) = match self.observe_and_plan(spec, desired).await {
+            Ok(planned) => planned,
             Err(e) => return Err(report.failed(e)),
         };
-        let (p, prev, _lock) = p;
         match self.execute(p, prev, on_error, &mut report.changes).await {
             Ok(()) => Ok(report),
             Err(e) => Err(report.failed(e)),
