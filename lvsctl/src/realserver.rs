@@ -252,3 +252,73 @@ pub async fn status() -> Result<Status, Error> {
     let (status, code) = if problems.is_empty() { ("running", 0) } else { ("degraded", 1) };
     Ok(Status { role: "realserver", status, exit_code: code, problems, addresses, sysctls })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(a: &str, created: bool) -> AddressRecord {
+        AddressRecord { addr: a.parse().unwrap(), prefix_len: 32, iface: "lo".into(), created }
+    }
+
+    fn prev(addrs: Vec<AddressRecord>) -> Option<RealserverState> {
+        Some(RealserverState { format: state::FORMAT, iface: None, addresses: addrs, sysctls: vec![] })
+    }
+
+    /// Each case: VIPs on `lo`, the earlier record, then the VIPs added,
+    /// kept (with whether lvsctl owns them) and removed, and whether a record
+    /// is written ahead.
+    #[test]
+    fn plan_adds_keeps_and_removes_only_what_it_owns() {
+        let spec = RealserverSpec { vips: vec!["10.19.70.166".parse().unwrap()], iface: None };
+        type Case = (&'static str, Vec<&'static str>, Option<RealserverState>, usize, Vec<bool>, usize, bool);
+        let cases: Vec<Case> = vec![
+            ("first start", vec![], None, 1, vec![], 0, true),
+            ("already there before lvsctl: kept, not owned", vec!["10.19.70.166"], None, 0, vec![false], 0, false),
+            (
+                "added earlier: kept and owned",
+                vec!["10.19.70.166"],
+                prev(vec![rec("10.19.70.166", true)]),
+                0,
+                vec![true],
+                0,
+                false,
+            ),
+            (
+                "a VIP no longer wanted that lvsctl added goes",
+                vec!["10.19.70.166", "10.19.70.167"],
+                prev(vec![rec("10.19.70.166", true), rec("10.19.70.167", true)]),
+                0,
+                vec![true],
+                1,
+                true,
+            ),
+            (
+                "one it found there stays",
+                vec!["10.19.70.166", "10.19.70.167"],
+                prev(vec![rec("10.19.70.166", true), rec("10.19.70.167", false)]),
+                0,
+                vec![true],
+                0,
+                false,
+            ),
+        ];
+        for (what, on_lo, prev, adds, kept, dels, ahead) in cases {
+            let obs =
+                Observed { on_lo: on_lo.iter().map(|a| a.parse().unwrap()).collect(), prev, ..Observed::default() };
+            let p = plan(&spec, obs);
+            assert_eq!(p.adds.len(), adds, "{what}");
+            assert_eq!(p.kept.iter().map(|r| r.created).collect::<Vec<_>>(), kept, "{what}");
+            assert_eq!(p.dels.len(), dels, "{what}");
+            assert_eq!(p.write_ahead.is_some(), ahead, "{what}");
+            if let Some(w) = &p.write_ahead {
+                // The record claims what is added and what is being removed.
+                assert_eq!(
+                    w.addresses.iter().filter(|r| r.created).count(),
+                    adds + dels + kept.iter().filter(|c| **c).count(),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
