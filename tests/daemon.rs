@@ -14,7 +14,7 @@ mod net;
 use std::process::Command;
 use std::time::Duration;
 
-use net::{Daemon, Net, Server, TestDir, DIRECTOR, PORT, REALS, VIP};
+use net::{proc_weight, Daemon, Net, NlCapture, NlCounts, Server, TestDir, DIRECTOR, PORT, REALS, VIP};
 
 /// How long any awaited change may take (software emulation is slow).
 const T: Duration = Duration::from_secs(60);
@@ -349,4 +349,126 @@ fn daemon_refuses_files_others_can_write_and_root_checks() {
     let (st, err) = run(&cfg);
     assert!(!st.success(), "{err}");
     assert!(err.contains("no user \"no-such-user-x\""), "{err}");
+}
+
+/// One health transition sends its own change and nothing else: one
+/// destination edit, no dump and no other request (counted on an nlmon
+/// device in the director's namespace; the kernel's state is read from
+/// /proc meanwhile, without netlink).
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_one_transition_is_one_change_request_and_no_dump() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    // No resync during the test: only the transition may talk to the kernel.
+    let cfg = dir.write(
+        "lvsctl.toml",
+        &config(&REALS[..2], FAST_TCP, "").replace("[director]\n", "[director]\nresync_interval = \"60m\"\n"),
+        0o644,
+    );
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    d.wait_for("the daemon up and checking", T, || d.report().is_some_and(|r| real_report(&r, REALS[0])["up"] == true));
+
+    let capture = NlCapture::start(&net.director);
+    s1.set_up(false);
+    d.wait_for("rs1 at weight 0 (read from /proc)", T, || proc_weight(&net.director, REALS[0]) == Some(0));
+    let counts = capture.finish();
+    // IPVS_CMD_SET_DEST is 6.
+    assert_eq!(counts, NlCounts { changes: vec![6], ..NlCounts::default() }, "one transition: {counts:?}");
+    assert_eq!(proc_weight(&net.director, REALS[1]), Some(1));
+}
+
+/// A second `director run` in the same network namespace is refused at once,
+/// with a message naming the running one, and changes nothing.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_second_run_in_the_namespace_is_refused() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..2], FAST_TCP, ""), 0o644);
+    let first = Daemon::start(&net.director, &dir, &cfg, &[]);
+    first.wait_for("the service with both real servers", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    let second = Daemon::start(&net.director, &dir, &cfg, &[]);
+    let status = second.wait(T);
+    assert_eq!(status.code(), Some(1), "the second daemon must fail; log:\n{}", second.log());
+    let log = second.log();
+    assert!(log.contains("already runs in this network namespace"), "{log}");
+    assert!(first.running(), "the first daemon keeps running");
+    assert_eq!(net.weights(), w(&[(REALS[0], 1), (REALS[1], 1)]));
+}
+
+/// The periodic resync puts back what others change: a flushed table comes
+/// back as the health says, and a weight someone restored on a drained real
+/// server goes back to 0.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_resync_repairs_a_flushed_table_and_foreign_weights() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let text = config(&REALS[..2], FAST_TCP, "").replace("[director]\n", "[director]\nresync_interval = \"1s\"\n");
+    let cfg = dir.write("lvsctl.toml", &text, 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    s1.set_up(false);
+    d.wait_for("rs1 drained", T, || net.weights() == w(&[(REALS[0], 0), (REALS[1], 1)]));
+
+    net.director.ipvsadm(&["-C"]);
+    d.wait_for("the flushed table back, rs1 still drained", T, || net.weights() == w(&[(REALS[0], 0), (REALS[1], 1)]));
+    assert_eq!(net.answers(3), vec!["rs2"; 3]);
+
+    let (vip, rs1) = (format!("{VIP}:{PORT}"), format!("{}:{PORT}", REALS[0]));
+    net.director.ipvsadm(&["-e", "-t", &vip, "-r", &rs1, "-g", "-w", "1"]);
+    // The resync saw the weight put back (its repair says so) and set it to 0 again.
+    let repaired = format!("edit real server {rs1} of tcp {vip} (Route, weight 0)");
+    d.wait_for("rs1 back at weight 0", T, || {
+        d.log().contains(&repaired) && net.weights() == w(&[(REALS[0], 0), (REALS[1], 1)])
+    });
+}
+
+/// A service the kernel refuses (a scheduler it lacks) does not take down
+/// the one it accepted: the daemon keeps running and retries, and the
+/// working service is never deleted and re-created (its counters survive
+/// the retries).
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_kernel_refusal_keeps_the_services_that_work() {
+    let net = Net::new();
+    let probe = net.director.exec("ipvsadm", &["-A", "-t", "10.0.0.9:1", "-s", "twos"]);
+    assert!(!probe.status.success(), "TEST PRECONDITION: this kernel has the twos scheduler; pick one it lacks");
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let text = format!(
+        "{}\n[[director.service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"twos\"\nreal = [\"{}\"]\n",
+        config(&REALS[..2], FAST_TCP, ""),
+        REALS[2]
+    );
+    let cfg = dir.write("lvsctl.toml", &text, 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the working service", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+    assert_round_robin(&net.answers(2), "rs1", "rs2");
+    let conns = || {
+        let key = ipvs::ServiceKey::tcp(format!("{VIP}:{PORT}").parse().unwrap());
+        net.table().into_iter().find(|(s, _)| s.service.key == key).map(|(s, _)| s.stats.conns)
+    };
+    // The kernel adds connections to a service's counters on its estimator's timer.
+    d.wait_for("the two connections counted", T, || conns().is_some_and(|c| c >= 2));
+    let before = conns().expect("the working service");
+    // Two more attempts at the refused service.
+    d.wait_for("two retries", T, || d.log().matches("cannot change the IPVS table").count() >= 3);
+    assert!(d.running());
+    assert!(
+        conns().is_some_and(|c| c >= before),
+        "the working service was re-created: counters {:?} < {before}",
+        conns()
+    );
+    assert_eq!(net.weights(), w(&[(REALS[0], 1), (REALS[1], 1)]));
+    let twos = ipvs::ServiceKey::tcp(format!("{VIP}:80").parse().unwrap());
+    assert!(net.table().iter().all(|(s, _)| s.service.key != twos));
 }

@@ -3,7 +3,7 @@
 //! validation, and the conversion into what the `ipvs` library reconciles
 //! ([`DesiredService`]).
 //!
-//! Shared by `director start`, `realserver start` and the
+//! Shared by `director start`, `realserver start` and (later) the
 //! health-checking `director run`: parse with [`Config::load`] or
 //! [`Config::parse`], then [`Config::director`] / [`Config::realserver`] give
 //! validated specs, and [`DirectorSpec::desired_services`] the library's view.
@@ -52,25 +52,33 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-pub(crate) use crate::daemon::checks::CheckConfig;
-pub(crate) use crate::daemon::health::OnFailure;
+pub use crate::check::CheckConfig;
+pub use crate::health::OnFailure;
+use crate::spec::{parse_addr_port, AddrPortError};
+pub use crate::spec::{DirectorSpec, IfName, RealserverSpec, VirtualService, MAX_WEIGHT};
 
 /// A configuration error: one line, with the file, line and column when it
 /// comes from a file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct ConfigError(pub(crate) String);
+pub struct ConfigError(pub String);
+
+impl From<ConfigError> for crate::Error {
+    fn from(e: ConfigError) -> Self {
+        crate::Error::Invalid(e.0)
+    }
+}
 
 /// Where a value came from, for error messages.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Origin {
+pub struct Origin {
     /// The file name and its text (for line and column); `None` for flags.
     file: Option<(String, String)>,
 }
 
 impl Origin {
     /// Values given as command-line flags.
-    pub(crate) fn flags() -> Self {
+    pub fn flags() -> Self {
         Self { file: None }
     }
 
@@ -110,11 +118,11 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
 /// The whole file: either role, or both.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Config {
+pub struct Config {
     /// `[director]`.
-    pub(crate) director: Option<Spanned<DirectorConfig>>,
+    pub director: Option<Spanned<DirectorConfig>>,
     /// `[realserver]`.
-    pub(crate) realserver: Option<Spanned<RealserverConfig>>,
+    pub realserver: Option<Spanned<RealserverConfig>>,
     #[serde(skip)]
     origin: Origin,
 }
@@ -122,66 +130,93 @@ pub(crate) struct Config {
 /// `[director]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct DirectorConfig {
+pub struct DirectorConfig {
     /// Default interface the VIPs go on.
-    pub(crate) iface: Option<IfName>,
+    pub iface: Option<IfName>,
+    /// How often `director run` re-asserts the whole table (default 30 s).
+    pub resync_interval: Option<crate::check::Secs>,
     /// `[[director.service]]`: the virtual services.
     #[serde(default, rename = "service")]
-    pub(crate) services: Vec<Spanned<ServiceConfig>>,
+    pub services: Vec<Spanned<ServiceConfig>>,
 }
 
 /// `[[director.service]]`: one virtual service.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ServiceConfig {
+pub struct ServiceConfig {
     /// Virtual IP address (v4 or v6).
-    pub(crate) vip: IpAddr,
+    pub vip: IpAddr,
     /// Port; 0 means every port (needs `persistence`). Required unless `fwmark` is set.
-    pub(crate) port: Option<u16>,
+    pub port: Option<u16>,
     /// A firewall-mark service (`ipvsadm -f`): traffic that netfilter marked
     /// with this mark, instead of protocol + VIP + port. The VIP still goes on
     /// the interface (and on the real servers' `lo`).
-    pub(crate) fwmark: Option<u32>,
+    pub fwmark: Option<u32>,
     /// Transport protocol (default tcp).
     #[serde(default = "default_protocol")]
-    pub(crate) protocol: Protocol,
+    pub protocol: Protocol,
     /// Scheduler (default rr).
     #[serde(default)]
-    pub(crate) scheduler: SchedulerName,
+    pub scheduler: SchedulerName,
     /// Persistence timeout in seconds.
-    pub(crate) persistence: Option<u32>,
+    pub persistence: Option<u32>,
     /// Persistence granularity (`ipvsadm -M`): an IPv4 netmask like
     /// `"255.255.255.0"`, or an IPv6 prefix length like `"64"`.
-    pub(crate) persistence_netmask: Option<String>,
+    pub persistence_netmask: Option<String>,
     /// Scheduler flags (`ipvsadm -b`): `sh-port`, `sh-fallback`, `mh-port`,
     /// `mh-fallback`, `flag-1`, `flag-2`, `flag-3`.
     #[serde(default)]
-    pub(crate) sched_flags: Vec<String>,
+    pub sched_flags: Vec<String>,
     /// One-packet scheduling (`ipvsadm -o`; UDP and fwmark services).
     #[serde(default)]
-    pub(crate) one_packet: bool,
+    pub one_packet: bool,
     /// Persistence engine (`ipvsadm --pe`), e.g. `sip`.
-    pub(crate) pe: Option<String>,
+    pub pe: Option<String>,
     /// Forwarding method of the real servers (default dr).
     #[serde(default)]
-    pub(crate) forward: ForwardMethod,
+    pub forward: ForwardMethod,
     /// Interface for this service's VIP (default: `director.iface`).
-    pub(crate) iface: Option<IfName>,
+    pub iface: Option<IfName>,
     /// The real servers.
     #[serde(default, rename = "real")]
-    pub(crate) reals: Vec<Spanned<RealConfig>>,
+    pub reals: Vec<Spanned<RealConfig>>,
     /// Default health check of the real servers (`director run`); a real
     /// server's own `check` replaces it.
     #[serde(default)]
-    pub(crate) check: Option<CheckConfig>,
+    pub check: Option<CheckConfig>,
     /// What `director run` does to a real server that fails its check:
     /// `drain` (weight 0, the default) or `remove`.
     #[serde(default)]
-    pub(crate) on_failure: OnFailure,
+    pub on_failure: OnFailure,
     /// The real server `director run` adds while every real server is down
     /// (same forms as `real`).
     #[serde(default)]
-    pub(crate) sorry_server: Option<Spanned<RealConfig>>,
+    pub sorry_server: Option<Spanned<RealConfig>>,
+}
+
+impl ServiceConfig {
+    /// A service on `vip` and `port` with every other key at its default
+    /// (what the command-line flags start from).
+    pub fn new(vip: IpAddr, port: Option<u16>) -> Self {
+        Self {
+            vip,
+            port,
+            fwmark: None,
+            protocol: default_protocol(),
+            scheduler: SchedulerName::default(),
+            persistence: None,
+            persistence_netmask: None,
+            sched_flags: Vec::new(),
+            one_packet: false,
+            pe: None,
+            forward: ForwardMethod::Dr,
+            iface: None,
+            reals: Vec::new(),
+            check: None,
+            on_failure: OnFailure::default(),
+            sorry_server: None,
+        }
+    }
 }
 
 fn default_protocol() -> Protocol {
@@ -190,24 +225,24 @@ fn default_protocol() -> Protocol {
 
 /// One real server: `"ADDR[:PORT][,weight=N][,forward=dr|tunnel|nat]"` or a table.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RealConfig {
+pub struct RealConfig {
     /// Address.
-    pub(crate) addr: IpAddr,
+    pub addr: IpAddr,
     /// Port; default the service's.
-    pub(crate) port: Option<u16>,
+    pub port: Option<u16>,
     /// Weight 0..65535 (default 1).
-    pub(crate) weight: u32,
+    pub weight: u32,
     /// Forwarding method; default the service's.
-    pub(crate) forward: Option<ForwardMethod>,
+    pub forward: Option<ForwardMethod>,
     /// Upper connection threshold (`ipvsadm -x`; 0 = none).
-    pub(crate) upper_threshold: u32,
+    pub upper_threshold: u32,
     /// Lower connection threshold (`ipvsadm -y`; 0 = none).
-    pub(crate) lower_threshold: u32,
+    pub lower_threshold: u32,
     /// Tunnel encapsulation, with `forward = "tunnel"` (default ipip).
-    pub(crate) tunnel: Option<Tunnel>,
+    pub tunnel: Option<Tunnel>,
     /// Health-check settings (`director run`). Accepted and kept, not acted
     /// on by `director start`.
-    pub(crate) check: Option<CheckConfig>,
+    pub check: Option<CheckConfig>,
 }
 
 /// The table form of [`RealConfig`].
@@ -307,10 +342,15 @@ impl<'de> Deserialize<'de> for RealConfig {
 impl RealConfig {
     /// Parse `ADDR[:PORT][,weight=N][,forward=METHOD]` (`[V6]:PORT` for an
     /// IPv6 address with a port), as `--real` takes it.
-    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
         let addr_part = parts.next().unwrap_or("").trim();
-        let (addr, port) = parse_addr_port(addr_part)?;
+        let (addr, port) = parse_addr_port(addr_part).map_err(|e| match e {
+            AddrPortError::Address => {
+                format!("malformed real server address {addr_part:?}: expected ADDR, ADDR:PORT or [IPV6]:PORT")
+            }
+            AddrPortError::Port(p) => format!("real server {addr_part:?}: port {p:?} is not a number in 1..65535"),
+        })?;
         let mut r = RealConfig {
             addr,
             port,
@@ -355,41 +395,20 @@ impl RealConfig {
     }
 }
 
-fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
-    let bad = || format!("malformed real server address {s:?}: expected ADDR, ADDR:PORT or [IPV6]:PORT");
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok((ip, None));
-    }
-    if let Some(inner) = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
-        return inner.parse::<IpAddr>().map(|ip| (ip, None)).map_err(|_| bad());
-    }
-    if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok((sa.ip(), Some(sa.port())));
-    }
-    // Tell a bad port from a bad address.
-    if let Some((a, p)) = s.rsplit_once(':') {
-        let a = a.trim_start_matches('[').trim_end_matches(']');
-        if a.parse::<IpAddr>().is_ok() {
-            return Err(format!("real server {s:?}: port {p:?} is not a number in 1..65535"));
-        }
-    }
-    Err(bad())
-}
-
 /// `[realserver]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RealserverConfig {
+pub struct RealserverConfig {
     /// The interface facing the clients and the director (its ARP sysctls are set).
-    pub(crate) iface: Option<IfName>,
+    pub iface: Option<IfName>,
     /// The VIPs to put on `lo`; default: every `director.service` VIP of the file.
-    pub(crate) vips: Option<Vec<IpAddr>>,
+    pub vips: Option<Vec<IpAddr>>,
 }
 
 /// Forwarding method as written in the config and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum ForwardMethod {
+pub enum ForwardMethod {
     /// Direct routing (`ipvsadm -g`).
     #[default]
     Dr,
@@ -401,7 +420,7 @@ pub(crate) enum ForwardMethod {
 
 impl ForwardMethod {
     /// The library's forwarding method.
-    pub(crate) fn forward(self) -> Forward {
+    pub fn forward(self) -> Forward {
         match self {
             Self::Dr => Forward::Route,
             Self::Tunnel => Forward::Tunnel(Tunnel::Ipip),
@@ -422,13 +441,10 @@ impl std::str::FromStr for ForwardMethod {
     }
 }
 
-/// Most ipvsadm accepts (`-w 0..65535`).
-pub(crate) const MAX_WEIGHT: u32 = 65535;
-
 /// A scheduler name from the mainline kernel's list.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub(crate) struct SchedulerName(pub(crate) Scheduler);
+pub struct SchedulerName(pub Scheduler);
 
 impl Default for SchedulerName {
     fn default() -> Self {
@@ -453,120 +469,21 @@ impl std::str::FromStr for SchedulerName {
     }
 }
 
-/// An interface name the kernel could have (1..15 bytes, no `/`, `:` or
-/// whitespace, not `.` or `..`). It may contain dots (`eth0.100`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub(crate) struct IfName(String);
-
-impl IfName {
-    /// The name.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for IfName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<IfName> for String {
-    fn from(n: IfName) -> String {
-        n.0
-    }
-}
-
-impl TryFrom<String> for IfName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        if s.is_empty() || s.len() > 15 {
-            return Err(format!("invalid interface name {s:?}: must be 1..15 characters"));
-        }
-        if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
-            return Err(format!("invalid interface name {s:?}: no '/', ':' or spaces, not '.' or '..'"));
-        }
-        Ok(Self(s))
-    }
-}
-
-impl std::str::FromStr for IfName {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::try_from(s.to_owned())
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Validated specs
 // ---------------------------------------------------------------------------
 
-/// A validated virtual service of the director.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct VirtualService {
-    /// The service and its real servers, as the library takes them.
-    pub(crate) desired: DesiredService,
-    /// Its VIP (for a fwmark service, the address the marked traffic goes to).
-    pub(crate) vip: IpAddr,
-    /// The interface its VIP goes on.
-    pub(crate) iface: IfName,
-    /// Health-check settings per real server (same order as
-    /// `desired.destinations`; the service's `check` when the real server has
-    /// none), for `director run`.
-    pub(crate) checks: Vec<Option<CheckConfig>>,
-    /// What `director run` does to a failed real server.
-    pub(crate) on_failure: OnFailure,
-    /// The sorry server, for `director run`.
-    pub(crate) sorry_server: Option<Destination>,
-}
-
-/// What `director start` configures: validated, ready to reconcile.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct DirectorSpec {
-    /// The virtual services.
-    pub(crate) services: Vec<VirtualService>,
-}
-
-impl DirectorSpec {
-    /// The services in the form [`ipvs::reconcile::plan`] takes.
-    pub(crate) fn desired_services(&self) -> Vec<DesiredService> {
-        self.services.iter().map(|s| s.desired.clone()).collect()
-    }
-
-    /// Each VIP with its interface, once, in order of first appearance.
-    pub(crate) fn vips(&self) -> Vec<(IpAddr, IfName)> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for s in &self.services {
-            if seen.insert(s.vip) {
-                out.push((s.vip, s.iface.clone()));
-            }
-        }
-        out
-    }
-}
-
-/// What `realserver start` configures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RealserverSpec {
-    /// The VIPs to put on `lo`, without duplicates.
-    pub(crate) vips: Vec<IpAddr>,
-    /// The interface facing clients and director, if given.
-    pub(crate) iface: Option<IfName>,
-}
-
 impl Config {
     /// Read and parse a config file. Errors name the file (and line and
     /// column for parse errors).
-    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parse the TOML `text` of the file `name`.
-    pub(crate) fn parse(text: &str, name: &str) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str, name: &str) -> Result<Self, ConfigError> {
         let origin = Origin { file: Some((name.to_owned(), text.to_owned())) };
         let mut c: Config = toml::from_str(text).map_err(|e| origin.error(e.span(), e.message()))?;
         c.origin = origin;
@@ -574,14 +491,14 @@ impl Config {
     }
 
     /// The validated `[director]` section.
-    pub(crate) fn director(&self) -> Result<DirectorSpec, ConfigError> {
+    pub fn director(&self) -> Result<DirectorSpec, ConfigError> {
         let d = self.director.as_ref().ok_or_else(|| self.origin.error(None, "no [director] section"))?;
         validate_director(d.get_ref(), &self.origin, Some(d.span()))
     }
 
     /// The validated `[realserver]` section. Without `vips`, the VIPs of the
     /// `[director]` services.
-    pub(crate) fn realserver(&self) -> Result<RealserverSpec, ConfigError> {
+    pub fn realserver(&self) -> Result<RealserverSpec, ConfigError> {
         let r = self.realserver.as_ref().ok_or_else(|| self.origin.error(None, "no [realserver] section"))?;
         let vips = match &r.get_ref().vips {
             Some(v) => v.clone(),
@@ -594,17 +511,8 @@ impl Config {
     }
 }
 
-/// The services of a config's `[director]` section in the form the library
-/// reconciles, in one call (validation included). `director start` uses
-/// [`DirectorSpec::desired_services`] instead, and `director run` the
-/// health-adjusted services of `daemon::health::effective`.
-#[allow(dead_code)] // only the tests call it
-pub(crate) fn desired_services(config: &Config) -> Result<Vec<DesiredService>, ConfigError> {
-    Ok(config.director()?.desired_services())
-}
-
 /// Validate a `[director]` section (from a file or built from flags).
-pub(crate) fn validate_director(
+pub fn validate_director(
     d: &DirectorConfig,
     origin: &Origin,
     span: Option<Range<usize>>,
@@ -617,146 +525,187 @@ pub(crate) fn validate_director(
     let mut vip_iface: HashMap<IpAddr, IfName> = HashMap::new();
     for s in &d.services {
         let sp = Some(s.span());
-        let s = s.get_ref();
-        let iface =
-            s.iface.clone().or_else(|| d.iface.clone()).ok_or_else(|| {
-                origin.error(sp.clone(), format!("no interface for VIP {}: set iface (--iface)", s.vip))
-            })?;
-        if s.vip.is_unspecified() || s.vip.is_multicast() || is_broadcast(s.vip) {
-            return Err(origin.error(sp, format!("VIP {} is not a unicast address", s.vip)));
-        }
-        let key = match (s.fwmark, s.port) {
-            (Some(0), _) => return Err(origin.error(sp, "fwmark 0 cannot identify a service: use 1..4294967295")),
-            (Some(mark), None) => ServiceKey::Fwmark { mark, family: ipvs::Family::of(s.vip) },
-            (Some(_), Some(_)) => {
-                return Err(origin.error(sp, "a fwmark service has no port: remove port (the mark selects the traffic)"))
-            }
-            (None, None) => {
-                return Err(origin.error(sp, "missing port (or fwmark) for VIP ".to_owned() + &s.vip.to_string()))
-            }
-            (None, Some(0)) if s.persistence.is_none() => {
-                return Err(
-                    origin.error(sp, "port 0 (every port) needs persistence (--persistence SECS), as in ipvsadm")
-                )
-            }
-            (None, Some(port)) => ServiceKey::Inet { protocol: s.protocol, addr: SocketAddr::new(s.vip, port) },
-        };
-        let svc_port = s.port.unwrap_or(0);
+        let vs = validate_service(s.get_ref(), d.iface.as_ref(), &Ctx { origin, span: sp.clone() })?;
+        let key = vs.desired.service.key;
         if !keys.insert(key) {
             return Err(origin.error(sp, format!("virtual service {key} is listed twice")));
         }
-        if let Some(prev) = vip_iface.insert(s.vip, iface.clone()) {
-            if prev != iface {
-                return Err(
-                    origin.error(sp, format!("VIP {} is on {prev} for one service and {iface} for another", s.vip))
-                );
+        if let Some(prev) = vip_iface.insert(vs.vip, vs.iface.clone()) {
+            if prev != vs.iface {
+                let msg = format!("VIP {} is on {prev} for one service and {} for another", vs.vip, vs.iface);
+                return Err(origin.error(sp, msg));
             }
         }
-        let mut service = Service::new(key, s.scheduler.0.clone());
-        let netmask = match &s.persistence_netmask {
-            None => None,
-            Some(m) if s.persistence.is_none() => {
-                return Err(origin.error(sp, format!("persistence_netmask {m:?} needs persistence (seconds)")))
-            }
-            Some(m) => Some(match s.vip {
-                IpAddr::V4(_) => Netmask::V4(m.parse().map_err(|_| {
-                    origin.error(
-                        sp.clone(),
-                        format!("persistence_netmask {m:?} is not an IPv4 netmask like 255.255.255.0"),
-                    )
-                })?),
-                IpAddr::V6(_) => Netmask::V6(m.trim_start_matches('/').parse().map_err(|_| {
-                    origin.error(sp.clone(), format!("persistence_netmask {m:?} is not an IPv6 prefix length 1..128"))
-                })?),
-            }),
-        };
-        if let Some(t) = s.persistence {
-            service.persistence = Some(Persistence { timeout: t, netmask });
-        }
-        service.sched_flags =
-            SchedFlags::parse_list(&s.sched_flags.join(",")).map_err(|e| origin.error(sp.clone(), e))?;
-        service.one_packet = s.one_packet;
-        service.pe = s.pe.clone();
-        service.validate().map_err(|e| origin.error(sp.clone(), e))?;
-        let mut dests: Vec<Destination> = Vec::new();
-        let mut checks = Vec::new();
-        for r in &s.reals {
-            let rsp = Some(r.span());
-            let r = r.get_ref();
-            if r.weight > MAX_WEIGHT {
-                return Err(origin.error(rsp, format!("weight {} is out of range 0..{MAX_WEIGHT}", r.weight)));
-            }
-            let port = r.port.unwrap_or(svc_port);
-            let forward = r.forward.unwrap_or(s.forward);
-            if Family::of(r.addr) != Family::of(s.vip) && forward != ForwardMethod::Tunnel {
-                return Err(origin.error(
-                    rsp,
-                    format!(
-                        "real server {} is {} but VIP {} is {}: the address families must match",
-                        r.addr,
-                        Family::of(r.addr),
-                        s.vip,
-                        Family::of(s.vip)
-                    ),
-                ));
-            }
-            let mut dest = Destination::new(SocketAddr::new(r.addr, port), forward.forward());
-            dest.weight = r.weight;
-            dest.upper_threshold = r.upper_threshold;
-            dest.lower_threshold = r.lower_threshold;
-            match (r.tunnel, forward) {
-                (None, _) => {}
-                (Some(t), ForwardMethod::Tunnel) => dest.forward = Forward::Tunnel(t),
-                (Some(_), _) => {
-                    return Err(
-                        origin.error(rsp, format!("real server {}: tunnel options need forward = \"tunnel\"", r.addr))
-                    )
-                }
-            }
-            dest.validate(&key).map_err(|e| origin.error(rsp.clone(), e))?;
-            if dests.iter().any(|x| x.addr == dest.addr) {
-                return Err(origin.error(rsp, format!("real server {} is listed twice in {key}", dest.addr)));
-            }
-            dests.push(dest);
-            checks.push(r.check.clone().or_else(|| s.check.clone()));
-        }
-        let sorry_server = match &s.sorry_server {
-            None => None,
-            Some(r) => {
-                let rsp = Some(r.span());
-                let r = r.get_ref();
-                let forward = r.forward.unwrap_or(s.forward);
-                let mut dest = Destination::new(SocketAddr::new(r.addr, r.port.unwrap_or(svc_port)), forward.forward());
-                dest.weight = r.weight;
-                if r.weight == 0 || r.weight > MAX_WEIGHT {
-                    return Err(
-                        origin.error(rsp, format!("sorry server weight {} is out of range 1..{MAX_WEIGHT}", r.weight))
-                    );
-                }
-                if r.check.is_some() {
-                    return Err(origin.error(rsp, "a sorry server is not health-checked: remove its `check`"));
-                }
-                dest.validate(&key).map_err(|e| origin.error(rsp.clone(), e))?;
-                if dests.iter().any(|x| x.addr == dest.addr) {
-                    return Err(origin.error(rsp, format!("sorry server {} is also a real server of {key}", dest.addr)));
-                }
-                Some(dest)
-            }
-        };
-        out.push(VirtualService {
-            desired: DesiredService { service, destinations: dests },
-            vip: s.vip,
-            iface,
-            checks,
-            on_failure: s.on_failure,
-            sorry_server,
-        });
+        out.push(vs);
     }
-    Ok(DirectorSpec { services: out })
+    let resync_interval = match d.resync_interval {
+        Some(crate::check::Secs(t)) if t.is_zero() => {
+            return Err(origin.error(span, "resync_interval must be longer than 0 seconds"))
+        }
+        Some(crate::check::Secs(t)) => Some(t),
+        None => None,
+    };
+    Ok(DirectorSpec { services: out, resync_interval })
+}
+
+/// Where an error is reported: the origin and the span of the table.
+struct Ctx<'a> {
+    origin: &'a Origin,
+    span: Option<Range<usize>>,
+}
+
+impl Ctx<'_> {
+    fn error(&self, msg: impl fmt::Display) -> ConfigError {
+        self.origin.error(self.span.clone(), msg)
+    }
+
+    fn at(&self, span: Range<usize>) -> Ctx<'_> {
+        Ctx { origin: self.origin, span: Some(span) }
+    }
+}
+
+/// One `[[director.service]]`, validated.
+fn validate_service(
+    s: &ServiceConfig,
+    default_iface: Option<&IfName>,
+    cx: &Ctx<'_>,
+) -> Result<VirtualService, ConfigError> {
+    let iface = s
+        .iface
+        .clone()
+        .or_else(|| default_iface.cloned())
+        .ok_or_else(|| cx.error(format!("no interface for VIP {}: set iface (--iface)", s.vip)))?;
+    if s.vip.is_unspecified() || s.vip.is_multicast() || is_broadcast(s.vip) {
+        return Err(cx.error(format!("VIP {} is not a unicast address", s.vip)));
+    }
+    let key = service_key(s, cx)?;
+    let mut service = Service::new(key, s.scheduler.0.clone());
+    if let Some(t) = s.persistence {
+        service.persistence = Some(Persistence { timeout: t, netmask: persistence_netmask(s, cx)? });
+    } else if let Some(m) = &s.persistence_netmask {
+        return Err(cx.error(format!("persistence_netmask {m:?} needs persistence (seconds)")));
+    }
+    service.sched_flags = SchedFlags::parse_list(&s.sched_flags.join(",")).map_err(|e| cx.error(e))?;
+    service.one_packet = s.one_packet;
+    service.pe = s.pe.clone();
+    service.validate().map_err(|e| cx.error(e))?;
+    let mut dests: Vec<Destination> = Vec::new();
+    let mut checks = Vec::new();
+    for r in &s.reals {
+        let dest = real_destination(s, &key, r.get_ref(), &cx.at(r.span()))?;
+        if dests.iter().any(|x| x.addr == dest.addr) {
+            return Err(cx.at(r.span()).error(format!("real server {} is listed twice in {key}", dest.addr)));
+        }
+        dests.push(dest);
+        checks.push(r.get_ref().check.clone().or_else(|| s.check.clone()));
+    }
+    let sorry_server = match &s.sorry_server {
+        None => None,
+        Some(r) => Some(sorry_destination(s, &key, r.get_ref(), &dests, &cx.at(r.span()))?),
+    };
+    Ok(VirtualService {
+        desired: DesiredService { service, destinations: dests },
+        vip: s.vip,
+        iface,
+        checks,
+        on_failure: s.on_failure,
+        sorry_server,
+    })
+}
+
+/// The key of a service: address, port and protocol, or firewall mark.
+fn service_key(s: &ServiceConfig, cx: &Ctx<'_>) -> Result<ServiceKey, ConfigError> {
+    match (s.fwmark, s.port) {
+        (Some(0), _) => Err(cx.error("fwmark 0 cannot identify a service: use 1..4294967295")),
+        (Some(mark), None) => Ok(ServiceKey::Fwmark { mark, family: ipvs::Family::of(s.vip) }),
+        (Some(_), Some(_)) => Err(cx.error("a fwmark service has no port: remove port (the mark selects the traffic)")),
+        (None, None) => Err(cx.error(format!("missing port (or fwmark) for VIP {}", s.vip))),
+        (None, Some(0)) if s.persistence.is_none() => {
+            Err(cx.error("port 0 (every port) needs persistence (--persistence SECS), as in ipvsadm"))
+        }
+        (None, Some(port)) => Ok(ServiceKey::Inet { protocol: s.protocol, addr: SocketAddr::new(s.vip, port) }),
+    }
+}
+
+/// `persistence_netmask`, in the VIP's family.
+fn persistence_netmask(s: &ServiceConfig, cx: &Ctx<'_>) -> Result<Option<Netmask>, ConfigError> {
+    let Some(m) = &s.persistence_netmask else { return Ok(None) };
+    let mask =
+        match s.vip {
+            IpAddr::V4(_) => Netmask::V4(m.parse().map_err(|_| {
+                cx.error(format!("persistence_netmask {m:?} is not an IPv4 netmask like 255.255.255.0"))
+            })?),
+            IpAddr::V6(_) => Netmask::V6(
+                m.trim_start_matches('/')
+                    .parse()
+                    .map_err(|_| cx.error(format!("persistence_netmask {m:?} is not an IPv6 prefix length 1..128")))?,
+            ),
+        };
+    Ok(Some(mask))
+}
+
+/// One real server of service `s`, validated.
+fn real_destination(
+    s: &ServiceConfig,
+    key: &ServiceKey,
+    r: &RealConfig,
+    cx: &Ctx<'_>,
+) -> Result<Destination, ConfigError> {
+    if r.weight > MAX_WEIGHT {
+        return Err(cx.error(format!("weight {} is out of range 0..{MAX_WEIGHT}", r.weight)));
+    }
+    let port = r.port.unwrap_or(s.port.unwrap_or(0));
+    let forward = r.forward.unwrap_or(s.forward);
+    if Family::of(r.addr) != Family::of(s.vip) && forward != ForwardMethod::Tunnel {
+        return Err(cx.error(format!(
+            "real server {} is {} but VIP {} is {}: the address families must match",
+            r.addr,
+            Family::of(r.addr),
+            s.vip,
+            Family::of(s.vip)
+        )));
+    }
+    let mut dest = Destination::new(SocketAddr::new(r.addr, port), forward.forward());
+    dest.weight = r.weight;
+    dest.upper_threshold = r.upper_threshold;
+    dest.lower_threshold = r.lower_threshold;
+    match (r.tunnel, forward) {
+        (None, _) => {}
+        (Some(t), ForwardMethod::Tunnel) => dest.forward = Forward::Tunnel(t),
+        (Some(_), _) => {
+            return Err(cx.error(format!("real server {}: tunnel options need forward = \"tunnel\"", r.addr)))
+        }
+    }
+    dest.validate(key).map_err(|e| cx.error(e))?;
+    Ok(dest)
+}
+
+/// The sorry server of service `s`, validated against its real servers `dests`.
+fn sorry_destination(
+    s: &ServiceConfig,
+    key: &ServiceKey,
+    r: &RealConfig,
+    dests: &[Destination],
+    cx: &Ctx<'_>,
+) -> Result<Destination, ConfigError> {
+    let forward = r.forward.unwrap_or(s.forward);
+    let mut dest = Destination::new(SocketAddr::new(r.addr, r.port.unwrap_or(s.port.unwrap_or(0))), forward.forward());
+    dest.weight = r.weight;
+    if r.weight == 0 || r.weight > MAX_WEIGHT {
+        return Err(cx.error(format!("sorry server weight {} is out of range 1..{MAX_WEIGHT}", r.weight)));
+    }
+    if r.check.is_some() {
+        return Err(cx.error("a sorry server is not health-checked: remove its `check`"));
+    }
+    dest.validate(key).map_err(|e| cx.error(e))?;
+    if dests.iter().any(|x| x.addr == dest.addr) {
+        return Err(cx.error(format!("sorry server {} is also a real server of {key}", dest.addr)));
+    }
+    Ok(dest)
 }
 
 /// Validate a real server's VIPs and interface.
-pub(crate) fn validate_realserver(
+pub fn validate_realserver(
     vips: Vec<IpAddr>,
     iface: Option<IfName>,
     origin: &Origin,
@@ -808,9 +757,6 @@ impl fmt::Display for Family {
 mod tests {
     use super::*;
 
-    /// "Seed" in these tests: the deployment lvsctl was written for, a database
-    /// coordinator pair behind VIP 10.19.70.166:15858 (LVS-DR, round robin), the
-    /// director 10.18.68.186 also one of the two real servers.
     const SEED: &str = r#"
 [director]
 iface = "enp1s0"
@@ -844,11 +790,10 @@ iface = "enp1s0"
             ],
         };
         assert_eq!(d.desired_services(), vec![want]);
-        assert_eq!(desired_services(&c).unwrap().len(), 1);
-        assert_eq!(d.vips(), vec![("10.19.70.166".parse().unwrap(), IfName("enp1s0".into()))]);
+        assert_eq!(d.vips(), vec![("10.19.70.166".parse().unwrap(), "enp1s0".parse::<IfName>().unwrap())]);
         let r = c.realserver().unwrap();
         assert_eq!(r.vips, vec!["10.19.70.166".parse::<IpAddr>().unwrap()]);
-        assert_eq!(r.iface, Some(IfName("enp1s0".into())));
+        assert_eq!(r.iface, Some("enp1s0".parse::<IfName>().unwrap()));
     }
 
     #[test]
@@ -981,7 +926,7 @@ sorry_server = "10.0.1.9,weight=2"
         let d = Config::parse(text, "t").unwrap().director().unwrap();
         let s = &d.services[0];
         let kinds: Vec<_> = s.checks.iter().map(|c| c.as_ref().unwrap().kind).collect();
-        use crate::daemon::checks::CheckType;
+        use crate::check::CheckType;
         assert_eq!(kinds, [CheckType::Tcp, CheckType::Tcp, CheckType::Http], "the service's check is the default");
         assert_eq!(s.on_failure, OnFailure::Remove);
         let sorry = s.sorry_server.as_ref().unwrap();

@@ -1,46 +1,136 @@
-//! The command's errors: one line on stderr and an exit status.
+//! The library's error type.
 
-use std::process::ExitCode;
+use std::path::PathBuf;
 
-/// An error to report: a one-line message and the exit status.
+use ipvs::ServiceKey;
+
+/// What went wrong. Every variant's message is one line, naming the problem;
+/// the `lvsctl` command prints it and maps the variant to its exit status.
 #[derive(Debug, thiserror::Error)]
-#[error("{msg}")]
-pub(crate) struct CliError {
-    /// Exit status.
-    pub(crate) code: u8,
-    /// One line, naming the problem.
-    pub(crate) msg: String,
+#[non_exhaustive]
+pub enum Error {
+    /// The input is invalid: a config file (with file, line and column) or
+    /// values given by a caller. Nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// An interface the configuration names does not exist. Nothing was changed.
+    #[error("no such interface {0}")]
+    NoSuchInterface(String),
+    /// A configured virtual service exists and lvsctl did not create it: it
+    /// is never taken over. Nothing was changed.
+    #[error(
+        "virtual service {0} already exists and lvsctl did not create it: delete it first (ipvsadm -D {key}) or leave it out",
+        key = ipvsadm_key(.0)
+    )]
+    ForeignService(ServiceKey),
+    /// The operation needs root.
+    #[error("{what} must be run as root (euid is {euid}): permission denied")]
+    NotRoot {
+        /// The operation, as the user named it (`lvsctl director start`).
+        what: String,
+        /// The effective user id it ran with.
+        euid: u32,
+    },
+    /// The kernel's IPVS refused a request, or could not be reached.
+    #[error(transparent)]
+    Ipvs(#[from] ipvs::Error),
+    /// A file or system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done (`cannot write the state file /run/lvsctl/...`).
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A route netlink request (addresses, interfaces) failed.
+    #[error("{what}: {reason}")]
+    Netlink {
+        /// What was being done (`cannot add 10.0.0.1/32 to eth0`).
+        what: String,
+        /// The kernel's error number, when it answered with one.
+        errno: Option<i32>,
+        /// The reason, as text.
+        reason: String,
+    },
+    /// A state file cannot be understood.
+    #[error("the state file {} is damaged ({reason}); remove it only after checking the host by hand", path.display())]
+    StateDamaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another lvsctl run held the lock for too long.
+    #[error("another lvsctl run holds {} for over a minute; try again later", path.display())]
+    Busy {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A director daemon already runs in this network namespace.
+    #[error(
+        "another lvsctl director run already runs in this network namespace{} (it holds {}); stop it first",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        path.display()
+    )]
+    AlreadyRunning {
+        /// The daemon's lock file.
+        path: PathBuf,
+        /// The process holding it, when known.
+        pid: Option<u32>,
+    },
+    /// Any other failure.
+    #[error("{0}")]
+    Failed(String),
 }
 
-impl CliError {
-    /// Bad usage or input: exit 2 (as ipvsadm and clap do).
-    pub(crate) fn usage(msg: impl Into<String>) -> Self {
-        Self { code: 2, msg: msg.into() }
-    }
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-    /// Any other failure: exit 1.
-    pub(crate) fn failure(msg: impl Into<String>) -> Self {
-        Self { code: 1, msg: msg.into() }
-    }
-
-    /// Not permitted (not root): exit 4, as LSB init scripts do.
-    pub(crate) fn not_permitted(msg: impl Into<String>) -> Self {
-        Self { code: 4, msg: msg.into() }
-    }
-
-    /// Print `lvsctl: MSG` on stderr and give the exit status.
-    pub(crate) fn report(&self) -> ExitCode {
-        eprintln!("lvsctl: {}", self.msg);
-        ExitCode::from(self.code)
-    }
-}
-
-impl From<ipvs::Error> for CliError {
-    fn from(e: ipvs::Error) -> Self {
-        match e {
-            ipvs::Error::PermissionDenied => Self::not_permitted(e.to_string()),
-            ipvs::Error::Invalid(_) => Self::usage(e.to_string()),
-            _ => Self::failure(e.to_string()),
+impl Error {
+    /// The OS error number underneath, when there is one (`EACCES`, ...).
+    pub fn os_error(&self) -> Option<i32> {
+        match self {
+            Self::Io { source, .. } => source.raw_os_error(),
+            Self::Netlink { errno, .. } => *errno,
+            Self::Ipvs(e) => e.errno(),
+            _ => None,
         }
+    }
+
+    /// Whether the error means "not permitted": not root, or the kernel or a
+    /// file refused for lack of privilege.
+    pub fn is_permission(&self) -> bool {
+        match self {
+            Self::NotRoot { .. } | Self::Ipvs(ipvs::Error::PermissionDenied) => true,
+            Self::Io { .. } | Self::Netlink { .. } => {
+                matches!(self.os_error(), Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the error is about the input (nothing was changed because the
+    /// input was refused before the first change).
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Invalid(_) | Self::NoSuchInterface(_) | Self::ForeignService(_) | Self::Ipvs(ipvs::Error::Invalid(_))
+        )
+    }
+}
+
+/// The ipvsadm options naming a virtual service: `-t 10.0.0.1:80`, `-f 7`.
+pub(crate) fn ipvsadm_key(key: &ServiceKey) -> String {
+    match key {
+        ServiceKey::Inet { protocol, addr } => {
+            let p = match protocol {
+                ipvs::Protocol::Tcp => "-t",
+                ipvs::Protocol::Udp => "-u",
+                ipvs::Protocol::Sctp => "--sctp-service",
+            };
+            format!("{p} {addr}")
+        }
+        ServiceKey::Fwmark { mark, .. } => format!("-f {mark}"),
     }
 }

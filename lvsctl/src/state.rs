@@ -23,19 +23,19 @@ use ipvs::ServiceKey;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::CliError;
+use crate::Error;
 
 /// Version of the state file format.
-pub(crate) const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 1;
 
 /// The state folder: `$LVSCTL_STATE_DIR` or `/run/lvsctl`.
-pub(crate) fn dir() -> PathBuf {
+pub fn dir() -> PathBuf {
     std::env::var_os("LVSCTL_STATE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/run/lvsctl"))
 }
 
 /// The role a state file belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     /// `lvsctl director`.
     Director,
     /// `lvsctl realserver`.
@@ -43,7 +43,7 @@ pub(crate) enum Role {
 }
 
 /// Path of the state file of `role` in this network namespace.
-pub(crate) fn path(dir: &Path, role: Role) -> Result<PathBuf, CliError> {
+pub fn path(dir: &Path, role: Role) -> Result<PathBuf, Error> {
     let ns = netns_id()?;
     let r = match role {
         Role::Director => "director",
@@ -53,7 +53,7 @@ pub(crate) fn path(dir: &Path, role: Role) -> Result<PathBuf, CliError> {
 }
 
 /// An id of the calling thread's network namespace: its cookie, or its inode.
-pub(crate) fn netns_id() -> Result<String, CliError> {
+pub fn netns_id() -> Result<String, Error> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
     // Any socket tells its namespace's cookie; a unix socket needs no address
     // (so it works even with lo down) and no IP stack.
@@ -85,18 +85,18 @@ pub(crate) fn netns_id() -> Result<String, CliError> {
     // Kernels before 5.14 have no cookie: the namespace's inode number.
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata("/proc/thread-self/ns/net")
-        .map_err(|e| CliError::failure(format!("cannot tell this network namespace: {e}")))?;
+        .map_err(|e| Error::Io { what: "cannot tell this network namespace".into(), source: e })?;
     Ok(format!("i{}", m.ino()))
 }
 
 /// The exclusive lock; released when dropped.
 #[derive(Debug)]
-pub(crate) struct Lock {
+pub struct Lock {
     _file: File,
 }
 
 /// Take the lock in `dir`, waiting up to a minute for another run to finish.
-pub(crate) fn lock(dir: &Path) -> Result<Lock, CliError> {
+pub fn lock(dir: &Path) -> Result<Lock, Error> {
     ensure_dir(dir)?;
     let p = dir.join("lock");
     let file = OpenOptions::new()
@@ -121,55 +121,75 @@ pub(crate) fn lock(dir: &Path) -> Result<Lock, CliError> {
             return Err(io_err(&format!("cannot lock {}", p.display()), e));
         }
         if Instant::now() >= deadline {
-            return Err(CliError::failure(format!(
-                "another lvsctl run holds {} for over a minute; try again later",
-                p.display()
-            )));
+            return Err(Error::Busy { path: p });
         }
         // Short waits are normal (runs are short); say so only when it lasts.
         if !said && started.elapsed() >= Duration::from_secs(2) {
-            eprintln!("lvsctl: waiting for another lvsctl run to finish ({})", p.display());
+            tracing::info!(lock = %p.display(), "waiting for another lvsctl run to finish");
             said = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-fn ensure_dir(dir: &Path) -> Result<(), CliError> {
+/// Take the lock a `director run` daemon holds for its whole life in this
+/// network namespace (`director-run-netns<ID>.pid` in `dir`, holding its
+/// process id), without waiting: while another daemon holds it, the answer
+/// is [`Error::AlreadyRunning`] with that daemon's process id.
+pub fn daemon_lock(dir: &Path) -> Result<Lock, Error> {
+    ensure_dir(dir)?;
+    let p = dir.join(format!("director-run-netns{}.pid", netns_id()?));
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .map_err(|e| io_err(&format!("cannot open the daemon's lock file {}", p.display()), e))?;
+    // SAFETY: flock on a valid fd.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err(&format!("cannot lock {}", p.display()), e));
+        }
+        let pid = std::fs::read_to_string(&p).ok().and_then(|t| t.trim().parse().ok());
+        return Err(Error::AlreadyRunning { path: p, pid });
+    }
+    let res = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id())).and_then(|()| file.flush());
+    res.map_err(|e| io_err(&format!("cannot write {}", p.display()), e))?;
+    Ok(Lock { _file: file })
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(&format!("cannot create {}", dir.display()), e))
 }
 
-fn io_err(what: &str, e: std::io::Error) -> CliError {
-    if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)) {
-        CliError::not_permitted(format!("{what}: {e}"))
-    } else {
-        CliError::failure(format!("{what}: {e}"))
-    }
+fn io_err(what: &str, e: std::io::Error) -> Error {
+    Error::Io { what: what.to_owned(), source: e }
 }
 
 /// Read a state file; `None` when there is none.
-pub(crate) fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, CliError> {
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(&format!("cannot read the state file {}", path.display()), e)),
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
-        CliError::failure(format!(
-            "the state file {} is damaged ({e}); remove it only after checking the host by hand",
-            path.display()
-        ))
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::StateDamaged { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Write a state file atomically: temporary file, fsync, rename, fsync folder.
-pub(crate) fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError> {
+pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_dir(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let text =
-        serde_json::to_string_pretty(value).map_err(|e| CliError::failure(format!("cannot encode the state: {e}")))?;
+        serde_json::to_string_pretty(value).map_err(|e| Error::Failed(format!("cannot encode the state: {e}")))?;
     let res = (|| {
         let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
         f.write_all(text.as_bytes())?;
@@ -187,7 +207,7 @@ pub(crate) fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), CliError
 /// The end of a `stop`: when something could not be undone (`err`), keep
 /// the state with what is left so a later stop can finish, and return the
 /// error; otherwise remove the state file.
-pub(crate) fn finish_stop<T: Serialize>(path: &Path, left: &T, err: Option<CliError>) -> Result<(), CliError> {
+pub fn finish_stop<T: Serialize>(path: &Path, left: &T, err: Option<Error>) -> Result<(), Error> {
     match err {
         Some(e) => {
             write(path, left)?;
@@ -198,7 +218,7 @@ pub(crate) fn finish_stop<T: Serialize>(path: &Path, left: &T, err: Option<CliEr
 }
 
 /// Remove a state file (no error if it is gone).
-pub(crate) fn remove(path: &Path) -> Result<(), CliError> {
+pub fn remove(path: &Path) -> Result<(), Error> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -208,62 +228,62 @@ pub(crate) fn remove(path: &Path) -> Result<(), CliError> {
 
 /// An address start put on (or found on) an interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AddressRecord {
+pub struct AddressRecord {
     /// The address.
-    pub(crate) addr: IpAddr,
+    pub addr: IpAddr,
     /// Its prefix length (32 or 128).
-    pub(crate) prefix_len: u8,
+    pub prefix_len: u8,
     /// The interface.
-    pub(crate) iface: String,
+    pub iface: String,
     /// Whether start added it (then stop removes it); false when it was there before.
-    pub(crate) created: bool,
+    pub created: bool,
 }
 
 /// A sysctl start set, with the value it had before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SysctlRecord {
+pub struct SysctlRecord {
     /// Under `net/ipv6/conf` rather than `net/ipv4/conf` (absent in state
     /// files written before IPv6 sysctls were managed: false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) ipv6: bool,
+    pub ipv6: bool,
     /// The interface part of `net/ipv{4,6}/conf/<iface>/<name>` (`all`, `lo`, ...).
-    pub(crate) iface: String,
+    pub iface: String,
     /// `arp_ignore`, `arp_announce` or `forwarding`.
-    pub(crate) name: String,
+    pub name: String,
     /// The value before the first start (what stop writes back).
-    pub(crate) previous: String,
+    pub previous: String,
     /// The value start set.
-    pub(crate) value: String,
+    pub value: String,
 }
 
 /// What `director start` recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct DirectorState {
+pub struct DirectorState {
     /// [`FORMAT`].
-    pub(crate) format: u32,
+    pub format: u32,
     /// The services as configured (what status compares the kernel with).
-    pub(crate) services: Vec<DesiredService>,
+    pub services: Vec<DesiredService>,
     /// The services lvsctl created: the only ones it ever deletes.
-    pub(crate) owned: Vec<ServiceKey>,
+    pub owned: Vec<ServiceKey>,
     /// The VIPs on their interfaces.
-    pub(crate) addresses: Vec<AddressRecord>,
+    pub addresses: Vec<AddressRecord>,
     /// The forwarding sysctls NAT needs, with their previous values (absent
     /// in state files written before they were managed: none).
     #[serde(default)]
-    pub(crate) sysctls: Vec<SysctlRecord>,
+    pub sysctls: Vec<SysctlRecord>,
 }
 
 /// What `realserver start` recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RealserverState {
+pub struct RealserverState {
     /// [`FORMAT`].
-    pub(crate) format: u32,
+    pub format: u32,
     /// The interface given, if any.
-    pub(crate) iface: Option<String>,
+    pub iface: Option<String>,
     /// The VIPs on `lo`.
-    pub(crate) addresses: Vec<AddressRecord>,
+    pub addresses: Vec<AddressRecord>,
     /// The ARP sysctls, with their previous values.
-    pub(crate) sysctls: Vec<SysctlRecord>,
+    pub sysctls: Vec<SysctlRecord>,
 }
 
 #[cfg(test)]
@@ -307,7 +327,7 @@ mod tests {
         remove(&p).unwrap();
         assert_eq!(read::<RealserverState>(&p).unwrap(), None);
         std::fs::write(&p, "{not json").unwrap();
-        assert!(read::<RealserverState>(&p).unwrap_err().msg.contains("damaged"));
+        assert!(read::<RealserverState>(&p).unwrap_err().to_string().contains("damaged"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -350,6 +370,20 @@ mod tests {
         #[allow(unsafe_code)]
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         assert_eq!(rc, 0);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_second_daemon_lock_is_refused_at_once_with_the_holders_pid() {
+        let d = tmpdir();
+        let held = daemon_lock(&d).unwrap();
+        match daemon_lock(&d) {
+            Err(Error::AlreadyRunning { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected AlreadyRunning, got {other:?}"),
+        }
+        drop(held);
+        let again = daemon_lock(&d).unwrap();
+        drop(again);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -150,34 +150,10 @@ impl DestOpts {
 }
 
 /// Parse an address with an optional port: `10.0.0.1`, `10.0.0.1:80`,
-/// `[2001:db8::1]`, `[2001:db8::1]:80` (a bare IPv6 address is accepted too).
+/// `[2001:db8::1]`, `[2001:db8::1]:80` (a bare IPv6 address is accepted too);
+/// the parser the config file and `--real` use.
 pub(crate) fn parse_addr_port(s: &str) -> Option<(IpAddr, Option<u16>)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (addr, after) = rest.split_once(']')?;
-        let ip: std::net::Ipv6Addr = addr.parse().ok()?;
-        let port = match after {
-            "" => None,
-            p => Some(parse_port(p.strip_prefix(':')?)?),
-        };
-        return Some((IpAddr::V6(ip), port));
-    }
-    // One colon: IPv4:PORT (an IPv6 address has at least two). Otherwise a
-    // bare address of either family.
-    match s.bytes().filter(|b| *b == b':').count() {
-        1 => {
-            let (addr, port) = s.split_once(':')?;
-            let ip: Ipv4Addr = addr.parse().ok()?;
-            Some((IpAddr::V4(ip), Some(parse_port(port)?)))
-        }
-        _ => s.parse::<IpAddr>().ok().map(|ip| (ip, None)),
-    }
-}
-
-fn parse_port(s: &str) -> Option<u16> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+    lvsctl::spec::parse_addr_port(s).ok()
 }
 
 /// ipvsadm's `string_to_number`: a decimal integer within min..=max.

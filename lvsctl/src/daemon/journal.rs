@@ -13,7 +13,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 /// An event format that puts `<PRIORITY>` before what `F` writes.
 #[derive(Debug, Clone)]
-pub(crate) struct SyslogPrefix<F>(pub(crate) F);
+pub struct SyslogPrefix<F>(pub F);
 
 /// The syslog priority of a tracing level.
 fn priority(l: Level) -> u8 {
@@ -83,7 +83,7 @@ mod tests {
 /// Tell systemd about the daemon's state (`sd_notify(3)`): `READY=1` once the
 /// config is applied (for `Type=notify`), `STATUS=...` for `systemctl
 /// status`, `STOPPING=1`. Does nothing unless systemd set `NOTIFY_SOCKET`.
-pub(crate) fn sd_notify(state: &str) {
+pub fn sd_notify(state: &str) {
     if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
         if let Err(e) = notify_to(&path, state) {
             tracing::debug!(reason = %e, "cannot notify systemd");

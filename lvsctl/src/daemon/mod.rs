@@ -1,74 +1,93 @@
-//! `lvsctl director run --config FILE`: the health-checking director
-//! daemon.
+//! The health-checking director daemon (`lvsctl director run`).
 //!
-//! It applies the config as `director start` does, then checks every real
-//! server (one task per real server, [`checks`]), counts results
-//! ([`health`]) and, on a transition, reconciles the kernel with what the
-//! health says ([`health::effective`]): a failed real server gets weight 0
-//! (or is removed), a recovered one its configured weight back, and a sorry
-//! server takes over while every real server of a service is down. Every
-//! transition is logged once (tracing, on stderr), and the health of every
-//! real server is kept in a report file ([`report`]) that `director status`
-//! shows.
+//! It reconciles the config as `director start` does, then checks every
+//! real server (one task per real server, [`crate::check`]), counts results
+//! ([`crate::health`]) and, on a transition, sends only that real server's
+//! change: a failed one gets weight 0 (or is removed), a recovered one its
+//! configured weight back, and a sorry server takes over while every real
+//! server of a service is down. One [`Director`] handle (one IPVS and one
+//! route netlink connection) serves the daemon's whole life; the whole table
+//! is read and reconciled only at start, on SIGHUP, on a periodic resync
+//! (repairing and logging any drift), and on the retries after a change
+//! failed (on a timer with backoff, never once per check result).
 //!
-//! Signals: SIGHUP rereads the config and applies only the difference
-//! (real servers that stay keep their health); a config that does not load is
-//! rejected and the running one kept. SIGTERM and SIGINT stop the daemon,
-//! leaving the services in place unless `--teardown-on-exit`.
+//! Every transition is logged once (tracing), and the health of every real
+//! server is kept in a report file ([`crate::health::report`]) that `director
+//! status` shows. Only one daemon runs per network namespace
+//! ([`crate::state::daemon_lock`]).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), lvsctl::Error> {
+//! let opts = lvsctl::daemon::Options::new("/etc/lvsctl.toml".into());
+//! lvsctl::daemon::run(opts).await?;
+//! # Ok(()) }
+//! ```
 
-pub(crate) mod checks;
-pub(crate) mod health;
-pub(crate) mod http;
-pub(crate) mod journal;
-pub(crate) mod report;
-pub(crate) mod security;
+mod events;
+pub mod journal;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use ipvs::reconcile::DesiredService;
 use ipvs::ServiceKey;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, DirectorSpec};
-use crate::{state, CliError};
-use checks::{Check, Secs, Target};
-use health::{effective, Health, RealKey, RealSpec, ServiceSpec, Transition};
+use crate::check::{self, security, Check, Secs, Target};
+use crate::config::Config;
+use crate::director::{plan::destination_ops, Director, OnError};
+use crate::health::report;
+use crate::health::{effective, Health, RealKey, RealSpec, ServiceSpec, Transition};
+use crate::spec::DirectorSpec;
+use crate::state;
+use crate::Error;
+pub use events::{Event, Events};
 
-/// Arguments of `lvsctl director run`.
-#[derive(Debug, Clone, clap::Args)]
-pub(crate) struct RunArgs {
-    /// The TOML config (the file `director start --config` takes, with `check`
-    /// settings). It must be writable by root only.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) config: PathBuf,
-    /// On SIGTERM or SIGINT, remove the virtual services and VIPs (as `director
-    /// stop` does) instead of leaving them in place.
-    #[arg(long)]
-    pub(crate) teardown_on_exit: bool,
+/// How often the whole table is re-asserted unless the config says otherwise.
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+/// The first wait before retrying a change that failed; it doubles up to the
+/// resync interval.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// How many check results may wait for the daemon (a checker waits when full).
+const QUEUE: usize = 1024;
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Options {
+    /// The TOML config (it must be writable by root only).
+    pub config: PathBuf,
+    /// On SIGTERM or SIGINT, remove the virtual services and VIPs (as
+    /// `director stop` does) instead of leaving them in place.
+    pub teardown_on_exit: bool,
+}
+
+impl Options {
+    /// Run with the config at `config`, leaving the services on exit.
+    pub fn new(config: PathBuf) -> Self {
+        Self { config, teardown_on_exit: false }
+    }
 }
 
 /// A loaded, validated config: the director part as `director start` takes
 /// it, and the services with resolved checks.
 #[derive(Debug, Clone)]
-pub(crate) struct Loaded {
+pub struct Loaded {
     /// What `director start` would configure.
-    pub(crate) director: DirectorSpec,
+    pub director: DirectorSpec,
     /// The same services, with their checks, failure action and sorry server.
-    pub(crate) services: Vec<ServiceSpec>,
+    pub services: Vec<ServiceSpec>,
 }
 
 /// Load the config for the daemon: refuse a file others can write, parse,
 /// validate, resolve every check (exec programs are checked the same way).
-pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
-    security::check_root_only_writable(path, "config file")?;
-    let config = Config::load(path).map_err(|e| e.0)?;
-    let director = config.director().map_err(|e| e.0)?;
-    let services = specs(&director)?;
+pub fn load(path: &Path) -> Result<Loaded, Error> {
+    security::check_root_only_writable(path, "config file").map_err(Error::Invalid)?;
+    let director = Config::load(path)?.director()?;
+    let services = specs(&director).map_err(Error::Invalid)?;
     Ok(Loaded { director, services })
 }
 
@@ -98,7 +117,7 @@ fn specs(d: &DirectorSpec) -> Result<Vec<ServiceSpec>, String> {
 
 /// One check result, from a checker task.
 #[derive(Debug)]
-struct CheckResult {
+pub struct CheckResult {
     /// Which task sent it (results of replaced tasks are dropped).
     task: u64,
     real: RealKey,
@@ -121,7 +140,7 @@ impl Drop for Checker {
 /// Check a real server forever, sending every result; each real server has
 /// its own task, so a slow check delays only the next check of the same real
 /// server.
-fn spawn_checker(tx: mpsc::UnboundedSender<CheckResult>, id: u64, real: RealKey, check: Check) -> Checker {
+fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: Check) -> Checker {
     let target = Target { addr: real.1, service: real.0.to_string() };
     let c = check.clone();
     let handle = tokio::spawn(async move {
@@ -130,7 +149,7 @@ fn spawn_checker(tx: mpsc::UnboundedSender<CheckResult>, id: u64, real: RealKey,
         loop {
             tick.tick().await;
             let result = c.run(&target).await;
-            if tx.send(CheckResult { task: id, real, result }).is_err() {
+            if tx.send(CheckResult { task: id, real, result }).await.is_err() {
                 return;
             }
         }
@@ -140,15 +159,17 @@ fn spawn_checker(tx: mpsc::UnboundedSender<CheckResult>, id: u64, real: RealKey,
 
 /// The daemon's state.
 struct Daemon {
+    director: Director,
     config_path: PathBuf,
     loaded: Loaded,
     health: HashMap<RealKey, Health>,
     checkers: HashMap<RealKey, Checker>,
     sorry_in: HashMap<ServiceKey, bool>,
-    tx: mpsc::UnboundedSender<CheckResult>,
+    tx: mpsc::Sender<CheckResult>,
     next_task: u64,
-    /// The kernel does not have what the health says (a change failed): retry.
-    dirty: bool,
+    /// What the kernel was last made to have, per service; `None` when a
+    /// change failed and a full reconcile must find out (the retry).
+    applied: Option<HashMap<ServiceKey, DesiredService>>,
     report_path: PathBuf,
     started: SystemTime,
     /// When the report was last written (failed checks that change nothing
@@ -157,68 +178,97 @@ struct Daemon {
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
-pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+pub async fn run(opts: Options) -> Result<(), Error> {
     crate::host::require_root("director run")?;
-    let loaded = load(&args.config).map_err(CliError::usage)?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let sig =
-        |k: SignalKind, name: &str| signal(k).map_err(|e| CliError::failure(format!("cannot handle {name}: {e}")));
-    let (mut hup, mut term, mut int) = (
-        sig(SignalKind::hangup(), "SIGHUP")?,
-        sig(SignalKind::terminate(), "SIGTERM")?,
-        sig(SignalKind::interrupt(), "SIGINT")?,
-    );
+    let loaded = load(&opts.config)?;
+    let _running = state::daemon_lock(&state::dir())?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut events = Events::new(rx, resync_of(&loaded))?;
     let mut d = Daemon {
-        config_path: args.config.clone(),
+        director: Director::connect().await?,
+        config_path: opts.config.clone(),
         loaded,
         health: HashMap::new(),
         checkers: HashMap::new(),
         sorry_in: HashMap::new(),
         tx,
         next_task: 0,
-        dirty: false,
+        applied: None,
         report_path: report::path(&state::dir())?,
         started: SystemTime::now(),
         report_written: std::time::Instant::now(),
     };
     d.sync_reals();
-    let (desired, sorry_in) = effective(&d.loaded.services, &d.health);
-    d.sorry_in = sorry_in;
-    crate::director::apply(&d.loaded.director, &desired).await?;
-    d.write_report();
-    journal::sd_notify(&format!("READY=1\nSTATUS={}", d.summary()));
-    info!(
-        config = %d.config_path.display(),
-        services = d.loaded.services.len(),
-        checked_real_servers = d.checkers.len(),
-        "director run: configuration applied, health checks started"
-    );
-
+    d.start(&mut events).await?;
     let signal_name = loop {
-        tokio::select! {
-            Some(r) = rx.recv() => d.on_result(r).await,
-            _ = hup.recv() => d.reload().await,
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+        match events.next().await {
+            Event::Check(r) => d.on_result(r, &mut events).await,
+            Event::Reload => d.reload(&mut events).await,
+            Event::Resync => d.converge("resync", &mut events).await,
+            Event::Retry => d.converge("retrying a change that failed", &mut events).await,
+            Event::Stop(name) => break name,
         }
     };
-    journal::sd_notify("STOPPING=1");
-    d.checkers.clear();
-    let _ = state::remove(&d.report_path);
-    if args.teardown_on_exit {
-        info!(signal = signal_name, "director run: stopping, removing the virtual services and VIPs");
-        crate::director::teardown().await?;
-    } else {
-        info!(
-            signal = signal_name,
-            services = d.loaded.services.len(),
-            "director run: stopping, leaving the virtual services in place"
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    d.finish(signal_name, opts.teardown_on_exit).await
+}
+
+fn resync_of(l: &Loaded) -> Duration {
+    l.director.resync_interval.unwrap_or(DEFAULT_RESYNC)
 }
 
 impl Daemon {
+    /// The first reconcile: a config the host refuses (a foreign service, a
+    /// missing interface) stops the daemon; a kernel that refuses a change
+    /// is retried.
+    async fn start(&mut self, events: &mut Events) -> Result<(), Error> {
+        let (desired, sorry_in) = effective(&self.loaded.services, &self.health);
+        self.sorry_in = sorry_in;
+        self.write_report();
+        match self.director.reconcile_with(&self.loaded.director, &desired, OnError::Keep).await {
+            Ok(r) => {
+                log_changes(&r.changes, "start");
+                self.applied = Some(by_key(desired));
+            }
+            Err(i) if i.error.is_input() || i.error.is_permission() => return Err(i.error),
+            Err(i) => {
+                log_changes(&i.report.changes, "start");
+                error!(reason = %i.error, "cannot change the IPVS table; retrying");
+                events.retry_later();
+            }
+        }
+        journal::sd_notify(&format!("READY=1\nSTATUS={}", self.summary()));
+        info!(
+            config = %self.config_path.display(),
+            services = self.loaded.services.len(),
+            checked_real_servers = self.checkers.len(),
+            "director run: configuration applied, health checks started"
+        );
+        Ok(())
+    }
+
+    async fn finish(mut self, signal_name: &str, teardown: bool) -> Result<(), Error> {
+        journal::sd_notify("STOPPING=1");
+        self.checkers.clear();
+        let _ = state::remove(&self.report_path);
+        if teardown {
+            info!(signal = signal_name, "director run: stopping, removing the virtual services and VIPs");
+            let r = self.director.stop().await;
+            let changes = match &r {
+                Ok(report) => &report.changes,
+                Err(i) => &i.report.changes,
+            };
+            log_changes(changes, "stop");
+            r?;
+        } else {
+            info!(
+                signal = signal_name,
+                services = self.loaded.services.len(),
+                "director run: stopping, leaving the virtual services in place"
+            );
+        }
+        Ok(())
+    }
+
     /// Make the health and checker maps match the loaded services: new real
     /// servers start up with a new checker, removed ones are forgotten, ones
     /// that stay keep their health (and their checker unless its check changed).
@@ -264,35 +314,33 @@ impl Daemon {
         format!("{up} of {total} real servers up")
     }
 
-    fn check_of(&self, k: &RealKey) -> Option<&Check> {
-        self.checkers.get(k).map(|c| &c.check)
-    }
-
-    async fn on_result(&mut self, r: CheckResult) {
+    async fn on_result(&mut self, r: CheckResult, events: &mut Events) {
         let Some(checker) = self.checkers.get(&r.real) else { return };
         if checker.id != r.task {
             return;
         }
         let (rise, fall) = (checker.check.rise, checker.check.fall);
         let Some(h) = self.health.get_mut(&r.real) else { return };
-        let (key, addr) = r.real;
         let failed = r.result.is_err();
         let Some(t) = h.record(r.result, rise, fall, SystemTime::now()) else {
-            if self.dirty {
-                self.converge("retrying a change that failed").await;
-            } else if failed && self.report_written.elapsed() >= std::time::Duration::from_secs(1) {
+            if failed && self.report_written.elapsed() >= Duration::from_secs(1) {
                 self.write_report();
             }
             return;
         };
+        self.log_transition(r.real, &t, rise, fall);
+        self.transition(r.real.0, events).await;
+    }
+
+    fn log_transition(&self, (key, addr): RealKey, t: &Transition, rise: u32, fall: u32) {
         let spec = self.loaded.services.iter().find(|s| s.service.key == key);
         let weight = spec.and_then(|s| s.reals.iter().find(|x| x.dest.addr == addr)).map_or(0, |x| x.dest.weight);
-        let action = spec.map_or(health::OnFailure::Drain, |s| s.on_failure);
-        match &t {
+        let action = spec.map_or(crate::health::OnFailure::Drain, |s| s.on_failure);
+        match t {
             Transition::Down(reason) => {
                 let act = match action {
-                    health::OnFailure::Drain => "weight 0, existing connections drain",
-                    health::OnFailure::Remove => "removed from the virtual service",
+                    crate::health::OnFailure::Drain => "weight 0, existing connections drain",
+                    crate::health::OnFailure::Remove => "removed from the virtual service",
                 };
                 warn!(service = %key, real_server = %addr, reason = %reason, fall, action = act, "real server down");
             }
@@ -300,13 +348,39 @@ impl Daemon {
                 info!(service = %key, real_server = %addr, rise, weight, "real server up: configured weight restored");
             }
         }
-        self.converge("health change").await;
     }
 
-    /// Make the host match the effective table with `director::apply` (the
-    /// reconcile of `director start`: only the difference is applied), log
-    /// sorry-server changes, and write the report (before the kernel changes).
-    async fn converge(&mut self, why: &str) {
+    /// The health of a real server of `key` changed: send that service's
+    /// change alone (no dump, no lock). While an earlier change is still
+    /// unresolved, the retry's full reconcile takes this one in too.
+    async fn transition(&mut self, key: ServiceKey, events: &mut Events) {
+        let desired = self.update_health_view();
+        let Some(applied) = self.applied.as_mut() else { return };
+        let Some(after) = desired.into_iter().find(|d| d.service.key == key) else { return };
+        let ops = match applied.get(&key) {
+            Some(before) => destination_ops(before, &after),
+            None => return,
+        };
+        let failed = match self.director.send(&ops).await {
+            Ok(results) => results.into_iter().zip(&ops).filter_map(|(r, op)| r.err().map(|e| (op, e))).next(),
+            Err(e) => ops.first().map(|op| (op, ipvs::Error::invalid(e.to_string()))),
+        };
+        match failed {
+            None => {
+                applied.insert(key, after);
+            }
+            Some((op, e)) => {
+                error!(reason = %e, change = %op, "cannot change the IPVS table; retrying");
+                self.applied = None;
+                events.retry_later();
+            }
+        }
+    }
+
+    /// Work out the effective table from the health, log sorry-server
+    /// changes, tell systemd, write the report (before the kernel changes:
+    /// whoever sees the kernel change must find its reason in the report).
+    fn update_health_view(&mut self) -> Vec<DesiredService> {
         let (desired, sorry_in) = effective(&self.loaded.services, &self.health);
         for s in &self.loaded.services {
             let key = s.service.key;
@@ -322,37 +396,46 @@ impl Daemon {
         }
         self.sorry_in = sorry_in;
         journal::sd_notify(&format!("STATUS={}", self.summary()));
-        // The report first: whoever sees the kernel change (status, a test)
-        // must find the reason for it already in the report.
         self.write_report();
-        self.dirty = match crate::director::apply(&self.loaded.director, &desired).await {
-            Ok(()) => false,
-            Err(e) => {
-                error!(reason = %e.msg, why, "cannot change the IPVS table; retrying after the next check");
-                true
-            }
-        };
+        desired
     }
 
-    async fn reload(&mut self) {
+    /// A full reconcile of the effective table (resync, reload, retry): the
+    /// table is read and every difference repaired and logged.
+    async fn converge(&mut self, why: &'static str, events: &mut Events) {
+        let desired = self.update_health_view();
+        match self.director.reconcile_with(&self.loaded.director, &desired, OnError::Keep).await {
+            Ok(r) => {
+                log_changes(&r.changes, why);
+                self.applied = Some(by_key(desired));
+                events.succeeded();
+            }
+            Err(i) => {
+                log_changes(&i.report.changes, why);
+                error!(reason = %i.error, why, "cannot change the IPVS table; retrying");
+                self.applied = None;
+                events.retry_later();
+            }
+        }
+    }
+
+    async fn reload(&mut self, events: &mut Events) {
         info!(config = %self.config_path.display(), "SIGHUP: rereading the config");
         let new = match load(&self.config_path) {
             Ok(n) => n,
             Err(e) => {
-                error!(
-                    config = %self.config_path.display(),
-                    reason = %e,
-                    "new config rejected; the running configuration stays"
-                );
+                let config = self.config_path.display();
+                error!(config = %config, reason = %e, "new config rejected; the running configuration stays");
                 return;
             }
         };
         let count = |l: &Loaded| l.services.iter().map(|s| s.reals.len()).sum::<usize>();
         let previous = count(&self.loaded);
+        events.set_resync(resync_of(&new));
         self.loaded = new;
         self.sync_reals();
-        self.converge("reload").await;
-        if !self.dirty {
+        self.converge("reload", events).await;
+        if self.applied.is_some() {
             info!(
                 services = self.loaded.services.len(),
                 real_servers = count(&self.loaded),
@@ -366,42 +449,63 @@ impl Daemon {
         self.report_written = std::time::Instant::now();
         let mut r = report::new(&self.config_path, self.started);
         for s in &self.loaded.services {
-            let key = s.service.key;
-            let reals = s
-                .reals
-                .iter()
-                .map(|x| {
-                    let k = (key, x.dest.addr);
-                    let h = self.health.get(&k);
-                    report::RealHealth {
-                        addr: x.dest.addr,
-                        check: self.check_of(&k).map(describe_check),
-                        up: h.is_none_or(|h| h.up),
-                        since: h.map_or(report::epoch(self.started), |h| report::epoch(h.since)),
-                        last_error: h.and_then(|h| h.last_error.as_ref().map(|e| e.1.clone())),
-                        last_error_at: h.and_then(|h| h.last_error.as_ref().map(|e| report::epoch(e.0))),
-                        weight: x.dest.weight,
-                    }
-                })
-                .collect();
-            r.services.push(report::ServiceHealth {
-                key,
-                sorry_server: s.sorry.as_ref().map(|d| d.addr),
-                sorry_active: self.sorry_in.get(&key).copied().unwrap_or(false),
-                real_servers: reals,
-            });
+            r.services.push(self.service_health(s));
         }
         if let Err(e) = report::write(&self.report_path, &r) {
-            warn!(reason = %e.msg, "cannot write the health report");
+            warn!(reason = %e, "cannot write the health report");
+        }
+    }
+
+    fn service_health(&self, s: &ServiceSpec) -> report::ServiceHealth {
+        let key = s.service.key;
+        let reals = s
+            .reals
+            .iter()
+            .map(|x| {
+                let k = (key, x.dest.addr);
+                let h = self.health.get(&k);
+                report::RealHealth {
+                    addr: x.dest.addr,
+                    check: self.checkers.get(&k).map(|c| describe_check(&c.check)),
+                    up: h.is_none_or(|h| h.up),
+                    since: h.map_or(report::epoch(self.started), |h| report::epoch(h.since)),
+                    last_error: h.and_then(|h| h.last_error.as_ref().map(|e| e.1.clone())),
+                    last_error_at: h.and_then(|h| h.last_error.as_ref().map(|e| report::epoch(e.0))),
+                    weight: x.dest.weight,
+                }
+            })
+            .collect();
+        report::ServiceHealth {
+            key,
+            sorry_server: s.sorry.as_ref().map(|d| d.addr),
+            sorry_active: self.sorry_in.get(&key).copied().unwrap_or(false),
+            on_failure: s.on_failure,
+            sorry: s.sorry.clone(),
+            real_servers: reals,
+        }
+    }
+}
+
+fn by_key(desired: Vec<DesiredService>) -> HashMap<ServiceKey, DesiredService> {
+    desired.into_iter().map(|d| (d.service.key, d)).collect()
+}
+
+/// Log what a full reconcile changed: at start and reload what the config
+/// asked for, on a resync or retry a drift repaired.
+fn log_changes(changes: &[crate::host::Change], why: &str) {
+    for c in changes {
+        match why {
+            "resync" | "retrying a change that failed" => warn!(change = %c, why, "drift repaired"),
+            _ => info!(change = %c, why, "changed"),
         }
     }
 }
 
 fn describe_check(c: &Check) -> String {
     let kind = match &c.probe {
-        checks::Probe::Tcp { port } => format!("tcp port {port}"),
-        checks::Probe::Http(h) => format!("http GET :{}{}", h.port, h.path),
-        checks::Probe::Exec(x) => format!("exec {} as {}", x.program.display(), x.user),
+        check::Probe::Tcp { port } => format!("tcp port {port}"),
+        check::Probe::Http(h) => format!("http GET :{}{}", h.port, h.path),
+        check::Probe::Exec(x) => format!("exec {} as {}", x.program.display(), x.user),
     };
     format!("{kind} every {}, timeout {}, rise {}, fall {}", Secs(c.interval), Secs(c.timeout), c.rise, c.fall)
 }
@@ -409,8 +513,8 @@ fn describe_check(c: &Check) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::{http, CheckType, Probe};
     use crate::config::Config;
-    use checks::{CheckType, Probe};
 
     /// The example of docs/health-daemon.md's "Checks in the config file" section, under a `[director]` header.
     fn readme_example() -> String {
@@ -446,7 +550,7 @@ mod tests {
         };
         let quick =
             Check { probe: Probe::Tcp { port: fa.port() }, timeout: std::time::Duration::from_secs(5), ..hang.clone() };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(4);
         let _slow = spawn_checker(tx.clone(), 1, (key, sa), hang);
         let _fast = spawn_checker(tx, 2, (key, fa), quick);
         for _ in 0..5 {
@@ -461,7 +565,7 @@ mod tests {
         let text = readme_example();
         let d = Config::parse(&text, "docs/health-daemon.md").unwrap().director().unwrap();
         let s = specs(&d).unwrap();
-        assert_eq!(s[0].on_failure, health::OnFailure::Drain);
+        assert_eq!(s[0].on_failure, crate::health::OnFailure::Drain);
         assert_eq!(s[0].sorry.as_ref().unwrap().addr, "10.18.68.190:15858".parse().unwrap());
         let c = s[0].reals[0].check.as_ref().unwrap();
         assert_eq!(c.probe, Probe::Tcp { port: 15858 });

@@ -6,23 +6,22 @@ use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::LinkAttribute;
 
-use crate::CliError;
+use crate::host::Change;
+use crate::state::AddressRecord;
+use crate::Error;
 
 /// A route-netlink connection in the calling thread's network namespace.
-pub(crate) struct Rtnl {
+pub struct Rtnl {
     handle: rtnetlink::Handle,
 }
 
-fn rt_err(what: &str, e: rtnetlink::Error) -> CliError {
+fn rt_err(what: &str, e: rtnetlink::Error) -> Error {
     if let rtnetlink::Error::NetlinkError(m) = &e {
         let errno = -m.raw_code();
         let io = std::io::Error::from_raw_os_error(errno);
-        if errno == libc::EPERM || errno == libc::EACCES {
-            return CliError::not_permitted(format!("{what}: {io}"));
-        }
-        return CliError::failure(format!("{what}: {io}"));
+        return Error::Netlink { what: what.to_owned(), errno: Some(errno), reason: io.to_string() };
     }
-    CliError::failure(format!("{what}: {e}"))
+    Error::Netlink { what: what.to_owned(), errno: None, reason: e.to_string() }
 }
 
 fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
@@ -32,8 +31,21 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// A VIP and whether it is on its interface, for `status`.
+#[derive(Debug, serde::Serialize)]
+pub struct AddrStatus {
+    /// The address.
+    pub addr: IpAddr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// The interface.
+    pub iface: String,
+    /// Whether it is there.
+    pub present: bool,
+}
+
 /// The full prefix of a single address: /32 or /128.
-pub(crate) fn host_prefix(ip: IpAddr) -> u8 {
+pub fn host_prefix(ip: IpAddr) -> u8 {
     if ip.is_ipv4() {
         32
     } else {
@@ -57,15 +69,15 @@ fn message_addr(m: &AddressMessage) -> Option<IpAddr> {
 
 impl Rtnl {
     /// Open the connection (must be called inside a tokio runtime).
-    pub(crate) fn connect() -> Result<Self, CliError> {
+    pub fn connect() -> Result<Self, Error> {
         let (conn, handle, _) = rtnetlink::new_connection()
-            .map_err(|e| CliError::failure(format!("cannot open a route netlink socket: {e}")))?;
+            .map_err(|e| Error::Io { what: "cannot open a route netlink socket".into(), source: e })?;
         tokio::spawn(conn);
         Ok(Self { handle })
     }
 
     /// The index of interface `name`; `None` when there is no such interface.
-    pub(crate) async fn link_index(&self, name: &str) -> Result<Option<u32>, CliError> {
+    pub async fn link_index(&self, name: &str) -> Result<Option<u32>, Error> {
         let mut s = self.handle.link().get().match_name(name.to_owned()).execute();
         match s.try_next().await {
             Ok(Some(link)) => {
@@ -80,7 +92,7 @@ impl Rtnl {
     }
 
     /// Every address of interface `index`, with its prefix length.
-    pub(crate) async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, CliError> {
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, Error> {
         let mut s = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
         while let Some(m) = s.try_next().await.map_err(|e| rt_err("cannot list addresses", e))? {
@@ -95,12 +107,12 @@ impl Rtnl {
     }
 
     /// Whether `ip` is on interface `index` (with any prefix length).
-    pub(crate) async fn has_address(&self, index: u32, ip: IpAddr) -> Result<bool, CliError> {
+    pub async fn has_address(&self, index: u32, ip: IpAddr) -> Result<bool, Error> {
         Ok(self.addresses(index).await?.iter().any(|(a, _)| *a == ip))
     }
 
     /// `ip addr add IP/PREFIX dev IF` (IPv6 without duplicate address detection).
-    pub(crate) async fn add_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), CliError> {
+    pub async fn add_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), Error> {
         let mut req = self.handle.address().add(index, ip, prefix);
         if ip.is_ipv6() {
             req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
@@ -108,16 +120,15 @@ impl Rtnl {
         req.execute().await.map_err(|e| rt_err(&format!("cannot add {ip}/{prefix} to {iface}"), e))
     }
 
-    /// `ip addr del IP/PREFIX dev IF`. Missing already: Ok.
-    /// Remove the addresses `start` created (records with `created`), saying
-    /// so on stdout as `role`. Records of addresses that were there before are
-    /// dropped (they stay on the host); those that could not be removed are
-    /// returned, with the first error, so the state can keep them.
-    pub(crate) async fn remove_created(
+    /// Remove the addresses `start` created (records with `created`), adding
+    /// each removal to `changes`. Records of addresses that were there before
+    /// are dropped (they stay on the host); those that could not be removed
+    /// are returned, with the first error, so the state can keep them.
+    pub async fn remove_created(
         &self,
-        records: Vec<crate::state::AddressRecord>,
-        role: &str,
-    ) -> (Vec<crate::state::AddressRecord>, Option<CliError>) {
+        records: Vec<AddressRecord>,
+        changes: &mut Vec<Change>,
+    ) -> (Vec<AddressRecord>, Option<Error>) {
         let mut left = Vec::new();
         let mut first_err = None;
         for r in records.into_iter().filter(|r| r.created) {
@@ -128,7 +139,9 @@ impl Rtnl {
                 Err(e) => Err(e),
             };
             match res {
-                Ok(()) => println!("{role}: removed {}/{} from {}", r.addr, r.prefix_len, r.iface),
+                Ok(()) => {
+                    changes.push(Change::AddressRemoved { addr: r.addr, prefix_len: r.prefix_len, iface: r.iface })
+                }
                 Err(e) => {
                     first_err.get_or_insert(e);
                     left.push(r);
@@ -138,7 +151,8 @@ impl Rtnl {
         (left, first_err)
     }
 
-    pub(crate) async fn del_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), CliError> {
+    /// `ip addr del IP/PREFIX dev IF`. Missing already: Ok.
+    pub async fn del_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), Error> {
         let mut s = self.handle.address().get().set_link_index_filter(index).set_address_filter(ip).execute();
         let mut found = None;
         while let Some(m) = s.try_next().await.map_err(|e| rt_err("cannot list addresses", e))? {

@@ -1,18 +1,121 @@
-//! Host plumbing for `director` and `realserver`: addresses over rtnetlink
-//! ([`addr`]) and the per-interface ARP sysctls ([`sysctl`]).
+//! Host plumbing for the director and the real server: addresses over
+//! rtnetlink ([`addr`]), the per-interface sysctls ([`sysctl`]), and the
+//! [`Change`]s both report.
 
-pub(crate) mod addr;
-pub(crate) mod sysctl;
+pub mod addr;
+pub mod sysctl;
 
-use crate::CliError;
+use std::fmt;
+use std::net::IpAddr;
 
-/// Fail with exit status 4 unless running as root.
-pub(crate) fn require_root(what: &str) -> Result<(), CliError> {
+use crate::Error;
+
+/// One change made to the host, as a run reports it (the command prints
+/// each as a line: `director: added 10.19.70.166/32 to eth0`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// An IPVS operation that was carried out.
+    Ipvs(ipvs::Op),
+    /// An IPVS operation that undid an earlier one of the same run (after a
+    /// later one failed).
+    Undone(ipvs::Op),
+    /// An address was added.
+    AddressAdded {
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length.
+        prefix_len: u8,
+        /// The interface.
+        iface: String,
+    },
+    /// An address was removed.
+    AddressRemoved {
+        /// The address.
+        addr: IpAddr,
+        /// Its prefix length.
+        prefix_len: u8,
+        /// The interface.
+        iface: String,
+    },
+    /// A sysctl was set.
+    SysctlSet {
+        /// Its path under `/proc/sys`.
+        path: String,
+        /// The value written.
+        value: String,
+        /// The value it had.
+        was: String,
+    },
+    /// A sysctl was put back to the value it had before lvsctl set it.
+    SysctlRestored {
+        /// Its path under `/proc/sys`.
+        path: String,
+        /// The value written back.
+        value: String,
+        /// The value it had, when it was read.
+        was: Option<String>,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ipvs(op) => write!(f, "{op}"),
+            Self::Undone(op) => write!(f, "undone: {op}"),
+            Self::AddressAdded { addr, prefix_len, iface } => write!(f, "added {addr}/{prefix_len} to {iface}"),
+            Self::AddressRemoved { addr, prefix_len, iface } => write!(f, "removed {addr}/{prefix_len} from {iface}"),
+            Self::SysctlSet { path, value, was } => write!(f, "set {path} = {value} (was {was})"),
+            Self::SysctlRestored { path, value, was: Some(was) } => write!(f, "restored {path} = {value} (was {was})"),
+            Self::SysctlRestored { path, value, was: None } => write!(f, "restored {path} = {value}"),
+        }
+    }
+}
+
+/// What a run of either role did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Report {
+    /// Every change made, in order.
+    pub changes: Vec<Change>,
+    /// Virtual services configured (director) or VIPs (real server).
+    pub services: usize,
+    /// Real servers configured (director).
+    pub real_servers: usize,
+}
+
+/// A run that failed part-way: what it changed before the error, and the
+/// error. Converts into the bare [`Error`] for callers that only need that.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Incomplete {
+    /// The changes made before the error (they stay, and are recorded).
+    pub report: Report,
+    /// What failed.
+    #[source]
+    pub error: Error,
+}
+
+impl From<Incomplete> for Error {
+    fn from(i: Incomplete) -> Self {
+        i.error
+    }
+}
+
+impl Report {
+    /// This report, ended by `error`.
+    pub fn failed(self, error: impl Into<Error>) -> Incomplete {
+        Incomplete { report: self, error: error.into() }
+    }
+}
+
+/// Fail with [`Error::NotRoot`] unless running as root.
+pub fn require_root(what: &str) -> Result<(), Error> {
     // SAFETY: geteuid has no preconditions.
     #[allow(unsafe_code)]
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
-        return Err(CliError::not_permitted(format!("{what} must be run as root (euid is {euid}): permission denied")));
+        return Err(Error::NotRoot { what: what.to_owned(), euid });
     }
     Ok(())
 }

@@ -11,17 +11,18 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::host::Change;
 use crate::state::SysctlRecord;
-use crate::CliError;
+use crate::Error;
 
 /// Where the per-interface IPv4 sysctls live.
-pub(crate) const CONF_ROOT: &str = "/proc/sys/net/ipv4/conf";
+pub const CONF_ROOT: &str = "/proc/sys/net/ipv4/conf";
 /// Where the per-interface IPv6 sysctls live.
-pub(crate) const CONF6_ROOT: &str = "/proc/sys/net/ipv6/conf";
+pub const CONF6_ROOT: &str = "/proc/sys/net/ipv6/conf";
 
 /// `<root>/<iface>/<name>`. `iface` must be a valid interface name (or
 /// `all` / `default`): it has no `/` and is not `.` or `..`.
-pub(crate) fn path(root: &Path, iface: &str, name: &str) -> PathBuf {
+pub fn path(root: &Path, iface: &str, name: &str) -> PathBuf {
     debug_assert!(!iface.contains('/') && iface != "." && iface != "..");
     root.join(iface).join(name)
 }
@@ -31,63 +32,57 @@ fn full_path(ipv6: bool, iface: &str, name: &str) -> PathBuf {
 }
 
 /// Read `net/ipv{4,6}/conf/<iface>/<name>` (trimmed).
-pub(crate) fn read(ipv6: bool, iface: &str, name: &str) -> Result<String, CliError> {
+pub fn read(ipv6: bool, iface: &str, name: &str) -> Result<String, Error> {
     let p = full_path(ipv6, iface, name);
     std::fs::read_to_string(&p)
         .map(|s| s.trim().to_owned())
-        .map_err(|e| CliError::failure(format!("cannot read {}: {e}", p.display())))
+        .map_err(|e| Error::Io { what: format!("cannot read {}", p.display()), source: e })
 }
 
 /// Write `value` to `net/ipv{4,6}/conf/<iface>/<name>`.
-pub(crate) fn write(ipv6: bool, iface: &str, name: &str, value: &str) -> Result<(), CliError> {
+pub fn write(ipv6: bool, iface: &str, name: &str, value: &str) -> Result<(), Error> {
     let p = full_path(ipv6, iface, name);
-    std::fs::write(&p, format!("{value}\n")).map_err(|e| {
-        let msg = format!("cannot write {value} to {}: {e}", p.display());
-        if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) {
-            CliError::not_permitted(msg)
-        } else {
-            CliError::failure(msg)
-        }
-    })
+    std::fs::write(&p, format!("{value}\n"))
+        .map_err(|e| Error::Io { what: format!("cannot write {value} to {}", p.display()), source: e })
 }
 
 /// `/proc/sys/net/ipv{4,6}/conf/<iface>/<name>`, for messages.
-pub(crate) fn display(ipv6: bool, iface: &str, name: &str) -> String {
+pub fn display(ipv6: bool, iface: &str, name: &str) -> String {
     full_path(ipv6, iface, name).display().to_string()
 }
 
 /// A sysctl a role wants: `(ipv6, iface, name, value)`.
-pub(crate) type Want = (bool, String, &'static str, &'static str);
+pub type Want = (bool, String, &'static str, &'static str);
 
 /// What a `start` does to the sysctls it manages.
-#[derive(Debug, Default)]
-pub(crate) struct Plan {
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
     /// Every wanted sysctl, with the value to restore on stop: the one it
     /// had before the first start (kept from the previous state).
-    pub(crate) records: Vec<SysctlRecord>,
+    pub records: Vec<SysctlRecord>,
     /// The wanted sysctls that do not have their value yet, with the value
     /// they have.
-    pub(crate) writes: Vec<(SysctlRecord, String)>,
+    pub writes: Vec<(SysctlRecord, String)>,
     /// Sysctls a previous start set that are not wanted any more: they go
     /// back to their previous values.
-    pub(crate) restores: Vec<SysctlRecord>,
+    pub restores: Vec<SysctlRecord>,
 }
 
 impl Plan {
     /// Whether applying the plan changes anything.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.restores.is_empty()
     }
 
     /// The records a state written ahead of [`apply`] holds: every one the
     /// plan may change, so that stop can undo a run that dies half-way.
-    pub(crate) fn claim(&self) -> Vec<SysctlRecord> {
+    pub fn claim(&self) -> Vec<SysctlRecord> {
         self.records.iter().chain(&self.restores).cloned().collect()
     }
 
     /// The records the state keeps after [`apply`]: the wanted ones, and
     /// when it `failed` also those it may not have restored yet.
-    pub(crate) fn kept(self, failed: bool) -> Vec<SysctlRecord> {
+    pub fn kept(self, failed: bool) -> Vec<SysctlRecord> {
         let mut r = self.records;
         if failed {
             r.extend(self.restores);
@@ -99,7 +94,7 @@ impl Plan {
 /// Read the wanted sysctls (an unreadable one is an error: nothing has
 /// changed yet) and work out what start has to do, given the records of a
 /// previous start.
-pub(crate) fn plan(wanted: &[Want], prev: &[SysctlRecord]) -> Result<Plan, CliError> {
+pub fn plan(wanted: &[Want], prev: &[SysctlRecord]) -> Result<Plan, Error> {
     let mut p = Plan::default();
     for (ipv6, iface, name, value) in wanted {
         let current = read(*ipv6, iface, name)?;
@@ -127,29 +122,29 @@ pub(crate) fn plan(wanted: &[Want], prev: &[SysctlRecord]) -> Result<Plan, CliEr
     Ok(p)
 }
 
-/// Carry out a plan (restores first, then writes), printing each change as
-/// `<who>: ...` and counting it in `changes`. Stops at the first error.
-pub(crate) fn apply(p: &Plan, who: &str, changes: &mut usize) -> Result<(), CliError> {
+/// Carry out a plan (restores first, then writes), adding each change to
+/// `changes`. Stops at the first error.
+pub fn apply(p: &Plan, changes: &mut Vec<Change>) -> Result<(), Error> {
     for r in &p.restores {
         if read(r.ipv6, &r.iface, &r.name).is_ok() {
             write(r.ipv6, &r.iface, &r.name, &r.previous)?;
-            println!("{who}: restored {} = {}", display(r.ipv6, &r.iface, &r.name), r.previous);
-            *changes += 1;
+            let path = display(r.ipv6, &r.iface, &r.name);
+            changes.push(Change::SysctlRestored { path, value: r.previous.clone(), was: None });
         }
     }
     for (r, was) in &p.writes {
         write(r.ipv6, &r.iface, &r.name, &r.value)?;
-        println!("{who}: set {} = {} (was {was})", display(r.ipv6, &r.iface, &r.name), r.value);
-        *changes += 1;
+        let path = display(r.ipv6, &r.iface, &r.name);
+        changes.push(Change::SysctlSet { path, value: r.value.clone(), was: was.clone() });
     }
     Ok(())
 }
 
 /// What `stop` does: every recorded sysctl back to its previous value, in
-/// reverse order. Returns the records that could not be restored (and must
+/// reverse order, adding each to `changes`. Returns the records that could not be restored (and must
 /// stay in the state) and the first error. A sysctl of an interface that is
 /// gone went with it; `all`, `default` and `lo` do not go.
-pub(crate) fn restore_all(records: &[SysctlRecord], who: &str) -> (Vec<SysctlRecord>, Option<CliError>) {
+pub fn restore_all(records: &[SysctlRecord], changes: &mut Vec<Change>) -> (Vec<SysctlRecord>, Option<Error>) {
     let mut first_err = None;
     let mut left = Vec::new();
     for r in records.iter().rev() {
@@ -166,7 +161,11 @@ pub(crate) fn restore_all(records: &[SysctlRecord], who: &str) -> (Vec<SysctlRec
             continue;
         }
         match write(r.ipv6, &r.iface, &r.name, &r.previous) {
-            Ok(()) => println!("{who}: restored {} = {} (was {cur})", display(r.ipv6, &r.iface, &r.name), r.previous),
+            Ok(()) => changes.push(Change::SysctlRestored {
+                path: display(r.ipv6, &r.iface, &r.name),
+                value: r.previous.clone(),
+                was: Some(cur),
+            }),
             Err(e) => {
                 first_err.get_or_insert(e);
                 left.push(r.clone());
@@ -179,19 +178,20 @@ pub(crate) fn restore_all(records: &[SysctlRecord], who: &str) -> (Vec<SysctlRec
 
 /// A managed sysctl in `status`.
 #[derive(Debug, Serialize)]
-pub(crate) struct SysctlStatus {
-    pub(crate) path: String,
+pub struct SysctlStatus {
+    /// Its path under `/proc/sys`.
+    pub path: String,
     /// What the kernel has now (`null`: unreadable).
-    pub(crate) value: Option<String>,
+    pub value: Option<String>,
     /// What start set.
-    pub(crate) want: String,
+    pub want: String,
     /// What stop will restore.
-    pub(crate) previous: String,
+    pub previous: String,
 }
 
 impl SysctlStatus {
     /// The human line of `status`.
-    pub(crate) fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "{} = {} (set {}, restores {})",
             self.path,
@@ -203,7 +203,7 @@ impl SysctlStatus {
 }
 
 /// Read every recorded sysctl for `status`, adding what differs to `problems`.
-pub(crate) fn status(records: &[SysctlRecord], problems: &mut Vec<String>) -> Vec<SysctlStatus> {
+pub fn status(records: &[SysctlRecord], problems: &mut Vec<String>) -> Vec<SysctlStatus> {
     let mut out = Vec::new();
     for r in records {
         let value = read(r.ipv6, &r.iface, &r.name).ok();

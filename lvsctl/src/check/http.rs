@@ -12,22 +12,22 @@ const MAX_RESPONSE: u64 = 64 * 1024;
 
 /// An `http` check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HttpCheck {
+pub struct HttpCheck {
     /// The port to connect to.
-    pub(crate) port: u16,
+    pub port: u16,
     /// The path to GET.
-    pub(crate) path: String,
+    pub path: String,
     /// The expected status code.
-    pub(crate) status: u16,
+    pub status: u16,
     /// A string the body must contain.
-    pub(crate) body: Option<String>,
+    pub body: Option<String>,
     /// The Host header; default the address.
-    pub(crate) host: Option<String>,
+    pub host: Option<String>,
 }
 
 impl HttpCheck {
     /// The request bytes for a real server at `ip`.
-    pub(crate) fn request(&self, ip: IpAddr) -> Vec<u8> {
+    pub fn request(&self, ip: IpAddr) -> Vec<u8> {
         let host = match (&self.host, ip) {
             (Some(h), _) => h.clone(),
             (None, IpAddr::V4(a)) => format!("{a}:{}", self.port),
@@ -41,7 +41,7 @@ impl HttpCheck {
     }
 
     /// Whether a complete response passes the check.
-    pub(crate) fn judge(&self, response: &[u8]) -> Result<(), String> {
+    pub fn judge(&self, response: &[u8]) -> Result<(), String> {
         let (status, body) = parse_response(response)?;
         if status != self.status {
             return Err(format!("http GET {} answered status {status}, expected {}", self.path, self.status));
@@ -55,7 +55,7 @@ impl HttpCheck {
     }
 
     /// GET the path from the real server at `ip` (the caller bounds the time).
-    pub(crate) async fn run(&self, ip: IpAddr) -> Result<(), String> {
+    pub async fn run(&self, ip: IpAddr) -> Result<(), String> {
         let addr = SocketAddr::new(ip, self.port);
         let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("http connect to {addr}: {e}"))?;
         s.write_all(&self.request(ip)).await.map_err(|e| format!("http request to {addr}: {e}"))?;

@@ -3,7 +3,10 @@
 //!
 //! A probe answers one question, "is this real server healthy right now?",
 //! within a timeout, with `Ok(())` or the reason it is not. Counting
-//! successes and failures (`rise`, `fall`) is [`super::health`]'s job.
+//! successes and failures (`rise`, `fall`) is [`crate::health`]'s job.
+
+pub mod http;
+pub mod security;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -15,18 +18,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use super::{http, security};
-
 /// Default time between two checks of one real server.
-pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 /// Default time one check may take.
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default successes in a row that bring a down real server back.
-pub(crate) const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_RISE: u32 = 2;
 /// Default failures in a row that take an up real server down.
-pub(crate) const DEFAULT_FALL: u32 = 3;
+pub const DEFAULT_FALL: u32 = 3;
 /// Default user `exec` checks run as.
-pub(crate) const DEFAULT_USER: &str = "nobody";
+pub const DEFAULT_USER: &str = "nobody";
 
 /// The `check` table of a virtual service (default for its real servers) or
 /// of one real server (replaces the service's), as written in the config.
@@ -36,51 +37,51 @@ pub(crate) const DEFAULT_USER: &str = "nobody";
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CheckConfig {
+pub struct CheckConfig {
     /// `tcp`, `http` or `exec`.
     #[serde(rename = "type")]
-    pub(crate) kind: CheckType,
+    pub kind: CheckType,
     /// Time between two checks (seconds, or a string like `"200ms"`, `"2s"`, `"1m"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) interval: Option<Secs>,
+    pub interval: Option<Secs>,
     /// Time one check may take before it counts as failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) timeout: Option<Secs>,
+    pub timeout: Option<Secs>,
     /// Successes in a row that bring a down real server back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) rise: Option<u32>,
+    pub rise: Option<u32>,
     /// Failures in a row that take an up real server down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) fall: Option<u32>,
+    pub fall: Option<u32>,
     /// `tcp`, `http`: the port to connect to (default: the real server's port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) port: Option<u16>,
+    pub port: Option<u16>,
     /// `http`: the path to GET (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) path: Option<String>,
+    pub path: Option<String>,
     /// `http`: the expected status code (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) status: Option<u16>,
+    pub status: Option<u16>,
     /// `http`: a string the response body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) body: Option<String>,
+    pub body: Option<String>,
     /// `http`: the Host header (default: the real server's address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) host: Option<String>,
+    pub host: Option<String>,
     /// `exec`: the program and its arguments, e.g. `["/usr/bin/pg_isready", "-q"]`.
     /// The program gets `LVSCTL_REAL_SERVER_ADDR`, `LVSCTL_REAL_SERVER_PORT` and
     /// `LVSCTL_VIRTUAL_SERVICE` in its environment; exit status 0 is healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) command: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
     /// `exec`: the user the command runs as (default `nobody`; never root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) user: Option<String>,
+    pub user: Option<String>,
 }
 
 /// The kind of a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum CheckType {
+pub enum CheckType {
     /// Connect to the real server.
     Tcp,
     /// GET a path over HTTP/1.0 and look at the status and body.
@@ -102,11 +103,11 @@ impl CheckType {
 /// A duration in the config: a number of seconds (`2`, `0.5`) or a string
 /// with a unit (`"200ms"`, `"2s"`, `"1m"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Secs(pub(crate) Duration);
+pub struct Secs(pub Duration);
 
 impl Secs {
     /// Parse `"200ms"`, `"2s"`, `"1.5s"`, `"1m"` or a bare number of seconds.
-    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
@@ -173,22 +174,22 @@ impl<'de> Deserialize<'de> for Secs {
 
 /// A check ready to run: the probe and its timing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Check {
+pub struct Check {
     /// What to do.
-    pub(crate) probe: Probe,
+    pub probe: Probe,
     /// Time between two checks.
-    pub(crate) interval: Duration,
+    pub interval: Duration,
     /// Time one check may take.
-    pub(crate) timeout: Duration,
+    pub timeout: Duration,
     /// Successes in a row to come back up.
-    pub(crate) rise: u32,
+    pub rise: u32,
     /// Failures in a row to go down.
-    pub(crate) fall: u32,
+    pub fall: u32,
 }
 
 /// One probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Probe {
+pub enum Probe {
     /// Connect to this port of the real server.
     Tcp {
         /// Port.
@@ -202,32 +203,24 @@ pub(crate) enum Probe {
 
 /// An `exec` check, resolved: absolute program path, its arguments, the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ExecCheck {
+pub struct ExecCheck {
     /// Absolute path of the program (resolved through `PATH` at load time).
-    pub(crate) program: PathBuf,
+    pub program: PathBuf,
     /// Its arguments.
-    pub(crate) args: Vec<String>,
+    pub args: Vec<String>,
     /// The user name it runs as.
-    pub(crate) user: String,
+    pub user: String,
     /// That user's uid.
-    pub(crate) uid: u32,
+    pub uid: u32,
     /// That user's primary gid.
-    pub(crate) gid: u32,
+    pub gid: u32,
 }
 
 impl CheckConfig {
     /// Check the table and resolve it for a real server listening on `port`
     /// (0 for a fwmark service without a port): defaults, the exec program's
     /// path, safety and user. `what` names the owner in messages.
-    pub(crate) fn resolve(&self, port: u16, what: &str) -> Result<Check, String> {
-        let kind = self.kind.name();
-        let only = |present: bool, field: &str, types: &str| {
-            if present {
-                Err(format!("{what}: check field `{field}` is for {types} checks, not {kind}"))
-            } else {
-                Ok(())
-            }
-        };
+    pub fn resolve(&self, port: u16, what: &str) -> Result<Check, String> {
         let interval = self.interval.map_or(DEFAULT_INTERVAL, |s| s.0);
         let timeout = self.timeout.map_or(DEFAULT_TIMEOUT, |s| s.0);
         if interval < Duration::from_millis(10) {
@@ -241,65 +234,79 @@ impl CheckConfig {
         if rise == 0 || fall == 0 {
             return Err(format!("{what}: check rise and fall must be at least 1"));
         }
-        let check_port = || match self.port.unwrap_or(port) {
-            0 => Err(format!("{what}: the real server has no port (fwmark service): set the check's `port`")),
-            p => Ok(p),
-        };
         let probe = match self.kind {
-            CheckType::Tcp => {
-                only(self.path.is_some(), "path", "http")?;
-                only(self.status.is_some(), "status", "http")?;
-                only(self.body.is_some(), "body", "http")?;
-                only(self.host.is_some(), "host", "http")?;
-                only(self.command.is_some(), "command", "exec")?;
-                only(self.user.is_some(), "user", "exec")?;
-                Probe::Tcp { port: check_port()? }
-            }
-            CheckType::Http => {
-                only(self.command.is_some(), "command", "exec")?;
-                only(self.user.is_some(), "user", "exec")?;
-                let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
-                if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                    return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
-                }
-                let status = self.status.unwrap_or(200);
-                if !(100..=599).contains(&status) {
-                    return Err(format!("{what}: http check status {status} is not an HTTP status code"));
-                }
-                if let Some(h) = &self.host {
-                    if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-                        return Err(format!("{what}: http check host {h:?} is not a valid Host header"));
-                    }
-                }
-                Probe::Http(http::HttpCheck {
-                    port: check_port()?,
-                    path,
-                    status,
-                    body: self.body.clone(),
-                    host: self.host.clone(),
-                })
-            }
-            CheckType::Exec => {
-                only(self.port.is_some(), "port", "tcp and http")?;
-                only(self.path.is_some(), "path", "http")?;
-                only(self.status.is_some(), "status", "http")?;
-                only(self.body.is_some(), "body", "http")?;
-                only(self.host.is_some(), "host", "http")?;
-                let cmd = match &self.command {
-                    Some(c) if !c.is_empty() && !c[0].is_empty() => c,
-                    _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
-                };
-                let program = resolve_program(&cmd[0]).map_err(|e| format!("{what}: check command: {e}"))?;
-                security::check_root_only_writable(&program, "check command").map_err(|e| format!("{what}: {e}"))?;
-                let user = self.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
-                let (uid, gid) = security::lookup_user(&user).map_err(|e| format!("{what}: check user: {e}"))?;
-                if uid == 0 {
-                    return Err(format!("{what}: exec checks never run as root (user {user:?} has uid 0)"));
-                }
-                Probe::Exec(ExecCheck { program, args: cmd[1..].to_vec(), user, uid, gid })
-            }
+            CheckType::Tcp => Probe::Tcp { port: self.tcp_port(port, what)? },
+            CheckType::Http => Probe::Http(self.http(port, what)?),
+            CheckType::Exec => Probe::Exec(self.exec(what)?),
         };
         Ok(Check { probe, interval, timeout, rise, fall })
+    }
+
+    /// Refuse a field given to a check type that does not take it.
+    fn only(&self, present: bool, field: &str, types: &str, what: &str) -> Result<(), String> {
+        if present {
+            Err(format!("{what}: check field `{field}` is for {types} checks, not {}", self.kind.name()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The port a tcp or http check connects to: its own, or the real server's.
+    fn check_port(&self, port: u16, what: &str) -> Result<u16, String> {
+        match self.port.unwrap_or(port) {
+            0 => Err(format!("{what}: the real server has no port (fwmark service): set the check's `port`")),
+            p => Ok(p),
+        }
+    }
+
+    fn tcp_port(&self, port: u16, what: &str) -> Result<u16, String> {
+        self.only(self.path.is_some(), "path", "http", what)?;
+        self.only(self.status.is_some(), "status", "http", what)?;
+        self.only(self.body.is_some(), "body", "http", what)?;
+        self.only(self.host.is_some(), "host", "http", what)?;
+        self.only(self.command.is_some(), "command", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec", what)?;
+        self.check_port(port, what)
+    }
+
+    fn http(&self, port: u16, what: &str) -> Result<http::HttpCheck, String> {
+        self.only(self.command.is_some(), "command", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec", what)?;
+        let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
+        }
+        let status = self.status.unwrap_or(200);
+        if !(100..=599).contains(&status) {
+            return Err(format!("{what}: http check status {status} is not an HTTP status code"));
+        }
+        if let Some(h) = &self.host {
+            if h.is_empty() || h.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                return Err(format!("{what}: http check host {h:?} is not a valid Host header"));
+            }
+        }
+        let port = self.check_port(port, what)?;
+        Ok(http::HttpCheck { port, path, status, body: self.body.clone(), host: self.host.clone() })
+    }
+
+    fn exec(&self, what: &str) -> Result<ExecCheck, String> {
+        self.only(self.port.is_some(), "port", "tcp and http", what)?;
+        self.only(self.path.is_some(), "path", "http", what)?;
+        self.only(self.status.is_some(), "status", "http", what)?;
+        self.only(self.body.is_some(), "body", "http", what)?;
+        self.only(self.host.is_some(), "host", "http", what)?;
+        let cmd = match &self.command {
+            Some(c) if !c.is_empty() && !c[0].is_empty() => c,
+            _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
+        };
+        let program = resolve_program(&cmd[0]).map_err(|e| format!("{what}: check command: {e}"))?;
+        security::check_root_only_writable(&program, "check command").map_err(|e| format!("{what}: {e}"))?;
+        let user = self.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
+        let (uid, gid) = security::lookup_user(&user).map_err(|e| format!("{what}: check user: {e}"))?;
+        if uid == 0 {
+            return Err(format!("{what}: exec checks never run as root (user {user:?} has uid 0)"));
+        }
+        Ok(ExecCheck { program, args: cmd[1..].to_vec(), user, uid, gid })
     }
 }
 
@@ -328,16 +335,16 @@ fn resolve_program(name: &str) -> Result<PathBuf, String> {
 
 /// What a probe checks: a real server of a virtual service.
 #[derive(Debug, Clone)]
-pub(crate) struct Target {
+pub struct Target {
     /// The real server's address and port.
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     /// The virtual service, as text (`tcp 10.19.70.166:15858`).
-    pub(crate) service: String,
+    pub service: String,
 }
 
 impl Check {
     /// Run the probe once, bounded by the timeout.
-    pub(crate) async fn run(&self, target: &Target) -> Result<(), String> {
+    pub async fn run(&self, target: &Target) -> Result<(), String> {
         match tokio::time::timeout(self.timeout, self.probe.run(target)).await {
             Ok(r) => r,
             Err(_) => Err(format!("{} check timed out after {}", self.probe.kind(), Secs(self.timeout))),

@@ -6,65 +6,73 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ipvs::reconcile::DesiredService;
 use ipvs::ServiceKey;
 use serde::{Deserialize, Serialize};
 
-use crate::{state, CliError};
+use crate::health::OnFailure;
+use crate::{state, Error};
 
 /// Version of the report format.
 const FORMAT: u32 = 1;
 
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct HealthReport {
-    /// [`FORMAT`].
-    pub(crate) format: u32,
+pub struct HealthReport {
+    /// The report format's version.
+    pub format: u32,
     /// The daemon's process id.
-    pub(crate) pid: u32,
+    pub pid: u32,
     /// Its config file.
-    pub(crate) config: PathBuf,
+    pub config: PathBuf,
     /// When it started (seconds since the epoch).
-    pub(crate) started: u64,
+    pub started: u64,
     /// Every virtual service it runs.
-    pub(crate) services: Vec<ServiceHealth>,
+    pub services: Vec<ServiceHealth>,
 }
 
 /// The health of one virtual service's real servers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ServiceHealth {
+pub struct ServiceHealth {
     /// The virtual service.
-    pub(crate) key: ServiceKey,
+    pub key: ServiceKey,
     /// Its sorry server, if it has one.
-    pub(crate) sorry_server: Option<SocketAddr>,
+    pub sorry_server: Option<SocketAddr>,
     /// Whether the sorry server is in (every real server is down).
-    pub(crate) sorry_active: bool,
+    pub sorry_active: bool,
+    /// What happens to a real server that is down.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// The sorry server as configured (forwarding method and weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry: Option<ipvs::Destination>,
     /// Its real servers.
-    pub(crate) real_servers: Vec<RealHealth>,
+    pub real_servers: Vec<RealHealth>,
 }
 
 /// The health of one real server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RealHealth {
+pub struct RealHealth {
     /// Address and port.
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     /// The check (`tcp every 2s`, ...), or `None` when it is not checked.
-    pub(crate) check: Option<String>,
+    pub check: Option<String>,
     /// Up (gets traffic) or down.
-    pub(crate) up: bool,
+    pub up: bool,
     /// Since when (seconds since the epoch).
-    pub(crate) since: u64,
+    pub since: u64,
     /// The last failed check's reason.
-    pub(crate) last_error: Option<String>,
+    pub last_error: Option<String>,
     /// When it failed (seconds since the epoch).
-    pub(crate) last_error_at: Option<u64>,
+    pub last_error_at: Option<u64>,
     /// The configured weight (restored when it is up).
-    pub(crate) weight: u32,
+    pub weight: u32,
 }
 
 impl RealHealth {
     /// `up since 2026-11-25 07:58:03 UTC` or `down since ... (last error: ...)`,
     /// for status's human output.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let mut s = format!("{} since {}", if self.up { "up" } else { "down" }, utc(self.since));
         match (&self.last_error, self.check.is_some()) {
             (_, false) => s = "not checked".to_owned(),
@@ -80,7 +88,7 @@ impl RealHealth {
 
 impl HealthReport {
     /// The human-readable section `director status` prints while the daemon runs.
-    pub(crate) fn render(&self) -> String {
+    pub fn render(&self) -> String {
         let mut out = format!(
             "Health checks (lvsctl director run, pid {}, config {}, since {}):\n",
             self.pid,
@@ -102,20 +110,41 @@ impl HealthReport {
     }
 }
 
+/// The table the kernel should have while the daemon of `report` runs: the
+/// configured `services` with each real server that is down drained (weight
+/// 0) or left out, and the sorry server in where the report says so.
+pub fn expected(services: &[DesiredService], report: &HealthReport) -> Vec<DesiredService> {
+    let mut out = services.to_vec();
+    for d in &mut out {
+        let Some(h) = report.services.iter().find(|h| h.key == d.service.key) else { continue };
+        let down = |a: &SocketAddr| h.real_servers.iter().any(|r| r.addr == *a && !r.up);
+        match h.on_failure {
+            OnFailure::Drain => d.destinations.iter_mut().filter(|x| down(&x.addr)).for_each(|x| x.weight = 0),
+            OnFailure::Remove => d.destinations.retain(|x| !down(&x.addr)),
+        }
+        if let (true, Some(sorry)) = (h.sorry_active, &h.sorry) {
+            if !d.destinations.iter().any(|x| x.addr == sorry.addr) {
+                d.destinations.push(sorry.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Where the report of this network namespace lives.
-pub(crate) fn path(dir: &Path) -> Result<PathBuf, CliError> {
+pub fn path(dir: &Path) -> Result<PathBuf, Error> {
     Ok(dir.join(format!("health-netns{}.json", state::netns_id()?)))
 }
 
 /// Write the report atomically.
-pub(crate) fn write(path: &Path, r: &HealthReport) -> Result<(), CliError> {
+pub fn write(path: &Path, r: &HealthReport) -> Result<(), Error> {
     state::write(path, r)
 }
 
 /// The report of the `director run` daemon of this network namespace, if one
 /// runs: `None` when there is no report, or when its process is gone (a
 /// daemon that was killed leaves a stale file behind).
-pub(crate) fn read_running() -> Result<Option<HealthReport>, CliError> {
+pub fn read_running() -> Result<Option<HealthReport>, Error> {
     let p = path(&state::dir())?;
     let Some(r) = state::read::<HealthReport>(&p)? else { return Ok(None) };
     Ok(alive(r.pid).then_some(r))
@@ -130,7 +159,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// A new report with this process's id.
-pub(crate) fn new(config: &Path, started: SystemTime) -> HealthReport {
+pub fn new(config: &Path, started: SystemTime) -> HealthReport {
     HealthReport {
         format: FORMAT,
         pid: std::process::id(),
@@ -141,12 +170,12 @@ pub(crate) fn new(config: &Path, started: SystemTime) -> HealthReport {
 }
 
 /// Seconds since the epoch.
-pub(crate) fn epoch(t: SystemTime) -> u64 {
+pub fn epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `YYYY-MM-DD HH:MM:SS UTC`.
-pub(crate) fn utc(secs: u64) -> String {
+pub fn utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil_from_days.

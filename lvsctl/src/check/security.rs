@@ -14,7 +14,7 @@ const S_ISVTX: u32 = 0o1000;
 /// and writable by root only. A sticky directory owned by root (`/tmp`) may be
 /// world-writable: nobody else can replace the root-owned entry below it.
 /// `what` names the file in the message (`config file`, `check command`).
-pub(crate) fn check_root_only_writable(path: &Path, what: &str) -> Result<(), String> {
+pub fn check_root_only_writable(path: &Path, what: &str) -> Result<(), String> {
     let real = std::fs::canonicalize(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let mut cur: Option<&Path> = Some(&real);
     let mut first = true;
@@ -46,7 +46,7 @@ pub(crate) fn check_root_only_writable(path: &Path, what: &str) -> Result<(), St
 }
 
 /// The uid and primary gid of a user name, from the passwd database.
-pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
     let c = CString::new(name).map_err(|_| format!("invalid user name {name:?}"))?;
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: passwd is plain data; getpwnam_r writes into pwd and buf (of the

@@ -10,12 +10,14 @@ use ipvs::reconcile::DesiredService;
 use ipvs::{Destination, Service, ServiceKey};
 use serde::{Deserialize, Serialize};
 
-use super::checks::Check;
+use crate::check::Check;
+
+pub mod report;
 
 /// What happens to a real server that fails its check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum OnFailure {
+pub enum OnFailure {
     /// Set its weight to 0: no new connections, existing ones drain
     /// (keepalived's `inhibit_on_failure`). The default.
     #[default]
@@ -26,47 +28,47 @@ pub(crate) enum OnFailure {
 
 /// A virtual service as the daemon runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ServiceSpec {
+pub struct ServiceSpec {
     /// The virtual service (key, scheduler, persistence, ...).
-    pub(crate) service: Service,
+    pub service: Service,
     /// Its real servers, with the configured weights.
-    pub(crate) reals: Vec<RealSpec>,
+    pub reals: Vec<RealSpec>,
     /// What happens to a failed real server.
-    pub(crate) on_failure: OnFailure,
+    pub on_failure: OnFailure,
     /// The real server that takes over while every real server is down.
-    pub(crate) sorry: Option<Destination>,
+    pub sorry: Option<Destination>,
 }
 
 /// A real server and its check (`None`: never checked, always up).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RealSpec {
+pub struct RealSpec {
     /// The destination as configured (its weight is the one restored on recovery).
-    pub(crate) dest: Destination,
+    pub dest: Destination,
     /// Its check.
-    pub(crate) check: Option<Check>,
+    pub check: Option<Check>,
 }
 
 /// Identifies a real server of a virtual service.
-pub(crate) type RealKey = (ServiceKey, SocketAddr);
+pub type RealKey = (ServiceKey, SocketAddr);
 
 /// The health of one real server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Health {
+pub struct Health {
     /// Whether it gets traffic.
-    pub(crate) up: bool,
+    pub up: bool,
     /// When it last changed (or when the daemon started watching it).
-    pub(crate) since: SystemTime,
+    pub since: SystemTime,
     /// The last failed check's reason and time.
-    pub(crate) last_error: Option<(SystemTime, String)>,
+    pub last_error: Option<(SystemTime, String)>,
     /// Successes in a row.
-    pub(crate) ok_streak: u32,
+    pub ok_streak: u32,
     /// Failures in a row.
-    pub(crate) fail_streak: u32,
+    pub fail_streak: u32,
 }
 
 /// A change of a real server's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Transition {
+pub enum Transition {
     /// It failed `fall` checks in a row; the last one for this reason.
     Down(String),
     /// It passed `rise` checks in a row.
@@ -76,18 +78,12 @@ pub(crate) enum Transition {
 impl Health {
     /// A real server starts up (it gets traffic from the start, as after
     /// `director start`); `fall` failures take it down.
-    pub(crate) fn new(now: SystemTime) -> Self {
+    pub fn new(now: SystemTime) -> Self {
         Self { up: true, since: now, last_error: None, ok_streak: 0, fail_streak: 0 }
     }
 
     /// Count one check result; the transition it causes, if any.
-    pub(crate) fn record(
-        &mut self,
-        result: Result<(), String>,
-        rise: u32,
-        fall: u32,
-        now: SystemTime,
-    ) -> Option<Transition> {
+    pub fn record(&mut self, result: Result<(), String>, rise: u32, fall: u32, now: SystemTime) -> Option<Transition> {
         match result {
             Ok(()) => {
                 self.fail_streak = 0;
@@ -116,7 +112,7 @@ impl Health {
 /// What the kernel should have for these services given the health of their
 /// real servers (a missing entry counts as up), and for each service whether
 /// its sorry server is in.
-pub(crate) fn effective(
+pub fn effective(
     specs: &[ServiceSpec],
     health: &HashMap<RealKey, Health>,
 ) -> (Vec<DesiredService>, HashMap<ServiceKey, bool>) {

@@ -1,0 +1,114 @@
+//! Where the daemon's events come from: check results, signals, the resync
+//! timer and the retry timer, merged into one stream of [`Event`]s. Another
+//! source (say, a failover peer) joins here without touching the handlers.
+
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::{CheckResult, FIRST_RETRY};
+use crate::Error;
+
+/// One thing for the daemon to act on.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A check finished.
+    Check(CheckResult),
+    /// SIGHUP: reread the config.
+    Reload,
+    /// Time to re-assert the whole table.
+    Resync,
+    /// Time to retry a change that failed.
+    Retry,
+    /// SIGTERM or SIGINT (named): stop.
+    Stop(&'static str),
+}
+
+/// The daemon's event sources.
+pub struct Events {
+    results: mpsc::Receiver<CheckResult>,
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+    resync: Interval,
+    resync_every: Duration,
+    /// When to retry, while a change is unresolved.
+    retry_at: Option<Instant>,
+    /// The wait before the next retry after this one.
+    backoff: Duration,
+}
+
+impl Events {
+    /// Listen to `results`, the signals, and a resync every `resync_every`.
+    pub(crate) fn new(results: mpsc::Receiver<CheckResult>, resync_every: Duration) -> Result<Self, Error> {
+        let sig = |k: SignalKind, name: &str| {
+            signal(k).map_err(|e| Error::Io { what: format!("cannot handle {name}"), source: e })
+        };
+        Ok(Self {
+            results,
+            hup: sig(SignalKind::hangup(), "SIGHUP")?,
+            term: sig(SignalKind::terminate(), "SIGTERM")?,
+            int: sig(SignalKind::interrupt(), "SIGINT")?,
+            resync: resync_timer(resync_every),
+            resync_every,
+            retry_at: None,
+            backoff: FIRST_RETRY,
+        })
+    }
+
+    /// Change the resync interval (a reloaded config).
+    pub(crate) fn set_resync(&mut self, every: Duration) {
+        if every != self.resync_every {
+            self.resync = resync_timer(every);
+            self.resync_every = every;
+        }
+    }
+
+    /// A change failed: retry after the current backoff (doubling, up to the
+    /// resync interval), unless a retry is already due. Results that come in
+    /// meanwhile wait for that one retry.
+    pub(crate) fn retry_later(&mut self) {
+        if self.retry_at.is_none() {
+            self.retry_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(self.resync_every.max(FIRST_RETRY));
+        }
+    }
+
+    /// The table is as wanted: no retry pending, the backoff starts over.
+    pub(crate) fn succeeded(&mut self) {
+        self.retry_at = None;
+        self.backoff = FIRST_RETRY;
+    }
+
+    /// The next event.
+    pub async fn next(&mut self) -> Event {
+        let retry_at = self.retry_at;
+        let retry = async move {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(r) = self.results.recv() => Event::Check(r),
+            _ = self.hup.recv() => Event::Reload,
+            _ = self.term.recv() => Event::Stop("SIGTERM"),
+            _ = self.int.recv() => Event::Stop("SIGINT"),
+            () = retry => {
+                self.retry_at = None;
+                Event::Retry
+            }
+            _ = self.resync.tick() => Event::Resync,
+        }
+    }
+}
+
+/// A timer whose first tick is one interval from now.
+fn resync_timer(every: Duration) -> Interval {
+    let mut t = tokio::time::interval_at(Instant::now() + every, every);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
+}

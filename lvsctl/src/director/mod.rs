@@ -1,0 +1,362 @@
+//! The LVS director: each VIP as /32 (/128) on its interface, the virtual
+//! services with their real servers, and the forwarding NAT needs.
+//!
+//! - [`Director::reconcile`] makes the host match a spec: [`Director::observe`]
+//!   reads it, [`plan::plan`] decides (pure), the handle executes and returns
+//!   a [`Report`]. A service lvsctl did not create is never changed or
+//!   deleted; the table is never flushed.
+//! - [`Director::stop`] undoes exactly what reconciles created.
+//! - [`Director::status`] compares the kernel with what was configured.
+//! - [`Director::send`] sends a few operations without reading the table,
+//!   for changes whose effect is known (a health transition).
+//!
+//! ```no_run
+//! # async fn f(spec: lvsctl::spec::DirectorSpec) -> Result<(), lvsctl::Error> {
+//! let mut director = lvsctl::director::Director::connect().await?;
+//! let report = director.reconcile(&spec, &spec.desired_services()).await?;
+//! println!("{} changes", report.changes.len());
+//! let stopped = director.stop().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod plan;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+
+use ipvs::reconcile::DesiredService;
+use ipvs::{Ipvs, Op, ServiceKey, Table};
+
+use crate::host::addr::Rtnl;
+use crate::host::{require_root, sysctl, Change};
+pub use crate::host::{Incomplete, Report};
+use crate::spec::DirectorSpec;
+use crate::state::{self, AddressRecord, DirectorState, Role};
+use crate::Error;
+pub use plan::{plan, Observed, Plan};
+pub use status::Status;
+
+/// What to do when some IPVS operation of a reconcile fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Delete the services this reconcile added (`director start`: a run that
+    /// fails leaves nothing new behind).
+    #[default]
+    Undo,
+    /// Keep what succeeded, owned and recorded (the daemon: it retries the
+    /// rest later without taking down what works).
+    Keep,
+}
+
+/// A director host: one IPVS connection and one route netlink connection,
+/// for as long as the handle lives.
+pub struct Director {
+    ipvs: Ipvs,
+    rtnl: Rtnl,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Director {
+    /// Connect in the calling thread's network namespace, with the state in
+    /// [`state::dir`]. Needs root for any change.
+    pub async fn connect() -> Result<Self, Error> {
+        let ipvs = Ipvs::connect().await?;
+        Self::with(ipvs, state::dir())
+    }
+
+    /// A handle on an existing IPVS connection, with the state in `dir`.
+    pub fn with(ipvs: Ipvs, dir: PathBuf) -> Result<Self, Error> {
+        let rtnl = Rtnl::connect()?;
+        let path = state::path(&dir, Role::Director)?;
+        Ok(Self { ipvs, rtnl, dir, path })
+    }
+
+    /// The IPVS connection.
+    pub fn ipvs(&self) -> &Ipvs {
+        &self.ipvs
+    }
+
+    /// The state folder.
+    pub fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Make the host match `spec` with the services `desired`: see
+    /// [`Director::reconcile_with`] with [`OnError::Undo`].
+    pub async fn reconcile(&mut self, spec: &DirectorSpec, desired: &[DesiredService]) -> Result<Report, Incomplete> {
+        self.reconcile_with(spec, desired, OnError::Undo).await
+    }
+
+    /// Observe, plan and execute under the state lock. On an error, the
+    /// changes made before it come with it (they are recorded in the state).
+    pub async fn reconcile_with(
+        &mut self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+        on_error: OnError,
+    ) -> Result<Report, Incomplete> {
+        let mut report = Report {
+            services: desired.len(),
+            real_servers: desired.iter().map(|d| d.destinations.len()).sum(),
+            ..Report::default()
+        };
+        let (p, prev, _lock) = match self.observe_and_plan(spec, desired).await {
+            Ok(planned) => planned,
+            Err(e) => return Err(report.failed(e)),
+        };
+        match self.execute(p, prev, on_error, &mut report.changes).await {
+            Ok(()) => Ok(report),
+            Err(e) => Err(report.failed(e)),
+        }
+    }
+
+    /// Take the lock, read the record, observe and plan.
+    async fn observe_and_plan(
+        &self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+    ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
+        require_root("lvsctl director")?;
+        let lock = state::lock(&self.dir)?;
+        let prev: Option<DirectorState> = state::read(&self.path)?;
+        let obs = self.observe(spec, desired, prev).await?;
+        let p = plan(spec, desired, &obs)?;
+        Ok((p, obs.prev, lock))
+    }
+
+    /// Read what [`plan()`] needs: the IPVS table (with targeted lookups of
+    /// the wanted and owned services a dump left out), the interfaces of the
+    /// VIPs and which VIPs are on them, the sysctls, and `prev`.
+    pub async fn observe(
+        &self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+        prev: Option<DirectorState>,
+    ) -> Result<Observed, Error> {
+        let mut obs = Observed { table: self.ipvs.dump().await?, ..Observed::default() };
+        let owned: &[ServiceKey] = prev.as_ref().map_or(&[], |p| &p.owned);
+        let keys: Vec<ServiceKey> = owned.iter().copied().chain(desired.iter().map(|d| d.service.key)).collect();
+        obs.confirmed_gone = self.look_up_missing(&mut obs.table, &keys).await?;
+        obs.confirmed_gone.retain(|k| owned.contains(k));
+        for (ip, iface) in spec.vips() {
+            if let Some(idx) = self.rtnl.link_index(iface.as_str()).await? {
+                obs.links.insert(iface.to_string(), idx);
+                if self.rtnl.has_address(idx, ip).await? {
+                    obs.vips_present.push((ip, iface.to_string()));
+                }
+            }
+        }
+        let prev_sysctls = prev.as_ref().map(|p| p.sysctls.clone()).unwrap_or_default();
+        obs.sysctls = sysctl::plan(&plan::forwarding_sysctls(spec), &prev_sysctls)?;
+        obs.prev = prev;
+        Ok(obs)
+    }
+
+    /// Look up each of `keys` that `table` lacks by its own key: one found
+    /// (a dump can skip entries while other namespaces change their tables)
+    /// goes into the table, with its destinations; the others are returned.
+    async fn look_up_missing(&self, table: &mut Table, keys: &[ServiceKey]) -> Result<Vec<ServiceKey>, Error> {
+        let mut gone = Vec::new();
+        for k in keys {
+            if table.iter().any(|(s, _)| s.service.key == *k) || gone.contains(k) {
+                continue;
+            }
+            match self.ipvs.service(k).await {
+                Ok(entry) => {
+                    let dests = self.ipvs.destinations(k).await?;
+                    table.push((entry, dests));
+                }
+                Err(ipvs::Error::NoSuchService(_)) => gone.push(*k),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Carry out `p`: the record ahead, the IPVS batch, the addresses, the
+    /// sysctls, the final record.
+    async fn execute(
+        &self,
+        p: Plan,
+        prev: Option<DirectorState>,
+        on_error: OnError,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), Error> {
+        if let Some(st) = &p.write_ahead {
+            state::write(&self.path, st)?;
+        }
+        let (owned, ipvs_err) = match self.run_ipvs(&p, on_error, changes).await {
+            Ok(owned) => (owned, None),
+            Err((owned, e)) if on_error == OnError::Undo => {
+                self.record_after_failure(prev, &p, owned)?;
+                return Err(e);
+            }
+            // The rest of the host is still made to match.
+            Err((owned, e)) => (owned, Some(e)),
+        };
+        let (addresses, addr_result) = self.run_addresses(&p, changes).await;
+        let sysctl_result = sysctl::apply(&p.sysctls, changes);
+        let sysctls = p.sysctls.kept(sysctl_result.is_err());
+        let st = DirectorState { format: state::FORMAT, services: p.desired, owned, addresses, sysctls };
+        state::write(&self.path, &st)?;
+        match ipvs_err {
+            Some(e) => Err(e),
+            None => addr_result.and(sysctl_result),
+        }
+    }
+
+    /// The IPVS batch of `p`; the services owned after it. On a failure,
+    /// with [`OnError::Undo`], the services it added are deleted again.
+    async fn run_ipvs(
+        &self,
+        p: &Plan,
+        on_error: OnError,
+        changes: &mut Vec<Change>,
+    ) -> Result<Vec<ServiceKey>, (Vec<ServiceKey>, Error)> {
+        if p.ipvs.is_empty() {
+            return Ok(p.owned.clone());
+        }
+        // The whole batch unanswered: nothing is known to be done; the claim
+        // written ahead stays until the table is read again.
+        let results = self.ipvs.apply(&p.ipvs).await.map_err(|e| (p.write_ahead_owned(), e.into()))?;
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        changes.extend(p.ipvs.iter().zip(&ok).filter(|(_, ok)| **ok).map(|(op, _)| Change::Ipvs(op.clone())));
+        let mut owned = plan::owned_after(&p.owned, &p.ipvs, &ok);
+        let Some(err) = results.into_iter().find_map(Result::err) else { return Ok(owned) };
+        if on_error == OnError::Keep {
+            return Err((owned, err.into()));
+        }
+        let undo = plan::undo(&p.ipvs, &ok);
+        if let Ok(res) = self.ipvs.apply(&undo).await {
+            let done: Vec<bool> = res.iter().map(Result::is_ok).collect();
+            changes.extend(undo.iter().zip(&done).filter(|(_, d)| **d).map(|(op, _)| Change::Undone(op.clone())));
+            owned = plan::owned_after(&owned, &undo, &done);
+        }
+        Err((owned, err.into()))
+    }
+
+    /// The record after a failed IPVS batch: the previous one with the
+    /// ownership now known (none before and nothing owned: no record).
+    fn record_after_failure(&self, prev: Option<DirectorState>, p: &Plan, owned: Vec<ServiceKey>) -> Result<(), Error> {
+        match prev {
+            Some(prev) => state::write(&self.path, &DirectorState { owned, ..prev }),
+            None if !owned.is_empty() => {
+                let st = DirectorState {
+                    format: state::FORMAT,
+                    services: p.desired.clone(),
+                    owned,
+                    addresses: vec![],
+                    sysctls: vec![],
+                };
+                state::write(&self.path, &st)
+            }
+            None => state::remove(&self.path),
+        }
+    }
+
+    /// Remove the VIPs no longer wanted, add the missing ones. The address
+    /// records to keep, and the first error.
+    async fn run_addresses(&self, p: &Plan, changes: &mut Vec<Change>) -> (Vec<AddressRecord>, Result<(), Error>) {
+        let mut records = p.address_kept.clone();
+        let mut result = Ok(());
+        for r in &p.address_dels {
+            let Some(idx) = self.rtnl.link_index(&r.iface).await.ok().flatten() else { continue };
+            match self.rtnl.del_address(idx, &r.iface, r.addr, r.prefix_len).await {
+                Ok(()) => changes.push(removed(r)),
+                Err(e) => {
+                    // Still ours: stop tries again.
+                    records.push(r.clone());
+                    result = result.and(Err(e));
+                }
+            }
+        }
+        for (idx, r) in &p.address_adds {
+            match self.rtnl.add_address(*idx, &r.iface, r.addr, r.prefix_len).await {
+                Ok(()) => {
+                    changes.push(Change::AddressAdded {
+                        addr: r.addr,
+                        prefix_len: r.prefix_len,
+                        iface: r.iface.clone(),
+                    });
+                    records.push(AddressRecord { created: true, ..r.clone() });
+                }
+                Err(e) => result = result.and(Err(e)),
+            }
+        }
+        (records, result)
+    }
+
+    /// Send `ops` as one batch without reading the table: for changes whose
+    /// effect is known, like a real server's health transition. Each
+    /// operation's own result, in order.
+    pub async fn send(&self, ops: &[Op]) -> Result<Vec<Result<(), ipvs::Error>>, Error> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.ipvs.apply(ops).await?)
+    }
+
+    /// Undo what reconciles did: delete the services lvsctl owns and the
+    /// VIPs it added, put back the sysctls; nothing else. Without a record
+    /// there is nothing to undo (an empty report).
+    pub async fn stop(&mut self) -> Result<Report, Incomplete> {
+        let mut report = Report::default();
+        match self.undo_all(&mut report.changes).await {
+            Ok(()) => Ok(report),
+            Err(e) => Err(report.failed(e)),
+        }
+    }
+
+    async fn undo_all(&self, changes: &mut Vec<Change>) -> Result<(), Error> {
+        require_root("lvsctl director")?;
+        if !self.dir.exists() {
+            // Never started on this host (not even a lock file).
+            return Ok(());
+        }
+        let _lock = state::lock(&self.dir)?;
+        let Some(mut st) = state::read::<DirectorState>(&self.path)? else { return Ok(()) };
+        let mut first_err = self.delete_owned(&mut st, changes).await.err();
+        let (left, err) = self.rtnl.remove_created(std::mem::take(&mut st.addresses), changes).await;
+        st.addresses = left;
+        first_err = first_err.or(err);
+        let (left, err) = sysctl::restore_all(&st.sysctls, changes);
+        st.sysctls = left;
+        state::finish_stop(&self.path, &st, first_err.or(err))
+    }
+
+    /// Delete the owned services: ownership of each ends when its delete
+    /// succeeded or a lookup of its key says it is gone.
+    async fn delete_owned(&self, st: &mut DirectorState, changes: &mut Vec<Change>) -> Result<(), Error> {
+        let mut table = self.ipvs.dump().await?;
+        let gone = self.look_up_missing(&mut table, &st.owned).await?;
+        st.owned.retain(|k| !gone.contains(k));
+        let ops: Vec<Op> = st.owned.iter().map(|k| Op::DeleteService(*k)).collect();
+        let results = self.send(&ops).await?;
+        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
+        changes.extend(ops.iter().zip(&ok).filter(|(_, ok)| **ok).map(|(op, _)| Change::Ipvs(op.clone())));
+        st.owned = plan::owned_after(&st.owned, &ops, &ok);
+        match results.into_iter().find_map(Result::err) {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Compare the kernel with what reconciles configured (and, while a
+    /// `director run` daemon runs, with the health it reports).
+    pub async fn status(&self) -> Result<Status, Error> {
+        status::read(&self.ipvs, &self.rtnl, &self.path).await
+    }
+}
+
+impl Plan {
+    /// What the record written ahead claims (what the plan started from when
+    /// nothing is written).
+    fn write_ahead_owned(&self) -> Vec<ServiceKey> {
+        self.write_ahead.as_ref().map_or_else(|| self.owned.clone(), |s| s.owned.clone())
+    }
+}
+
+fn removed(r: &AddressRecord) -> Change {
+    Change::AddressRemoved { addr: r.addr, prefix_len: r.prefix_len, iface: r.iface.clone() }
+}

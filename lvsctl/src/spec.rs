@@ -1,0 +1,170 @@
+//! The validated types both roles take: what a director configures
+//! ([`DirectorSpec`]), what a real server configures ([`RealserverSpec`]),
+//! and the small parsers the config file, the command line and `lvsctl
+//! restore` share ([`IfName`], [`parse_addr_port`]).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipvs::reconcile::DesiredService;
+use ipvs::Destination;
+use serde::{Deserialize, Serialize};
+
+use crate::check::CheckConfig;
+use crate::health::OnFailure;
+
+/// Most ipvsadm accepts (`-w 0..65535`).
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// An interface name the kernel could have (1..15 bytes, no `/`, `:` or
+/// whitespace, not `.` or `..`). It may contain dots (`eth0.100`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IfName(String);
+
+impl IfName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<IfName> for String {
+    fn from(n: IfName) -> String {
+        n.0
+    }
+}
+
+impl TryFrom<String> for IfName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 15 {
+            return Err(format!("invalid interface name {s:?}: must be 1..15 characters"));
+        }
+        if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+            return Err(format!("invalid interface name {s:?}: no '/', ':' or spaces, not '.' or '..'"));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl std::str::FromStr for IfName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+/// A validated virtual service of the director.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualService {
+    /// The service and its real servers, as the library takes them.
+    pub desired: DesiredService,
+    /// Its VIP (for a fwmark service, the address the marked traffic goes to).
+    pub vip: IpAddr,
+    /// The interface its VIP goes on.
+    pub iface: IfName,
+    /// Health-check settings per real server (same order as
+    /// `desired.destinations`; the service's `check` when the real server has
+    /// none), for `director run`.
+    pub checks: Vec<Option<CheckConfig>>,
+    /// What `director run` does to a failed real server.
+    pub on_failure: OnFailure,
+    /// The sorry server, for `director run`.
+    pub sorry_server: Option<Destination>,
+}
+
+/// What `director start` configures: validated, ready to reconcile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectorSpec {
+    /// The virtual services.
+    pub services: Vec<VirtualService>,
+    /// How often `director run` re-asserts the whole table (`None`: its default).
+    pub resync_interval: Option<std::time::Duration>,
+}
+
+impl DirectorSpec {
+    /// The services in the form [`ipvs::reconcile::plan`] takes.
+    pub fn desired_services(&self) -> Vec<DesiredService> {
+        self.services.iter().map(|s| s.desired.clone()).collect()
+    }
+
+    /// Each VIP with its interface, once, in order of first appearance.
+    pub fn vips(&self) -> Vec<(IpAddr, IfName)> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in &self.services {
+            if seen.insert(s.vip) {
+                out.push((s.vip, s.iface.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// What `realserver start` configures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealserverSpec {
+    /// The VIPs to put on `lo`, without duplicates.
+    pub vips: Vec<IpAddr>,
+    /// The interface facing clients and director, if given.
+    pub iface: Option<IfName>,
+}
+
+/// Why [`parse_addr_port`] refused its input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrPortError {
+    /// The address part is not an IPv4 or IPv6 address in one of the forms.
+    #[error("expected ADDR, ADDR:PORT or [IPV6]:PORT")]
+    Address,
+    /// The address is fine; the port (given here) is not a number in 0..65535.
+    #[error("port {0:?} is not a number in 1..65535")]
+    Port(String),
+}
+
+/// Parse an address with an optional port, as ipvsadm writes and reads
+/// them: `10.0.0.1`, `10.0.0.1:80`, `2001:db8::1`, `[2001:db8::1]`,
+/// `[2001:db8::1]:80`. The config file's real servers, `--real` and `lvsctl
+/// restore` all read addresses with it.
+///
+/// ```
+/// use lvsctl::spec::{parse_addr_port, AddrPortError};
+/// assert_eq!(parse_addr_port("10.0.0.1:80"), Ok(("10.0.0.1".parse().unwrap(), Some(80))));
+/// assert_eq!(parse_addr_port("[2001:db8::1]"), Ok(("2001:db8::1".parse().unwrap(), None)));
+/// assert_eq!(parse_addr_port("10.0.0.1:http"), Err(AddrPortError::Port("http".into())));
+/// assert_eq!(parse_addr_port("10.0.0"), Err(AddrPortError::Address));
+/// ```
+pub fn parse_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), AddrPortError> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']').ok_or(AddrPortError::Address)?;
+        let ip: Ipv6Addr = addr.parse().map_err(|_| AddrPortError::Address)?;
+        let port = match after {
+            "" => None,
+            p => Some(parse_port(p.strip_prefix(':').ok_or(AddrPortError::Address)?)?),
+        };
+        return Ok((IpAddr::V6(ip), port));
+    }
+    // One colon: IPv4:PORT (an IPv6 address has at least two). Otherwise a
+    // bare address of either family.
+    match s.split_once(':') {
+        Some((addr, port)) if !port.contains(':') => {
+            let ip: Ipv4Addr = addr.parse().map_err(|_| AddrPortError::Address)?;
+            Ok((IpAddr::V4(ip), Some(parse_port(port)?)))
+        }
+        _ => s.parse::<IpAddr>().map(|ip| (ip, None)).map_err(|_| AddrPortError::Address),
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, AddrPortError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AddrPortError::Port(s.to_owned()));
+    }
+    s.parse().map_err(|_| AddrPortError::Port(s.to_owned()))
+}
