@@ -14,7 +14,7 @@ mod list;
 mod rules;
 mod save;
 mod sort;
-mod spec;
+pub(crate) mod spec;
 mod text;
 
 use std::io::{Read, Write};
