@@ -240,7 +240,7 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
     }
     let ipvs = Ipvs::connect().await?;
     let dir = state::dir();
-    let _lock = state::lock(&dir)?;
+    let _lock = state::lock(&dir).await?;
     let path = state::path(&dir, Role::Director)?;
     let prev: Option<DirectorState> = state::read(&path)?;
     let table = ipvs.dump().await?;
@@ -461,7 +461,7 @@ pub(crate) async fn teardown() -> Result<(), CliError> {
         println!("director: not running; nothing to stop");
         return Ok(());
     }
-    let _lock = state::lock(&dir)?;
+    let _lock = state::lock(&dir).await?;
     let path = state::path(&dir, Role::Director)?;
     let Some(mut st) = state::read::<DirectorState>(&path)? else {
         println!("director: not running; nothing to stop");
@@ -845,6 +845,7 @@ mod tests {
             (args(|a| a.reals.push("2001:db8::1".into())), "address families must match"),
             (args(|a| a.port = Some("65536".into())), "invalid port"),
             (args(|a| a.port = Some("0".into())), "needs persistence"),
+            (args(|a| a.persistence = Some("4294968".into())), "persistence timeout 4294968 is out of range"),
             (args(|a| a.protocol = Some("icmp".into())), "unknown protocol"),
             (args(|a| a.forward = Some("magic".into())), "unknown forwarding method"),
             (args(|a| a.iface = Some("a/b".into())), "invalid interface name"),

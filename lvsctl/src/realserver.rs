@@ -135,7 +135,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, CliError> {
         }
     }
     let dir = state::dir();
-    let _lock = state::lock(&dir)?;
+    let _lock = state::lock(&dir).await?;
     let path = state::path(&dir, Role::Realserver)?;
     let prev: Option<RealserverState> = state::read(&path)?;
     let prev_sysctls = prev.as_ref().map(|p| p.sysctls.clone()).unwrap_or_default();
@@ -217,7 +217,7 @@ async fn stop() -> Result<ExitCode, CliError> {
         println!("realserver: not running; nothing to stop");
         return Ok(ExitCode::SUCCESS);
     }
-    let _lock = state::lock(&dir)?;
+    let _lock = state::lock(&dir).await?;
     let path = state::path(&dir, Role::Realserver)?;
     let Some(mut st) = state::read::<RealserverState>(&path)? else {
         println!("realserver: not running; nothing to stop");

@@ -185,6 +185,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let (desired, sorry_in) = effective(&d.loaded.services, &d.health);
     d.sorry_in = sorry_in;
     crate::director::apply(&d.loaded.director, &desired).await?;
+    state::set_lock_wait(state::DAEMON_LOCK_WAIT);
     d.write_report();
     journal::sd_notify(&format!("READY=1\nSTATUS={}", d.summary()));
     info!(
@@ -205,6 +206,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     journal::sd_notify("STOPPING=1");
     d.checkers.clear();
     let _ = state::remove(&d.report_path);
+    state::set_lock_wait(state::COMMAND_LOCK_WAIT);
     if args.teardown_on_exit {
         info!(signal = signal_name, "director run: stopping, removing the virtual services and VIPs");
         crate::director::teardown().await?;

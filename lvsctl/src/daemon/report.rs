@@ -107,6 +107,10 @@ pub(crate) fn path(dir: &Path) -> Result<PathBuf, CliError> {
     Ok(dir.join(format!("health-netns{}.json", state::netns_id()?)))
 }
 
+impl state::StateFile for HealthReport {
+    const FORMAT: u32 = FORMAT;
+}
+
 /// Write the report atomically.
 pub(crate) fn write(path: &Path, r: &HealthReport) -> Result<(), CliError> {
     state::write(path, r)
