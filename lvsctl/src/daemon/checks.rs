@@ -200,7 +200,8 @@ pub(crate) enum Probe {
     Exec(ExecCheck),
 }
 
-/// An `exec` check, resolved: absolute program path, its arguments, the user.
+/// An `exec` check, resolved: absolute program path (as given or found in
+/// `PATH`; checked again and resolved each time it runs), its arguments, the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ExecCheck {
     /// Absolute path of the program (resolved through `PATH` at load time).
@@ -370,9 +371,15 @@ impl Probe {
 const STDERR_KEEP: usize = 300;
 
 impl ExecCheck {
+    /// Run the program: checked again first ([`security::check_root_only_writable`],
+    /// the path as given), and what was checked is what runs (the path it
+    /// resolved to, with the path as given as `argv[0]`). A program that is
+    /// not safe any more fails the check without running.
     async fn run(&self, target: &Target) -> Result<(), String> {
-        let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(&self.args)
+        let exe = security::check_root_only_writable(&self.program, "check command")?;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg0(&self.program)
+            .args(&self.args)
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LVSCTL_REAL_SERVER_ADDR", target.addr.ip().to_string())
@@ -542,6 +549,38 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e, "/bin/sh exit status 2: not ready: replica lag");
+    }
+
+    /// An exec program is checked again each time it runs: one that became
+    /// writable by others since the config was loaded fails without running.
+    #[tokio::test]
+    async fn an_exec_program_made_unsafe_after_load_does_not_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lvsctl-exec-unsafe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ran = dir.join("ran");
+        let prog = dir.join("check.sh");
+        std::fs::write(&prog, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut c = exec_check("", Duration::from_secs(10));
+        let Probe::Exec(x) = &mut c.probe else { unreachable!() };
+        x.program = prog.clone();
+        x.args.clear();
+        let t = Target { addr: "10.0.0.2:80".parse().unwrap(), service: "tcp 10.0.0.1:80".into() };
+        let e = c.run(&t).await.unwrap_err();
+        assert!(e.starts_with(&format!("refusing check command {}", prog.display())), "{e}");
+        assert!(!ran.exists(), "the unsafe program ran");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What runs is the file checked, under the name it was given as argv[0]
+    /// (so multi-call programs behind a symlink still know what they are).
+    #[tokio::test]
+    async fn an_exec_program_keeps_its_name() {
+        let t = Target { addr: "10.0.0.2:80".parse().unwrap(), service: "tcp 10.0.0.1:80".into() };
+        let c = exec_check("[ \"$0\" = /bin/sh ] || { echo \"argv0 $0\" >&2; exit 1; }", Duration::from_secs(10));
+        c.run(&t).await.unwrap();
     }
 
     /// A check that outlives its timeout is killed with everything it started.

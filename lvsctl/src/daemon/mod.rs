@@ -62,11 +62,12 @@ pub(crate) struct Loaded {
     pub(crate) services: Vec<ServiceSpec>,
 }
 
-/// Load the config for the daemon: refuse a file others can write, parse,
+/// Load the config for the daemon: refuse a file others can write (read
+/// from the one open file that was checked, at start and on every reload), parse,
 /// validate, resolve every check (exec programs are checked the same way).
 pub(crate) fn load(path: &Path) -> Result<Loaded, String> {
-    security::check_root_only_writable(path, "config file")?;
-    let config = Config::load(path).map_err(|e| e.0)?;
+    let text = security::read_root_only(path, "config file")?;
+    let config = Config::parse(&text, &path.display().to_string()).map_err(|e| e.0)?;
     let director = config.director().map_err(|e| e.0)?;
     let services = specs(&director)?;
     Ok(Loaded { director, services })
