@@ -126,11 +126,18 @@ fn spawn_checker(tx: mpsc::UnboundedSender<CheckResult>, id: u64, real: RealKey,
     let target = Target { addr: real.1, service: real.0.to_string() };
     let c = check.clone();
     let handle = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(c.interval);
+        let first = tokio::time::Instant::now() + checks::first_delay(c.interval, id);
+        let mut tick = tokio::time::interval_at(first, c.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let result = c.run(&target).await;
+            let result = match c.run_bounded(&target).await {
+                Ok(r) => r,
+                Err(why) => {
+                    warn!(service = %target.service, real_server = %target.addr, reason = %why, "check not run; counts neither way");
+                    continue;
+                }
+            };
             if tx.send(CheckResult { task: id, real, result }).is_err() {
                 return;
             }
@@ -160,6 +167,8 @@ struct Daemon {
 /// Run the daemon until SIGTERM or SIGINT.
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     crate::host::require_root("director run")?;
+    let (nofile, in_flight) = checks::prepare_limits();
+    info!(open_files_limit = nofile, checks_in_flight = in_flight, "director run: limits");
     let loaded = load(&args.config).map_err(CliError::usage)?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sig =
