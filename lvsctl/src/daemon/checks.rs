@@ -419,6 +419,7 @@ pub(crate) fn first_delay(interval: Duration, n: u64) -> Duration {
 impl Check {
     /// Run the probe once, bounded by the timeout. A check that could not
     /// start is an error here; [`Check::run_bounded`] tells it apart.
+    #[cfg(test)]
     pub(crate) async fn run(&self, target: &Target) -> Result<(), String> {
         match self.attempt(target).await {
             Ok(()) => Ok(()),

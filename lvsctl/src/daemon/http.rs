@@ -55,6 +55,7 @@ impl HttpCheck {
     }
 
     /// GET the path from the real server at `ip` (the caller bounds the time).
+    #[cfg(test)]
     pub(crate) async fn run(&self, ip: IpAddr) -> Result<(), String> {
         let addr = SocketAddr::new(ip, self.port);
         let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("http connect to {addr}: {e}"))?;
