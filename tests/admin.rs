@@ -709,3 +709,43 @@ fn conn_list_test(cl: &str, rs: &str) {
     assert_ne!(order(&unsorted), order(&sorted), "the kernel's order happened to be ipvsadm's sorted order");
     drop(held);
 }
+
+/// A table with marks of 2^31 and more is saved as ipvsadm saves it (`-f
+/// -1294967296`) and restored from that text; a persistence timeout the
+/// kernel would wrap is refused on every path, the restore's included.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn admin_save_restore_negative_fwmarks_and_persistence_cap() {
+    in_fresh_netns(|| async {
+        setup_net();
+        lvsctl_ok(&["service", "add", "-f", "3000000000", "-s", "rr"]);
+        lvsctl_ok(&["real", "add", "-f", "3000000000", "-r", "10.1.0.3", "-m", "-w", "2"]);
+        lvsctl_ok(&["service", "add", "-f", "4294967295", "-6", "-s", "wrr"]);
+        let theirs = ipvsadm(&["-Sn"]);
+        assert!(theirs.contains("-A -f -1294967296 -s rr"), "{theirs}");
+        let saved = lvsctl_ok(&["save", "-n"]);
+        assert_eq!(saved, theirs, "lvsctl save must print marks as ipvsadm does");
+        ipvsadm(&["-C"]);
+        let o = restore(&[], &saved);
+        assert!(o.status.success(), "restore of a saved table failed: {}", text(&o.stderr));
+        assert_eq!(ipvsadm(&["-Sn"]), theirs, "the restored table differs from the saved one");
+        // The same marks as written by hand, negative.
+        ipvsadm(&["-C"]);
+        lvsctl_ok(&["service", "add", "-f", "-1294967296", "-s", "rr"]);
+        assert!(ipvsadm(&["-Sn"]).contains("-A -f -1294967296 -s rr"));
+
+        let table = ipvsadm(&["-Sn"]);
+        lvsctl_fails(
+            &["service", "add", "-t", "10.0.0.3:80", "-p", "4294968"],
+            2,
+            "illegal timeout for persistent service",
+        );
+        let o = restore(&[], "-A -t 10.0.0.4:80 -s rr\n-A -t 10.0.0.5:80 -p 2678401\n");
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("line 2"), "{}", text(&o.stderr));
+        lvsctl_ok(&["service", "add", "-t", "10.0.0.3:80", "-p", "2678400"]);
+        assert!(ipvsadm(&["-Sn"]).contains("-A -t 10.0.0.3:80 -s wlc -p 2678400"));
+        lvsctl_ok(&["service", "del", "-t", "10.0.0.3:80"]);
+        assert_eq!(ipvsadm(&["-Sn"]), table, "a refused persistence changed the table");
+    });
+}
