@@ -101,22 +101,6 @@ fn director_seed_topology_end_to_end() {
     let names = ask_names(&client, vip_port(), 6);
     assert_alternates(&names, "rs186", "rs187");
 
-    // ARP suppression, seen from the client: the VIP resolves to the
-    // director's MAC, never to a real server's (they have the VIP on lo).
-    let director_mac = mac_of(&director, IF);
-    for rs in [&rs186, &rs187] {
-        assert_ne!(mac_of(rs, IF), director_mac);
-    }
-    for _ in 0..3 {
-        client.ip(&["neigh", "flush", "to", VIP]);
-        assert_eq!(ask_names(&client, vip_port(), 1).len(), 1);
-        let n = client.ip(&["neigh", "show", "to", VIP]);
-        assert!(
-            n.contains(&format!("lladdr {director_mac} ")),
-            "the client resolved the VIP as {n:?}, not to the director's {director_mac}"
-        );
-    }
-
     // Status: running on all three; the director shows the connection counts
     // (the kernel folds counters in every 2 s: wait for them).
     let v = eventually("director status counts 3 connections per real server", Duration::from_secs(15), || {
@@ -144,6 +128,22 @@ fn director_seed_topology_end_to_end() {
         let out = rs.lvsctl(&["realserver", "status"]);
         assert_eq!(code(&out), 0, "{:?}", texts(&out));
         assert!(texts(&out).0.contains(&format!("VIP {VIP}/32 on lo: present")));
+    }
+
+    // ARP suppression, seen from the client: the VIP resolves to the
+    // director's MAC, never to a real server's (they have the VIP on lo).
+    let director_mac = mac_of(&director, IF);
+    for rs in [&rs186, &rs187] {
+        assert_ne!(mac_of(rs, IF), director_mac);
+    }
+    for _ in 0..3 {
+        client.ip(&["neigh", "flush", "to", VIP]);
+        assert_eq!(ask_names(&client, vip_port(), 1).len(), 1);
+        let n = client.ip(&["neigh", "show", "to", VIP]);
+        assert!(
+            n.contains(&format!("lladdr {director_mac} ")),
+            "the client resolved the VIP as {n:?}, not to the director's {director_mac}"
+        );
     }
 
     // Stop each: the hosts are back as before, byte for byte.

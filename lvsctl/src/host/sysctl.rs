@@ -178,17 +178,17 @@ pub(crate) fn plan(wanted: &[Want], prev: &[SysctlRecord]) -> Result<Plan, CliEr
                 if side.iter().any(|r| same(r, *ipv6, i, n)) {
                     continue;
                 }
+                // Recorded even when it has the kernel's value already: undoing
+                // the cause on stop changes it all the same.
                 let Ok(cur) = read(*ipv6, i, n) else { continue };
-                if cur != *v {
-                    side.push(SysctlRecord {
-                        ipv6: *ipv6,
-                        iface: i.clone(),
-                        name: (*n).to_owned(),
-                        previous: cur,
-                        value: v.clone(),
-                        side_effect: true,
-                    });
-                }
+                side.push(SysctlRecord {
+                    ipv6: *ipv6,
+                    iface: i.clone(),
+                    name: (*n).to_owned(),
+                    previous: cur,
+                    value: v.clone(),
+                    side_effect: true,
+                });
             }
             p.writes.push((rec.clone(), current));
         }
