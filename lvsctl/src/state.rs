@@ -4,15 +4,14 @@
 //!
 //! Files live in `/run/lvsctl/` (or `$LVSCTL_STATE_DIR`):
 //! - `lock`: held with `flock(LOCK_EX)` by every `start` and `stop`;
-//!
-//! The folder is created 0700 and must be the effective user's (root's)
-//! alone, and so must every file in it (0600): see [`open_dir`]. Nothing in
-//! it is opened through a symlink.
-//!
 //! - `director-netns<ID>.json`, `realserver-netns<ID>.json`: one per role and
 //!   network namespace. `<ID>` is the namespace's cookie (`SO_NETNS_COOKIE`,
 //!   unique per boot; its inode number on kernels without cookies), so hosts
 //!   emulated by namespaces on one machine keep separate records.
+//!
+//! The folder is created 0700 and must be the effective user's (root's)
+//! alone, and so must every file in it (0600): see [`open_dir`]. Nothing in
+//! it is opened through a symlink.
 //!
 //! Writes are atomic: a new temporary file of an unguessable name in the same
 //! folder, fsync, rename. What is read back is checked before it is used
