@@ -10,6 +10,12 @@ use std::time::Duration;
 
 use lvsctl_tests::{in_fresh_netns, ip, ipvsadm, lvsctl_bin, run, unique};
 
+/// Held by the connection-list test, which needs three reads of the table
+/// between two ticks of its expiry timers, and by tests that start many
+/// processes at once: under software emulation those would slow the reads
+/// down past a tick every time.
+static QUIET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const FULL: &str = include_str!("data/admin/full.rules");
 const REPLACE_A: &str = include_str!("data/admin/replace-a.rules");
 const REPLACE_B: &str = include_str!("data/admin/replace-b.rules");
@@ -580,6 +586,7 @@ fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 's
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_conn_list_agrees_with_ipvsadm() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
     in_fresh_netns(|| async {
         let (cl, rs) = (unique("lvscl"), unique("lvsrs"));
         ip(&["netns", "add", &cl]);
@@ -716,6 +723,7 @@ fn conn_list_test(cl: &str, rs: &str) {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_save_restore_negative_fwmarks_and_persistence_cap() {
+    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
     in_fresh_netns(|| async {
         setup_net();
         lvsctl_ok(&["service", "add", "-f", "3000000000", "-s", "rr"]);
