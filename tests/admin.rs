@@ -10,11 +10,20 @@ use std::time::Duration;
 
 use lvsctl_tests::{in_fresh_netns, ip, ipvsadm, lvsctl_bin, run, unique};
 
-/// Held by the connection-list test, which needs three reads of the table
-/// between two ticks of its expiry timers, and by tests that start many
-/// processes at once: under software emulation those would slow the reads
-/// down past a tick every time.
-static QUIET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The tests that compare readings taken a moment apart (connection expiry
+/// timers, rates) need three reads between two ticks of the kernel's timers;
+/// under software emulation another test starting processes meanwhile slows
+/// the reads past a tick again and again. Those tests hold this exclusively
+/// ([`quiet`]), every other one shares it ([`shared`]).
+static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn quiet() -> std::sync::RwLockWriteGuard<'static, ()> {
+    QUIET.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    QUIET.read().unwrap_or_else(|e| e.into_inner())
+}
 
 const FULL: &str = include_str!("data/admin/full.rules");
 const REPLACE_A: &str = include_str!("data/admin/replace-a.rules");
@@ -90,6 +99,7 @@ fn without_thresholds(rules: &str) -> String {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_restore_then_ipvsadm_saves_the_input() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         let o = restore(&[], FULL);
@@ -111,6 +121,7 @@ fn admin_restore_then_ipvsadm_saves_the_input() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_ipvsadm_restore_then_lvsctl_saves_like_ipvsadm() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         ipvsadm_restore(FULL);
@@ -153,6 +164,7 @@ async fn wait_for_conns(h: &ipvs::Ipvs, vip: &str, conns: u64) -> ipvs::Stats {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_list_and_views_agree_with_ipvsadm() {
+    let _quiet = quiet();
     in_fresh_netns(|| async {
         setup_net();
         let o = restore(&[], FULL);
@@ -266,6 +278,7 @@ fn admin_list_and_views_agree_with_ipvsadm() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_restore_replace_applies_only_the_difference() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         let o = restore(&[], REPLACE_A);
@@ -319,6 +332,7 @@ fn admin_restore_replace_applies_only_the_difference() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_commands_mean_what_ipvsadm_means() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         // The same changes with ipvsadm and with lvsctl give the same table.
@@ -421,6 +435,7 @@ fn admin_commands_mean_what_ipvsadm_means() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_errors_read_like_ipvsadm() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         lvsctl_ok(&["service", "add", "-t", "10.0.0.1:80", "-s", "rr"]);
@@ -524,6 +539,7 @@ fn admin_errors_read_like_ipvsadm() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_netns_option_acts_in_that_namespace() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         let ns = unique("lvsadm");
         ip(&["netns", "add", &ns]);
@@ -586,7 +602,7 @@ fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 's
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_conn_list_agrees_with_ipvsadm() {
-    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let _quiet = quiet();
     in_fresh_netns(|| async {
         let (cl, rs) = (unique("lvscl"), unique("lvsrs"));
         ip(&["netns", "add", &cl]);
@@ -723,7 +739,7 @@ fn conn_list_test(cl: &str, rs: &str) {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_save_restore_negative_fwmarks_and_persistence_cap() {
-    let _quiet = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         lvsctl_ok(&["service", "add", "-f", "3000000000", "-s", "rr"]);
