@@ -10,6 +10,21 @@ use std::time::Duration;
 
 use lvsctl_tests::{in_fresh_netns, ip, ipvsadm, lvsctl_bin, run, unique};
 
+/// The tests that compare readings taken a moment apart (connection expiry
+/// timers, rates) need three reads between two ticks of the kernel's timers;
+/// under software emulation another test starting processes meanwhile slows
+/// the reads past a tick again and again. Those tests hold this exclusively
+/// ([`quiet`]), every other one shares it ([`shared`]).
+static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn quiet() -> std::sync::RwLockWriteGuard<'static, ()> {
+    QUIET.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    QUIET.read().unwrap_or_else(|e| e.into_inner())
+}
+
 const FULL: &str = include_str!("data/admin/full.rules");
 const REPLACE_A: &str = include_str!("data/admin/replace-a.rules");
 const REPLACE_B: &str = include_str!("data/admin/replace-b.rules");
@@ -84,6 +99,7 @@ fn without_thresholds(rules: &str) -> String {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_restore_then_ipvsadm_saves_the_input() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         let o = restore(&[], FULL);
@@ -105,6 +121,7 @@ fn admin_restore_then_ipvsadm_saves_the_input() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_ipvsadm_restore_then_lvsctl_saves_like_ipvsadm() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         ipvsadm_restore(FULL);
@@ -147,6 +164,7 @@ async fn wait_for_conns(h: &ipvs::Ipvs, vip: &str, conns: u64) -> ipvs::Stats {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_list_and_views_agree_with_ipvsadm() {
+    let _quiet = quiet();
     in_fresh_netns(|| async {
         setup_net();
         let o = restore(&[], FULL);
@@ -260,6 +278,7 @@ fn admin_list_and_views_agree_with_ipvsadm() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_restore_replace_applies_only_the_difference() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         let o = restore(&[], REPLACE_A);
@@ -313,6 +332,7 @@ fn admin_restore_replace_applies_only_the_difference() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_commands_mean_what_ipvsadm_means() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         // The same changes with ipvsadm and with lvsctl give the same table.
@@ -415,6 +435,7 @@ fn admin_commands_mean_what_ipvsadm_means() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_errors_read_like_ipvsadm() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         setup_net();
         lvsctl_ok(&["service", "add", "-t", "10.0.0.1:80", "-s", "rr"]);
@@ -518,6 +539,7 @@ fn admin_errors_read_like_ipvsadm() {
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_netns_option_acts_in_that_namespace() {
+    let _shared = shared();
     in_fresh_netns(|| async {
         let ns = unique("lvsadm");
         ip(&["netns", "add", &ns]);
@@ -627,6 +649,7 @@ fn in_named_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 's
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn admin_conn_list_agrees_with_ipvsadm() {
+    let _quiet = quiet();
     in_fresh_netns(|| async {
         let (cl, rs) = (unique("lvscl"), unique("lvsrs"));
         ip(&["netns", "add", &cl]);
@@ -758,4 +781,45 @@ fn conn_list_test(cl: &str, rs: &str) {
     };
     assert_ne!(order(&unsorted), order(&sorted), "the kernel's order happened to be ipvsadm's sorted order");
     drop(held);
+}
+
+/// A table with marks of 2^31 and more is saved as ipvsadm saves it (`-f
+/// -1294967296`) and restored from that text; a persistence timeout the
+/// kernel would wrap is refused on every path, the restore's included.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn admin_save_restore_negative_fwmarks_and_persistence_cap() {
+    let _shared = shared();
+    in_fresh_netns(|| async {
+        setup_net();
+        lvsctl_ok(&["service", "add", "-f", "3000000000", "-s", "rr"]);
+        lvsctl_ok(&["real", "add", "-f", "3000000000", "-r", "10.1.0.3", "-m", "-w", "2"]);
+        lvsctl_ok(&["service", "add", "-f", "4294967295", "-6", "-s", "wrr"]);
+        let theirs = ipvsadm(&["-Sn"]);
+        assert!(theirs.contains("-A -f -1294967296 -s rr"), "{theirs}");
+        let saved = lvsctl_ok(&["save", "-n"]);
+        assert_eq!(saved, theirs, "lvsctl save must print marks as ipvsadm does");
+        ipvsadm(&["-C"]);
+        let o = restore(&[], &saved);
+        assert!(o.status.success(), "restore of a saved table failed: {}", text(&o.stderr));
+        assert_eq!(ipvsadm(&["-Sn"]), theirs, "the restored table differs from the saved one");
+        // The same marks as written by hand, negative.
+        ipvsadm(&["-C"]);
+        lvsctl_ok(&["service", "add", "-f", "-1294967296", "-s", "rr"]);
+        assert!(ipvsadm(&["-Sn"]).contains("-A -f -1294967296 -s rr"));
+
+        let table = ipvsadm(&["-Sn"]);
+        lvsctl_fails(
+            &["service", "add", "-t", "10.0.0.3:80", "-p", "4294968"],
+            2,
+            "illegal timeout for persistent service",
+        );
+        let o = restore(&[], "-A -t 10.0.0.4:80 -s rr\n-A -t 10.0.0.5:80 -p 2678401\n");
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+        assert!(text(&o.stderr).contains("line 2"), "{}", text(&o.stderr));
+        lvsctl_ok(&["service", "add", "-t", "10.0.0.3:80", "-p", "2678400"]);
+        assert!(ipvsadm(&["-Sn"]).contains("-A -t 10.0.0.3:80 -s wlc -p 2678400"));
+        lvsctl_ok(&["service", "del", "-t", "10.0.0.3:80"]);
+        assert_eq!(ipvsadm(&["-Sn"]), table, "a refused persistence changed the table");
+    });
 }

@@ -11,9 +11,12 @@
 #[path = "support/daemon_net.rs"]
 mod net;
 
-use std::process::Command;
-use std::time::Duration;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
+use lvsctl_tests::topology::Netns;
 use net::{proc_weight, Daemon, Net, NlCapture, NlCounts, Server, TestDir, DIRECTOR, PORT, REALS, VIP};
 
 /// How long any awaited change may take (software emulation is slow).
@@ -311,44 +314,194 @@ fn daemon_sigterm_leaves_the_service_and_teardown_on_exit_removes_it() {
     assert!(!net.director_addrs().contains(VIP), "--teardown-on-exit must remove the VIP: {}", net.director_addrs());
 }
 
+/// `lvsctl director run --config CFG`, which must refuse to start: its exit
+/// status and stderr. It runs in a throw-away namespace (were a check to
+/// regress, it would configure only that), and is killed and the test failed
+/// if it still runs after [`T`].
+fn refused_run(dir: &TestDir, cfg: &Path) -> (ExitStatus, String) {
+    let ns = Netns::new("dz");
+    let log = dir.0.join(lvsctl_tests::unique("refused-"));
+    let mut child = Command::new(lvsctl_tests::lvsctl_bin())
+        .args(["--netns", &ns.name, "director", "run", "--config"])
+        .arg(cfg)
+        .env("LVSCTL_STATE_DIR", dir.0.join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st, std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "director run --config {} did not refuse: still running after {T:?}; log:\n{}",
+                cfg.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 #[ignore = "privileged: needs root (scripts/privileged-tests)"]
 fn daemon_refuses_files_others_can_write_and_root_checks() {
     lvsctl_tests::require_privileged();
     let dir = TestDir::new();
-    let run = |cfg: &std::path::Path| {
-        let out = Command::new(lvsctl_tests::lvsctl_bin())
-            .args(["director", "run", "--config"])
-            .arg(cfg)
-            .env("LVSCTL_STATE_DIR", dir.0.join("state"))
-            .output()
-            .unwrap();
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
-    };
     let safe = dir.write("check.sh", "#!/bin/sh\nexit 0\n", 0o755);
-    let exec =
-        |cmd: &std::path::Path, user: &str| format!("{{ type = \"exec\", command = [\"{}\"]{user} }}", cmd.display());
+    let exec = |cmd: &Path, user: &str| format!("{{ type = \"exec\", command = [\"{}\"]{user} }}", cmd.display());
 
     let cfg = dir.write("open.toml", &config(&REALS[..1], FAST_TCP, ""), 0o666);
-    let (st, err) = run(&cfg);
+    let (st, err) = refused_run(&dir, &cfg);
     assert!(!st.success(), "{err}");
     assert!(err.contains("refusing config file") && err.contains("writable by everyone (mode 0666)"), "{err}");
 
     let group_writable = dir.write("group.sh", "#!/bin/sh\nexit 0\n", 0o775);
     let cfg = dir.write("a.toml", &config(&REALS[..1], &exec(&group_writable, ""), ""), 0o644);
-    let (st, err) = run(&cfg);
+    let (st, err) = refused_run(&dir, &cfg);
     assert!(!st.success(), "{err}");
     assert!(err.contains("refusing check command") && err.contains("writable by its group"), "{err}");
 
     let cfg = dir.write("b.toml", &config(&REALS[..1], &exec(&safe, ", user = \"root\""), ""), 0o644);
-    let (st, err) = run(&cfg);
+    let (st, err) = refused_run(&dir, &cfg);
     assert!(!st.success(), "{err}");
     assert!(err.contains("never run as root"), "{err}");
 
     let cfg = dir.write("c.toml", &config(&REALS[..1], &exec(&safe, ", user = \"no-such-user-x\""), ""), 0o644);
-    let (st, err) = run(&cfg);
+    let (st, err) = refused_run(&dir, &cfg);
     assert!(!st.success(), "{err}");
     assert!(err.contains("no user \"no-such-user-x\""), "{err}");
+
+    // The path as given counts, not only where it leads: a symlink (root's)
+    // in a folder everyone can write could be pointed elsewhere after the
+    // check, although the files it points to now are root's alone.
+    let open = dir.0.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let good = dir.write("good.toml", &config(&REALS[..1], FAST_TCP, ""), 0o644);
+    let link = open.join("lvsctl.toml");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let (st, err) = refused_run(&dir, &link);
+    assert!(!st.success(), "{err}");
+    assert!(
+        err.contains(&format!("refusing config file {}: its directory {}", link.display(), open.display())),
+        "{err}"
+    );
+    assert!(err.contains("writable by everyone"), "{err}");
+    let prog = open.join("check");
+    std::os::unix::fs::symlink(&safe, &prog).unwrap();
+    let cfg = dir.write("d.toml", &config(&REALS[..1], &exec(&prog, ""), ""), 0o644);
+    let (st, err) = refused_run(&dir, &cfg);
+    assert!(!st.success(), "{err}");
+    assert!(err.contains(&format!("refusing check command {}: its directory", prog.display())), "{err}");
+}
+
+/// A reload checks the config's folders as the start did: once the folder
+/// of the config is writable by everyone, SIGHUP is refused and the running
+/// configuration stays; once it is root's again, the reload goes through.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_reload_refuses_a_config_in_a_folder_others_can_write() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let cfg = dir.write("lvsctl.toml", &config(&REALS[..1], FAST_TCP, ""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with rs1", T, || net.weights() == w(&[(REALS[0], 1)]));
+
+    dir.write("lvsctl.toml", &config(&REALS[..2], FAST_TCP, ""), 0o644);
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for("the rejection in the log", T, || d.log().contains("new config rejected"));
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("new config rejected")).unwrap();
+    let want = format!("refusing config file {}: its directory {}", cfg.display(), dir.0.display());
+    assert!(line.contains(&want) && line.contains("writable by everyone"), "{line}");
+    assert_eq!(net.weights(), w(&[(REALS[0], 1)]), "a rejected reload must not change the table");
+
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for("rs2 added by the reload", T, || net.weights() == w(&[(REALS[0], 1), (REALS[1], 1)]));
+}
+
+/// A thousand tcp-checked real servers under a limit of 200 open files: the
+/// daemon starts, every real server is checked, none is taken down for want
+/// of a file descriptor (fall 1: one failed check would), and it runs on.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_a_thousand_checks_under_a_low_open_files_limit() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    const N: usize = 1000;
+    const CHECK_PORT: u16 = 17001;
+    let ns = Netns::new("dk");
+    ns.ip(&["link", "add", "eth0", "type", "dummy"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["addr", "add", "10.18.68.185/24", "dev", "eth0"]);
+    // Every address of 10.50.0.0/16 is this host's: one listener answers the
+    // checks of all the real servers, and tells which were checked.
+    ns.ip(&["route", "add", "local", "10.50.0.0/16", "dev", "lo"]);
+    let checked: Arc<Mutex<HashSet<std::net::IpAddr>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = {
+        let (checked, stop, path) = (checked.clone(), stop.clone(), ns.path());
+        std::thread::spawn(move || {
+            lvsctl_tests::topology::enter(&path);
+            let l = std::net::TcpListener::bind(("0.0.0.0", CHECK_PORT)).unwrap();
+            l.set_nonblocking(true).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        checked.lock().unwrap().insert(s.local_addr().unwrap().ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    };
+    let reals: Vec<String> = (0..N).map(|i| format!("10.50.{}.{}", i / 250, i % 250 + 1)).collect();
+    let reals: Vec<&str> = reals.iter().map(String::as_str).collect();
+    let check =
+        format!(r#"{{ type = "tcp", port = {CHECK_PORT}, interval = "2s", timeout = "5s", rise = 1, fall = 1 }}"#);
+    let dir = TestDir::new();
+    let cfg = dir.write("big.toml", &config(&reals, &check, ""), 0o644);
+    let d = Daemon::start_limited(&ns, &dir, &cfg, 200);
+    d.wait_for("every real server checked at least once", Duration::from_secs(600), || {
+        checked.lock().unwrap().len() == N
+    });
+    // One more round after the last first check, with the same counts.
+    let seen = checked.lock().unwrap().len();
+    checked.lock().unwrap().clear();
+    d.wait_for("a second round of checks", Duration::from_secs(600), || checked.lock().unwrap().len() == N);
+    stop.store(true, Ordering::SeqCst);
+    listener.join().unwrap();
+    assert_eq!(seen, N);
+    assert!(d.running(), "director run died; log:\n{}", d.log());
+    let log = d.log();
+    assert!(!log.contains("real server down"), "a real server was taken down; log:\n{log}");
+    assert!(!log.contains("Too many open files"), "log:\n{log}");
+    let table = ipvs_table(&ns);
+    assert_eq!(table.len(), 1);
+    assert_eq!(table[0].1.len(), N);
+    assert!(table[0].1.iter().all(|x| x.destination.weight == 1), "a real server lost its weight");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait(T).success(), "log:\n{}", d.log());
+}
+
+/// The IPVS table of a namespace.
+fn ipvs_table(ns: &Netns) -> ipvs::Table {
+    let name = ns.name.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(
+        async move { ipvs::Ipvs::connect_named_netns(&name).await.expect("connect").dump().await.expect("dump") },
+    )
 }
 
 /// One health transition sends its own change and nothing else: one

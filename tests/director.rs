@@ -133,6 +133,22 @@ fn director_seed_topology_end_to_end() {
         assert!(texts(&out).0.contains(&format!("VIP {VIP}/32 on lo: present")));
     }
 
+    // ARP suppression, seen from the client: the VIP resolves to the
+    // director's MAC, never to a real server's (they have the VIP on lo).
+    let director_mac = mac_of(&director, IF);
+    for rs in [&rs186, &rs187] {
+        assert_ne!(mac_of(rs, IF), director_mac);
+    }
+    for _ in 0..3 {
+        client.ip(&["neigh", "flush", "to", VIP]);
+        assert_eq!(ask_names(&client, vip_port(), 1).len(), 1);
+        let n = client.ip(&["neigh", "show", "to", VIP]);
+        assert!(
+            n.contains(&format!("lladdr {director_mac} ")),
+            "the client resolved the VIP as {n:?}, not to the director's {director_mac}"
+        );
+    }
+
     // Stop each: the hosts are back as before, byte for byte.
     director.lvsctl_ok(&["director", "stop"]);
     for rs in [&rs186, &rs187] {
@@ -197,6 +213,13 @@ fn director_is_also_a_real_server() {
     h187.lvsctl_ok(&["realserver", "stop"]);
     let after: Vec<Snapshot> = [&h186, &h187].iter().map(|h| h.snapshot(&[IF])).collect();
     assert_eq!(before, after);
+}
+
+/// The MAC address of `iface` in `ns`.
+fn mac_of(ns: &Netns, iface: &str) -> String {
+    let l = ns.ip(&["-o", "link", "show", "dev", iface]);
+    let at = l.find("link/ether ").unwrap_or_else(|| panic!("no MAC in {l}")) + "link/ether ".len();
+    l[at..].split_whitespace().next().unwrap().to_owned()
 }
 
 /// A namespace with interface `enp1s0` (a veth pair inside it) and the
@@ -515,12 +538,18 @@ fn director_ipv6_vip_and_realserver_ipv6() {
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn director_kernel_refusal_changes_nothing() {
     let ns = director_host();
-    // A scheduler lvsctl knows but this kernel lacks: Debian's 6.1 ships no ip_vs_twos.
-    let probe = ns.exec("ipvsadm", &["-A", "-t", "10.0.0.9:1", "-s", "twos"]);
-    assert!(
-        !probe.status.success(),
-        "TEST PRECONDITION: this kernel has the twos scheduler; pick another one it lacks"
-    );
+    // A scheduler lvsctl knows but this kernel lacks, found by asking the
+    // kernel (Debian's 6.1 has no twos; kernels from 6.7 do).
+    let missing = ["twos", "mh", "ovf", "fo", "nq", "sed", "dh", "lblcr", "lblc"]
+        .into_iter()
+        .find(|s| {
+            let probe = ns.exec("ipvsadm", &["-A", "-t", "10.0.0.9:1", "-s", s]);
+            if probe.status.success() {
+                ns.ipvsadm(&["-D", "-t", "10.0.0.9:1"]);
+            }
+            !probe.status.success()
+        })
+        .expect("TEST PRECONDITION: this kernel has every scheduler lvsctl knows; no refusal to provoke");
     let before = ns.snapshot(&[IF]);
     // Two services: the kernel takes the first and refuses the second; the
     // first is undone.
@@ -531,7 +560,7 @@ fn director_kernel_refusal_changes_nothing() {
         format!(
             "[director]\niface = \"{IF}\"\n\
              [[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nreal = [\"10.18.68.186\"]\n\
-             [[director.service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"twos\"\nreal = [\"10.18.68.186\"]\n"
+             [[director.service]]\nvip = \"{VIP}\"\nport = 80\nscheduler = \"{missing}\"\nreal = [\"10.18.68.186\"]\n"
         ),
     )
     .unwrap();
@@ -539,12 +568,12 @@ fn director_kernel_refusal_changes_nothing() {
     let (o, e) = texts(&out);
     assert_eq!(code(&out), 1, "{o}{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
-    assert!(e.contains("scheduler \"twos\" not found in the kernel"), "{e}");
+    assert!(e.contains(&format!("scheduler \"{missing}\" not found in the kernel")), "{e}");
     assert!(o.contains("undone: delete service tcp 10.19.70.166:15858"), "{o}");
     assert_eq!(ns.snapshot(&[IF]), before, "a refused start must leave the host as it was");
     assert_eq!(code(&ns.lvsctl(&["director", "status"])), 3, "and leave no state behind");
     let mut args = seed_start_args();
-    args.extend(["--scheduler", "twos"]);
+    args.extend(["--scheduler", missing]);
 
     // The same refusal while reconciling a running director: the running
     // configuration stays, and status still says running.
@@ -747,4 +776,200 @@ fn director_nat_turns_forwarding_on_and_stop_restores_it() {
     assert_eq!(v["sysctls"], serde_json::json!([]));
     director.lvsctl_ok(&["director", "stop"]);
     assert_eq!(director.sysctl("all", "forwarding"), "0");
+}
+
+/// Every `forwarding` (IPv4 and IPv6, every interface, `all` and `default`)
+/// and the IPv4 `accept_redirects` of `all` and `default`, as `path=value`.
+fn forwarding_snapshot(ns: &Netns) -> Vec<String> {
+    ns.run(|| {
+        let mut out = Vec::new();
+        for root in ["/proc/sys/net/ipv4/conf", "/proc/sys/net/ipv6/conf"] {
+            let mut ifaces: Vec<String> =
+                std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            ifaces.sort();
+            for i in ifaces {
+                let mut names = vec!["forwarding"];
+                if root.contains("ipv4") && (i == "all" || i == "default") {
+                    names.push("accept_redirects");
+                }
+                for n in names {
+                    let p = format!("{root}/{i}/{n}");
+                    out.push(format!("{p}={}", std::fs::read_to_string(&p).unwrap().trim()));
+                }
+            }
+        }
+        out
+    })
+}
+
+/// Writing `conf/all/forwarding` makes the kernel set every interface's
+/// `forwarding`, `default/forwarding` and (IPv4) `all/accept_redirects`.
+/// After a NAT start and stop, each of them is as it was: an interface that
+/// forwarded on its own still does, `accept_redirects` that was 0 is 0.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_nat_stop_restores_what_the_kernel_changed() {
+    let ns = director_host();
+    ns.ip(&["link", "add", "fw0", "type", "dummy"]);
+    ns.ip(&["-6", "addr", "add", "2001:db8:68::185/64", "dev", IF, "nodad"]);
+    ns.set_sysctl("fw0", "forwarding", "1");
+    ns.set_sysctl("all", "accept_redirects", "0");
+    ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/fw0/forwarding", "1").unwrap());
+    let before = forwarding_snapshot(&ns);
+    assert!(before.contains(&"/proc/sys/net/ipv4/conf/all/forwarding=0".to_owned()), "{before:?}");
+    assert!(before.contains(&"/proc/sys/net/ipv4/conf/fw0/forwarding=1".to_owned()), "{before:?}");
+
+    let dir = tempdir();
+    let cfg = dir.join("nat.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[director]\niface = \"{IF}\"\n\
+             [[director.service]]\nvip = \"{VIP}\"\nport = 80\nforward = \"nat\"\nreal = [\"10.18.68.186:8080\"]\n\
+             [[director.service]]\nvip = \"2001:db8:68::100\"\nport = 80\nforward = \"nat\"\nreal = [\"[2001:db8:68::186]:8080\"]\n"
+        ),
+    )
+    .unwrap();
+    ns.lvsctl_ok(&["director", "start", "--config", cfg.to_str().unwrap()]);
+    let during = forwarding_snapshot(&ns);
+    for on in [
+        "/proc/sys/net/ipv4/conf/all/forwarding=1",
+        "/proc/sys/net/ipv4/conf/lo/forwarding=1",
+        "/proc/sys/net/ipv4/conf/default/forwarding=1",
+        "/proc/sys/net/ipv4/conf/all/accept_redirects=0",
+        "/proc/sys/net/ipv6/conf/all/forwarding=1",
+        "/proc/sys/net/ipv6/conf/default/forwarding=1",
+    ] {
+        assert!(during.contains(&on.to_owned()), "{on} not in {during:?}");
+    }
+    // status names the two sysctls start set, not what the kernel did.
+    let (c, v) = status_json(&ns, "director");
+    assert_eq!(c, 0, "{v}");
+    let paths: Vec<&str> = v["sysctls"].as_array().unwrap().iter().map(|s| s["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/proc/sys/net/ipv4/conf/all/forwarding", "/proc/sys/net/ipv6/conf/all/forwarding"]);
+    // A second start changes nothing and keeps the values to restore.
+    let out = ns.lvsctl_ok(&["director", "start", "--config", cfg.to_str().unwrap()]);
+    assert!(out.contains("nothing changed"), "{out}");
+
+    ns.lvsctl_ok(&["director", "stop"]);
+    assert_eq!(forwarding_snapshot(&ns), before, "stop must put back every sysctl the kernel changed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+/// The state folder and its lock are root's alone: an unprivileged user
+/// cannot even open the lock (so cannot hold it and block every run), a
+/// folder left open by an older version is closed, and a folder of another
+/// user, or a symlink, is refused before anything changes.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_state_folder_is_roots_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let ns = director_host();
+    let dir = tempdir();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.join("state");
+    let lvsctl = |state: &std::path::Path, args: &[&str]| {
+        run(std::process::Command::new(lvsctl_bin())
+            .args(["--netns", &ns.name])
+            .args(args)
+            .env("LVSCTL_STATE_DIR", state))
+    };
+    let ok = |args: &[&str]| {
+        let out = lvsctl(&state, args);
+        assert!(out.status.success(), "{args:?}: {:?}", texts(&out));
+    };
+    ok(&seed_start_args());
+    let lock = state.join("lock");
+    assert_eq!((mode(&state), mode(&lock)), (0o700, 0o600));
+    for e in std::fs::read_dir(&state).unwrap() {
+        let p = e.unwrap().path();
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+    // nobody (uid 65534) cannot open the lock.
+    let nobody_reads = || {
+        std::process::Command::new("cat")
+            .arg(&lock)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(!nobody_reads(), "an unprivileged user could open the lock");
+
+    // The modes an older version left (0755, 0644) are closed by the next run.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    ok(&seed_start_args());
+    assert_eq!((mode(&state), mode(&lock)), (0o700, 0o600));
+    assert!(!nobody_reads());
+
+    // Another user's folder, or a symlink to one, is refused; nothing changes.
+    let running = ns.snapshot(&[IF]);
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+    for args in [seed_start_args(), vec!["director", "stop"]] {
+        let out = lvsctl(&state, &args);
+        let (_, e) = texts(&out);
+        assert_eq!(code(&out), 1, "{args:?}: {e}");
+        assert!(e.contains("refusing the state folder") && e.contains("owned by uid 65534"), "{e}");
+    }
+    assert_eq!(ns.snapshot(&[IF]), running);
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(&state, &link).unwrap();
+    let out = lvsctl(&link, &["director", "stop"]);
+    assert_eq!(code(&out), 1, "{:?}", texts(&out));
+    assert!(texts(&out).1.contains("symbolic link"), "{:?}", texts(&out));
+    assert_eq!(ns.snapshot(&[IF]), running);
+
+    ok(&["director", "stop"]);
+    assert_eq!(ns.ipvsadm_save(), "");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--netns /proc/PID/ns/net`: the namespace of a process, given by path.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_netns_given_as_a_process_path() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let ns = director_host();
+    let nsfile = std::fs::File::open(ns.path()).unwrap();
+    let fd = nsfile.as_raw_fd();
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600");
+    // SAFETY: setns is async-signal-safe; the child enters the namespace before exec.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut sleeper = cmd.spawn().unwrap();
+    let path = format!("/proc/{}/ns/net", sleeper.id());
+    let by_path = |args: &[&str]| run(std::process::Command::new(lvsctl_bin()).args(["--netns", &path]).args(args));
+    let out = by_path(&seed_start_args());
+    assert!(out.status.success(), "{:?}", texts(&out));
+    assert!(ns.ipvsadm_save().contains("-A -t 10.19.70.166:15858 -s rr"), "{}", ns.ipvsadm_save());
+    assert!(ns.addrs4().contains(VIP), "{}", ns.addrs4());
+    assert!(!lvsctl_tests::ip(&["-4", "-o", "addr", "show"]).contains(VIP), "the VIP went on the test's own namespace");
+    assert_eq!(code(&by_path(&["director", "status"])), 0);
+    // The same namespace by name sees the same director.
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+    let out = by_path(&["director", "stop"]);
+    assert!(out.status.success(), "{:?}", texts(&out));
+    assert_eq!(ns.ipvsadm_save(), "");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

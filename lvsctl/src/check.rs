@@ -201,7 +201,8 @@ pub enum Probe {
     Exec(ExecCheck),
 }
 
-/// An `exec` check, resolved: absolute program path, its arguments, the user.
+/// An `exec` check, resolved: absolute program path (as given or found in
+/// `PATH`; checked again and resolved each time it runs), its arguments, the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecCheck {
     /// Absolute path of the program (resolved through `PATH` at load time).
@@ -342,12 +343,122 @@ pub struct Target {
     pub service: String,
 }
 
+/// Why a probe has no "healthy" answer.
+#[derive(Debug)]
+enum Fail {
+    /// The real server is not healthy: the reason.
+    Failed(String),
+    /// The check could not even start here (no file descriptor, no process
+    /// slot): it says nothing about the real server.
+    NotRun(String),
+}
+
+/// Whether an error is this host running short of something (file
+/// descriptors, processes, memory), not an answer of the real server.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EAGAIN))
+}
+
+/// A new TCP socket for `addr`; the host lacking one is [`Fail::NotRun`].
+fn socket_for(addr: SocketAddr, kind: &str) -> Result<tokio::net::TcpSocket, Fail> {
+    let s = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    s.map_err(|e| {
+        let msg = format!("{kind} check of {addr} not run: cannot open a socket: {e}");
+        if out_of_resources(&e) {
+            Fail::NotRun(msg)
+        } else {
+            Fail::Failed(msg)
+        }
+    })
+}
+
+/// Checks in flight at once when [`prepare_limits`] did not say otherwise.
+const DEFAULT_IN_FLIGHT: usize = 256;
+/// File descriptors kept for the rest of the daemon (netlink, state files,
+/// the lock, logs) when working out how many checks may be in flight.
+const FD_RESERVE: u64 = 128;
+/// File descriptors one check may hold at once (an exec check: the stderr
+/// pipe, and the pipe the process spawn uses).
+const FDS_PER_CHECK: u64 = 4;
+
+static IN_FLIGHT: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+
+fn in_flight() -> &'static tokio::sync::Semaphore {
+    IN_FLIGHT.get_or_init(|| tokio::sync::Semaphore::new(DEFAULT_IN_FLIGHT))
+}
+
+/// Raise the soft limit of open files to the hard limit, and bound the
+/// checks in flight by what it leaves. Returns `(soft limit, checks in
+/// flight)`, for the log. Called once, before the first check.
+pub(crate) fn prepare_limits() -> (u64, usize) {
+    let soft = raise_nofile_limit();
+    let n = usize::try_from((soft.saturating_sub(FD_RESERVE) / FDS_PER_CHECK).clamp(1, 4096)).unwrap_or(4096);
+    let _ = IN_FLIGHT.set(tokio::sync::Semaphore::new(n));
+    (soft, in_flight().available_permits())
+}
+
+/// Set the soft `RLIMIT_NOFILE` to the hard one; returns the soft limit in force.
+pub(crate) fn raise_nofile_limit() -> u64 {
+    // SAFETY: rlimit is plain data; getrlimit/setrlimit read and write it.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit { rlim_cur: r.rlim_max, rlim_max: r.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r = want;
+            }
+        }
+        r.rlim_cur
+    }
+}
+
+/// When the first check of the `n`th checker runs: spread over the interval
+/// (the fractional parts of `n` times the golden ratio), so that a thousand
+/// real servers are not all checked in the same instant at start.
+pub(crate) fn first_delay(interval: Duration, n: u64) -> Duration {
+    interval.mul_f64((n as f64 * 0.618_033_988_749_895).fract())
+}
+
 impl Check {
-    /// Run the probe once, bounded by the timeout.
-    pub async fn run(&self, target: &Target) -> Result<(), String> {
+    /// Run the probe once, bounded by the timeout. A check that could not
+    /// start is an error here; [`Check::run_bounded`] tells it apart.
+    #[cfg(test)]
+    pub(crate) async fn run(&self, target: &Target) -> Result<(), String> {
+        match self.attempt(target).await {
+            Ok(()) => Ok(()),
+            Err(Fail::Failed(e) | Fail::NotRun(e)) => Err(e),
+        }
+    }
+
+    /// Run the check once as the daemon does: when one of the limited slots
+    /// for checks in flight is free. `Err(reason)`: the check could not even
+    /// start here (the host is out of file descriptors or processes); that is
+    /// neither a success nor a failure of the real server.
+    pub(crate) async fn run_bounded(&self, target: &Target) -> Result<Result<(), String>, String> {
+        self.run_bounded_in(target, in_flight()).await
+    }
+
+    async fn run_bounded_in(
+        &self,
+        target: &Target,
+        slots: &tokio::sync::Semaphore,
+    ) -> Result<Result<(), String>, String> {
+        let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
+        match self.attempt(target).await {
+            Ok(()) => Ok(Ok(())),
+            Err(Fail::Failed(e)) => Ok(Err(e)),
+            Err(Fail::NotRun(e)) => Err(e),
+        }
+    }
+
+    async fn attempt(&self, target: &Target) -> Result<(), Fail> {
         match tokio::time::timeout(self.timeout, self.probe.run(target)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("{} check timed out after {}", self.probe.kind(), Secs(self.timeout))),
+            Err(_) => Err(Fail::Failed(format!("{} check timed out after {}", self.probe.kind(), Secs(self.timeout)))),
         }
     }
 }
@@ -361,13 +472,19 @@ impl Probe {
         }
     }
 
-    async fn run(&self, target: &Target) -> Result<(), String> {
+    async fn run(&self, target: &Target) -> Result<(), Fail> {
         match self {
             Self::Tcp { port } => {
                 let a = SocketAddr::new(target.addr.ip(), *port);
-                tokio::net::TcpStream::connect(a).await.map(drop).map_err(|e| format!("tcp connect to {a}: {e}"))
+                let s = socket_for(a, "tcp")?;
+                s.connect(a).await.map(drop).map_err(|e| Fail::Failed(format!("tcp connect to {a}: {e}")))
             }
-            Self::Http(h) => h.run(target.addr.ip()).await,
+            Self::Http(h) => {
+                let a = SocketAddr::new(target.addr.ip(), h.port);
+                let s = socket_for(a, "http")?;
+                let s = s.connect(a).await.map_err(|e| Fail::Failed(format!("http connect to {a}: {e}")))?;
+                h.exchange(s, target.addr.ip()).await.map_err(Fail::Failed)
+            }
             Self::Exec(x) => x.run(target).await,
         }
     }
@@ -377,9 +494,15 @@ impl Probe {
 const STDERR_KEEP: usize = 300;
 
 impl ExecCheck {
-    async fn run(&self, target: &Target) -> Result<(), String> {
-        let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(&self.args)
+    /// Run the program: checked again first ([`security::check_root_only_writable`],
+    /// the path as given), and what was checked is what runs (the path it
+    /// resolved to, with the path as given as `argv[0]`). A program that is
+    /// not safe any more fails the check without running.
+    async fn run(&self, target: &Target) -> Result<(), Fail> {
+        let exe = security::check_root_only_writable(&self.program, "check command").map_err(Fail::Failed)?;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg0(&self.program)
+            .args(&self.args)
             .env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LVSCTL_REAL_SERVER_ADDR", target.addr.ip().to_string())
@@ -394,7 +517,14 @@ impl ExecCheck {
             // Its own process group, so a timeout kills the command's children too.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.program.display()))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            let msg = format!("cannot run {}: {e}", self.program.display());
+            if out_of_resources(&e) {
+                Fail::NotRun(msg)
+            } else {
+                Fail::Failed(msg)
+            }
+        })?;
         let pid = child.id();
         let guard = GroupKiller(pid);
         let mut stderr = child.stderr.take();
@@ -407,7 +537,7 @@ impl ExecCheck {
         };
         let (status, err) = tokio::join!(child.wait(), read_err);
         drop(guard);
-        let status = status.map_err(|e| format!("waiting for {}: {e}", self.program.display()))?;
+        let status = status.map_err(|e| Fail::Failed(format!("waiting for {}: {e}", self.program.display())))?;
         if status.success() {
             return Ok(());
         }
@@ -418,11 +548,11 @@ impl ExecCheck {
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".to_owned(),
         };
-        Err(if text.is_empty() {
+        Err(Fail::Failed(if text.is_empty() {
             format!("{} {how}", self.program.display())
         } else {
             format!("{} {how}: {text}", self.program.display())
-        })
+        }))
     }
 }
 
@@ -549,6 +679,98 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e, "/bin/sh exit status 2: not ready: replica lag");
+    }
+
+    /// An exec program is checked again each time it runs: one that became
+    /// writable by others since the config was loaded fails without running.
+    #[tokio::test]
+    async fn an_exec_program_made_unsafe_after_load_does_not_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lvsctl-exec-unsafe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ran = dir.join("ran");
+        let prog = dir.join("check.sh");
+        std::fs::write(&prog, format!("#!/bin/sh\ntouch {}\n", ran.display())).unwrap();
+        std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut c = exec_check("", Duration::from_secs(10));
+        let Probe::Exec(x) = &mut c.probe else { unreachable!() };
+        x.program = prog.clone();
+        x.args.clear();
+        let t = Target { addr: "10.0.0.2:80".parse().unwrap(), service: "tcp 10.0.0.1:80".into() };
+        let e = c.run(&t).await.unwrap_err();
+        assert!(e.starts_with(&format!("refusing check command {}", prog.display())), "{e}");
+        assert!(!ran.exists(), "the unsafe program ran");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What runs is the file checked, under the name it was given as argv[0]
+    /// (so multi-call programs behind a symlink still know what they are).
+    #[tokio::test]
+    async fn an_exec_program_keeps_its_name() {
+        let t = Target { addr: "10.0.0.2:80".parse().unwrap(), service: "tcp 10.0.0.1:80".into() };
+        let c = exec_check("[ \"$0\" = /bin/sh ] || { echo \"argv0 $0\" >&2; exit 1; }", Duration::from_secs(10));
+        c.run(&t).await.unwrap();
+    }
+
+    /// A thousand checkers' first checks fall evenly over the interval, none
+    /// at or after its end.
+    #[test]
+    fn first_checks_are_spread_over_the_interval() {
+        let every = Duration::from_secs(10);
+        let mut per_second = [0u32; 10];
+        for n in 1..=1000 {
+            let d = first_delay(every, n);
+            assert!(d < every, "{n}: {d:?}");
+            per_second[d.as_secs() as usize] += 1;
+        }
+        assert!(per_second.iter().all(|c| (90..=110).contains(c)), "{per_second:?}");
+    }
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        raise_nofile_limit();
+        // SAFETY: rlimit is plain data filled by getrlimit.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            let mut r: libc::rlimit = std::mem::zeroed();
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut r), 0);
+            r
+        };
+        assert_eq!(r.rlim_cur, r.rlim_max);
+    }
+
+    /// A check waits for a free slot among those in flight: while none is
+    /// free it does not start.
+    #[tokio::test]
+    async fn checks_in_flight_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("lvsctl-slots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ran = dir.join("ran");
+        let c = exec_check(&format!("touch {}", ran.display()), Duration::from_secs(10));
+        let t = Target { addr: "10.0.0.2:80".parse().unwrap(), service: "tcp 10.0.0.1:80".into() };
+        let slots = tokio::sync::Semaphore::new(1);
+        let busy = slots.acquire().await.unwrap();
+        let waiting = c.run_bounded_in(&t, &slots);
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err());
+        assert!(!ran.exists(), "a check started without a free slot");
+        drop(busy);
+        assert_eq!(waiting.await, Ok(Ok(())));
+        assert!(ran.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Running out of file descriptors or processes here is not an answer of
+    /// the real server: such a check is "not run", never a failure.
+    #[test]
+    fn a_check_that_cannot_start_is_not_run() {
+        for e in [libc::EMFILE, libc::ENFILE, libc::EAGAIN, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(out_of_resources(&std::io::Error::from_raw_os_error(e)), "{e}");
+        }
+        for e in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::EHOSTUNREACH, libc::ENOENT, libc::EACCES] {
+            assert!(!out_of_resources(&std::io::Error::from_raw_os_error(e)), "{e}");
+        }
     }
 
     /// A check that outlives its timeout is killed with everything it started.

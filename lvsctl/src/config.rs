@@ -581,7 +581,8 @@ fn validate_service(
     let key = service_key(s, cx)?;
     let mut service = Service::new(key, s.scheduler.0.clone());
     if let Some(t) = s.persistence {
-        service.persistence = Some(Persistence { timeout: t, netmask: persistence_netmask(s, cx)? });
+        let timeout = crate::spec::persistence_timeout(t).map_err(|e| cx.error(e))?;
+        service.persistence = Some(Persistence { timeout, netmask: persistence_netmask(s, cx)? });
     } else if let Some(m) = &s.persistence_netmask {
         return Err(cx.error(format!("persistence_netmask {m:?} needs persistence (seconds)")));
     }
@@ -1029,6 +1030,10 @@ real = ["[2001:db8::1],upper=9,lower=3"]
             ("port = 80\nreal = [{ addr = \"10.0.1.1\", tunnel = \"gre\" }]\n", "need forward = \"tunnel\""),
             ("port = 80\nreal = [\"10.0.1.1,upper=5,lower=9\"]\n", "lower threshold 9 is above upper threshold 5"),
             ("port = 80\nreal = [\"10.0.1.1,upper=x\"]\n", "threshold"),
+            // The kernel multiplies the timeout by HZ in 32 bits: capped as ipvsadm caps it.
+            ("port = 80\npersistence = 4294968\n", "persistence timeout 4294968 is out of range"),
+            ("port = 80\npersistence = 2678401\n", "1 to 2678400 seconds"),
+            ("port = 0\npersistence = 0\n", "persistence timeout 0 is out of range"),
         ] {
             let e = director_of(&format!("{base}{extra}")).unwrap_err().0;
             assert!(e.contains(want), "{extra:?}: {e:?} does not say {want:?}");

@@ -61,11 +61,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// Another lvsctl run held the lock for too long.
-    #[error("another lvsctl run holds {} for over a minute; try again later", path.display())]
+    /// Another lvsctl run held the lock for longer than this run waits.
+    #[error("another lvsctl run holds {} (waited {} s); try again later", path.display(), waited.as_secs())]
     Busy {
         /// The lock file.
         path: PathBuf,
+        /// How long this run waited for it.
+        waited: std::time::Duration,
     },
     /// A director daemon already runs in this network namespace.
     #[error(

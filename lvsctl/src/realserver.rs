@@ -135,7 +135,7 @@ async fn start_into(spec: &RealserverSpec, changes: &mut Vec<Change>) -> Result<
         }
     }
     let dir = state::dir();
-    let _lock = state::lock(&dir)?;
+    let _lock = state::lock(&dir).await?;
     let path = state::path(&dir, Role::Realserver)?;
     let prev: Option<RealserverState> = state::read(&path)?;
     let p = plan(spec, observe(&rtnl, lo, spec, prev).await?);
@@ -195,7 +195,7 @@ async fn stop_into(changes: &mut Vec<Change>) -> Result<(), Error> {
         // Never started on this host (not even a lock file).
         return Ok(());
     }
-    let _lock = state::lock(&dir)?;
+    let _lock = state::lock(&dir).await?;
     let path = state::path(&dir, Role::Realserver)?;
     let Some(mut st) = state::read::<RealserverState>(&path)? else { return Ok(()) };
     let (left, mut first_err) = sysctl::restore_all(&st.sysctls, changes);

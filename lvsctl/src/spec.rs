@@ -168,3 +168,18 @@ fn parse_port(s: &str) -> Result<u16, AddrPortError> {
     }
     s.parse().map_err(|_| AddrPortError::Port(s.to_owned()))
 }
+
+/// ipvsadm's longest persistence timeout: 31 days.
+pub const MAX_PERSISTENCE: u32 = 86400 * 31;
+
+/// The one check of a persistence timeout, for every way one is given
+/// (`lvsctl service -p`, restore, `director start --persistence`, the config
+/// file): 1 to [`MAX_PERSISTENCE`] seconds, as ipvsadm takes it. The kernel
+/// multiplies the timeout by HZ in 32 bits, so a larger one would wrap.
+pub fn persistence_timeout(secs: u32) -> Result<u32, String> {
+    if (1..=MAX_PERSISTENCE).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(format!("persistence timeout {secs} is out of range: 1 to {MAX_PERSISTENCE} seconds (31 days)"))
+    }
+}

@@ -293,10 +293,41 @@ impl Daemon {
 
     /// [`Daemon::start`] with more environment variables.
     pub fn start_env(ns: &Netns, dir: &TestDir, config: &Path, args: &[&str], env: &[(&str, &Path)]) -> Self {
+        Self::spawn(ns, dir, config, args, env, None)
+    }
+
+    /// [`Daemon::start`] with this soft and hard limit of open files.
+    pub fn start_limited(ns: &Netns, dir: &TestDir, config: &Path, nofile: u64) -> Self {
+        Self::spawn(ns, dir, config, &[], &[], Some(nofile))
+    }
+
+    fn spawn(
+        ns: &Netns,
+        dir: &TestDir,
+        config: &Path,
+        args: &[&str],
+        env: &[(&str, &Path)],
+        nofile: Option<u64>,
+    ) -> Self {
         let log = dir.0.join(unique("daemon-log-"));
         let state_dir = dir.0.join("state");
         let f = std::fs::File::create(&log).unwrap();
-        let child = Command::new(lvsctl_bin())
+        let mut cmd = Command::new(lvsctl_bin());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
+            #[allow(unsafe_code)]
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["--netns", &ns.name, "director", "run", "--config"])
             .arg(config)
             .args(args)

@@ -14,7 +14,7 @@ mod list;
 mod rules;
 mod save;
 mod sort;
-mod spec;
+pub(crate) mod spec;
 mod text;
 
 use std::io::{Read, Write};
@@ -637,6 +637,7 @@ async fn sync(c: SyncCmd) -> Result<ExitCode, CliError> {
 mod tests {
     use clap::{CommandFactory, Parser};
 
+    use super::*;
     use crate::Cli;
 
     #[test]
@@ -648,39 +649,85 @@ mod tests {
         Cli::try_parse_from(std::iter::once("lvsctl").chain(args.iter().copied()))
     }
 
+    /// The admin command `args` parse into (panics on anything else).
+    fn admin(args: &[&str]) -> AdminCmd {
+        match parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}")).cmd {
+            crate::cli::Cmd::Admin(a) => a,
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    /// Each ipvsadm letter lands in the option it stands for, and builds
+    /// what ipvsadm would send.
     #[test]
     fn ipvsadm_letters_on_the_command_line() {
-        assert!(parse(&["service", "add", "-t", "10.0.0.1:80", "-s", "rr", "-p", "-M", "255.255.255.0"]).is_ok());
-        assert!(parse(&["svc", "edit", "-f", "1", "-6", "-p", "60", "-M", "64"]).is_ok());
-        assert!(parse(&[
-            "dest",
-            "add",
-            "-u",
-            "10.0.0.1:53",
-            "-r",
-            "10.1.0.1:53",
-            "-m",
-            "-w",
-            "3",
-            "-x",
-            "9",
-            "-y",
-            "1"
-        ])
-        .is_ok());
-        assert!(parse(&["real", "del", "-t", "10.0.0.1:80", "-r", "10.1.0.1"]).is_ok());
-        assert!(parse(&["ls", "--stats", "--exact", "-t", "10.0.0.1:80"]).is_ok());
-        assert!(parse(&["list", "-n", "-c"]).is_ok());
-        assert!(parse(&["list", "--connection", "--persistent-conn", "--json"]).is_ok());
-        assert!(parse(&["list", "--nosort", "--stats"]).is_ok());
+        use ipvs::{Family, Forward, Netmask, Persistence, Scheduler, ServiceKey};
+        let tcp80 = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+
+        let AdminCmd::Service(ServiceCmd::Add(a)) =
+            admin(&["service", "add", "-t", "10.0.0.1:80", "-s", "rr", "-p", "-M", "255.255.255.0"])
+        else {
+            panic!("not service add")
+        };
+        let key = a.key.key().unwrap().unwrap();
+        assert_eq!(key, tcp80);
+        let s = spec::build_service(key, &a.opts).unwrap();
+        assert_eq!(s.scheduler, Scheduler::Rr);
+        assert_eq!(
+            s.persistence,
+            Some(Persistence { timeout: 360, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) })
+        );
+
+        let AdminCmd::Service(ServiceCmd::Edit(a)) = admin(&["svc", "edit", "-f", "1", "-6", "-p", "60", "-M", "64"])
+        else {
+            panic!("not service edit")
+        };
+        let key = a.key.key().unwrap().unwrap();
+        assert_eq!(key, ServiceKey::fwmark(1, Family::Inet6));
+        let s = spec::build_service(key, &a.opts).unwrap();
+        assert_eq!(s.persistence, Some(Persistence { timeout: 60, netmask: Some(Netmask::V6(64)) }));
+        assert_eq!(s.scheduler, Scheduler::Wlc, "ipvsadm's default scheduler");
+
+        let AdminCmd::Real(RealCmd::Add(a)) =
+            admin(&["dest", "add", "-u", "10.0.0.1:53", "-r", "10.1.0.1:53", "-m", "-w", "3", "-x", "9", "-y", "1"])
+        else {
+            panic!("not real add")
+        };
+        let key = a.key.key().unwrap().unwrap();
+        assert_eq!(key, ServiceKey::udp("10.0.0.1:53".parse().unwrap()));
+        let d = spec::build_destination(&key, &a.real, &a.opts).unwrap();
+        assert_eq!(d.addr, "10.1.0.1:53".parse().unwrap());
+        assert_eq!(d.forward, Forward::Masq);
+        assert_eq!((d.weight, d.upper_threshold, d.lower_threshold), (3, 9, 1));
+
+        let AdminCmd::Real(RealCmd::Del(a)) = admin(&["real", "del", "-t", "10.0.0.1:80", "-r", "10.1.0.1"]) else {
+            panic!("not real del")
+        };
+        assert_eq!((a.key.key().unwrap(), a.real.as_str()), (Some(tcp80), "10.1.0.1"));
+
+        let AdminCmd::List(l) = admin(&["ls", "--stats", "--exact", "-t", "10.0.0.1:80"]) else { panic!("not list") };
+        assert!(l.stats && l.exact && !l.rate && !l.connection);
+        assert_eq!(l.key.key().unwrap(), Some(tcp80));
+        let AdminCmd::List(l) = admin(&["list", "-n", "-c"]) else { panic!("not list") };
+        assert!(l.numeric && l.connection && !l.persistent_conn && !l.json);
+        let AdminCmd::List(l) = admin(&["list", "--connection", "--persistent-conn", "--json"]) else {
+            panic!("not list")
+        };
+        assert!(l.connection && l.persistent_conn && l.json && !l.numeric);
+        let AdminCmd::List(l) = admin(&["list", "--nosort", "--stats"]) else { panic!("not list") };
+        assert!(l.nosort && l.stats && !l.timeout);
         // As in ipvsadm, -c lists every connection: not with a service, --timeout or --daemon.
         assert!(parse(&["list", "-c", "-t", "10.0.0.1:80"]).is_err());
         assert!(parse(&["list", "-c", "--timeout"]).is_err());
         assert!(parse(&["list", "-c", "--daemon"]).is_err());
-        assert!(parse(&["--netns", "x", "list", "--timeout"]).is_ok());
-        assert!(parse(&["timeout", "900", "120", "300"]).is_ok());
+        let c = parse(&["--netns", "x", "list", "--timeout"]).unwrap();
+        assert_eq!(c.netns.as_deref(), Some("x"));
+        let crate::cli::Cmd::Admin(AdminCmd::List(l)) = c.cmd else { panic!("not list") };
+        assert!(l.timeout && !l.daemon);
+        let AdminCmd::Timeout(t) = admin(&["timeout", "900", "120", "300"]) else { panic!("not timeout") };
+        assert_eq!(t.set, [900, 120, 300]);
         assert!(parse(&["timeout", "900"]).is_err());
-        assert!(parse(&[
+        let AdminCmd::Sync(SyncCmd::Start(s)) = admin(&[
             "sync",
             "start",
             "master",
@@ -695,9 +742,16 @@ mod tests {
             "--mcast-port",
             "9000",
             "--mcast-ttl",
-            "2"
-        ])
-        .is_ok());
+            "2",
+        ]) else {
+            panic!("not sync start")
+        };
+        assert!(matches!(s.state, StateArg::Master));
+        assert_eq!(s.mcast_interface, "eth1");
+        assert_eq!(
+            (s.syncid, s.sync_maxlen, s.mcast_group, s.mcast_port, s.mcast_ttl),
+            (9, Some(1400), Some("239.1.1.1".parse().unwrap()), Some(9000), Some(2))
+        );
         assert!(parse(&["sync", "start", "master", "--syncid", "256"]).is_err());
         // A usage error exits 2 (clap's exit code for usage errors).
         assert_eq!(parse(&["service", "add", "--bogus"]).unwrap_err().exit_code(), 2);
@@ -715,6 +769,7 @@ mod tests {
         clap_mangen::Man::new(Cli::command()).render(&mut buf).unwrap();
         let s = String::from_utf8(buf).unwrap();
         assert!(s.contains(".TH lvsctl"), "{s}");
-        assert!(parse(&["man", "restore"]).is_ok());
+        let AdminCmd::Man { command } = admin(&["man", "restore"]) else { panic!("not man") };
+        assert_eq!(command.as_deref(), Some("restore"));
     }
 }

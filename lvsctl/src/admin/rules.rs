@@ -637,6 +637,27 @@ mod tests {
         assert_eq!(t, vec![DesiredService { service: s, destinations: d }]);
     }
 
+    /// A mark of 2^31 or more is saved negative (ipvsadm's `%d`); restore
+    /// reads it back as the same mark, IPv6 and real-server lines included.
+    #[test]
+    fn negative_fwmarks_round_trip() {
+        use crate::admin::save::{format_save, tests::entry};
+        for family in [Family::Inet, Family::Inet6] {
+            let s = Service::new(ServiceKey::fwmark(3_000_000_000, family), Scheduler::Rr);
+            let addr = if family == Family::Inet { "10.1.0.3:0" } else { "[2001:db8::3]:0" };
+            let d = vec![Destination { weight: 2, ..Destination::new(addr.parse().unwrap(), Forward::Masq) }];
+            let text = format_save(&[entry(s.clone(), d.clone())], false);
+            assert!(text.starts_with("-A -f -1294967296"), "{text}");
+            let t = parse_desired_table(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(t, vec![DesiredService { service: s, destinations: d }], "{text}");
+        }
+        assert_eq!(
+            p("-A -f -1 -s rr").unwrap(),
+            Op::AddService(Service::new(ServiceKey::fwmark(u32::MAX, Family::Inet), Scheduler::Rr))
+        );
+        assert_eq!(p("-A -f -2147483649 -s rr").unwrap_err(), "illegal virtual service fwmark specified");
+    }
+
     /// The rules file of the privileged tests (every option ipvsadm has) reads
     /// back to itself through parse and save, without a kernel.
     #[test]

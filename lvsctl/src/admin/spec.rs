@@ -10,6 +10,7 @@
 //! Addresses are numeric: `10.0.0.1:80`, `[2001:db8::1]:80`; no host or port
 //! names are looked up.
 
+use lvsctl::spec::persistence_timeout;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipvs::{
@@ -22,8 +23,6 @@ pub(crate) const DEFAULT_SCHEDULER: &str = "wlc";
 /// ipvsadm's default persistence timeout, seconds (`-p` without a value):
 /// 360, as ipvsadm 1.31 sends it (checked against it in the test VM).
 pub(crate) const DEFAULT_PERSISTENCE: &str = "360";
-/// ipvsadm's longest persistence timeout: 31 days.
-pub(crate) const MAX_PERSISTENCE: u32 = 86400 * 31;
 
 /// Which virtual service: `-t`, `-u`, `--sctp-service` or `-f` (with `-6`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -37,8 +36,9 @@ pub(crate) struct ServiceKeyArgs {
     /// SCTP virtual service ADDR:PORT.
     #[arg(long = "sctp-service", value_name = "ADDR:PORT")]
     pub(crate) sctp: Option<String>,
-    /// Firewall-mark virtual service (a non-zero integer).
-    #[arg(short = 'f', long = "fwmark-service", value_name = "MARK")]
+    /// Firewall-mark virtual service (a non-zero integer; a negative one is
+    /// read as ipvsadm's `--save` prints marks above 2^31: -1294967296 is 3000000000).
+    #[arg(short = 'f', long = "fwmark-service", value_name = "MARK", allow_negative_numbers = true)]
     pub(crate) fwmark: Option<String>,
     /// The firewall-mark service is IPv6.
     #[arg(short = '6', long = "ipv6")]
@@ -164,6 +164,19 @@ fn number(s: &str, min: u64, max: u64) -> Option<u64> {
     s.parse::<u64>().ok().filter(|n| (min..=max).contains(n))
 }
 
+/// A firewall mark as ipvsadm reads and writes it: 1..4294967295, or the
+/// negative number `ipvsadm --save` prints for a mark of 2^31 or more (it
+/// prints marks with `%d`): `-1294967296` is 3000000000.
+pub(crate) fn parse_fwmark(s: &str) -> Option<u32> {
+    match s.strip_prefix('-') {
+        Some(neg) => {
+            let n = number(neg, 1, 1 << 31)?;
+            Some((1u64 << 32).wrapping_sub(n) as u32)
+        }
+        None => number(s, 1, u64::from(u32::MAX)).map(|n| n as u32),
+    }
+}
+
 /// The key of a `-t/-u/--sctp-service ADDR[:PORT]` service (`-6` given or not).
 pub(crate) fn inet_key(protocol: Protocol, s: &str, ipv6: bool) -> Result<ServiceKey, String> {
     let (ip, port) = parse_addr_port(s).ok_or("illegal virtual server address[:port] specified")?;
@@ -184,7 +197,7 @@ impl ServiceKeyArgs {
             return Err("Multiple service types specified: use one of -t, -u, --sctp-service, -f".into());
         }
         if let Some(m) = &self.fwmark {
-            let mark = number(m, 1, u32::MAX as u64).ok_or("illegal virtual service fwmark specified")? as u32;
+            let mark = parse_fwmark(m).ok_or("illegal virtual service fwmark specified")?;
             let family = if self.ipv6 { Family::Inet6 } else { Family::Inet };
             return Ok(Some(ServiceKey::fwmark(mark, family)));
         }
@@ -216,7 +229,9 @@ pub(crate) fn build_service(key: ServiceKey, o: &ServiceOpts) -> Result<Service,
     let scheduler = Scheduler::from_name(sched_name).map_err(|e| e.to_string())?;
     let mut svc = Service::new(key, scheduler);
     if let Some(p) = &o.persistent {
-        let timeout = number(p, 1, MAX_PERSISTENCE as u64).ok_or("illegal timeout for persistent service")? as u32;
+        let timeout = number(p, 0, u64::from(u32::MAX))
+            .and_then(|t| persistence_timeout(t as u32).ok())
+            .ok_or("illegal timeout for persistent service")?;
         svc.persistence = Some(Persistence { timeout, netmask: None });
     }
     if let Some(m) = &o.netmask {
@@ -461,6 +476,38 @@ mod tests {
         assert_eq!(key_t("10.0.0.999:80").key().unwrap_err(), "illegal virtual server address[:port] specified");
         let f0 = ServiceKeyArgs { fwmark: Some("0".into()), ..Default::default() };
         assert!(f0.key().is_err());
+    }
+
+    /// Marks of 2^31 and more come back from ipvsadm's `%d` as negative
+    /// numbers; they read as the marks they were, and nothing else does.
+    #[test]
+    fn negative_fwmarks_read_as_ipvsadm_writes_them() {
+        assert_eq!(parse_fwmark("-1294967296"), Some(3_000_000_000));
+        assert_eq!(parse_fwmark("-1"), Some(u32::MAX));
+        assert_eq!(parse_fwmark("-2147483648"), Some(1 << 31));
+        assert_eq!(parse_fwmark("4294967295"), Some(u32::MAX));
+        for bad in ["-0", "-2147483649", "--1", "-", "0", "4294967296", "+1", "1e3"] {
+            assert_eq!(parse_fwmark(bad), None, "{bad}");
+        }
+        for m in [1u32, 7, (1 << 31) - 1, 1 << 31, 3_000_000_000, u32::MAX] {
+            assert_eq!(parse_fwmark(&(m as i32).to_string()), Some(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn persistence_timeout_is_capped_as_ipvsadm_does() {
+        use lvsctl::spec::MAX_PERSISTENCE;
+        assert_eq!(persistence_timeout(1), Ok(1));
+        assert_eq!(persistence_timeout(MAX_PERSISTENCE), Ok(2_678_400));
+        for bad in [0, MAX_PERSISTENCE + 1, 4_294_968, u32::MAX] {
+            let e = persistence_timeout(bad).unwrap_err();
+            assert!(e.contains("1 to 2678400 seconds"), "{bad}: {e}");
+        }
+        let k = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+        for (p, ok) in [("2678400", true), ("2678401", false), ("4294968", false), ("0", false)] {
+            let o = ServiceOpts { persistent: Some(p.into()), ..Default::default() };
+            assert_eq!(build_service(k, &o).is_ok(), ok, "-p {p}");
+        }
     }
 
     #[test]

@@ -55,9 +55,16 @@ impl HttpCheck {
     }
 
     /// GET the path from the real server at `ip` (the caller bounds the time).
-    pub async fn run(&self, ip: IpAddr) -> Result<(), String> {
+    #[cfg(test)]
+    pub(crate) async fn run(&self, ip: IpAddr) -> Result<(), String> {
         let addr = SocketAddr::new(ip, self.port);
-        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("http connect to {addr}: {e}"))?;
+        let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("http connect to {addr}: {e}"))?;
+        self.exchange(s, ip).await
+    }
+
+    /// GET the path over `s`, connected to the real server at `ip`.
+    pub(crate) async fn exchange(&self, mut s: tokio::net::TcpStream, ip: IpAddr) -> Result<(), String> {
+        let addr = SocketAddr::new(ip, self.port);
         s.write_all(&self.request(ip)).await.map_err(|e| format!("http request to {addr}: {e}"))?;
         let mut buf = Vec::new();
         (&mut s)

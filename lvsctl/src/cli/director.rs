@@ -378,6 +378,7 @@ mod tests {
             (args(|a| a.reals.push("2001:db8::1".into())), "address families must match"),
             (args(|a| a.port = Some("65536".into())), "invalid port"),
             (args(|a| a.port = Some("0".into())), "needs persistence"),
+            (args(|a| a.persistence = Some("4294968".into())), "persistence timeout 4294968 is out of range"),
             (args(|a| a.protocol = Some("icmp".into())), "unknown protocol"),
             (args(|a| a.forward = Some("magic".into())), "unknown forwarding method"),
             (args(|a| a.iface = Some("a/b".into())), "invalid interface name"),

@@ -20,11 +20,11 @@ pub(crate) struct Cli {
     pub(crate) netns: Option<String>,
 
     #[command(subcommand)]
-    cmd: Cmd,
+    pub(crate) cmd: Cmd,
 }
 
 #[derive(Debug, Subcommand)]
-enum Cmd {
+pub(crate) enum Cmd {
     /// Run this host as an LVS director: VIP on an interface, virtual services, real servers.
     Director(director::DirectorArgs),
     /// Run this host as an LVS-DR real server: VIPs on lo and the ARP sysctls.

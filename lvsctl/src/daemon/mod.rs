@@ -82,11 +82,12 @@ pub struct Loaded {
     pub services: Vec<ServiceSpec>,
 }
 
-/// Load the config for the daemon: refuse a file others can write, parse,
+/// Load the config for the daemon: refuse a file others can write (read
+/// from the one open file that was checked, at start and on every reload), parse,
 /// validate, resolve every check (exec programs are checked the same way).
 pub fn load(path: &Path) -> Result<Loaded, Error> {
-    security::check_root_only_writable(path, "config file").map_err(Error::Invalid)?;
-    let director = Config::load(path)?.director()?;
+    let text = security::read_root_only(path, "config file").map_err(Error::Invalid)?;
+    let director = Config::parse(&text, &path.display().to_string())?.director()?;
     let services = specs(&director).map_err(Error::Invalid)?;
     Ok(Loaded { director, services })
 }
@@ -144,11 +145,18 @@ fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: C
     let target = Target { addr: real.1, service: real.0.to_string() };
     let c = check.clone();
     let handle = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(c.interval);
+        let first = tokio::time::Instant::now() + crate::check::first_delay(c.interval, id);
+        let mut tick = tokio::time::interval_at(first, c.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let result = c.run(&target).await;
+            let result = match c.run_bounded(&target).await {
+                Ok(r) => r,
+                Err(why) => {
+                    warn!(service = %target.service, real_server = %target.addr, reason = %why, "check not run; counts neither way");
+                    continue;
+                }
+            };
             if tx.send(CheckResult { task: id, real, result }).await.is_err() {
                 return;
             }
@@ -180,6 +188,8 @@ struct Daemon {
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<(), Error> {
     crate::host::require_root("director run")?;
+    let (nofile, in_flight) = crate::check::prepare_limits();
+    info!(open_files_limit = nofile, checks_in_flight = in_flight, "director run: limits");
     let loaded = load(&opts.config)?;
     let _running = state::daemon_lock(&state::dir())?;
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -200,6 +210,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     };
     d.sync_reals();
     d.start(&mut events).await?;
+    state::set_lock_wait(state::DAEMON_LOCK_WAIT);
     let signal_name = loop {
         match events.next().await {
             Event::Check(r) => d.on_result(r, &mut events).await,
@@ -209,6 +220,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             Event::Stop(name) => break name,
         }
     };
+    state::set_lock_wait(state::COMMAND_LOCK_WAIT);
     d.finish(signal_name, opts.teardown_on_exit).await
 }
 

@@ -118,7 +118,7 @@ impl Director {
         desired: &[DesiredService],
     ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
         require_root("lvsctl director")?;
-        let lock = state::lock(&self.dir)?;
+        let lock = state::lock(&self.dir).await?;
         let prev: Option<DirectorState> = state::read(&self.path)?;
         let obs = self.observe(spec, desired, prev).await?;
         let p = plan(spec, desired, &obs)?;
@@ -314,7 +314,7 @@ impl Director {
             // Never started on this host (not even a lock file).
             return Ok(());
         }
-        let _lock = state::lock(&self.dir)?;
+        let _lock = state::lock(&self.dir).await?;
         let Some(mut st) = state::read::<DirectorState>(&self.path)? else { return Ok(()) };
         let mut first_err = self.delete_owned(&mut st, changes).await.err();
         let (left, err) = self.rtnl.remove_created(std::mem::take(&mut st.addresses), changes).await;

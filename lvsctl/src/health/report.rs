@@ -136,6 +136,10 @@ pub fn path(dir: &Path) -> Result<PathBuf, Error> {
     Ok(dir.join(format!("health-netns{}.json", state::netns_id()?)))
 }
 
+impl state::StateFile for HealthReport {
+    const FORMAT: u32 = FORMAT;
+}
+
 /// Write the report atomically.
 pub fn write(path: &Path, r: &HealthReport) -> Result<(), Error> {
     state::write(path, r)

@@ -91,41 +91,117 @@ impl Plan {
     }
 }
 
+/// The sysctls lvsctl ever writes (under `net/ipv{4,6}/conf/<iface>/`):
+/// what a state file may name, and nothing else.
+pub(crate) const MANAGED: &[&str] = &["arp_ignore", "arp_announce", "forwarding", "accept_redirects"];
+
+/// Refuse a record read back from a state file that lvsctl would not have
+/// written: an unknown sysctl name, an interface name that is no interface's
+/// (`..`, `a/b`), a value that is not a number. `stop` writes these as root.
+pub(crate) fn check_record(r: &SysctlRecord) -> Result<(), String> {
+    if !MANAGED.contains(&r.name.as_str()) {
+        return Err(format!("sysctl {:?} is not one lvsctl manages", r.name));
+    }
+    if !crate::state::valid_ifname(&r.iface) {
+        return Err(format!("sysctl {} of an invalid interface name {:?}", r.name, r.iface));
+    }
+    for v in [&r.previous, &r.value] {
+        let digits = v.strip_prefix('-').unwrap_or(v);
+        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("sysctl {}/{} value {v:?} is not a number", r.iface, r.name));
+        }
+    }
+    Ok(())
+}
+
+/// What the kernel itself changes when `net/ipv{4,6}/conf/<iface>/<name>`
+/// is set to `value`, as `(iface, name, value)`: writing `conf/all/forwarding`
+/// sets `forwarding` of every interface and of `default` (IPv4 and IPv6) and,
+/// in IPv4, `all/accept_redirects` to the opposite. Nothing for any other.
+fn kernel_side_effects(ipv6: bool, iface: &str, name: &str, value: &str) -> Vec<(String, &'static str, String)> {
+    if iface != "all" || name != "forwarding" {
+        return Vec::new();
+    }
+    let root = if ipv6 { CONF6_ROOT } else { CONF_ROOT };
+    let mut ifaces: Vec<String> = std::fs::read_dir(root)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    ifaces.retain(|i| i != "all" && crate::state::valid_ifname(i));
+    ifaces.sort();
+    let mut out: Vec<_> = ifaces.into_iter().map(|i| (i, "forwarding", value.to_owned())).collect();
+    if !ipv6 {
+        let redirects = if value == "0" { "1" } else { "0" };
+        out.push(("all".to_owned(), "accept_redirects", redirects.to_owned()));
+    }
+    out
+}
+
 /// Read the wanted sysctls (an unreadable one is an error: nothing has
 /// changed yet) and work out what start has to do, given the records of a
 /// previous start.
+///
+/// A write the kernel follows with changes of its own (see
+/// [`kernel_side_effects`]) records those too, with the values they had, so
+/// that stop puts every one back. They come before the sysctl that causes
+/// them: records are undone in reverse order, so that one is undone first
+/// (which changes them all again) and then each is put back.
 pub fn plan(wanted: &[Want], prev: &[SysctlRecord]) -> Result<Plan, Error> {
+    let same =
+        |a: &SysctlRecord, ipv6: bool, iface: &str, name: &str| a.ipv6 == ipv6 && a.iface == iface && a.name == name;
     let mut p = Plan::default();
     for (ipv6, iface, name, value) in wanted {
         let current = read(*ipv6, iface, name)?;
-        let previous = prev
-            .iter()
-            .find(|r| r.ipv6 == *ipv6 && r.iface == *iface && r.name == *name)
-            .map_or_else(|| current.clone(), |r| r.previous.clone());
+        let before = prev.iter().find(|r| !r.side_effect && same(r, *ipv6, iface, name));
+        let previous = before.map_or_else(|| current.clone(), |r| r.previous.clone());
         let rec = SysctlRecord {
             ipv6: *ipv6,
             iface: iface.clone(),
             name: (*name).to_owned(),
             previous,
             value: (*value).to_owned(),
+            side_effect: false,
         };
+        let effects = kernel_side_effects(*ipv6, iface, name, value);
+        // What an earlier start recorded stays, with its first values.
+        let mut side: Vec<SysctlRecord> = prev
+            .iter()
+            .filter(|r| r.side_effect && effects.iter().any(|(i, n, _)| same(r, *ipv6, i, n)))
+            .cloned()
+            .collect();
         if current != *value {
+            for (i, n, v) in &effects {
+                if side.iter().any(|r| same(r, *ipv6, i, n)) {
+                    continue;
+                }
+                // Recorded even when it has the kernel's value already: undoing
+                // the cause on stop changes it all the same.
+                let Ok(cur) = read(*ipv6, i, n) else { continue };
+                side.push(SysctlRecord {
+                    ipv6: *ipv6,
+                    iface: i.clone(),
+                    name: (*n).to_owned(),
+                    previous: cur,
+                    value: v.clone(),
+                    side_effect: true,
+                });
+            }
             p.writes.push((rec.clone(), current));
         }
+        p.records.extend(side);
         p.records.push(rec);
     }
     p.restores = prev
         .iter()
-        .filter(|o| !p.records.iter().any(|r| r.ipv6 == o.ipv6 && r.iface == o.iface && r.name == o.name))
+        .filter(|o| !p.records.iter().any(|r| r.side_effect == o.side_effect && same(r, o.ipv6, &o.iface, &o.name)))
         .cloned()
         .collect();
     Ok(p)
 }
 
-/// Carry out a plan (restores first, then writes), adding each change to
-/// `changes`. Stops at the first error.
+/// Carry out a plan (restores first, in reverse order as stop does, then
+/// writes), adding each change to `changes`. Stops at the first error.
 pub fn apply(p: &Plan, changes: &mut Vec<Change>) -> Result<(), Error> {
-    for r in &p.restores {
+    for r in p.restores.iter().rev() {
         if read(r.ipv6, &r.iface, &r.name).is_ok() {
             write(r.ipv6, &r.iface, &r.name, &r.previous)?;
             let path = display(r.ipv6, &r.iface, &r.name);
@@ -202,10 +278,12 @@ impl SysctlStatus {
     }
 }
 
-/// Read every recorded sysctl for `status`, adding what differs to `problems`.
+/// Read every recorded sysctl for `status`, adding what differs to
+/// `problems`. What the kernel changed on its own is not shown: start did not
+/// ask for it, and the operator may change it since.
 pub fn status(records: &[SysctlRecord], problems: &mut Vec<String>) -> Vec<SysctlStatus> {
     let mut out = Vec::new();
-    for r in records {
+    for r in records.iter().filter(|r| !r.side_effect) {
         let value = read(r.ipv6, &r.iface, &r.name).ok();
         let p = display(r.ipv6, &r.iface, &r.name);
         match &value {
