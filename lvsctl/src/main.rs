@@ -5,6 +5,7 @@ mod admin;
 mod config;
 mod daemon;
 mod director;
+mod doctor;
 mod error;
 mod host;
 mod realserver;
@@ -34,6 +35,8 @@ enum Cmd {
     Director(director::DirectorArgs),
     /// Run this host as an LVS-DR real server: VIPs on lo and the ARP sysctls.
     Realserver(realserver::RealserverArgs),
+    /// Check this host for what makes LVS fail silently; exit 1 when something is wrong.
+    Doctor(doctor::DoctorArgs),
     #[command(flatten)]
     Admin(admin::AdminCmd),
 }
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Director(a) => director::run(a).await,
             Cmd::Realserver(a) => realserver::run(a).await,
+            Cmd::Doctor(a) => doctor::run(a).await,
             Cmd::Admin(a) => admin::run(a).await,
         }
     });
