@@ -232,7 +232,7 @@ pub(crate) fn check(host: &Host, intent: &Intent) -> Report {
     if let Some(d) = &intent.director {
         director(host, d, &mut r);
     }
-    r.findings.sort_by(|a, b| a.severity.cmp(&b.severity));
+    r.findings.sort_by_key(|f| f.severity);
     r
 }
 
