@@ -200,11 +200,12 @@ fn doctor_checks_a_tun_real_server() {
     assert_eq!((c, ids), (0, vec![]), "{v:#}");
 }
 
-/// A director with a DR, a NAT, a persistent and a consistent-hash service.
-fn director() -> Netns {
-    let ns = Netns::new("ddir");
-    ns.add_veth("enp1s0", "peer0");
-    ns.ip(&["addr", "add", "10.18.68.186/24", "dev", "enp1s0"]);
+/// A director with a DR, a NAT, a persistent and a consistent-hash service,
+/// on a segment of its own (the bridge is in another namespace: an
+/// interface's peer in the same namespace would answer ARP for the VIP).
+fn director() -> (Lan, Netns) {
+    let lan = Lan::new();
+    let ns = lan.host("ddir", "enp1s0", "10.18.68.186/24");
     ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "enp1s0"]);
     ns.ipvsadm(&["-A", "-t", &format!("{VIP}:{PORT}"), "-s", "rr"]);
     ns.ipvsadm(&["-a", "-t", &format!("{VIP}:{PORT}"), "-r", "10.18.68.187", "-g"]);
@@ -217,14 +218,14 @@ fn director() -> Netns {
     for (k, v) in [("expire_nodest_conn", "1"), ("expire_quiescent_template", "1"), ("sloppy_tcp", "1")] {
         write_proc(&ns, &format!("/proc/sys/net/ipv4/vs/{k}"), v);
     }
-    ns
+    (lan, ns)
 }
 
 #[test]
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn doctor_passes_a_director_and_diagnoses_each_broken_one() {
     let st = StateDir::new();
-    let ns = director();
+    let (_lan, ns) = director();
     let (c, ids, notes, v) = doctor(&ns, &st, &["director"]);
     assert_eq!((c, ids), (0, vec![]), "{v:#}");
     assert!(notes.iter().any(|n| n.contains("3 virtual service(s)") && n.contains(VIP)), "{notes:?}");
@@ -276,7 +277,7 @@ fn doctor_passes_a_director_and_diagnoses_each_broken_one() {
     ];
     for (name, brk, want) in cases {
         let st = StateDir::new();
-        let ns = director();
+        let (_lan, ns) = director();
         brk(&ns);
         let (c, ids, _, v) = doctor(&ns, &st, &["director"]);
         assert_eq!((c, ids), (1, want.iter().map(|s| s.to_string()).collect::<Vec<_>>()), "{name}: {v:#}");
@@ -290,9 +291,8 @@ fn doctor_passes_a_director_and_diagnoses_each_broken_one() {
 #[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
 fn doctor_reads_the_director_state() {
     let st = StateDir::new();
-    let ns = Netns::new("ddst");
-    ns.add_veth("enp1s0", "peer0");
-    ns.ip(&["addr", "add", "10.18.68.186/24", "dev", "enp1s0"]);
+    let lan = Lan::new();
+    let ns = lan.host("ddst", "enp1s0", "10.18.68.186/24");
     let out = lvsctl(
         &ns,
         &st,
@@ -307,4 +307,26 @@ fn doctor_reads_the_director_state() {
     let (c, ids, _, v) = doctor(&ns, &st, &["director"]);
     assert_eq!((c, ids), (1, vec!["dir-vip-missing".to_owned()]), "{v:#}");
     assert!(v["findings"][0]["fix"].as_str().unwrap().contains("dev enp1s0"), "{v:#}");
+}
+
+/// Another host on the segment that holds the VIP too (a real server with
+/// the VIP on its interface instead of lo) answers the ARP probe: a
+/// duplicate VIP. Once it keeps the VIP on lo with arp_ignore=1, it does not.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn doctor_finds_a_duplicate_vip() {
+    let st = StateDir::new();
+    let (lan, ns) = director();
+    let rogue = lan.host("drog", "eth0", "10.18.68.190/24");
+    rogue.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"]);
+    let mac = rogue.ip(&["-o", "link", "show", "eth0"]);
+    let mac = mac.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let (c, ids, _, v) = doctor(&ns, &st, &["director"]);
+    assert_eq!((c, ids), (1, vec!["dir-duplicate-vip".to_owned()]), "{v:#}");
+    assert!(v["findings"][0]["what"].as_str().unwrap().contains(&mac), "{mac}: {v:#}");
+    rogue.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "eth0"]);
+    rogue.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    rogue.set_sysctl("all", "arp_ignore", "1");
+    let (c, ids, _, v) = doctor(&ns, &st, &["director"]);
+    assert_eq!((c, ids), (0, vec![]), "{v:#}");
 }

@@ -11,6 +11,7 @@
 //! Exit status: 0 when nothing is wrong, 1 when something is (an error or a
 //! warning), 2 for bad usage, 4 when the host cannot be read (not permitted).
 
+mod arp;
 mod observe;
 pub(crate) mod rules;
 
@@ -152,6 +153,38 @@ fn intent(a: &DoctorArgs) -> Result<Intent, CliError> {
     })
 }
 
+/// How long to wait for answers to an ARP probe.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Probe each IPv4 VIP of the director (known or in the table) that is on an
+/// interface doing ARP: does another host answer for it?
+fn probe_vips(host: &rules::Host, d: &DirectorIntent, hw: &observe::Hardware) -> Vec<rules::ArpProbe> {
+    let mut vips: Vec<IpAddr> = d.vips.iter().map(|(v, _)| *v).collect();
+    if let Some(i) = &host.ipvs {
+        for (s, _) in &i.table {
+            if let ServiceKey::Inet { addr, .. } = s.service.key {
+                push_unique(&mut vips, addr.ip());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for vip in vips {
+        let IpAddr::V4(v4) = vip else { continue };
+        for a in host.addrs.iter().filter(|a| a.ip == vip) {
+            let Some(link) = host.links.iter().find(|l| l.name == a.iface) else { continue };
+            if !link.up || link.noarp {
+                continue;
+            }
+            let Some((index, Some(mac))) = hw.get(&a.iface) else { continue };
+            let answers = arp::probe(*index, *mac, v4, PROBE_WAIT)
+                .map(|macs| macs.iter().map(arp::mac_text).collect())
+                .map_err(|e| e.to_string());
+            out.push(rules::ArpProbe { vip, iface: a.iface.clone(), answers });
+        }
+    }
+    out
+}
+
 /// The JSON form.
 #[derive(Debug, Serialize)]
 struct Output<'a> {
@@ -162,7 +195,10 @@ struct Output<'a> {
 
 pub(crate) async fn run(a: DoctorArgs) -> Result<ExitCode, CliError> {
     let mut want = intent(&a)?;
-    let host = observe::observe().await?;
+    let (mut host, hw) = observe::observe().await?;
+    if let Some(d) = &want.director {
+        host.arp = probe_vips(&host, d, &hw);
+    }
     // A real server's VIPs are on lo: every address there but loopback ones.
     if let Some(rs) = &mut want.realserver {
         for ad in host.addrs.iter().filter(|x| x.iface == "lo" && !x.ip.is_loopback()) {

@@ -30,9 +30,13 @@ const OTHER: [&str; 9] = [
     "net/ipv4/ip_forward",
 ];
 
-/// Read the host.
-pub(crate) async fn observe() -> Result<Host, CliError> {
+/// The index and hardware address of each interface, by name (for the ARP probe).
+pub(crate) type Hardware = BTreeMap<String, (u32, Option<[u8; 6]>)>;
+
+/// Read the host (everything but the ARP probes).
+pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
     let mut host = Host::default();
+    let mut hw = Hardware::new();
     let (conn, handle, _) = rtnetlink::new_connection()
         .map_err(|e| CliError::failure(format!("cannot open a route netlink socket: {e}")))?;
     tokio::spawn(conn);
@@ -42,15 +46,18 @@ pub(crate) async fn observe() -> Result<Host, CliError> {
     while let Some(m) = links.try_next().await.map_err(|e| CliError::failure(format!("cannot list interfaces: {e}")))? {
         let mut name = None;
         let mut mtu = 0;
+        let mut mac = None;
         for a in &m.attributes {
             match a {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::Mtu(v) => mtu = *v,
+                LinkAttribute::Address(a) if a.len() == 6 => mac = <[u8; 6]>::try_from(&a[..]).ok(),
                 _ => {}
             }
         }
         let Some(name) = name else { continue };
         names.insert(m.header.index, name.clone());
+        hw.insert(name.clone(), (m.header.index, mac));
         host.links.push(Link {
             name,
             up: m.header.flags.contains(LinkFlags::Up),
@@ -112,7 +119,7 @@ pub(crate) async fn observe() -> Result<Host, CliError> {
             });
         }
     }
-    Ok(host)
+    Ok((host, hw))
 }
 
 /// The listening sockets of `/proc/net/{tcp,tcp6,udp,udp6}`: TCP sockets in

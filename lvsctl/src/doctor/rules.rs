@@ -55,6 +55,18 @@ pub(crate) struct IpvsView {
     pub(crate) any_daemon: bool,
 }
 
+/// An ARP probe for a director's VIP from the interface it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ArpProbe {
+    /// The VIP asked for.
+    pub(crate) vip: IpAddr,
+    /// The interface the probe went out of.
+    pub(crate) iface: String,
+    /// The MAC addresses of the other hosts that answered (`Err`: the probe
+    /// could not be sent, with why).
+    pub(crate) answers: Result<Vec<String>, String>,
+}
+
 /// Everything the rules look at.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Host {
@@ -68,6 +80,8 @@ pub(crate) struct Host {
     pub(crate) listeners: Vec<Listener>,
     /// IPVS (`None`: not available, e.g. the module is not loaded).
     pub(crate) ipvs: Option<IpvsView>,
+    /// ARP probes for the director's VIPs.
+    pub(crate) arp: Vec<ArpProbe>,
 }
 
 /// A service port the real server must answer on.
@@ -550,6 +564,28 @@ fn director(host: &Host, d: &DirectorIntent, r: &mut Report) {
                     a.prefix, a.iface, a.iface
                 ),
             });
+        }
+    }
+
+    for p in &host.arp {
+        match &p.answers {
+            Err(e) => r.notes.push(format!("director: duplicate {} not checked on {}: {e}", p.vip, p.iface)),
+            Ok(macs) if macs.is_empty() => {}
+            Ok(macs) => r.findings.push(Finding {
+                id: "dir-duplicate-vip",
+                severity: Severity::Error,
+                role: DIR,
+                what: format!("another host answers ARP for VIP {} on {}: {}", p.vip, p.iface, macs.join(", ")),
+                why: "two hosts claim the VIP: the router sends the clients' packets to whichever answered last, \
+                      so connections go around the director or break when the answer changes"
+                    .into(),
+                fix: format!(
+                    "find the host with {} (ip neigh, the switch's MAC table) and remove the VIP there; a real \
+                     server keeps it on lo with arp_ignore=1 (lvsctl realserver start --vip {})",
+                    macs.join(" or "),
+                    p.vip
+                ),
+            }),
         }
     }
 
@@ -1045,6 +1081,14 @@ mod tests {
         // backup_only without a backup daemon does nothing.
         h.ipvs.as_mut().unwrap().backup_daemon = false;
         assert_eq!(ids(&check(&h, &dir_intent())), vec!["dir-backup-only"]);
+        // A probe nobody answered is fine; one that could not be sent is a note.
+        let mut h = good_director();
+        h.arp = vec![
+            ArpProbe { vip: ip(VIP), iface: "enp1s0".into(), answers: Ok(vec![]) },
+            ArpProbe { vip: ip(VIP), iface: "enp1s0".into(), answers: Err("Operation not permitted".into()) },
+        ];
+        let r = check(&h, &dir_intent());
+        assert!(r.findings.is_empty() && r.notes.iter().any(|n| n.contains("not permitted")), "{r:#?}");
         // No table, no VIP known: nothing to check, a note says so.
         let r = check(&Host::default(), &Intent { realserver: None, director: Some(DirectorIntent::default()) });
         assert!(r.findings.is_empty() && r.notes.iter().any(|n| n.contains("nothing checked")), "{r:#?}");
