@@ -6,7 +6,8 @@
 //! and `lvsctl realserver start` recorded for this network namespace, from
 //! `--config`, from `--vip`/`--iface`/`--port`/`--tun`, from the VIPs on
 //! `lo` (a real server's) and from the IPVS table (a director's). The checks
-//! themselves are [`rules::check`], a pure function of what [`observe`] read.
+//! themselves are [`rules::check`], a pure function of what [`observe`] read
+//! (plus, for the director, an ARP probe per VIP: [`arp`]).
 //!
 //! Exit status: 0 when nothing is wrong, 1 when something is (an error or a
 //! warning), 2 for bad usage, 4 when the host cannot be read (not permitted).
@@ -234,7 +235,7 @@ pub(crate) async fn run(a: DoctorArgs) -> Result<ExitCode, CliError> {
 fn text(r: &rules::Report) -> String {
     let mut s = String::new();
     for n in &r.notes {
-        s.push_str(&format!("checked {n}\n"));
+        s.push_str(&format!("note: {n}\n"));
     }
     for f in &r.findings {
         s.push_str(&format!("\n{} [{}] {}: {}\n", f.severity.name(), f.id, f.role, f.what));

@@ -109,8 +109,12 @@ pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
         }
     }
 
-    if let Ok(h) = ipvs::Ipvs::connect().await {
-        if let Ok(table) = h.dump().await {
+    let table = match ipvs::Ipvs::connect().await {
+        Ok(h) => h.dump().await.map(|t| (h, t)),
+        Err(e) => Err(e),
+    };
+    match table {
+        Ok((h, table)) => {
             let daemons = h.sync_daemons().await.unwrap_or_default();
             host.ipvs = Some(IpvsView {
                 table,
@@ -118,6 +122,7 @@ pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
                 any_daemon: !daemons.is_empty(),
             });
         }
+        Err(e) => host.ipvs_error = Some(e.to_string()),
     }
     Ok((host, hw))
 }

@@ -82,6 +82,8 @@ pub(crate) struct Host {
     pub(crate) ipvs: Option<IpvsView>,
     /// ARP probes for the director's VIPs.
     pub(crate) arp: Vec<ArpProbe>,
+    /// Why the IPVS table could not be read, when it could not.
+    pub(crate) ipvs_error: Option<String>,
 }
 
 /// A service port the real server must answer on.
@@ -517,7 +519,8 @@ fn director(host: &Host, d: &DirectorIntent, r: &mut Report) {
         }
     }
     if host.ipvs.is_none() {
-        r.notes.push("director: IPVS is not available (module not loaded?): the table was not checked".into());
+        let why = host.ipvs_error.as_deref().unwrap_or("IPVS is not available");
+        r.notes.push(format!("director: the IPVS table was not checked: {why}"));
     }
     if vips.is_empty() && table.is_empty() {
         r.notes.push(
