@@ -4,6 +4,7 @@
 
 mod admin;
 mod cli;
+mod doctor;
 
 use std::process::ExitCode;
 

@@ -10,6 +10,7 @@
 //! [`conn`] (the connection table of `list --connection`).
 
 mod conn;
+mod drain;
 mod list;
 mod rules;
 mod save;
@@ -105,6 +106,9 @@ pub(crate) enum RealCmd {
     /// Delete a real server (ipvsadm -d).
     #[command(visible_alias = "delete")]
     Del(RealDelArgs),
+    /// Weight 0 at once, wait until its active connections reach 0 (or --timeout), then
+    /// optionally remove it. Exit status: 0 drained, 3 timeout with connections left.
+    Drain(drain::DrainArgs),
 }
 
 /// A real server of a virtual service, and its options.
@@ -452,6 +456,9 @@ async fn service(c: ServiceCmd) -> Result<ExitCode, CliError> {
 }
 
 async fn real(c: RealCmd) -> Result<ExitCode, CliError> {
+    if let RealCmd::Drain(a) = c {
+        return drain::run(a).await;
+    }
     let op = match &c {
         RealCmd::Add(a) | RealCmd::Edit(a) => {
             let key = a.key.required_key().map_err(usage)?;
@@ -466,6 +473,7 @@ async fn real(c: RealCmd) -> Result<ExitCode, CliError> {
             let key = a.key.required_key().map_err(usage)?;
             ipvs::Op::DeleteDestination(key, spec::real_server_addr(&key, &a.real, None).map_err(usage)?)
         }
+        RealCmd::Drain(_) => unreachable!("drain returned above"),
     };
     let h = connect().await?;
     let res = match &op {

@@ -29,6 +29,8 @@ pub(crate) enum Cmd {
     Director(director::DirectorArgs),
     /// Run this host as an LVS-DR real server: VIPs on lo and the ARP sysctls.
     Realserver(realserver::RealserverArgs),
+    /// Check this host for what makes LVS fail silently; exit 1 when something is wrong.
+    Doctor(crate::doctor::DoctorArgs),
     #[command(flatten)]
     Admin(crate::admin::AdminCmd),
 }
@@ -38,6 +40,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.cmd {
         Cmd::Director(a) => director::run(a).await,
         Cmd::Realserver(a) => realserver::run(a).await,
+        Cmd::Doctor(a) => crate::doctor::run(a).await,
         Cmd::Admin(a) => crate::admin::run(a).await,
     }
 }
