@@ -265,56 +265,13 @@ fn realserver(host: &Host, rs: &RealserverIntent, r: &mut Report) {
     r.notes.push(format!("realserver: VIPs {}{}", vips.join(", "), if rs.tun { " (LVS-TUN)" } else { "" }));
 
     for &vip in &rs.vips {
-        let on: Vec<&Addr> = host.addrs_of(vip).collect();
-        let full = ipvs_prefix(vip);
-        if on.is_empty() {
-            r.findings.push(Finding {
-                id: "rs-vip-missing",
-                severity: Severity::Error,
-                role: RS,
-                what: format!("VIP {vip} is not on lo (nor on any interface)"),
-                why: "with DR and TUN the director forwards packets still addressed to the VIP: a host that does \
-                      not own the VIP drops them"
-                    .into(),
-                fix: format!("ip addr add {vip}/{full} dev lo   # or: lvsctl realserver start --vip {vip}"),
-            });
-        }
-        for a in on.iter().filter(|a| a.iface == "lo" && a.prefix != full) {
-            r.findings.push(Finding {
-                id: "rs-vip-prefix",
-                severity: Severity::Error,
-                role: RS,
-                what: format!("VIP {vip} is on lo as /{} instead of /{full}", a.prefix),
-                why: "an address on lo with a shorter prefix makes the whole subnet local: the host answers for \
-                      every address in it and can no longer reach the real hosts there"
-                    .into(),
-                fix: format!("ip addr del {vip}/{} dev lo && ip addr add {vip}/{full} dev lo", a.prefix),
-            });
-        }
-        for p in &rs.ports {
-            if !host.listens(p.proto, vip, p.port) {
-                let any = if vip.is_ipv4() { "0.0.0.0" } else { "[::]" };
-                let addr = if vip.is_ipv4() { vip.to_string() } else { format!("[{vip}]") };
-                r.findings.push(Finding {
-                    id: "rs-no-listener",
-                    severity: Severity::Error,
-                    role: RS,
-                    what: format!("nothing listens on {} {addr}:{} (nor on {any}:{})", p.proto.name(), p.port, p.port),
-                    why: "the packets arrive addressed to the VIP, not to the real server's own address: a service \
-                          bound only to the host's address refuses them (the client sees a reset)"
-                        .into(),
-                    fix: format!("make the service listen on {addr}:{} or {any}:{}", p.port, p.port),
-                });
-            }
-        }
+        r.findings.extend(rs_vip(host, vip));
+        r.findings.extend(rs_listeners(host, vip, &rs.ports));
     }
 
     // ARP: only IPv4 VIPs (IPv6 neighbour discovery has no such sysctls).
     if rs.vips.iter().any(|v| v.is_ipv4()) {
-        let ifaces = match &rs.iface {
-            Some(i) => vec![i.clone()],
-            None => host.arp_ifaces(),
-        };
+        let ifaces = rs_ifaces(host, rs);
         for i in &ifaces {
             arp(host, i, r);
         }
@@ -323,6 +280,70 @@ fn realserver(host: &Host, rs: &RealserverIntent, r: &mut Report) {
     if rs.tun {
         tun(host, rs, r);
     }
+}
+
+/// The interfaces facing the clients and the director: the one given, or
+/// every interface that does ARP.
+fn rs_ifaces(host: &Host, rs: &RealserverIntent) -> Vec<String> {
+    match &rs.iface {
+        Some(i) => vec![i.clone()],
+        None => host.arp_ifaces(),
+    }
+}
+
+/// The real server's VIP `vip` is on the host, and on lo with a full-length
+/// prefix.
+fn rs_vip(host: &Host, vip: IpAddr) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let on: Vec<&Addr> = host.addrs_of(vip).collect();
+    let full = ipvs_prefix(vip);
+    if on.is_empty() {
+        out.push(Finding {
+            id: "rs-vip-missing",
+            severity: Severity::Error,
+            role: RS,
+            what: format!("VIP {vip} is not on lo (nor on any interface)"),
+            why: "with DR and TUN the director forwards packets still addressed to the VIP: a host that does \
+                  not own the VIP drops them"
+                .into(),
+            fix: format!("ip addr add {vip}/{full} dev lo   # or: lvsctl realserver start --vip {vip}"),
+        });
+    }
+    for a in on.iter().filter(|a| a.iface == "lo" && a.prefix != full) {
+        out.push(Finding {
+            id: "rs-vip-prefix",
+            severity: Severity::Error,
+            role: RS,
+            what: format!("VIP {vip} is on lo as /{} instead of /{full}", a.prefix),
+            why: "an address on lo with a shorter prefix makes the whole subnet local: the host answers for \
+                  every address in it and can no longer reach the real hosts there"
+                .into(),
+            fix: format!("ip addr del {vip}/{} dev lo && ip addr add {vip}/{full} dev lo", a.prefix),
+        });
+    }
+    out
+}
+
+/// Something listens on each of `ports` at `vip`.
+fn rs_listeners(host: &Host, vip: IpAddr, ports: &[Port]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for p in ports {
+        if !host.listens(p.proto, vip, p.port) {
+            let any = if vip.is_ipv4() { "0.0.0.0" } else { "[::]" };
+            let addr = if vip.is_ipv4() { vip.to_string() } else { format!("[{vip}]") };
+            out.push(Finding {
+                id: "rs-no-listener",
+                severity: Severity::Error,
+                role: RS,
+                what: format!("nothing listens on {} {addr}:{} (nor on {any}:{})", p.proto.name(), p.port, p.port),
+                why: "the packets arrive addressed to the VIP, not to the real server's own address: a service \
+                      bound only to the host's address refuses them (the client sees a reset)"
+                    .into(),
+                fix: format!("make the service listen on {addr}:{} or {any}:{}", p.port, p.port),
+            });
+        }
+    }
+    out
 }
 
 /// Whether `want` is met by the effective value `v` of `name`.
@@ -418,12 +439,21 @@ fn rp_filter_dr(host: &Host, rs: &RealserverIntent, ifaces: &[String], r: &mut R
     }
 }
 
+/// The checks of an LVS-TUN real server: the tunnel is up, does not filter
+/// what it unwraps, and the links leave room for the IPIP header.
 fn tun(host: &Host, rs: &RealserverIntent, r: &mut Report) {
+    r.findings.extend(tun_down(host));
+    r.findings.extend(tun_rp_filter(host));
+    r.findings.extend(tun_mtu(host, rs));
+}
+
+/// tunl0 is missing or down.
+fn tun_down(host: &Host) -> Option<Finding> {
     match host.link("tunl0") {
-        Some(l) if l.up => {}
+        Some(l) if l.up => None,
         Some(_) | None => {
             let missing = host.link("tunl0").is_none();
-            r.findings.push(Finding {
+            Some(Finding {
                 id: "rs-tun-down",
                 severity: Severity::Error,
                 role: RS,
@@ -436,39 +466,43 @@ fn tun(host: &Host, rs: &RealserverIntent, r: &mut Report) {
                 } else {
                     "ip link set tunl0 up".into()
                 },
-            });
+            })
         }
     }
-    if let Some((eff, all, one)) = host.conf_max("tunl0", "rp_filter") {
-        if eff == 1 {
-            let mut fix = vec![set_cmd(&conf_key("tunl0", "rp_filter"), "0")];
-            if all == 1 {
-                fix.insert(0, set_cmd(&conf_key("all", "rp_filter"), "2"));
-            }
-            r.findings.push(Finding {
-                id: "rs-tun-rp-filter",
-                severity: Severity::Error,
-                role: RS,
-                what: format!("strict rp_filter on tunl0 (the larger of all={all} and tunl0={one} is 1)"),
-                why: "an unwrapped packet arrives on tunl0 but the route back to the client leaves through the \
-                      real interface: strict reverse-path filtering drops every one of them"
-                    .into(),
-                fix: fix.join("; "),
-            });
-        }
+}
+
+/// Strict reverse-path filtering on tunl0.
+fn tun_rp_filter(host: &Host) -> Option<Finding> {
+    let (eff, all, one) = host.conf_max("tunl0", "rp_filter")?;
+    if eff != 1 {
+        return None;
     }
-    // The largest packet a client sends is what this host's MSS allows: the
-    // interface's MTU. The director adds a 20-byte IPIP header, and the
-    // result no longer fits a link of the same MTU.
-    let ifaces = match &rs.iface {
-        Some(i) => vec![i.clone()],
-        None => host.arp_ifaces(),
-    };
-    for i in ifaces {
+    let mut fix = vec![set_cmd(&conf_key("tunl0", "rp_filter"), "0")];
+    if all == 1 {
+        fix.insert(0, set_cmd(&conf_key("all", "rp_filter"), "2"));
+    }
+    Some(Finding {
+        id: "rs-tun-rp-filter",
+        severity: Severity::Error,
+        role: RS,
+        what: format!("strict rp_filter on tunl0 (the larger of all={all} and tunl0={one} is 1)"),
+        why: "an unwrapped packet arrives on tunl0 but the route back to the client leaves through the real \
+              interface: strict reverse-path filtering drops every one of them"
+            .into(),
+        fix: fix.join("; "),
+    })
+}
+
+/// The largest packet a client sends is what this host's MSS allows: the
+/// interface's MTU. The director adds a 20-byte IPIP header, and the
+/// result no longer fits a link of the same MTU.
+fn tun_mtu(host: &Host, rs: &RealserverIntent) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for i in rs_ifaces(host, rs) {
         let Some(l) = host.link(&i) else { continue };
         if l.mtu > 1480 && l.mtu <= 1500 {
             let to = l.mtu - 20;
-            r.findings.push(Finding {
+            out.push(Finding {
                 id: "rs-tun-mtu",
                 severity: Severity::Warning,
                 role: RS,
@@ -490,6 +524,7 @@ fn tun(host: &Host, rs: &RealserverIntent, r: &mut Report) {
             });
         }
     }
+    out
 }
 
 fn ipvs_prefix(ip: IpAddr) -> u8 {
@@ -507,17 +542,13 @@ fn key_vip(k: &ServiceKey) -> Option<IpAddr> {
     }
 }
 
+/// The services of an IPVS table, each with its real servers.
+type Services = [(ipvs::ServiceEntry, Vec<ipvs::DestinationEntry>)];
+
 fn director(host: &Host, d: &DirectorIntent, r: &mut Report) {
     let empty = Vec::new();
     let table = host.ipvs.as_ref().map_or(&empty, |i| &i.table);
-    let mut vips: Vec<(IpAddr, Option<String>)> = d.vips.clone();
-    for (s, _) in table {
-        if let Some(v) = key_vip(&s.service.key) {
-            if !vips.iter().any(|(x, _)| *x == v) {
-                vips.push((v, None));
-            }
-        }
-    }
+    let vips = director_vips(d, table);
     if host.ipvs.is_none() {
         let why = host.ipvs_error.as_deref().unwrap_or("IPVS is not available");
         r.notes.push(format!("director: the IPVS table was not checked: {why}"));
@@ -537,39 +568,74 @@ fn director(host: &Host, d: &DirectorIntent, r: &mut Report) {
     ));
 
     for (vip, iface) in &vips {
-        let on: Vec<&Addr> = host.addrs_of(*vip).collect();
-        let full = ipvs_prefix(*vip);
-        if on.is_empty() {
-            let dev = iface.as_deref().unwrap_or("IF");
-            r.findings.push(Finding {
-                id: "dir-vip-missing",
-                severity: Severity::Error,
-                role: DIR,
-                what: format!("VIP {vip} is on no interface"),
-                why: "IPVS sees only packets addressed to a local address: without the VIP on the host, clients' \
-                      packets are never scheduled"
-                    .into(),
-                fix: format!("ip addr add {vip}/{full} dev {dev}"),
-            });
-        }
-        for a in on.iter().filter(|a| a.iface != "lo" && a.prefix != full) {
-            r.findings.push(Finding {
-                id: "dir-vip-prefix",
-                severity: Severity::Warning,
-                role: DIR,
-                what: format!("VIP {vip} is on {} as /{} instead of /{full}", a.iface, a.prefix),
-                why: "a VIP with a shorter prefix adds a route for its whole subnet through this interface (and can \
-                      become the primary address there, the source of the director's own traffic; removing it \
-                      then removes the secondaries too)"
-                    .into(),
-                fix: format!(
-                    "ip addr del {vip}/{} dev {} && ip addr add {vip}/{full} dev {}",
-                    a.prefix, a.iface, a.iface
-                ),
-            });
+        r.findings.extend(dir_vip(host, *vip, iface.as_deref()));
+    }
+    duplicate_vips(host, r);
+    r.findings.extend(forwarding(host, table));
+    r.findings.extend(conntrack_full(host));
+    r.findings.extend(expire_nodest_conn(host, table));
+    r.findings.extend(expire_quiescent_template(host, table));
+    r.findings.extend(sloppy_tcp(host, table));
+    r.findings.extend(backup_only(host, table));
+}
+
+/// The director's VIPs: those of the intent, then those of the table's
+/// services not among them (with no known interface).
+fn director_vips(d: &DirectorIntent, table: &Services) -> Vec<(IpAddr, Option<String>)> {
+    let mut vips: Vec<(IpAddr, Option<String>)> = d.vips.clone();
+    for (s, _) in table {
+        if let Some(v) = key_vip(&s.service.key) {
+            if !vips.iter().any(|(x, _)| *x == v) {
+                vips.push((v, None));
+            }
         }
     }
+    vips
+}
 
+/// A `net/ipv4/vs/<name>` sysctl.
+fn vs_sysctl(host: &Host, name: &str) -> Option<i64> {
+    host.num(&format!("net/ipv4/vs/{name}"))
+}
+
+/// The director's VIP `vip` (meant to be on `iface`) is on the host, with a
+/// full-length prefix.
+fn dir_vip(host: &Host, vip: IpAddr, iface: Option<&str>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let on: Vec<&Addr> = host.addrs_of(vip).collect();
+    let full = ipvs_prefix(vip);
+    if on.is_empty() {
+        let dev = iface.unwrap_or("IF");
+        out.push(Finding {
+            id: "dir-vip-missing",
+            severity: Severity::Error,
+            role: DIR,
+            what: format!("VIP {vip} is on no interface"),
+            why: "IPVS sees only packets addressed to a local address: without the VIP on the host, clients' \
+                  packets are never scheduled"
+                .into(),
+            fix: format!("ip addr add {vip}/{full} dev {dev}"),
+        });
+    }
+    for a in on.iter().filter(|a| a.iface != "lo" && a.prefix != full) {
+        out.push(Finding {
+            id: "dir-vip-prefix",
+            severity: Severity::Warning,
+            role: DIR,
+            what: format!("VIP {vip} is on {} as /{} instead of /{full}", a.iface, a.prefix),
+            why: "a VIP with a shorter prefix adds a route for its whole subnet through this interface (and can \
+                  become the primary address there, the source of the director's own traffic; removing it \
+                  then removes the secondaries too)"
+                .into(),
+            fix: format!("ip addr del {vip}/{} dev {} && ip addr add {vip}/{full} dev {}", a.prefix, a.iface, a.iface),
+        });
+    }
+    out
+}
+
+/// Another host answered an ARP probe for a VIP; a probe that could not be
+/// sent is a note.
+fn duplicate_vips(host: &Host, r: &mut Report) {
     for p in &host.arp {
         match &p.answers {
             Err(e) => r.notes.push(format!("director: duplicate {} not checked on {}: {e}", p.vip, p.iface)),
@@ -591,17 +657,21 @@ fn director(host: &Host, d: &DirectorIntent, r: &mut Report) {
             }),
         }
     }
+}
 
-    let sys = |k: &str| host.num(&format!("net/ipv4/vs/{k}"));
-    let nat4 = table.iter().any(|(s, ds)| {
-        s.service.key.family() == ipvs::Family::Inet && ds.iter().any(|d| d.destination.forward == Forward::Masq)
-    });
-    let nat6 = table.iter().any(|(s, ds)| {
-        s.service.key.family() == ipvs::Family::Inet6 && ds.iter().any(|d| d.destination.forward == Forward::Masq)
-    });
-    for (nat, key) in [(nat4, "net/ipv4/conf/all/forwarding"), (nat6, "net/ipv6/conf/all/forwarding")] {
-        if nat && host.num(key) == Some(0) {
-            r.findings.push(Finding {
+/// A NAT service of either family with forwarding off for that family.
+fn forwarding(host: &Host, table: &Services) -> Vec<Finding> {
+    let nat = |family| {
+        table.iter().any(|(s, ds)| {
+            s.service.key.family() == family && ds.iter().any(|d| d.destination.forward == Forward::Masq)
+        })
+    };
+    let mut out = Vec::new();
+    for (family, key) in
+        [(ipvs::Family::Inet, "net/ipv4/conf/all/forwarding"), (ipvs::Family::Inet6, "net/ipv6/conf/all/forwarding")]
+    {
+        if nat(family) && host.num(key) == Some(0) {
+            out.push(Finding {
                 id: "dir-forwarding",
                 severity: Severity::Error,
                 role: DIR,
@@ -613,65 +683,79 @@ fn director(host: &Host, d: &DirectorIntent, r: &mut Report) {
             });
         }
     }
+    out
+}
 
-    if sys("conntrack") == Some(1) {
-        let max = host.num("net/netfilter/nf_conntrack_max");
-        let count = host.num("net/netfilter/nf_conntrack_count");
-        if let (Some(max), Some(count)) = (max, count) {
-            if max > 0 && count * 10 >= max * 9 {
-                r.findings.push(Finding {
-                    id: "dir-conntrack-full",
-                    severity: Severity::Error,
-                    role: DIR,
-                    what: format!(
-                        "net.ipv4.vs.conntrack is 1 and the conntrack table is {count} of nf_conntrack_max {max}"
-                    ),
-                    why: "with vs.conntrack every IPVS connection also takes a netfilter conntrack entry: when \
-                          the table is full the kernel drops new connections (\"nf_conntrack: table full\")"
-                        .into(),
-                    fix: format!(
-                        "sysctl -w net.netfilter.nf_conntrack_max={}   # or, without stateful firewall rules on \
-                         this traffic: sysctl -w net.ipv4.vs.conntrack=0",
-                        (max * 2).max(262144)
-                    ),
-                });
-            }
-        }
+/// With `vs.conntrack` on, a netfilter conntrack table at 90% or more.
+fn conntrack_full(host: &Host) -> Option<Finding> {
+    if vs_sysctl(host, "conntrack") != Some(1) {
+        return None;
     }
-
-    if !table.is_empty() && sys("expire_nodest_conn") == Some(0) {
-        r.findings.push(Finding {
-            id: "dir-expire-nodest-conn",
-            severity: Severity::Warning,
-            role: DIR,
-            what: "net.ipv4.vs.expire_nodest_conn is 0".into(),
-            why: "when a real server is removed (by hand or by a health check), its connections stay in the table \
-                  and their packets are dropped silently until they time out (15 minutes for an established TCP \
-                  connection): clients hang instead of reconnecting"
-                .into(),
-            fix: "sysctl -w net.ipv4.vs.expire_nodest_conn=1".into(),
-        });
+    let max = host.num("net/netfilter/nf_conntrack_max")?;
+    let count = host.num("net/netfilter/nf_conntrack_count")?;
+    if max <= 0 || count * 10 < max * 9 {
+        return None;
     }
+    Some(Finding {
+        id: "dir-conntrack-full",
+        severity: Severity::Error,
+        role: DIR,
+        what: format!("net.ipv4.vs.conntrack is 1 and the conntrack table is {count} of nf_conntrack_max {max}"),
+        why: "with vs.conntrack every IPVS connection also takes a netfilter conntrack entry: when the table is \
+              full the kernel drops new connections (\"nf_conntrack: table full\")"
+            .into(),
+        fix: format!(
+            "sysctl -w net.netfilter.nf_conntrack_max={}   # or, without stateful firewall rules on this traffic: \
+             sysctl -w net.ipv4.vs.conntrack=0",
+            (max * 2).max(262144)
+        ),
+    })
+}
 
+/// Services exist and the connections of a removed real server are kept.
+fn expire_nodest_conn(host: &Host, table: &Services) -> Option<Finding> {
+    if table.is_empty() || vs_sysctl(host, "expire_nodest_conn") != Some(0) {
+        return None;
+    }
+    Some(Finding {
+        id: "dir-expire-nodest-conn",
+        severity: Severity::Warning,
+        role: DIR,
+        what: "net.ipv4.vs.expire_nodest_conn is 0".into(),
+        why: "when a real server is removed (by hand or by a health check), its connections stay in the table \
+              and their packets are dropped silently until they time out (15 minutes for an established TCP \
+              connection): clients hang instead of reconnecting"
+            .into(),
+        fix: "sysctl -w net.ipv4.vs.expire_nodest_conn=1".into(),
+    })
+}
+
+/// Persistent services whose templates outlive a weight-0 real server.
+fn expire_quiescent_template(host: &Host, table: &Services) -> Option<Finding> {
     let persistent: Vec<String> =
         table.iter().filter(|(s, _)| s.service.persistence.is_some()).map(|(s, _)| s.service.key.to_string()).collect();
-    if !persistent.is_empty() && sys("expire_quiescent_template") == Some(0) {
-        r.findings.push(Finding {
-            id: "dir-expire-quiescent-template",
-            severity: Severity::Warning,
-            role: DIR,
-            what: format!(
-                "persistent service(s) ({}) and net.ipv4.vs.expire_quiescent_template is 0",
-                persistent.join(", ")
-            ),
-            why: "a persistence template keeps sending a returning client to its real server even at weight 0: a \
-                  drained or failed (weight 0) server keeps getting new connections for as long as its clients \
-                  come back within the persistence timeout"
-                .into(),
-            fix: "sysctl -w net.ipv4.vs.expire_quiescent_template=1".into(),
-        });
+    if persistent.is_empty() || vs_sysctl(host, "expire_quiescent_template") != Some(0) {
+        return None;
     }
+    Some(Finding {
+        id: "dir-expire-quiescent-template",
+        severity: Severity::Warning,
+        role: DIR,
+        what: format!(
+            "persistent service(s) ({}) and net.ipv4.vs.expire_quiescent_template is 0",
+            persistent.join(", ")
+        ),
+        why: "a persistence template keeps sending a returning client to its real server even at weight 0: a \
+              drained or failed (weight 0) server keeps getting new connections for as long as its clients come \
+              back within the persistence timeout"
+            .into(),
+        fix: "sysctl -w net.ipv4.vs.expire_quiescent_template=1".into(),
+    })
+}
 
+/// Consistent-hash TCP/SCTP services that cannot take over a flow from
+/// another director (no sync, no `sloppy_tcp`).
+fn sloppy_tcp(host: &Host, table: &Services) -> Option<Finding> {
     let hashed: Vec<String> = table
         .iter()
         .filter(|(s, _)| matches!(s.service.scheduler, Scheduler::Mh | Scheduler::Sh | Scheduler::Dh))
@@ -679,57 +763,63 @@ fn director(host: &Host, d: &DirectorIntent, r: &mut Report) {
         .map(|(s, _)| format!("{} ({})", s.service.key, s.service.scheduler.name()))
         .collect();
     let syncing = host.ipvs.as_ref().is_some_and(|i| i.any_daemon);
-    if !hashed.is_empty() && !syncing && sys("sloppy_tcp") == Some(0) {
-        r.findings.push(Finding {
-            id: "dir-sloppy-tcp",
-            severity: Severity::Warning,
-            role: DIR,
-            what: format!(
-                "consistent-hash service(s) {} without connection sync, and net.ipv4.vs.sloppy_tcp is 0",
-                hashed.join(", ")
-            ),
-            why: "these schedulers pick the same real server on every director so that a flow can move between \
-                  directors (ECMP, failover); without sync the new director knows nothing of the flow and, without \
-                  sloppy_tcp, refuses to take it up from a packet that is not a SYN: the connection is reset"
-                .into(),
-            fix: "sysctl -w net.ipv4.vs.sloppy_tcp=1".into(),
-        });
+    if hashed.is_empty() || syncing || vs_sysctl(host, "sloppy_tcp") != Some(0) {
+        return None;
     }
+    Some(Finding {
+        id: "dir-sloppy-tcp",
+        severity: Severity::Warning,
+        role: DIR,
+        what: format!(
+            "consistent-hash service(s) {} without connection sync, and net.ipv4.vs.sloppy_tcp is 0",
+            hashed.join(", ")
+        ),
+        why: "these schedulers pick the same real server on every director so that a flow can move between \
+              directors (ECMP, failover); without sync the new director knows nothing of the flow and, without \
+              sloppy_tcp, refuses to take it up from a packet that is not a SYN: the connection is reset"
+            .into(),
+        fix: "sysctl -w net.ipv4.vs.sloppy_tcp=1".into(),
+    })
+}
 
-    // A backup director that is also a real server holds the VIP on lo and
-    // the table: what the master forwards to it is scheduled again.
-    let backup_only_works = sys("backup_only") == Some(1) && host.ipvs.as_ref().is_some_and(|i| i.backup_daemon);
-    if !backup_only_works {
-        for (s, ds) in table {
-            let Some(vip) = key_vip(&s.service.key) else { continue };
-            let on_lo = host.addrs_of(vip).any(|a| a.iface == "lo");
-            let local = ds.iter().any(|d| host.is_local(d.destination.addr.ip()));
-            let remote = ds.iter().any(|d| d.destination.weight > 0 && !host.is_local(d.destination.addr.ip()));
-            if on_lo && local && remote {
-                r.findings.push(Finding {
-                    id: "dir-backup-only",
-                    severity: Severity::Warning,
-                    role: DIR,
-                    what: format!(
-                        "{} has its VIP on lo (this host is a real server) and real servers elsewhere with \
-                         weight > 0, and backup_only does not apply (net.ipv4.vs.backup_only = {}, backup sync \
-                         daemon {})",
-                        s.service.key,
-                        sys("backup_only").map_or("?".into(), |v| v.to_string()),
-                        if host.ipvs.as_ref().is_some_and(|i| i.backup_daemon) { "running" } else { "not running" }
-                    ),
-                    why: "while another director is the master, the packets it forwards to this host arrive \
-                          addressed to the VIP and are scheduled again by this host's table, possibly to the other \
-                          real server: forwarding loops and reset connections"
-                        .into(),
-                    fix: "while this host is the backup: give the other real servers weight 0 here (lvsctl real \
-                          edit ... -w 0), or sysctl -w net.ipv4.vs.backup_only=1 with a backup sync daemon \
-                          (lvsctl sync start backup --mcast-interface IF)"
-                        .into(),
-                });
-            }
+/// A backup director that is also a real server holds the VIP on lo and
+/// the table: what the master forwards to it is scheduled again, unless
+/// `backup_only` applies (it needs a backup sync daemon).
+fn backup_only(host: &Host, table: &Services) -> Vec<Finding> {
+    let backup_daemon = host.ipvs.as_ref().is_some_and(|i| i.backup_daemon);
+    if vs_sysctl(host, "backup_only") == Some(1) && backup_daemon {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (s, ds) in table {
+        let Some(vip) = key_vip(&s.service.key) else { continue };
+        let on_lo = host.addrs_of(vip).any(|a| a.iface == "lo");
+        let local = ds.iter().any(|d| host.is_local(d.destination.addr.ip()));
+        let remote = ds.iter().any(|d| d.destination.weight > 0 && !host.is_local(d.destination.addr.ip()));
+        if on_lo && local && remote {
+            out.push(Finding {
+                id: "dir-backup-only",
+                severity: Severity::Warning,
+                role: DIR,
+                what: format!(
+                    "{} has its VIP on lo (this host is a real server) and real servers elsewhere with weight > 0, \
+                     and backup_only does not apply (net.ipv4.vs.backup_only = {}, backup sync daemon {})",
+                    s.service.key,
+                    vs_sysctl(host, "backup_only").map_or("?".into(), |v| v.to_string()),
+                    if backup_daemon { "running" } else { "not running" }
+                ),
+                why: "while another director is the master, the packets it forwards to this host arrive addressed \
+                      to the VIP and are scheduled again by this host's table, possibly to the other real server: \
+                      forwarding loops and reset connections"
+                    .into(),
+                fix: "while this host is the backup: give the other real servers weight 0 here (lvsctl real edit \
+                      ... -w 0), or sysctl -w net.ipv4.vs.backup_only=1 with a backup sync daemon (lvsctl sync \
+                      start backup --mcast-interface IF)"
+                    .into(),
+            });
         }
     }
+    out
 }
 
 #[cfg(test)]
