@@ -36,12 +36,26 @@ pub(crate) type Hardware = BTreeMap<String, (u32, Option<[u8; 6]>)>;
 /// Read the host (everything but the ARP probes).
 pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
     let mut host = Host::default();
-    let mut hw = Hardware::new();
     let (conn, handle, _) = rtnetlink::new_connection()
         .map_err(|e| CliError::failure(format!("cannot open a route netlink socket: {e}")))?;
     tokio::spawn(conn);
 
+    let (names, hw) = read_links(&handle, &mut host).await?;
+    read_addrs(&handle, &names, &mut host).await?;
+    read_sysctls(&mut host);
+    read_listeners(&mut host);
+    read_ipvs(&mut host).await;
+    Ok((host, hw))
+}
+
+/// Add the interfaces to `host`; return their names by index (to name the
+/// interface of each address) and their hardware (for the ARP probe).
+async fn read_links(
+    handle: &rtnetlink::Handle,
+    host: &mut Host,
+) -> Result<(BTreeMap<u32, String>, Hardware), CliError> {
     let mut names = BTreeMap::new();
+    let mut hw = Hardware::new();
     let mut links = handle.link().get().execute();
     while let Some(m) = links.try_next().await.map_err(|e| CliError::failure(format!("cannot list interfaces: {e}")))? {
         let mut name = None;
@@ -65,7 +79,15 @@ pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
             noarp: m.header.flags.contains(LinkFlags::Noarp),
         });
     }
+    Ok((names, hw))
+}
 
+/// Add the addresses of every interface (named through `names`) to `host`.
+async fn read_addrs(
+    handle: &rtnetlink::Handle,
+    names: &BTreeMap<u32, String>,
+    host: &mut Host,
+) -> Result<(), CliError> {
     let mut addrs = handle.address().get().execute();
     while let Some(m) = addrs.try_next().await.map_err(|e| CliError::failure(format!("cannot list addresses: {e}")))? {
         // IFA_LOCAL is the interface's own address on point-to-point links; else IFA_ADDRESS.
@@ -83,7 +105,12 @@ pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
             host.addrs.push(Addr { iface: iface.clone(), ip, prefix: m.header.prefix_len });
         }
     }
+    Ok(())
+}
 
+/// Read the sysctls the rules look at (those of `all`, `default` and every
+/// interface of `host`); a missing one is left out.
+fn read_sysctls(host: &mut Host) {
     let mut keys: Vec<String> = OTHER.iter().map(|s| s.to_string()).collect();
     for i in ["all", "default"].into_iter().map(str::to_owned).chain(host.links.iter().map(|l| l.name.clone())) {
         for n in CONF {
@@ -99,7 +126,10 @@ pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
     if let Some(v) = host.sysctls.get("net/ipv4/ip_forward").cloned() {
         host.sysctls.entry(conf_key("all", "forwarding")).or_insert(v);
     }
+}
 
+/// Read the listening TCP and UDP sockets, IPv4 and IPv6.
+fn read_listeners(host: &mut Host) {
     for (file, proto) in
         [("tcp", Protocol::Tcp), ("tcp6", Protocol::Tcp), ("udp", Protocol::Udp), ("udp6", Protocol::Udp)]
     {
@@ -108,7 +138,10 @@ pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
             host.listeners.extend(parse_sockets(&text, proto));
         }
     }
+}
 
+/// Read the IPVS table and sync daemons, or why they cannot be read.
+async fn read_ipvs(host: &mut Host) {
     let table = match ipvs::Ipvs::connect().await {
         Ok(h) => h.dump().await.map(|t| (h, t)),
         Err(e) => Err(e),
@@ -124,7 +157,6 @@ pub(crate) async fn observe() -> Result<(Host, Hardware), CliError> {
         }
         Err(e) => host.ipvs_error = Some(e.to_string()),
     }
-    Ok((host, hw))
 }
 
 /// The listening sockets of `/proc/net/{tcp,tcp6,udp,udp6}`: TCP sockets in
