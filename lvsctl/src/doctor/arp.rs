@@ -54,6 +54,19 @@ fn last_err() -> std::io::Error {
 /// Send the probe out of interface `ifindex` (hardware address `mac`) and
 /// collect the MACs (other than `mac`) that answer within `wait`.
 pub(crate) fn probe(ifindex: u32, mac: [u8; 6], vip: Ipv4Addr, wait: Duration) -> std::io::Result<Vec<[u8; 6]>> {
+    let (sock, sll) = open(ifindex)?;
+    send(&sock, &sll, mac, vip)?;
+    collect(&sock, mac, vip, wait)
+}
+
+/// The size of a `sockaddr_ll`, as the socket calls take it.
+fn sll_len() -> libc::socklen_t {
+    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t
+}
+
+/// A packet socket for ARP bound to interface `ifindex`, and the address it
+/// is bound to.
+fn open(ifindex: u32) -> std::io::Result<(OwnedFd, libc::sockaddr_ll)> {
     let proto = (libc::ETH_P_ARP as u16).to_be();
     // SAFETY: plain socket(2); the fd is owned right away.
     #[allow(unsafe_code)]
@@ -70,26 +83,43 @@ pub(crate) fn probe(ifindex: u32, mac: [u8; 6], vip: Ipv4Addr, wait: Duration) -
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = proto;
     sll.sll_ifindex = ifindex as i32;
-    let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
     // Bound to the interface: only its ARP frames arrive.
-    // SAFETY: bind with a valid sockaddr_ll of `len` bytes.
+    // SAFETY: bind with a valid sockaddr_ll of `sll_len()` bytes.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::bind(sock.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), len) };
+    let rc = unsafe { libc::bind(sock.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), sll_len()) };
     if rc != 0 {
         return Err(last_err());
     }
-    let mut to = sll;
+    Ok((sock, sll))
+}
+
+/// Broadcast the probe for `vip` from `mac` on the interface of `sll`.
+fn send(sock: &OwnedFd, sll: &libc::sockaddr_ll, mac: [u8; 6], vip: Ipv4Addr) -> std::io::Result<()> {
+    let mut to = *sll;
     to.sll_halen = 6;
     to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     let req = request(mac, vip);
     // SAFETY: sendto with a buffer of req.len() bytes and a valid sockaddr_ll.
     #[allow(unsafe_code)]
     let n = unsafe {
-        libc::sendto(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0, (&to as *const libc::sockaddr_ll).cast(), len)
+        libc::sendto(
+            sock.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            sll_len(),
+        )
     };
     if n < 0 {
         return Err(last_err());
     }
+    Ok(())
+}
+
+/// The MACs (other than `mac`) of the replies for `vip` that arrive within
+/// `wait`, each once, in the order they came.
+fn collect(sock: &OwnedFd, mac: [u8; 6], vip: Ipv4Addr, wait: Duration) -> std::io::Result<Vec<[u8; 6]>> {
     let deadline = Instant::now() + wait;
     let mut out: Vec<[u8; 6]> = Vec::new();
     loop {
@@ -97,54 +127,65 @@ pub(crate) fn probe(ifindex: u32, mac: [u8; 6], vip: Ipv4Addr, wait: Duration) -
         if left.is_zero() {
             break;
         }
-        let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: poll on one valid pollfd.
-        #[allow(unsafe_code)]
-        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, i32::MAX as u128) as i32) };
-        if rc < 0 {
-            let e = last_err();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if rc == 0 {
-            break;
+        match readable(sock, left) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
         let mut buf = [0u8; 128];
-        // SAFETY: as above; `from` is written by the kernel up to `flen` bytes.
-        #[allow(unsafe_code)]
-        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut flen = len;
-        // SAFETY: recvfrom into a buffer of buf.len() bytes and a sockaddr_ll of `flen` bytes.
-        #[allow(unsafe_code)]
-        let n = unsafe {
-            libc::recvfrom(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut flen,
-            )
+        let (n, pkttype) = match recv(sock, &mut buf) {
+            Ok(got) => got,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) => continue,
+            Err(e) => return Err(e),
         };
-        if n < 0 {
-            let e = last_err();
-            if matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock) {
-                continue;
-            }
-            return Err(e);
-        }
-        if from.sll_pkttype == PACKET_OUTGOING {
+        if pkttype == PACKET_OUTGOING {
             continue;
         }
-        if let Some(m) = reply_from(&buf[..n as usize], vip) {
+        if let Some(m) = reply_from(&buf[..n], vip) {
             if m != mac && !out.contains(&m) {
                 out.push(m);
             }
         }
     }
     Ok(out)
+}
+
+/// Wait up to `left` for a frame: `false` when none came.
+fn readable(sock: &OwnedFd, left: Duration) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one valid pollfd.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, i32::MAX as u128) as i32) };
+    if rc < 0 {
+        return Err(last_err());
+    }
+    Ok(rc != 0)
+}
+
+/// Read one frame into `buf` without waiting: its length and its
+/// `sll_pkttype` (whether this host sent it).
+fn recv(sock: &OwnedFd, buf: &mut [u8]) -> std::io::Result<(usize, u8)> {
+    // SAFETY: as above; `from` is written by the kernel up to `flen` bytes.
+    #[allow(unsafe_code)]
+    let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut flen = sll_len();
+    // SAFETY: recvfrom into a buffer of buf.len() bytes and a sockaddr_ll of `flen` bytes.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        libc::recvfrom(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&mut from as *mut libc::sockaddr_ll).cast(),
+            &mut flen,
+        )
+    };
+    if n < 0 {
+        return Err(last_err());
+    }
+    Ok((n as usize, from.sll_pkttype))
 }
 
 #[cfg(test)]
