@@ -82,6 +82,10 @@ fn push_unique<T: PartialEq>(v: &mut Vec<T>, x: T) {
     }
 }
 
+/// A service a config or state describes: its VIP, its key, and whether a
+/// real server of it is reached through a tunnel.
+type KnownService = (IpAddr, ServiceKey, bool);
+
 /// What the host is meant to be, from the flags, the config and the state.
 fn intent(a: &DoctorArgs) -> Result<Intent, CliError> {
     let mut rs = RealserverIntent { iface: a.iface.clone(), tun: a.tun, ..Default::default() };
@@ -90,29 +94,59 @@ fn intent(a: &DoctorArgs) -> Result<Intent, CliError> {
         push_unique(&mut rs.vips, *v);
     }
     // Ports and forwarding of every VIP a config or state describes.
-    let mut services: Vec<(IpAddr, ServiceKey, bool)> = Vec::new();
+    let mut services: Vec<KnownService> = Vec::new();
     if let Some(path) = &a.config {
-        let c = Config::load(path).map_err(|e| CliError::usage(e.0))?;
-        if c.director.is_some() {
-            let d = c.director().map_err(|e| CliError::usage(e.0))?;
-            for (vip, iface) in d.vips() {
-                push_unique(&mut dir.vips, (vip, Some(iface.to_string())));
-            }
-            for s in &d.services {
-                let tun = s.desired.destinations.iter().any(|d| matches!(d.forward, Forward::Tunnel(_)));
-                services.push((s.vip, s.desired.service.key, tun));
-            }
+        from_config(path, &mut rs, &mut dir, &mut services)?;
+    }
+    from_state(&mut rs, &mut dir, &mut services)?;
+    ports_of_services(&mut rs, &services);
+    for p in &a.ports {
+        push_unique(&mut rs.ports, *p);
+    }
+    Ok(Intent {
+        realserver: (a.role != Some(RoleArg::Director)).then_some(rs),
+        director: (a.role != Some(RoleArg::Realserver)).then_some(dir),
+    })
+}
+
+/// Add what the config at `path` says of each role: the director's VIPs and
+/// services, the real server's VIPs and interface (unless one is given).
+fn from_config(
+    path: &std::path::Path,
+    rs: &mut RealserverIntent,
+    dir: &mut DirectorIntent,
+    services: &mut Vec<KnownService>,
+) -> Result<(), CliError> {
+    let c = Config::load(path).map_err(|e| CliError::usage(e.0))?;
+    if c.director.is_some() {
+        let d = c.director().map_err(|e| CliError::usage(e.0))?;
+        for (vip, iface) in d.vips() {
+            push_unique(&mut dir.vips, (vip, Some(iface.to_string())));
         }
-        if c.realserver.is_some() {
-            let r = c.realserver().map_err(|e| CliError::usage(e.0))?;
-            for v in r.vips {
-                push_unique(&mut rs.vips, v);
-            }
-            if rs.iface.is_none() {
-                rs.iface = r.iface.map(|i| i.to_string());
-            }
+        for s in &d.services {
+            let tun = s.desired.destinations.iter().any(|d| matches!(d.forward, Forward::Tunnel(_)));
+            services.push((s.vip, s.desired.service.key, tun));
         }
     }
+    if c.realserver.is_some() {
+        let r = c.realserver().map_err(|e| CliError::usage(e.0))?;
+        for v in r.vips {
+            push_unique(&mut rs.vips, v);
+        }
+        if rs.iface.is_none() {
+            rs.iface = r.iface.map(|i| i.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Add what `lvsctl realserver start` and `lvsctl director start` recorded
+/// for this network namespace.
+fn from_state(
+    rs: &mut RealserverIntent,
+    dir: &mut DirectorIntent,
+    services: &mut Vec<KnownService>,
+) -> Result<(), CliError> {
     let dir_path = state::dir();
     if let Some(st) = state::read::<RealserverState>(&state::path(&dir_path, Role::Realserver)?)? {
         for r in &st.addresses {
@@ -133,8 +167,13 @@ fn intent(a: &DoctorArgs) -> Result<Intent, CliError> {
             }
         }
     }
-    // The ports of the configured services whose VIP this real server serves.
-    for (vip, key, tun) in &services {
+    Ok(())
+}
+
+/// The ports of the configured services whose VIP this real server serves,
+/// and the tunnel when one of them forwards through it.
+fn ports_of_services(rs: &mut RealserverIntent, services: &[KnownService]) {
+    for (vip, key, tun) in services {
         if !rs.vips.contains(vip) {
             continue;
         }
@@ -145,13 +184,6 @@ fn intent(a: &DoctorArgs) -> Result<Intent, CliError> {
         }
         rs.tun |= *tun;
     }
-    for p in &a.ports {
-        push_unique(&mut rs.ports, *p);
-    }
-    Ok(Intent {
-        realserver: (a.role != Some(RoleArg::Director)).then_some(rs),
-        director: (a.role != Some(RoleArg::Realserver)).then_some(dir),
-    })
 }
 
 /// How long to wait for answers to an ARP probe.
