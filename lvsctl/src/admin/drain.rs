@@ -101,18 +101,7 @@ pub(crate) async fn run(a: DrainArgs) -> Result<ExitCode, CliError> {
     let key = a.key.required_key().map_err(usage)?;
     let h = connect().await?;
     let svc = h.service(&key).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
-    let dests = h.destinations(&key).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
-    let addr = find(&key, &a.real, &dests)?;
-    let Some(cur) = dests.iter().find(|d| d.destination.addr == addr) else {
-        return Err(ipvsadm_error(ipvs::Error::NoSuchDestination(addr.to_string()), Ctx::RealServer));
-    };
-    if cur.destination.weight != 0 {
-        let d = ipvs::Destination { weight: 0, ..cur.destination.clone() };
-        h.update_destination(&key, &d).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
-        println!("drain: {key} real server {addr}: weight 0 (was {})", cur.destination.weight);
-    } else {
-        println!("drain: {key} real server {addr}: weight already 0");
-    }
+    let addr = quiesce(&h, &key, &a.real).await?;
     if svc.service.persistence.is_some() && quiescent_template_expires() != Some(true) {
         println!(
             "drain: note: {key} is persistent and net.ipv4.vs.expire_quiescent_template is not 1: clients with a \
@@ -122,37 +111,7 @@ pub(crate) async fn run(a: DrainArgs) -> Result<ExitCode, CliError> {
     let _ = std::io::stdout().flush();
 
     let start = Instant::now();
-    let tty = std::io::stderr().is_terminal();
-    let left = loop {
-        let dests = h.destinations(&key).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
-        let Some(d) = dests.iter().find(|d| d.destination.addr == addr) else {
-            if tty {
-                eprintln!();
-            }
-            return Err(CliError::failure(format!("{key} real server {addr} was deleted while draining")));
-        };
-        let n = busy(&key, d);
-        if n == 0 {
-            break 0;
-        }
-        let elapsed = start.elapsed();
-        if a.timeout.is_some_and(|t| elapsed >= t) {
-            break n;
-        }
-        if tty {
-            let rest = a.timeout.map_or(String::new(), |t| format!(", {}s left", t.saturating_sub(elapsed).as_secs()));
-            eprint!("\r\x1b[Kdrain: {addr}: {n} active connection(s), {}s{rest}", elapsed.as_secs());
-            let _ = std::io::stderr().flush();
-        }
-        let wait = match a.timeout {
-            Some(t) => POLL.min(t.saturating_sub(elapsed)),
-            None => POLL,
-        };
-        tokio::time::sleep(wait).await;
-    };
-    if tty {
-        eprint!("\r\x1b[K");
-    }
+    let left = wait_idle(&h, &key, addr, a.timeout, start).await?;
     if left > 0 {
         eprintln!(
             "lvsctl: {key} real server {addr} still has {left} active connection(s) after {}; its weight stays 0{}",
@@ -167,6 +126,73 @@ pub(crate) async fn run(a: DrainArgs) -> Result<ExitCode, CliError> {
         println!("drain: {key} real server {addr}: removed");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Find the real server `real` of `key` and set its weight to 0 (unless it
+/// already is), saying so; return its address.
+async fn quiesce(h: &Ipvs, key: &ServiceKey, real: &str) -> Result<SocketAddr, CliError> {
+    let dests = h.destinations(key).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
+    let addr = find(key, real, &dests)?;
+    let Some(cur) = dests.iter().find(|d| d.destination.addr == addr) else {
+        return Err(ipvsadm_error(ipvs::Error::NoSuchDestination(addr.to_string()), Ctx::RealServer));
+    };
+    if cur.destination.weight != 0 {
+        let d = ipvs::Destination { weight: 0, ..cur.destination.clone() };
+        h.update_destination(key, &d).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
+        println!("drain: {key} real server {addr}: weight 0 (was {})", cur.destination.weight);
+    } else {
+        println!("drain: {key} real server {addr}: weight already 0");
+    }
+    Ok(addr)
+}
+
+/// Read the connections of real server `addr` every [`POLL`] until it has
+/// none or `timeout` (counted from `start`) passes; return how many are
+/// left (0: drained). On a terminal, a progress line on stderr shows them.
+async fn wait_idle(
+    h: &Ipvs,
+    key: &ServiceKey,
+    addr: SocketAddr,
+    timeout: Option<Duration>,
+    start: Instant,
+) -> Result<u32, CliError> {
+    let tty = std::io::stderr().is_terminal();
+    let left = loop {
+        let dests = h.destinations(key).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
+        let Some(d) = dests.iter().find(|d| d.destination.addr == addr) else {
+            if tty {
+                eprintln!();
+            }
+            return Err(CliError::failure(format!("{key} real server {addr} was deleted while draining")));
+        };
+        let n = busy(key, d);
+        if n == 0 {
+            break 0;
+        }
+        let elapsed = start.elapsed();
+        if timeout.is_some_and(|t| elapsed >= t) {
+            break n;
+        }
+        if tty {
+            progress(addr, n, elapsed, timeout);
+        }
+        let wait = match timeout {
+            Some(t) => POLL.min(t.saturating_sub(elapsed)),
+            None => POLL,
+        };
+        tokio::time::sleep(wait).await;
+    };
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    Ok(left)
+}
+
+/// Rewrite the progress line: connections left, time spent, time left.
+fn progress(addr: SocketAddr, n: u32, elapsed: Duration, timeout: Option<Duration>) {
+    let rest = timeout.map_or(String::new(), |t| format!(", {}s left", t.saturating_sub(elapsed).as_secs()));
+    eprint!("\r\x1b[Kdrain: {addr}: {n} active connection(s), {}s{rest}", elapsed.as_secs());
+    let _ = std::io::stderr().flush();
 }
 
 async fn remove(h: &Ipvs, key: &ServiceKey, addr: SocketAddr) -> Result<(), CliError> {
