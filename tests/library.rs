@@ -156,8 +156,8 @@ fn every_scheduler() {
                     .await
                     .unwrap();
                 }
-                Err(Error::SchedulerNotFound(msg)) => {
-                    assert!(!have, "the system has ip_vs_{sched} but the kernel said SchedulerNotFound: {msg}");
+                Err(e @ Error::SchedulerNotFound { .. }) => {
+                    assert!(!have, "the system has ip_vs_{sched} but the kernel said SchedulerNotFound: {e}");
                     missing.push(sched.name().to_owned());
                     assert!(matches!(h.service(&key).await, Err(Error::NoSuchService(_))));
                 }
@@ -176,8 +176,11 @@ fn every_scheduler() {
         }
         // An out-of-tree name the kernel does not have.
         let bogus = Service::new(ServiceKey::tcp(sa("10.0.2.1:80")), Scheduler::from_name("nosuchsched").unwrap());
-        assert!(matches!(h.add_service(&bogus).await, Err(Error::SchedulerNotFound(_))));
-        assert!(matches!(h.update_service(&Service { key, ..bogus.clone() }).await, Err(Error::SchedulerNotFound(_))));
+        assert!(matches!(h.add_service(&bogus).await, Err(Error::SchedulerNotFound { .. })));
+        assert!(matches!(
+            h.update_service(&Service { key, ..bogus.clone() }).await,
+            Err(Error::SchedulerNotFound { .. })
+        ));
     });
 }
 
@@ -258,7 +261,7 @@ fn service_flags_persistence_onepacket_pe() {
         // An engine the kernel does not have.
         let bad = Service { pe: Some("nosuchpe".into()), ..cases[8].clone() };
         let bad = Service { key: ServiceKey::udp(sa("10.0.0.1:5061")), ..bad };
-        assert!(matches!(h.add_service(&bad).await, Err(Error::SchedulerNotFound(_))), "unknown pe");
+        assert!(matches!(h.add_service(&bad).await, Err(Error::SchedulerNotFound { .. })), "unknown pe");
     });
 }
 
@@ -428,13 +431,13 @@ fn errors_for_each_misuse() {
         }
         let d = Destination::new(sa("10.0.0.2:80"), Forward::Route);
         h.add_destination(&key, &d).await.unwrap();
-        assert!(matches!(h.add_destination(&key, &d).await, Err(Error::DestinationExists(_))));
+        assert!(matches!(h.add_destination(&key, &d).await, Err(Error::DestinationExists { .. })));
         let other = Destination::new(sa("10.0.0.3:80"), Forward::Route);
-        assert!(matches!(h.update_destination(&key, &other).await, Err(Error::NoSuchDestination(_))));
-        assert!(matches!(h.delete_destination(&key, other.addr).await, Err(Error::NoSuchDestination(_))));
+        assert!(matches!(h.update_destination(&key, &other).await, Err(Error::NoSuchDestination { .. })));
+        assert!(matches!(h.delete_destination(&key, other.addr).await, Err(Error::NoSuchDestination { .. })));
         assert!(matches!(
             h.add_service(&Service::new(ServiceKey::tcp(sa("10.0.0.1:81")), Scheduler::Other("nosuch".into()))).await,
-            Err(Error::SchedulerNotFound(_))
+            Err(Error::SchedulerNotFound { .. })
         ));
 
         let before = h.dump().await.unwrap();
@@ -873,7 +876,7 @@ fn concurrency_shared_handle() {
                         assert_eq!(x.service, conc_service(u32::from(addr.port()) - 1000), "dump entry intact");
                     }
                     // Errors go to the right task too.
-                    assert!(matches!(h.add_service(&s).await, Err(Error::ServiceExists(k)) if k == key.to_string()));
+                    assert!(matches!(h.add_service(&s).await, Err(Error::ServiceExists(k)) if k == key));
                 }
                 key
             }));
@@ -929,7 +932,7 @@ fn large_table_apply_and_dump() {
         let res = h.apply(&ops).await.unwrap();
         assert_eq!(res.len(), ops.len());
         for (op, r) in ops.iter().zip(&res) {
-            assert!(r.is_ok(), "{op}: {r:?}");
+            assert!(r.is_done(), "{op}: {r:?}");
         }
         let table = h.dump().await.unwrap();
         assert_eq!(table.len(), 2000, "every service in the dump");
@@ -976,12 +979,12 @@ fn bulk_apply_reports_each_failure() {
         ];
         let res = h.apply(&ops).await.unwrap();
         assert_eq!(res.len(), ops.len());
-        assert!(res[0].is_ok() && res[1].is_ok() && res[4].is_ok() && res[8].is_ok(), "{res:?}");
-        assert!(matches!(res[2], Err(Error::ServiceExists(_))), "{:?}", res[2]);
-        assert!(matches!(res[3], Err(Error::NoSuchService(_))), "{:?}", res[3]);
-        assert!(matches!(res[5], Err(Error::NoSuchDestination(_))), "{:?}", res[5]);
-        assert!(matches!(res[6], Err(Error::NoSuchService(_))), "{:?}", res[6]);
-        assert!(matches!(res[7], Err(Error::SchedulerNotFound(_))), "{:?}", res[7]);
+        assert!(res[0].is_done() && res[1].is_done() && res[4].is_done() && res[8].is_done(), "{res:?}");
+        assert!(matches!(res[2], OpOutcome::Failed(Error::ServiceExists(_))), "{:?}", res[2]);
+        assert!(matches!(res[3], OpOutcome::Failed(Error::NoSuchService(_))), "{:?}", res[3]);
+        assert!(matches!(res[5], OpOutcome::Failed(Error::NoSuchDestination { .. })), "{:?}", res[5]);
+        assert!(matches!(res[6], OpOutcome::Failed(Error::NoSuchService(_))), "{:?}", res[6]);
+        assert!(matches!(res[7], OpOutcome::Failed(Error::SchedulerNotFound { .. })), "{:?}", res[7]);
         let table = h.dump().await.unwrap();
         let keys: HashSet<_> = table.iter().map(|(s, _)| s.service.key).collect();
         assert_eq!(keys, HashSet::from([a.key, b.key, c.key]));
@@ -1004,9 +1007,9 @@ fn bulk_apply_reports_each_failure() {
         for (op, r) in ops.iter().zip(&res) {
             let Op::AddService(s) = op else { unreachable!() };
             if seen.insert(s.key) {
-                assert!(r.is_ok(), "{op}: {r:?}");
+                assert!(r.is_done(), "{op}: {r:?}");
             } else {
-                assert!(matches!(r, Err(Error::ServiceExists(_))), "{op}: {r:?}");
+                assert!(matches!(r, OpOutcome::Failed(Error::ServiceExists(_))), "{op}: {r:?}");
             }
         }
         assert_eq!(h.services().await.unwrap().len(), 3 + 1500);
@@ -1096,7 +1099,7 @@ fn permission_denied_without_cap_net_admin() {
         assert!(matches!(h.delete_service(&key).await, Err(Error::PermissionDenied)), "delete");
         assert!(matches!(h.timeouts().await, Err(Error::PermissionDenied)), "timeouts");
         let res = h.apply(&[Op::DeleteService(key)]).await.unwrap();
-        assert!(matches!(res[0], Err(Error::PermissionDenied)), "apply: {res:?}");
+        assert!(matches!(res[0], OpOutcome::Failed(Error::PermissionDenied)), "apply: {res:?}");
         // Nothing changed (ipvsadm runs as a child process with our dropped
         // capabilities, so ask /proc instead).
         let t = std::fs::read_to_string("/proc/thread-self/net/ip_vs").unwrap();

@@ -209,12 +209,15 @@ async fn connect() -> Res<Ipvs> {
 /// Apply ops, print how many there were and every failure; non-zero exit on any.
 async fn apply_ops(h: &Ipvs, ops: &[Op]) -> Res<ExitCode> {
     let res = h.apply(ops).await.map_err(|e| format!("apply: {e}"))?;
+    if let Some(e) = res.interrupted() {
+        eprintln!("cut short: {e}");
+    }
     let mut failed = 0;
     for (r, op) in res.iter().zip(ops) {
-        if let Err(e) = r {
+        if !r.is_done() {
             failed += 1;
             if failed <= 20 {
-                eprintln!("failed: {op}: {e}");
+                eprintln!("failed: {op}: {r:?}");
             }
         }
     }

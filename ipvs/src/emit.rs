@@ -13,7 +13,7 @@ use ipvs_sys::IpvsCmd;
 use netlink_packet_core::NLA_F_NESTED;
 
 use crate::convert::netmask_raw;
-use crate::handle::Op;
+use crate::op::Op;
 use crate::types::*;
 
 fn pad(buf: &mut Vec<u8>) {

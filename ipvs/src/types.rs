@@ -18,10 +18,16 @@ use crate::error::Error;
 
 /// Transport protocol of a virtual service.
 ///
+/// IPVS balances TCP, UDP and SCTP; [`Protocol::Other`] holds any other
+/// protocol number another tool put in the table (the kernel's generic netlink
+/// interface does not check it: ESP, 50, is seen in the wild), so that such a
+/// service can be listed and deleted, never created or edited.
+///
 /// ```
 /// use ipvs::Protocol;
 /// assert_eq!("udp".parse::<Protocol>().unwrap(), Protocol::Udp);
 /// assert_eq!(Protocol::Sctp.number(), 132);
+/// assert_eq!(Protocol::from_number(50), Protocol::Other(50)); // ESP
 /// assert!("icmp".parse::<Protocol>().is_err()); // IPVS balances TCP, UDP and SCTP only
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +39,8 @@ pub enum Protocol {
     Udp,
     /// SCTP (`IPPROTO_SCTP`).
     Sctp,
+    /// Any other IP protocol number, as read from the kernel.
+    Other(u16),
 }
 
 impl Protocol {
@@ -42,32 +50,40 @@ impl Protocol {
             Self::Tcp => ipvs_sys::constants::IPPROTO_TCP,
             Self::Udp => ipvs_sys::constants::IPPROTO_UDP,
             Self::Sctp => ipvs_sys::constants::IPPROTO_SCTP,
+            Self::Other(n) => n,
         }
     }
 
-    /// The protocol for an IP protocol number, if IPVS supports it.
-    pub fn from_number(n: u16) -> Option<Self> {
+    /// The protocol for an IP protocol number: [`Protocol::Other`] for
+    /// numbers other than TCP's, UDP's and SCTP's.
+    pub fn from_number(n: u16) -> Self {
         match n {
-            ipvs_sys::constants::IPPROTO_TCP => Some(Self::Tcp),
-            ipvs_sys::constants::IPPROTO_UDP => Some(Self::Udp),
-            ipvs_sys::constants::IPPROTO_SCTP => Some(Self::Sctp),
-            _ => None,
+            ipvs_sys::constants::IPPROTO_TCP => Self::Tcp,
+            ipvs_sys::constants::IPPROTO_UDP => Self::Udp,
+            ipvs_sys::constants::IPPROTO_SCTP => Self::Sctp,
+            n => Self::Other(n),
         }
     }
 
-    /// Lower-case name: `tcp`, `udp`, `sctp`.
+    /// Lower-case name: `tcp`, `udp`, `sctp`; `other` for [`Protocol::Other`]
+    /// (its [`Display`](fmt::Display) tells the number).
     pub fn name(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::Sctp => "sctp",
+            Self::Other(_) => "other",
         }
     }
 }
 
 impl fmt::Display for Protocol {
+    /// `tcp`, `udp`, `sctp`, or `protocol 50`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Self::Other(n) => write!(f, "protocol {n}"),
+            _ => f.write_str(self.name()),
+        }
     }
 }
 
@@ -539,6 +555,11 @@ impl Service {
                 return Err(Error::invalid("firewall mark 0 cannot identify a service: use a non-zero mark"));
             }
         }
+        if let ServiceKey::Inet { protocol: Protocol::Other(n), .. } = self.key {
+            return Err(Error::invalid(format!(
+                "IPVS balances tcp, udp and sctp only, not protocol {n}: such a service can be listed and deleted, not created or edited"
+            )));
+        }
         if let ServiceKey::Inet { addr, .. } = self.key {
             if addr.ip().is_unspecified() {
                 return Err(Error::invalid(format!("virtual address {} is unspecified", addr.ip())));
@@ -677,6 +698,9 @@ pub enum Forward {
     Tunnel(Tunnel),
     /// Cache bypass.
     Bypass,
+    /// Any other `FWD_METHOD` value (masked with 7), as read from the kernel.
+    /// It can be listed and deleted, never set.
+    Other(u32),
 }
 
 impl Forward {
@@ -689,10 +713,26 @@ impl Forward {
             Self::Route => fwd::DROUTE,
             Self::Tunnel(_) => fwd::TUNNEL,
             Self::Bypass => fwd::BYPASS,
+            Self::Other(m) => *m,
         }
     }
 
-    /// The name ipvsadm lists it with: `Masq`, `Local`, `Tunnel`, `Route`, `Bypass`.
+    /// The forwarding method of a `FWD_METHOD` value, with the tunnel
+    /// attributes that go with [`Forward::Tunnel`].
+    pub fn from_method(method: u32, tunnel: Tunnel) -> Self {
+        use ipvs_sys::constants::fwd;
+        match method & fwd::MASK {
+            fwd::MASQ => Self::Masq,
+            fwd::LOCALNODE => Self::Local,
+            fwd::DROUTE => Self::Route,
+            fwd::BYPASS => Self::Bypass,
+            fwd::TUNNEL => Self::Tunnel(tunnel),
+            other => Self::Other(other),
+        }
+    }
+
+    /// The name ipvsadm lists it with: `Masq`, `Local`, `Tunnel`, `Route`,
+    /// `Bypass`; `Other` for [`Forward::Other`].
     pub fn name(&self) -> &'static str {
         match self {
             Self::Masq => "Masq",
@@ -700,6 +740,7 @@ impl Forward {
             Self::Route => "Route",
             Self::Tunnel(_) => "Tunnel",
             Self::Bypass => "Bypass",
+            Self::Other(_) => "Other",
         }
     }
 }
@@ -791,6 +832,11 @@ impl Destination {
                     if matches!(self.forward, Forward::Route) { "direct routing" } else { "tunnel" }
                 )));
             }
+        }
+        if let Forward::Other(m) = self.forward {
+            return Err(Error::invalid(format!(
+                "forwarding method {m} is unknown: a destination can be set only with masq, local, route, tunnel or bypass"
+            )));
         }
         if let Forward::Tunnel(Tunnel::Gue { port: 0, .. }) = self.forward {
             return Err(Error::invalid("a GUE tunnel needs a non-zero tunnel port"));
@@ -960,6 +1006,13 @@ impl SyncState {
             Self::Master => "master",
             Self::Backup => "backup",
         }
+    }
+}
+
+impl fmt::Display for SyncState {
+    /// `master` or `backup`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

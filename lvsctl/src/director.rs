@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ipvs::reconcile::{plan, DesiredService, Scope};
-use ipvs::{DestinationEntry, Ipvs, Op, ServiceEntry, ServiceKey, Stats};
+use ipvs::{DestinationEntry, Ipvs, Op, OpOutcome, ServiceEntry, ServiceKey, Stats};
 use serde::Serialize;
 
 use crate::config::{self, Config, DirectorConfig, DirectorSpec, IfName, Origin, RealConfig, ServiceConfig};
@@ -198,6 +198,7 @@ fn ipvsadm_key(key: &ServiceKey) -> String {
                 ipvs::Protocol::Tcp => "-t",
                 ipvs::Protocol::Udp => "-u",
                 ipvs::Protocol::Sctp => "--sctp-service",
+                ipvs::Protocol::Other(_) => "--xxx-service",
             };
             format!("{p} {addr}")
         }
@@ -304,17 +305,18 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
     let mut first_err: Option<CliError> = None;
     let mut changes = 0usize;
     if !ops.is_empty() {
-        let results = match ipvs.apply(&ops).await {
+        let applied = match ipvs.apply(&ops).await {
             Ok(r) => r,
             Err(e) => {
                 put_back(&path, prev)?;
                 return Err(e.into());
             }
         };
+        let (outcomes, interrupted) = applied.into_parts();
         let mut added_now = Vec::new();
-        for (op, r) in ops.iter().zip(results) {
+        for (op, r) in ops.iter().zip(outcomes) {
             match r {
-                Ok(()) => {
+                OpOutcome::Done => {
                     println!("director: {op}");
                     changes += 1;
                     match op {
@@ -326,19 +328,32 @@ pub(crate) async fn apply(spec: &DirectorSpec, desired: &[DesiredService]) -> Re
                         _ => {}
                     }
                 }
-                Err(e) => {
+                // Perhaps done: a service perhaps added stays claimed (and is
+                // undone below); one perhaps deleted stays claimed too, until
+                // a later run reads the table again.
+                OpOutcome::Unknown => {
+                    if let Op::AddService(s) = op {
+                        owned.push(s.key);
+                        added_now.push(s.key);
+                    }
+                }
+                OpOutcome::Failed(e) => {
                     if first_err.is_none() {
                         first_err = Some(CliError::from(e));
                     }
                 }
+                OpOutcome::NotSent => {}
             }
+        }
+        if let Some(e) = interrupted {
+            first_err.get_or_insert(CliError::from(e));
         }
         if let Some(e) = first_err {
             // Undo the services this run added; leave addresses alone.
             let undo: Vec<Op> = added_now.iter().map(|k| Op::DeleteService(*k)).collect();
             if let Ok(res) = ipvs.apply(&undo).await {
                 for (op, r) in undo.iter().zip(res) {
-                    if r.is_ok() {
+                    if r.is_done() {
                         println!("director: undone: {op}");
                         if let Op::DeleteService(k) = op {
                             owned.retain(|x| x != k);
@@ -476,19 +491,25 @@ pub(crate) async fn teardown() -> Result<(), CliError> {
         .map(|k| Op::DeleteService(*k))
         .collect();
     let mut first_err: Option<CliError> = None;
-    let results = if ops.is_empty() { Vec::new() } else { ipvs.apply(&ops).await? };
+    let (outcomes, interrupted) =
+        if ops.is_empty() { (Vec::new(), None) } else { ipvs.apply(&ops).await?.into_parts() };
+    if let Some(e) = interrupted {
+        first_err.get_or_insert(CliError::from(e));
+    }
     let mut deleted = Vec::new();
-    for (op, r) in ops.iter().zip(results) {
+    for (op, r) in ops.iter().zip(outcomes) {
         match r {
-            Ok(()) => {
+            OpOutcome::Done => {
                 println!("director: {op}");
                 if let Op::DeleteService(k) = op {
                     deleted.push(*k);
                 }
             }
-            Err(e) => {
+            OpOutcome::Failed(e) => {
                 first_err.get_or_insert(CliError::from(e));
             }
+            // Perhaps deleted, or not: it stays claimed until the table is read again.
+            OpOutcome::Unknown | OpOutcome::NotSent => {}
         }
     }
     // Services that are gone are not ours any more, whoever deleted them.

@@ -98,6 +98,8 @@ pub(crate) fn list_service_name(key: &ServiceKey) -> String {
                 Protocol::Tcp => "TCP",
                 Protocol::Udp => "UDP",
                 Protocol::Sctp => "SCTP",
+                // A protocol ipvsadm has no name for (ESP, ...).
+                Protocol::Other(_) => "XXX",
             };
             let mut s = format!("{p:<4} {}", addr_port(*addr));
             if addr.is_ipv4() {
@@ -219,7 +221,11 @@ fn push_dest_line(out: &mut String, svc_family: Family, d: &DestinationEntry, v:
     } else {
         out.push(' ');
         let start = out.len();
-        out.push_str(dd.forward.name());
+        out.push_str(match dd.forward {
+            // ipvsadm passes a NULL to printf here; glibc prints "(null)".
+            Forward::Other(_) => "(null)",
+            ref f => f.name(),
+        });
         pad_from(out, start, 7);
         if v.tun_info {
             out.push(' ');

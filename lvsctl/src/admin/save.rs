@@ -23,6 +23,8 @@ pub(crate) fn rule_service_name(key: &ServiceKey) -> String {
                 ipvs::Protocol::Tcp => "-t",
                 ipvs::Protocol::Udp => "-u",
                 ipvs::Protocol::Sctp => "--sctp-service",
+                // A protocol ipvsadm has no option for (ESP, ...).
+                ipvs::Protocol::Other(_) => "--xxx-service",
             };
             format!("{opt} {}", addr_port(*addr))
         }
@@ -64,7 +66,7 @@ pub(crate) fn fwd_switch(f: &Forward) -> &'static str {
         Forward::Tunnel(_) => "-i",
         Forward::Route | Forward::Local => "-g",
         // ipvsadm passes a NULL to printf here; glibc prints "(null)".
-        Forward::Bypass => "(null)",
+        Forward::Bypass | Forward::Other(_) => "(null)",
     }
 }
 
