@@ -226,7 +226,8 @@ mod tests {
 
     #[test]
     fn same_as_the_reference_parse() {
-        let cases: Vec<Vec<DestAttr>> = vec![
+        // Each case with whether it must parse.
+        let ok: Vec<Vec<DestAttr>> = vec![
             base(),
             [base(), vec![DestAttr::Stats(stats(100, false))]].concat(),
             [base(), vec![DestAttr::Stats(stats(100, false)), DestAttr::Stats64(stats(1 << 40, true))]].concat(),
@@ -242,14 +243,17 @@ mod tests {
                 ],
             ]
             .concat(),
-            // Errors: no address; a short weight; an unknown method.
-            base()[1..].to_vec(),
-            vec![DestAttr::FwdMethod(9), DestAttr::Address(InetAddr::default())],
+            // A forwarding method the library does not know is a value of its own.
+            vec![DestAttr::FwdMethod(5), DestAttr::Address(InetAddr::default())],
         ];
-        for (i, c) in cases.iter().enumerate() {
+        // No address; no forwarding method.
+        let bad: Vec<Vec<DestAttr>> = vec![base()[1..].to_vec(), vec![DestAttr::Address(InetAddr::default())]];
+        let cases = ok.iter().map(|c| (c, true)).chain(bad.iter().map(|c| (c, false)));
+        for (i, (c, must_parse)) in cases.enumerate() {
             let b = bytes(c);
             for fam in [Family::Inet, Family::Inet6] {
                 let want = slow(&b, fam);
+                assert_eq!(want.is_ok(), must_parse, "case {i}: reference {want:?}");
                 // Twice, to show the scratch buffers do not leak between destinations.
                 for _ in 0..2 {
                     let got = dest(&b, fam);
@@ -261,6 +265,8 @@ mod tests {
                 }
             }
         }
+        let other = dest(&bytes(&ok[5]), Family::Inet).unwrap();
+        assert_eq!(other.destination.forward, crate::types::Forward::Other(5));
         // A stats set from a previous destination is not carried over.
         let with = dest(&bytes(&[base(), vec![DestAttr::Stats64(stats(5, true))]].concat()), Family::Inet).unwrap();
         assert_eq!(with.stats.conns, 5);
@@ -269,19 +275,26 @@ mod tests {
     }
 
     /// Attributes as bytes, cut at `cut` when that is inside them and a
-    /// multiple of 3 (so that a third of the cases end in the middle of one).
-    fn encode(attrs: &[(u16, Vec<u8>)], cut: usize) -> Vec<u8> {
+    /// multiple of 3 (so that a third of the cases end in the middle of one),
+    /// and whether the cut fell inside an attribute (before the end of its
+    /// value: such bytes must not parse).
+    fn encode(attrs: &[(u16, Vec<u8>)], cut: usize) -> (Vec<u8>, bool) {
         let mut b = Vec::new();
+        let mut spans = Vec::new();
         for (kind, v) in attrs {
+            let start = b.len();
             b.extend_from_slice(&((v.len() + 4) as u16).to_ne_bytes());
             b.extend_from_slice(&kind.to_ne_bytes());
             b.extend_from_slice(v);
+            spans.push((start, b.len()));
             b.resize((b.len() + 3) & !3, 0);
         }
+        let mut inside = false;
         if cut < b.len() && cut % 3 == 0 {
             b.truncate(cut);
+            inside = spans.iter().any(|&(start, end)| start < cut && cut < end);
         }
-        b
+        (b, inside)
     }
 
     /// An attribute value: mostly of a length some attribute has (so that
@@ -303,9 +316,12 @@ mod tests {
             attrs in proptest::collection::vec((1u16..16, value()), 0..20),
             cut in 0usize..400,
         ) {
-            let b = encode(&attrs, cut);
+            let (b, cut_inside) = encode(&attrs, cut);
             let want = slow(&b, Family::Inet);
             let got = dest(&b, Family::Inet);
+            if cut_inside {
+                proptest::prop_assert!(want.is_err() && got.is_err(), "cut inside: reference {:?}, fast {:?}", want, got);
+            }
             match (&want, &got) {
                 (Ok(w), Ok(g)) => proptest::prop_assert_eq!(w, g),
                 (Err(_), Err(_)) => {}
@@ -337,15 +353,24 @@ mod tests {
         cases.push(
             service_attrs(&Service::new(ServiceKey::udp("[::1]:53".parse().unwrap()), Scheduler::Rr))[..4].to_vec(),
         );
+        // A protocol the library does not know is a value of its own.
+        let esp = ServiceKey::Inet { protocol: crate::types::Protocol::Other(50), addr: "10.0.0.5:0".parse().unwrap() };
+        cases.insert(3, service_attrs(&Service::new(esp, Scheduler::Rr)));
+        // The cases from index 4 on must fail.
         for (i, c) in cases.iter().enumerate() {
             let mut b = vec![0; c.as_slice().buffer_len()];
             c.as_slice().emit(&mut b);
-            match (slow_service(&b), service(&b)) {
+            let (w, g) = (slow_service(&b), service(&b));
+            assert_eq!(w.is_ok(), i < 4, "case {i}: reference {w:?}");
+            match (w, g) {
                 (Ok(w), Ok(g)) => assert_eq!(w, g, "case {i}"),
-                (Err(_), Err(_)) => assert!(i >= 3, "case {i} failed"),
+                (Err(_), Err(_)) => {}
                 (w, g) => panic!("case {i}: reference {w:?}, fast {g:?}"),
             }
         }
+        let mut b = vec![0; cases[3].as_slice().buffer_len()];
+        cases[3].as_slice().emit(&mut b);
+        assert_eq!(service(&b).unwrap().service.key, esp);
     }
 
     proptest::proptest! {
@@ -355,8 +380,12 @@ mod tests {
             attrs in proptest::collection::vec((1u16..16, value()), 0..16),
             cut in 0usize..300,
         ) {
-            let b = encode(&attrs, cut);
-            match (slow_service(&b), service(&b)) {
+            let (b, cut_inside) = encode(&attrs, cut);
+            let (want, got) = (slow_service(&b), service(&b));
+            if cut_inside {
+                proptest::prop_assert!(want.is_err() && got.is_err(), "cut inside: reference {:?}, fast {:?}", want, got);
+            }
+            match (want, got) {
                 (Ok(w), Ok(g)) => proptest::prop_assert_eq!(w, g),
                 (Err(_), Err(_)) => {}
                 (w, g) => proptest::prop_assert!(false, "reference {:?}, fast {:?}", w, g),

@@ -417,7 +417,7 @@ pub fn ipvsadm_proto(p: Protocol) -> &'static str {
         Protocol::Tcp => "TCP",
         Protocol::Udp => "UDP",
         Protocol::Sctp => "SCTP",
-        Protocol::Other(_) => "XXX",
+        Protocol::Other(_) => "?",
     }
 }
 

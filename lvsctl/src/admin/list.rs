@@ -99,7 +99,7 @@ pub(crate) fn list_service_name(key: &ServiceKey) -> String {
                 Protocol::Udp => "UDP",
                 Protocol::Sctp => "SCTP",
                 // A protocol ipvsadm has no name for (ESP, ...).
-                Protocol::Other(_) => "XXX",
+                Protocol::Other(_) => "?",
             };
             let mut s = format!("{p:<4} {}", addr_port(*addr));
             if addr.is_ipv4() {
@@ -416,6 +416,29 @@ mod tests {
     }
 
     const INFO: Info = Info { version: (1, 2, 1), conn_table_size: 4096 };
+
+    /// What ipvsadm 1.31 printed on the test VM for a service another tool
+    /// made over netlink: ESP (protocol 50), with a destination of forwarding
+    /// method 5.
+    #[test]
+    fn unknown_protocol_and_forwarding_method() {
+        let key = ServiceKey::Inet { protocol: Protocol::Other(50), addr: "10.0.0.50:0".parse().unwrap() };
+        let mut d = Destination::new("10.18.68.190:0".parse().unwrap(), Forward::Other(5));
+        d.weight = 3;
+        let t = vec![entry(Service::new(key, Scheduler::Rr), vec![d])];
+        let want = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+?    10.0.0.50:0 rr
+  -> 10.18.68.190:0               (null)  3      0          0         
+";
+        assert_eq!(format_list(Some(&INFO), &t, &View::default()), want);
+        assert_eq!(
+            crate::admin::save::format_save(&t, false),
+            "-A --xxx-service 10.0.0.50:0 -s rr\n-a --xxx-service 10.0.0.50:0 -r 10.18.68.190:0 (null) -w 3\n"
+        );
+    }
 
     /// Compared with what ipvsadm 1.31 printed on the test VM for such a table.
     #[test]
