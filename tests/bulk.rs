@@ -27,7 +27,7 @@ fn service(i: u32) -> Service {
 /// Destination `j` of service `i` (of `m` per service): 10.128.0.1+i*m+j:80, DR.
 fn dest(i: u32, j: u32, m: u32) -> Destination {
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 1)) + i * m + j);
-    Destination { weight: 1 + (i + j) % 10, ..Destination::new(SocketAddr::new(ip.into(), 80), Forward::Route) }
+    Destination::new(SocketAddr::new(ip.into(), 80), Forward::Route).with_weight(1 + (i + j) % 10)
 }
 
 fn table(n: u32, m: u32) -> Vec<DesiredService> {
@@ -190,7 +190,7 @@ fn dump_of_a_large_table_is_complete() {
             destinations: (0..600u32)
                 .map(|j| {
                     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 160, 0, 1)) + j);
-                    Destination { weight: j % 7, ..Destination::new(SocketAddr::new(ip.into(), 53), Forward::Route) }
+                    Destination::new(SocketAddr::new(ip.into(), 53), Forward::Route).with_weight(j % 7)
                 })
                 .collect(),
         });

@@ -188,7 +188,7 @@ fn parse_rules(text: &str) -> Res<Vec<DesiredService>> {
             "-a" => {
                 let i = *index.get(&key).ok_or_else(|| err("real server of an unknown service"))?;
                 let addr = real.ok_or_else(|| err("no real server"))?;
-                out[i].destinations.push(Destination { weight, ..Destination::new(addr, fwd) });
+                out[i].destinations.push(Destination::new(addr, fwd).with_weight(weight));
             }
             _ => return Err(err("unsupported command")),
         }
@@ -670,17 +670,8 @@ mod tests {
                 .iter()
                 .map(|d| {
                     (
-                        ipvs::ServiceEntry { service: d.service.clone(), stats: Default::default() },
-                        d.destinations
-                            .iter()
-                            .map(|x| ipvs::DestinationEntry {
-                                destination: x.clone(),
-                                active_conns: 0,
-                                inactive_conns: 0,
-                                persistent_conns: 0,
-                                stats: Default::default(),
-                            })
-                            .collect(),
+                        ipvs::ServiceEntry::from(d.service.clone()),
+                        d.destinations.iter().map(|x| ipvs::DestinationEntry::from(x.clone())).collect(),
                     )
                 })
                 .collect();

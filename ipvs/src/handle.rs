@@ -230,10 +230,8 @@ impl Ipvs {
     /// # async fn f() -> Result<(), ipvs::Error> {
     /// use ipvs::{Persistence, Scheduler, Service, ServiceKey};
     /// // ipvsadm -A -t 10.0.0.1:443 -s wlc -p 300
-    /// let s = Service {
-    ///     persistence: Some(Persistence { timeout: 300, netmask: None }),
-    ///     ..Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
-    /// };
+    /// let s = Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
+    ///     .with_persistence(Persistence { timeout: 300, netmask: None });
     /// ipvs::Ipvs::connect().await?.add_service(&s).await?;
     /// # Ok(()) }
     /// ```
@@ -324,7 +322,7 @@ impl Ipvs {
     /// use ipvs::{Destination, Forward, ServiceKey};
     /// // ipvsadm -a -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 5
     /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
-    /// let d = Destination { weight: 5, ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq) };
+    /// let d = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq).with_weight(5);
     /// ipvs::Ipvs::connect().await?.add_destination(&key, &d).await?;
     /// # Ok(()) }
     /// ```
@@ -342,7 +340,7 @@ impl Ipvs {
     /// use ipvs::{Destination, Forward, ServiceKey};
     /// // ipvsadm -e -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 0   (drain it)
     /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
-    /// let d = Destination { weight: 0, ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq) };
+    /// let d = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq).with_weight(0);
     /// ipvs::Ipvs::connect().await?.update_destination(&key, &d).await?;
     /// # Ok(()) }
     /// ```
@@ -540,7 +538,7 @@ impl Ipvs {
     /// # async fn f() -> Result<(), ipvs::Error> {
     /// use ipvs::Timeouts;
     /// // ipvsadm --set 0 60 0: only the FIN_WAIT timeout changes.
-    /// ipvs::Ipvs::connect().await?.set_timeouts(&Timeouts { tcp: 0, tcp_fin: 60, udp: 0 }).await?;
+    /// ipvs::Ipvs::connect().await?.set_timeouts(&Timeouts::new(0, 60, 0)).await?;
     /// # Ok(()) }
     /// ```
     pub async fn set_timeouts(&self, t: &Timeouts) -> Result<()> {
@@ -581,7 +579,7 @@ impl Ipvs {
     /// # async fn f() -> Result<(), ipvs::Error> {
     /// use ipvs::{SyncDaemon, SyncState};
     /// // ipvsadm --start-daemon master --mcast-interface eth0 --syncid 7 --mcast-ttl 2
-    /// let d = SyncDaemon { mcast_ttl: Some(2), ..SyncDaemon::new(SyncState::Master, "eth0", 7) };
+    /// let d = SyncDaemon::new(SyncState::Master, "eth0", 7).with_mcast_ttl(2);
     /// ipvs::Ipvs::connect().await?.start_sync_daemon(&d).await?;
     /// # Ok(()) }
     /// ```

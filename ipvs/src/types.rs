@@ -486,10 +486,8 @@ impl fmt::Display for Netmask {
 /// ```
 /// use ipvs::{Netmask, Persistence, Scheduler, Service, ServiceKey};
 /// // ipvsadm -A -t 10.0.0.1:443 -s wlc -p 600 -M 255.255.255.0
-/// let s = Service {
-///     persistence: Some(Persistence { timeout: 600, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) }),
-///     ..Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
-/// };
+/// let s = Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
+///     .with_persistence(Persistence { timeout: 600, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) });
 /// assert!(s.validate().is_ok());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -506,21 +504,18 @@ pub struct Persistence {
 /// ```
 /// use ipvs::{Persistence, Netmask, SchedFlags, Scheduler, Service, ServiceKey};
 /// // ipvsadm -A -u 10.0.0.1:53 -s sh -b sh-port -o
-/// let dns = Service {
-///     sched_flags: SchedFlags::FLAG_2,
-///     one_packet: true,
-///     ..Service::new(ServiceKey::udp("10.0.0.1:53".parse().unwrap()), Scheduler::Sh)
-/// };
+/// let dns = Service::new(ServiceKey::udp("10.0.0.1:53".parse().unwrap()), Scheduler::Sh)
+///     .with_sched_flags(SchedFlags::FLAG_2)
+///     .with_one_packet(true);
 /// assert!(dns.validate().is_ok());
 /// // Refused before anything is sent: an IPv6 netmask out of 1..128.
-/// let bad = Service {
-///     persistence: Some(Persistence { timeout: 60, netmask: Some(Netmask::V6(129)) }),
-///     ..Service::new(ServiceKey::tcp("[2001:db8::1]:80".parse().unwrap()), Scheduler::Rr)
-/// };
+/// let bad = Service::new(ServiceKey::tcp("[2001:db8::1]:80".parse().unwrap()), Scheduler::Rr)
+///     .with_persistence(Persistence { timeout: 60, netmask: Some(Netmask::V6(129)) });
 /// assert!(matches!(bad.validate(), Err(ipvs::Error::Invalid(_))));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Service {
     /// What identifies it.
     pub key: ServiceKey,
@@ -540,6 +535,30 @@ impl Service {
     /// A service with the given key and scheduler, no flags, no persistence.
     pub fn new(key: ServiceKey, scheduler: Scheduler) -> Self {
         Self { key, scheduler, sched_flags: SchedFlags::NONE, persistence: None, one_packet: false, pe: None }
+    }
+
+    /// With these scheduler flags (`-b`).
+    pub fn with_sched_flags(mut self, flags: SchedFlags) -> Self {
+        self.sched_flags = flags;
+        self
+    }
+
+    /// With persistence (`-p`, `-M`), or without (`None`).
+    pub fn with_persistence(mut self, persistence: impl Into<Option<Persistence>>) -> Self {
+        self.persistence = persistence.into();
+        self
+    }
+
+    /// With or without one-packet scheduling (`-o`).
+    pub fn with_one_packet(mut self, one_packet: bool) -> Self {
+        self.one_packet = one_packet;
+        self
+    }
+
+    /// With a persistence engine (`--pe sip`), or without (`None`).
+    pub fn with_pe(mut self, pe: impl Into<Option<String>>) -> Self {
+        self.pe = pe.into();
+        self
     }
 
     /// The netmask that is sent to the kernel.
@@ -751,12 +770,9 @@ impl Forward {
 /// use ipvs::{Destination, Forward, ServiceKey};
 /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
 /// // ipvsadm -a -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 3 -x 100 -y 50
-/// let nat = Destination {
-///     weight: 3,
-///     upper_threshold: 100,
-///     lower_threshold: 50,
-///     ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq)
-/// };
+/// let nat = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq)
+///     .with_weight(3)
+///     .with_thresholds(100, 50);
 /// assert!(nat.validate(&key).is_ok());
 /// // Direct routing cannot change the port: refused before sending.
 /// let dr = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Route);
@@ -764,6 +780,7 @@ impl Forward {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Destination {
     /// Real server address and port. Port 0 on a fwmark service means "the
     /// port the client asked for".
@@ -785,6 +802,19 @@ impl Destination {
     /// A destination with weight 1 and no thresholds.
     pub fn new(addr: SocketAddr, forward: Forward) -> Self {
         Self { addr, forward, weight: 1, upper_threshold: 0, lower_threshold: 0 }
+    }
+
+    /// With this weight (`-w`).
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// With these connection thresholds (`-x upper -y lower`; 0: none).
+    pub fn with_thresholds(mut self, upper: u32, lower: u32) -> Self {
+        self.upper_threshold = upper;
+        self.lower_threshold = lower;
+        self
     }
 
     /// Check what the kernel would reject or silently mis-handle for a
@@ -872,6 +902,7 @@ fn fam_name(f: Family) -> &'static str {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Stats {
     /// Connections scheduled.
     pub conns: u64,
@@ -905,6 +936,7 @@ pub struct Stats {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct ServiceEntry {
     /// Configuration.
     #[cfg_attr(feature = "serde", serde(flatten))]
@@ -925,6 +957,7 @@ pub struct ServiceEntry {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct DestinationEntry {
     /// Configuration.
     #[cfg_attr(feature = "serde", serde(flatten))]
@@ -937,6 +970,22 @@ pub struct DestinationEntry {
     pub persistent_conns: u32,
     /// Counters and rates.
     pub stats: Stats,
+}
+
+impl ServiceEntry {
+    /// A service with these counters.
+    pub fn new(service: Service, stats: Stats) -> Self {
+        Self { service, stats }
+    }
+}
+
+impl DestinationEntry {
+    /// A destination with these connection counts (active, inactive,
+    /// persistent) and counters.
+    pub fn new(destination: Destination, conns: (u32, u32, u32), stats: Stats) -> Self {
+        let (active_conns, inactive_conns, persistent_conns) = conns;
+        Self { destination, active_conns, inactive_conns, persistent_conns, stats }
+    }
 }
 
 impl From<Service> for ServiceEntry {
@@ -959,14 +1008,15 @@ impl From<Destination> for DestinationEntry {
 /// ```
 /// use ipvs::Timeouts;
 /// // ipvsadm --set 900 120 300 (the kernel's defaults)
-/// let t = Timeouts { tcp: 900, tcp_fin: 120, udp: 300 };
+/// let t = Timeouts::new(900, 120, 300);
 /// // Only change UDP:
-/// let only_udp = Timeouts { udp: 60, ..Timeouts::default() };
+/// let only_udp = Timeouts::new(0, 0, 60);
 /// assert_eq!((only_udp.tcp, only_udp.tcp_fin), (0, 0));
 /// # let _ = t;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Timeouts {
     /// Established TCP connections.
     pub tcp: u32,
@@ -974,6 +1024,13 @@ pub struct Timeouts {
     pub tcp_fin: u32,
     /// UDP.
     pub udp: u32,
+}
+
+impl Timeouts {
+    /// These timeouts, in seconds (0: leave unchanged, on set).
+    pub const fn new(tcp: u32, tcp_fin: u32, udp: u32) -> Self {
+        Self { tcp, tcp_fin, udp }
+    }
 }
 
 /// Role of a connection sync daemon.
@@ -1021,17 +1078,16 @@ impl fmt::Display for SyncState {
 /// ```
 /// use ipvs::{SyncDaemon, SyncState};
 /// // ipvsadm --start-daemon backup --mcast-interface eth1 --syncid 3 --mcast-group 239.0.0.3 --mcast-port 8849
-/// let d = SyncDaemon {
-///     mcast_group: Some("239.0.0.3".parse().unwrap()),
-///     mcast_port: Some(8849),
-///     ..SyncDaemon::new(SyncState::Backup, "eth1", 3)
-/// };
+/// let d = SyncDaemon::new(SyncState::Backup, "eth1", 3)
+///     .with_mcast_group("239.0.0.3".parse::<std::net::IpAddr>().unwrap())
+///     .with_mcast_port(8849);
 /// assert!(d.validate().is_ok());
-/// let unicast = SyncDaemon { mcast_group: Some("10.0.0.1".parse().unwrap()), ..d.clone() };
+/// let unicast = d.clone().with_mcast_group("10.0.0.1".parse::<std::net::IpAddr>().unwrap());
 /// assert!(unicast.validate().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct SyncDaemon {
     /// Master or backup.
     pub state: SyncState,
@@ -1063,6 +1119,30 @@ impl SyncDaemon {
         }
     }
 
+    /// With this maximum sync message length (`--sync-maxlen`), or the default (`None`).
+    pub fn with_max_len(mut self, max_len: impl Into<Option<u16>>) -> Self {
+        self.max_len = max_len.into();
+        self
+    }
+
+    /// With this multicast group (`--mcast-group`), or the default (`None`).
+    pub fn with_mcast_group(mut self, group: impl Into<Option<IpAddr>>) -> Self {
+        self.mcast_group = group.into();
+        self
+    }
+
+    /// With this multicast port (`--mcast-port`), or the default (`None`).
+    pub fn with_mcast_port(mut self, port: impl Into<Option<u16>>) -> Self {
+        self.mcast_port = port.into();
+        self
+    }
+
+    /// With this multicast TTL (`--mcast-ttl`), or the default (`None`).
+    pub fn with_mcast_ttl(mut self, ttl: impl Into<Option<u8>>) -> Self {
+        self.mcast_ttl = ttl.into();
+        self
+    }
+
     /// Check what the kernel would reject.
     pub fn validate(&self) -> Result<(), Error> {
         if self.interface.is_empty() || self.interface.len() > ipvs_sys::constants::IFNAME_MAXLEN {
@@ -1086,11 +1166,12 @@ impl SyncDaemon {
 /// What `GET_INFO` tells.
 ///
 /// ```
-/// let i = ipvs::Info { version: (1, 2, 1), conn_table_size: 4096 };
+/// let i = ipvs::Info::new((1, 2, 1), 4096);
 /// assert_eq!(i.version_string(), "1.2.1");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Info {
     /// IPVS version as (major, minor, patch), e.g. (1, 2, 1).
     pub version: (u8, u8, u8),
@@ -1099,6 +1180,11 @@ pub struct Info {
 }
 
 impl Info {
+    /// Info of this version and connection table size.
+    pub const fn new(version: (u8, u8, u8), conn_table_size: u32) -> Self {
+        Self { version, conn_table_size }
+    }
+
     /// `1.2.1`.
     pub fn version_string(&self) -> String {
         format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)

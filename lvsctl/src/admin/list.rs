@@ -374,12 +374,9 @@ mod tests {
             entry(
                 s,
                 vec![
-                    Destination {
-                        weight: 7,
-                        upper_threshold: 100,
-                        lower_threshold: 50,
-                        ..Destination::new("10.1.0.3:8080".parse().unwrap(), Forward::Masq)
-                    },
+                    Destination::new("10.1.0.3:8080".parse().unwrap(), Forward::Masq)
+                        .with_weight(7)
+                        .with_thresholds(100, 50),
                     Destination::new(
                         "10.1.0.7:80".parse().unwrap(),
                         Forward::Tunnel(Tunnel::Gue { port: 6082, checksum: TunnelChecksum::RemCsum }),
@@ -389,10 +386,7 @@ mod tests {
                         "10.1.0.9:80".parse().unwrap(),
                         Forward::Tunnel(Tunnel::Gre { checksum: TunnelChecksum::NoCsum }),
                     ),
-                    Destination {
-                        weight: 0,
-                        ..Destination::new("10.1.0.4:80".parse().unwrap(), Forward::Tunnel(Tunnel::Ipip))
-                    },
+                    Destination::new("10.1.0.4:80".parse().unwrap(), Forward::Tunnel(Tunnel::Ipip)).with_weight(0),
                 ],
             ),
             entry(sctp, vec![]),
@@ -404,18 +398,16 @@ mod tests {
         d.active_conns = 3;
         d.inactive_conns = 4;
         d.persistent_conns = 5;
-        d.stats = Stats {
-            conns: 123_456_789,
-            in_pkts: 5,
-            in_bytes: 1_000_000_000_000,
-            cps: 2,
-            in_bps: 300_000_000,
-            ..Default::default()
-        };
+        d.stats = Stats::default();
+        d.stats.conns = 123_456_789;
+        d.stats.in_pkts = 5;
+        d.stats.in_bytes = 1_000_000_000_000;
+        d.stats.cps = 2;
+        d.stats.in_bps = 300_000_000;
         t
     }
 
-    const INFO: Info = Info { version: (1, 2, 1), conn_table_size: 4096 };
+    const INFO: Info = Info::new((1, 2, 1), 4096);
 
     /// What ipvsadm 1.31 printed on the test VM for a service another tool
     /// made over netlink: ESP (protocol 50), with a destination of forwarding
@@ -519,17 +511,12 @@ FWM  2 IPv6 wrr persistent 100 mask 64
 
     #[test]
     fn timeouts_and_daemons() {
-        assert_eq!(
-            format_timeouts(&Timeouts { tcp: 900, tcp_fin: 120, udp: 300 }),
-            "Timeout (tcp tcpfin udp): 900 120 300\n"
-        );
-        let m = SyncDaemon {
-            max_len: Some(1400),
-            mcast_group: Some("239.1.2.3".parse().unwrap()),
-            mcast_port: Some(9999),
-            mcast_ttl: Some(3),
-            ..SyncDaemon::new(SyncState::Master, "d0", 7)
-        };
+        assert_eq!(format_timeouts(&Timeouts::new(900, 120, 300)), "Timeout (tcp tcpfin udp): 900 120 300\n");
+        let m = SyncDaemon::new(SyncState::Master, "d0", 7)
+            .with_max_len(1400)
+            .with_mcast_group("239.1.2.3".parse::<std::net::IpAddr>().unwrap())
+            .with_mcast_port(9999)
+            .with_mcast_ttl(3);
         let b = SyncDaemon::new(SyncState::Backup, "d0", 8);
         assert_eq!(
             format_daemons(&[m, b]),

@@ -385,7 +385,7 @@ pub(crate) async fn run(cmd: AdminCmd) -> Result<ExitCode, CliError> {
         AdminCmd::Timeout(a) => {
             let h = connect().await?;
             if let [tcp, tcp_fin, udp] = a.set[..] {
-                h.set_timeouts(&Timeouts { tcp, tcp_fin, udp }).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+                h.set_timeouts(&Timeouts::new(tcp, tcp_fin, udp)).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
                 return Ok(ExitCode::SUCCESS);
             }
             let t = h.timeouts().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
@@ -624,13 +624,11 @@ async fn sync(c: SyncCmd) -> Result<ExitCode, CliError> {
     let h = connect().await?;
     match c {
         SyncCmd::Start(a) => {
-            let d = SyncDaemon {
-                max_len: a.sync_maxlen,
-                mcast_group: a.mcast_group,
-                mcast_port: a.mcast_port,
-                mcast_ttl: a.mcast_ttl,
-                ..SyncDaemon::new(a.state.into(), a.mcast_interface, a.syncid)
-            };
+            let d = SyncDaemon::new(a.state.into(), a.mcast_interface, a.syncid)
+                .with_max_len(a.sync_maxlen)
+                .with_mcast_group(a.mcast_group)
+                .with_mcast_port(a.mcast_port)
+                .with_mcast_ttl(a.mcast_ttl);
             h.start_sync_daemon(&d).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
         }
         SyncCmd::Stop { state } => {
