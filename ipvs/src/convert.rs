@@ -26,7 +26,7 @@ pub(crate) fn service_key_attrs(key: &ServiceKey) -> Vec<ServiceAttr> {
 /// Every attribute NEW_SERVICE / SET_SERVICE need.
 pub(crate) fn service_attrs(s: &Service) -> Vec<ServiceAttr> {
     let mut v = service_key_attrs(&s.key);
-    let mut flags = s.sched_flags.0;
+    let mut flags = s.sched_flags.bits();
     if s.persistence.is_some() {
         flags |= svc_flags::PERSISTENT;
     }
@@ -132,7 +132,7 @@ impl RawService<'_> {
             service: Service {
                 key,
                 scheduler,
-                sched_flags: SchedFlags(flags & SchedFlags::ALL),
+                sched_flags: SchedFlags::from_bits_truncate(flags),
                 persistence,
                 one_packet: flags & svc_flags::ONEPACKET != 0,
                 pe: self.pe.filter(|p| !p.is_empty()).map(str::to_owned),

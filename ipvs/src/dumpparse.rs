@@ -5,6 +5,7 @@
 //! path through `ipvs_sys`'s typed attributes) uses too; the tests hold this
 //! parser to that reference on any bytes, errors included.
 
+use ipvs_sys::bytes;
 use ipvs_sys::constants::{attr, dest, svc};
 use ipvs_sys::{InetAddr, StatsField};
 use netlink_packet_core::NLA_TYPE_MASK;
@@ -40,17 +41,21 @@ impl<'a> Iterator for Nlas<'a> {
     }
 }
 
-/// `what` (`destination port`, `service fwmark`, ...) is not `want` bytes long.
-fn bad_len(what: &str, want: usize, got: usize) -> Error {
-    Error::Decode(format!("{what}: expected {want} bytes, got {got}"))
+/// The readers of `ipvs_sys::bytes`, with this crate's error.
+fn u16_ne(what: &str, v: &[u8]) -> Result<u16> {
+    bytes::u16_ne(what, v).map_err(decode)
 }
 
-fn u16_of(what: &str, v: &[u8]) -> Result<[u8; 2]> {
-    v.try_into().map_err(|_| bad_len(what, 2, v.len()))
+fn u16_be(what: &str, v: &[u8]) -> Result<u16> {
+    bytes::u16_be(what, v).map_err(decode)
 }
 
 fn u32_ne(what: &str, v: &[u8]) -> Result<u32> {
-    v.try_into().map(u32::from_ne_bytes).map_err(|_| bad_len(what, 4, v.len()))
+    bytes::u32_ne(what, v).map_err(decode)
+}
+
+fn decode(e: ipvs_sys::DecodeError) -> Error {
+    Error::Decode(e.to_string())
 }
 
 /// Parse the top-level attributes of one GET_DEST reply message, pushing
@@ -78,7 +83,7 @@ pub(crate) fn dest(payload: &[u8], family: Family) -> Result<DestinationEntry> {
         let (kind, v) = nla?;
         match kind {
             dest::ADDR => r.addr = Some(InetAddr::parse(v).map_err(|e| Error::Decode(e.to_string()))?),
-            dest::PORT => r.port = u16::from_be_bytes(u16_of("destination port", v)?),
+            dest::PORT => r.port = u16_be("destination port", v)?,
             dest::FWD_METHOD => r.method = Some(u32_ne("destination forwarding method", v)?),
             dest::WEIGHT => r.weight = u32_ne("destination weight", v)?,
             dest::U_THRESH => r.upper = u32_ne("destination upper threshold", v)?,
@@ -87,18 +92,11 @@ pub(crate) fn dest(payload: &[u8], family: Family) -> Result<DestinationEntry> {
             dest::INACT_CONNS => r.inactive = u32_ne("destination inactive connections", v)?,
             dest::PERSIST_CONNS => r.persistent = u32_ne("destination persistent connections", v)?,
             dest::STATS => r.stats32 = Some(read_stats(v)?),
-            dest::ADDR_FAMILY => {
-                r.af = Some(u16::from_ne_bytes(u16_of("destination address family", v)?)).filter(|a| *a != 0)
-            }
+            dest::ADDR_FAMILY => r.af = Some(u16_ne("destination address family", v)?).filter(|a| *a != 0),
             dest::STATS64 => r.stats64 = Some(read_stats(v)?),
-            dest::TUN_TYPE => {
-                r.tun_type = match *v {
-                    [t] => t,
-                    _ => return Err(bad_len("destination tunnel type", 1, v.len())),
-                }
-            }
-            dest::TUN_PORT => r.tun_port = u16::from_be_bytes(u16_of("destination tunnel port", v)?),
-            dest::TUN_FLAGS => r.tun_flags = u16::from_ne_bytes(u16_of("destination tunnel flags", v)?),
+            dest::TUN_TYPE => r.tun_type = bytes::u8_("destination tunnel type", v).map_err(decode)?,
+            dest::TUN_PORT => r.tun_port = u16_be("destination tunnel port", v)?,
+            dest::TUN_FLAGS => r.tun_flags = u16_ne("destination tunnel flags", v)?,
             _ => {}
         }
     }
@@ -117,34 +115,28 @@ pub(crate) fn service_message(attrs: &[u8], out: &mut Vec<ServiceEntry>) -> Resu
     Ok(())
 }
 
-/// A NUL-terminated string (what follows the NUL is not part of it).
-fn cstr<'a>(what: &str, v: &'a [u8]) -> Result<&'a str> {
-    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-    std::str::from_utf8(&v[..end]).map_err(|e| Error::Decode(format!("{what}: invalid UTF-8: {e}")))
-}
-
 /// Parse the payload of one nested service attribute.
 pub(crate) fn service(payload: &[u8]) -> Result<ServiceEntry> {
     let mut r = RawService::default();
     for nla in Nlas(payload) {
         let (kind, v) = nla?;
         match kind {
-            svc::AF => r.af = Some(u16::from_ne_bytes(u16_of("service address family", v)?)),
-            svc::PROTOCOL => r.proto = Some(u16::from_ne_bytes(u16_of("service protocol", v)?)),
+            svc::AF => r.af = Some(u16_ne("service address family", v)?),
+            svc::PROTOCOL => r.proto = Some(u16_ne("service protocol", v)?),
             svc::ADDR => r.addr = Some(InetAddr::parse(v).map_err(|e| Error::Decode(e.to_string()))?),
-            svc::PORT => r.port = Some(u16::from_be_bytes(u16_of("service port", v)?)),
+            svc::PORT => r.port = Some(u16_be("service port", v)?),
             svc::FWMARK => r.mark = Some(u32_ne("service fwmark", v)?),
-            svc::SCHED_NAME => r.sched = Some(cstr("scheduler name", v)?),
+            svc::SCHED_NAME => r.sched = Some(bytes::cstr("scheduler name", v).map_err(decode)?),
             svc::FLAGS => match *v {
                 [a, b, c, d, e, f, g, h] => {
                     r.flags = u32::from_ne_bytes([a, b, c, d]) & u32::from_ne_bytes([e, f, g, h]);
                 }
-                _ => return Err(bad_len("service flags", 8, v.len())),
+                _ => return Err(decode(bytes::bad_len("service flags", 8, v.len()))),
             },
             svc::TIMEOUT => r.timeout = u32_ne("service timeout", v)?,
             svc::NETMASK => r.netmask = Some(u32_ne("service netmask", v)?),
             svc::STATS => r.stats32 = Some(read_stats(v)?),
-            svc::PE_NAME => r.pe = Some(cstr("pe name", v)?),
+            svc::PE_NAME => r.pe = Some(bytes::cstr("pe name", v).map_err(decode)?),
             svc::STATS64 => r.stats64 = Some(read_stats(v)?),
             _ => {}
         }
@@ -175,12 +167,8 @@ fn read_stats(payload: &[u8]) -> Result<Stats> {
 mod tests {
     use super::*;
     use crate::convert::dest_from;
-    use ipvs_sys::{DecodeError, DestAttr, StatsAttr, StatsField};
+    use ipvs_sys::{DestAttr, StatsAttr, StatsField};
     use netlink_packet_core::{DefaultNla, Emitable};
-
-    fn decode(e: DecodeError) -> Error {
-        Error::Decode(e.to_string())
-    }
 
     fn bytes(attrs: &[DestAttr]) -> Vec<u8> {
         let mut b = vec![0; attrs.buffer_len()];

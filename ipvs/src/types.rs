@@ -356,51 +356,65 @@ impl TryFrom<String> for Scheduler {
     }
 }
 
-/// Scheduler flags (`ipvsadm -b`): `flag-1`/`flag-2`/`flag-3`, called
-/// `sh-fallback`/`sh-port` for sh and `mh-fallback`/`mh-port` for mh.
-///
-/// ```
-/// use ipvs::{SchedFlags, Scheduler};
-/// let f = SchedFlags::parse_list("sh-port,sh-fallback").unwrap(); // ipvsadm -b sh-port,sh-fallback
-/// assert_eq!(f, SchedFlags::FLAG_1 | SchedFlags::FLAG_2);
-/// assert_eq!(f.names(&Scheduler::Sh), ["sh-fallback", "sh-port"]);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct SchedFlags(pub u32);
+bitflags::bitflags! {
+    /// Scheduler flags (`ipvsadm -b`), the `IP_VS_SVC_F_SCHED1..3` bits of
+    /// a service's `FLAGS`: `flag-1`/`flag-2`/`flag-3`, called
+    /// `sh-fallback`/`sh-port` for sh and `mh-fallback`/`mh-port` for mh.
+    ///
+    /// ```
+    /// use ipvs::{SchedFlags, Scheduler};
+    /// let f = SchedFlags::parse_list("sh-port,sh-fallback").unwrap(); // ipvsadm -b sh-port,sh-fallback
+    /// assert_eq!(f, SchedFlags::SH_FALLBACK | SchedFlags::SH_PORT);
+    /// assert_eq!(f, SchedFlags::FLAG_1 | SchedFlags::FLAG_2);
+    /// assert_eq!(f.names(&Scheduler::Sh), ["sh-fallback", "sh-port"]);
+    /// ```
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct SchedFlags: u32 {
+        /// `flag-1` (`sh-fallback`, `mh-fallback`).
+        const FLAG_1 = ipvs_sys::constants::svc_flags::SCHED1;
+        /// `flag-2` (`sh-port`, `mh-port`).
+        const FLAG_2 = ipvs_sys::constants::svc_flags::SCHED2;
+        /// `flag-3`.
+        const FLAG_3 = ipvs_sys::constants::svc_flags::SCHED3;
+    }
+}
+
+/// As the bits (a number), so that records written before keep reading.
+#[cfg(feature = "serde")]
+impl Serialize for SchedFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.bits().serialize(s)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> Deserialize<'de> for SchedFlags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Unknown bits are kept: `Service::validate` refuses them.
+        u32::deserialize(d).map(Self::from_bits_retain)
+    }
+}
 
 impl SchedFlags {
     /// No flag.
-    pub const NONE: SchedFlags = SchedFlags(0);
-    /// `flag-1` (`sh-fallback`, `mh-fallback`).
-    pub const FLAG_1: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED1);
-    /// `flag-2` (`sh-port`, `mh-port`).
-    pub const FLAG_2: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED2);
-    /// `flag-3`.
-    pub const FLAG_3: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED3);
-    /// Every scheduler flag bit.
-    pub const ALL: u32 = ipvs_sys::constants::svc_flags::SCHED1
-        | ipvs_sys::constants::svc_flags::SCHED2
-        | ipvs_sys::constants::svc_flags::SCHED3;
-
-    /// Whether every flag of `other` is set.
-    pub fn contains(self, other: SchedFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// Whether no flag is set.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
+    pub const NONE: SchedFlags = SchedFlags::empty();
+    /// `sh-fallback`: [`SchedFlags::FLAG_1`] of the sh scheduler.
+    pub const SH_FALLBACK: SchedFlags = SchedFlags::FLAG_1;
+    /// `sh-port`: [`SchedFlags::FLAG_2`] of the sh scheduler.
+    pub const SH_PORT: SchedFlags = SchedFlags::FLAG_2;
+    /// `mh-fallback`: [`SchedFlags::FLAG_1`] of the mh scheduler.
+    pub const MH_FALLBACK: SchedFlags = SchedFlags::FLAG_1;
+    /// `mh-port`: [`SchedFlags::FLAG_2`] of the mh scheduler.
+    pub const MH_PORT: SchedFlags = SchedFlags::FLAG_2;
 
     /// Parse a comma-separated list as `ipvsadm -b` takes it (`sh-port,sh-fallback`, `flag-1`).
     pub fn parse_list(s: &str) -> Result<Self, Error> {
-        let mut out = 0;
+        let mut out = Self::empty();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             out |= match name {
-                "flag-1" | "sh-fallback" | "mh-fallback" => Self::FLAG_1.0,
-                "flag-2" | "sh-port" | "mh-port" => Self::FLAG_2.0,
-                "flag-3" => Self::FLAG_3.0,
+                "flag-1" | "sh-fallback" | "mh-fallback" => Self::FLAG_1,
+                "flag-2" | "sh-port" | "mh-port" => Self::FLAG_2,
+                "flag-3" => Self::FLAG_3,
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown scheduler flag {name:?}: expected flag-1, flag-2, flag-3, sh-fallback, sh-port, mh-fallback or mh-port"
@@ -408,7 +422,7 @@ impl SchedFlags {
                 }
             };
         }
-        Ok(Self(out))
+        Ok(out)
     }
 
     /// The flag names as ipvsadm prints them for `scheduler` (`sh-fallback`, `flag-1`, ...).
@@ -429,13 +443,6 @@ impl SchedFlags {
             v.push(f3);
         }
         v
-    }
-}
-
-impl std::ops::BitOr for SchedFlags {
-    type Output = SchedFlags;
-    fn bitor(self, rhs: SchedFlags) -> SchedFlags {
-        SchedFlags(self.0 | rhs.0)
     }
 }
 
@@ -609,10 +616,10 @@ impl Service {
                 return Err(Error::invalid("persistence timeout must be at least 1 second"));
             }
         }
-        if self.sched_flags.0 & !SchedFlags::ALL != 0 {
+        if self.sched_flags.bits() & !SchedFlags::all().bits() != 0 {
             return Err(Error::invalid(format!(
                 "scheduler flags {:#x} has bits outside flag-1..flag-3",
-                self.sched_flags.0
+                self.sched_flags.bits()
             )));
         }
         if let Some(pe) = &self.pe {

@@ -317,7 +317,7 @@ pub(crate) fn parse_sched_flags(sched: &str, s: &str) -> Result<SchedFlags, Stri
             }
             _ => return Err(format!("invalid scheduler flag `{flag}'")),
         };
-        out = out | bit;
+        out |= bit;
     }
     Ok(out)
 }
