@@ -726,36 +726,27 @@ async fn resolve_family(fd: &AsyncFd<Socket>, timeout: Duration) -> Result<Optio
                 Ok(r) => r.map_err(io_err("netlink receive"))?,
                 Err(_) => continue,
             };
-            let mut off = 0;
-            while off + 16 <= n.min(buf.len()) {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-                if len < 16 || off + len > n {
-                    break;
-                }
-                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-                let body = &buf[off + 16..off + len];
-                if ty == netlink_packet_core::NLMSG_ERROR && body.len() >= 4 {
-                    let e = i32::from_ne_bytes(body[..4].try_into().unwrap());
-                    if e == 0 {
-                        return Ok(family);
-                    }
-                    if -e == libc::ENOENT {
-                        return Ok(None);
-                    }
-                    if -e == libc::EPERM {
-                        return Err(Error::PermissionDenied);
-                    }
-                    return Err(Error::Kernel { context: "resolving the IPVS netlink family".into(), errno: -e });
+            for (ty, _seq, body) in NlMsgs(&buf[..n.min(buf.len())]) {
+                if ty == NLMSG_ERROR && body.len() >= 4 {
+                    let e = -i32::from_ne_bytes(body[..4].try_into().unwrap());
+                    return match e {
+                        0 => Ok(family),
+                        libc::ENOENT => Ok(None),
+                        libc::EPERM => Err(Error::PermissionDenied),
+                        _ => Err(Error::Kernel { context: "resolving the IPVS netlink family".into(), errno: e }),
+                    };
                 }
                 if ty == GENL_ID_CTRL && body.len() >= 4 {
                     for nla in netlink_packet_core::NlasIterator::new(&body[4..]) {
                         let nla = nla.map_err(|e| Error::Decode(e.to_string()))?;
-                        if nla.kind() == CTRL_ATTR_FAMILY_ID && nla.value().len() >= 2 {
-                            family = Some(u16::from_ne_bytes(nla.value()[..2].try_into().unwrap()));
+                        if nla.kind() == CTRL_ATTR_FAMILY_ID {
+                            family = Some(
+                                ipvs_sys::bytes::u16_ne("family id", nla.value())
+                                    .map_err(|e| Error::Decode(e.to_string()))?,
+                            );
                         }
                     }
                 }
-                off += (len + 3) & !3;
             }
         }
     };
