@@ -762,17 +762,18 @@ async fn resolve_family(fd: &AsyncFd<Socket>, timeout: Duration) -> Result<Optio
 /// blocking pool) ever changes namespace, and the runtime is not blocked
 /// meanwhile. The sockets stay bound to that namespace.
 pub(crate) async fn open_socket_in(path: &std::path::Path, pool: usize) -> Result<Sockets> {
-    let ns =
-        std::fs::File::open(path).map_err(|e| Error::Io(format!("opening network namespace {}", path.display()), e))?;
-    let path_s = path.display().to_string();
+    let path = path.to_owned();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("ipvs-netns".into())
         .spawn(move || {
-            let r = match nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
-                Ok(()) => open_socket(pool).map_err(io_err("netlink socket")),
-                Err(e) => Err(Error::Io(format!("entering network namespace {path_s}"), e.into())),
-            };
+            let r = std::fs::File::open(&path)
+                .map_err(|e| Error::Io(format!("opening network namespace {}", path.display()), e))
+                .and_then(|ns| {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| Error::Io(format!("entering network namespace {}", path.display()), e.into()))
+                })
+                .and_then(|()| open_socket(pool).map_err(io_err("netlink socket")));
             let _ = tx.send(r);
         })
         .map_err(|e| Error::Io("starting the network namespace thread".into(), e))?;

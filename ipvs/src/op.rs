@@ -226,3 +226,23 @@ impl<'a> IntoIterator for &'a Applied {
         self.outcomes.iter()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_tell_what_may_have_changed() {
+        let a = Applied::new(
+            vec![OpOutcome::Done, OpOutcome::Failed(Error::invalid("no")), OpOutcome::Unknown, OpOutcome::NotSent],
+            Some(Error::invalid("cut short")),
+        );
+        assert_eq!(a.iter().map(OpOutcome::maybe_done).collect::<Vec<_>>(), [true, false, true, false]);
+        assert_eq!(a.iter().map(OpOutcome::is_done).collect::<Vec<_>>(), [true, false, false, false]);
+        assert!(a[1].error().is_some() && a[2].error().is_none());
+        assert!(!a.all_done());
+        assert!(Applied::new(vec![OpOutcome::Done], None).all_done());
+        // Cut short before anything was sent: not all done, though no operation failed.
+        assert!(!Applied::new(vec![], Some(Error::invalid("cut short"))).all_done());
+    }
+}
