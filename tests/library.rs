@@ -907,6 +907,35 @@ fn large_table_apply_and_dump() {
     });
 }
 
+/// Services without real servers are looked up again after their (empty)
+/// destination dumps, to leave out the ones deleted meanwhile: the ones that
+/// exist stay, also more than one batch of them, on both dump paths.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn dump_keeps_services_without_real_servers() {
+    let _table = exclusive_table();
+    in_fresh_netns(|| async {
+        let h = connect().await;
+        let ops: Vec<Op> = (0..700u32)
+            .map(|i| {
+                let key = ServiceKey::tcp(SocketAddr::new(Ipv4Addr::from(0x0a30_0000 + i).into(), 80));
+                Op::AddService(Service::new(key, Scheduler::Rr))
+            })
+            .collect();
+        assert!(h.apply(&ops).await.unwrap().all_done());
+        let with_dest = ServiceKey::tcp(SocketAddr::new(Ipv4Addr::from(0x0a30_0000).into(), 80));
+        h.add_destination(&with_dest, &Destination::new(sa("10.0.1.1:80"), Forward::Route)).await.unwrap();
+        let table = h.dump().await.unwrap();
+        assert_eq!(table.len(), 700);
+        assert_eq!(table.iter().filter(|(_, d)| d.is_empty()).count(), 699);
+        // The same with the one-by-one path (no dump socket pool).
+        let one = ipvs::Ipvs::builder().dump_sockets(0).connect().await.unwrap();
+        assert_eq!(one.dump().await.unwrap().len(), 700);
+        // Emptied here, before the namespace goes (see tests/bulk.rs).
+        h.flush().await.unwrap();
+    });
+}
+
 /// A failing operation in the middle of a bulk apply reports exactly that
 /// operation's error; the others are applied.
 #[test]

@@ -438,26 +438,38 @@ impl Ipvs {
     /// destination dump of a missing service with an empty list, so a service
     /// deleted between the service dump and its destination dump would look
     /// like a service without destinations: each service with none is looked
-    /// up once more.
+    /// up once more (in one batch).
     async fn without_vanished(&self, mut table: Table) -> Result<Table> {
-        let mut gone = Vec::new();
-        for (i, (s, d)) in table.iter().enumerate() {
-            if d.is_empty() {
-                match self.service(&s.service.key).await {
-                    Ok(_) => {}
-                    Err(Error::NoSuchService(_)) => gone.push(i),
-                    Err(e) => return Err(e),
-                }
+        let empty: Vec<usize> = table.iter().enumerate().filter(|(_, (_, d))| d.is_empty()).map(|(i, _)| i).collect();
+        if empty.is_empty() {
+            return Ok(table);
+        }
+        let key = |k: usize| table[empty[k]].0.service.key;
+        let batch = self
+            .conn
+            .batch(
+                empty.len(),
+                |k| Self::msg(IpvsCmd::GetService, vec![IpvsAttr::Service(service_key_attrs(&key(k)))]),
+                "looking up the services without real servers",
+                self.timeout,
+            )
+            .await;
+        if let Some(e) = batch.interrupted {
+            return Err(e);
+        }
+        let mut gone = vec![false; table.len()];
+        for (k, r) in batch.results.into_iter().enumerate() {
+            match r {
+                Answer::Err(libc::ESRCH) => gone[empty[k]] = true,
+                Answer::Err(e) => return Err(svc_err(&key(k), e)),
+                _ => {}
             }
         }
-        if !gone.is_empty() {
-            let mut i = 0;
-            table.retain(|_| {
-                let keep = gone.binary_search(&i).is_err();
-                i += 1;
-                keep
-            });
-        }
+        let mut i = 0;
+        table.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
         Ok(table)
     }
 
