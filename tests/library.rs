@@ -907,6 +907,48 @@ fn large_table_apply_and_dump() {
     });
 }
 
+/// A request whose reply does not come within the deadline fails with
+/// `Error::Timeout`, and a batch cut short so reports what it sent as
+/// `Unknown` (here: in fact done) and the rest as `NotSent`. The replies are
+/// held back by starving the handle's reader task: it runs on the runtime
+/// that connected, whose only thread then waits for another thread using the
+/// handle from a runtime of its own.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn forced_deadline_gives_timeout_and_unknown_outcomes() {
+    let _table = shared_table();
+    in_fresh_netns(|| async {
+        let deadline = std::time::Duration::from_millis(300);
+        let h = connect().await.with_timeout(deadline);
+        let ops: Vec<Op> = (0..600u32)
+            .map(|i| {
+                let key = ServiceKey::tcp(SocketAddr::new(Ipv4Addr::from(0x0a40_0000 + i).into(), 80));
+                Op::AddService(Service::new(key, Scheduler::Rr))
+            })
+            .collect();
+        let h2 = h.clone();
+        let ops2 = ops.clone();
+        // This thread (the connecting runtime's only one) waits here: the
+        // reader task cannot run until the other thread is done.
+        let (info, applied) = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async { (h2.info().await, h2.apply(&ops2).await) })
+        })
+        .join()
+        .unwrap();
+        assert!(matches!(info, Err(Error::Timeout(d, _)) if d == deadline), "{info:?}");
+        let applied = applied.expect("valid operations");
+        assert!(matches!(applied.interrupted(), Some(Error::Timeout(..))), "{:?}", applied.interrupted());
+        // The first chunk (512 requests) was sent, the second was not.
+        assert!(applied.outcomes()[..512].iter().all(|o| matches!(o, OpOutcome::Unknown)), "{applied:?}");
+        assert!(applied.outcomes()[512..].iter().all(|o| matches!(o, OpOutcome::NotSent)), "{applied:?}");
+        // The reader runs again: the handle works, and the unknown ones were done.
+        assert_eq!(h.info().await.unwrap().version.0, 1);
+        assert_eq!(h.services().await.unwrap().len(), 512);
+        h.flush().await.unwrap();
+    });
+}
+
 /// Services without real servers are looked up again after their (empty)
 /// destination dumps, to leave out the ones deleted meanwhile: the ones that
 /// exist stay, also more than one batch of them, on both dump paths.
