@@ -32,8 +32,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for op in &ops {
         println!("{op}");
     }
-    for (op, res) in ops.iter().zip(ipvs.apply(&ops).await?) {
-        res.map_err(|e| format!("{op}: {e}"))?;
+    let applied = ipvs.apply(&ops).await?;
+    if let Some(e) = applied.interrupted() {
+        return Err(format!("cut short, run again: {e}").into());
+    }
+    for (op, outcome) in ops.iter().zip(applied) {
+        if let ipvs::OpOutcome::Failed(e) = outcome {
+            return Err(format!("{op}: {e}").into());
+        }
     }
     println!("{} change(s) applied", ops.len());
     Ok(())

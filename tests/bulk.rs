@@ -27,7 +27,7 @@ fn service(i: u32) -> Service {
 /// Destination `j` of service `i` (of `m` per service): 10.128.0.1+i*m+j:80, DR.
 fn dest(i: u32, j: u32, m: u32) -> Destination {
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 1)) + i * m + j);
-    Destination { weight: 1 + (i + j) % 10, ..Destination::new(SocketAddr::new(ip.into(), 80), Forward::Route) }
+    Destination::new(SocketAddr::new(ip.into(), 80), Forward::Route).with_weight(1 + (i + j) % 10)
 }
 
 fn table(n: u32, m: u32) -> Vec<DesiredService> {
@@ -124,16 +124,16 @@ fn apply_reports_exactly_the_failures() {
         let last = ops.len() - 1;
         let res = h.apply(&ops).await.expect("apply");
         assert_eq!(res.len(), ops.len());
-        let failed: Vec<usize> = res.iter().enumerate().filter(|(_, r)| r.is_err()).map(|(i, _)| i).collect();
+        let failed: Vec<usize> = res.iter().enumerate().filter(|(_, r)| !r.is_done()).map(|(i, _)| i).collect();
         let mut want: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
         want.push(last);
         assert_eq!(failed, want, "exactly the bad operations fail");
         for i in want {
-            let e = res[i].as_ref().unwrap_err();
+            let e = res[i].error().expect("refused by the kernel");
             let ok = match &ops[i] {
                 Op::AddService(_) => matches!(e, Error::ServiceExists(_)),
                 Op::AddDestination(..) | Op::UpdateService(_) => matches!(e, Error::NoSuchService(_)),
-                Op::DeleteDestination(..) => matches!(e, Error::NoSuchDestination(_)),
+                Op::DeleteDestination(..) => matches!(e, Error::NoSuchDestination { .. }),
                 _ => false,
             };
             assert!(ok, "operation {i} ({}) failed with an unexpected error: {e}", ops[i]);
@@ -151,7 +151,7 @@ fn reconcile_of_an_unchanged_table_plans_nothing() {
     alone(|| async {
         let h = connect().await;
         let t = table(1000, 10);
-        assert!(h.apply(&create_ops(&t)).await.unwrap().iter().all(|r| r.is_ok()));
+        assert!(h.apply(&create_ops(&t)).await.unwrap().iter().all(|r| r.is_done()));
         let current = h.dump().await.unwrap();
         assert!(plan(&current, &t, &Scope::All).is_empty(), "unchanged table, Scope::All");
         let keys: Vec<ServiceKey> = t.iter().map(|d| d.service.key).collect();
@@ -169,7 +169,7 @@ fn reconcile_of_an_unchanged_table_plans_nothing() {
         assert!(ops.contains(&Op::UpdateDestination(want[7].service.key, want[7].destinations[0].clone())));
         assert!(ops.contains(&Op::AddDestination(want[8].service.key, want[8].destinations[1].clone())));
         assert!(ops.contains(&Op::DeleteDestination(want[8].service.key, t[8].destinations[1].addr)));
-        assert!(h.apply(&ops).await.unwrap().iter().all(|r| r.is_ok()));
+        assert!(h.apply(&ops).await.unwrap().iter().all(|r| r.is_done()));
         let now = h.dump().await.unwrap();
         assert_eq!(normalized(&now), expected(&want));
         assert!(plan(&now, &want, &Scope::All).is_empty(), "converged");
@@ -190,12 +190,12 @@ fn dump_of_a_large_table_is_complete() {
             destinations: (0..600u32)
                 .map(|j| {
                     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 160, 0, 1)) + j);
-                    Destination { weight: j % 7, ..Destination::new(SocketAddr::new(ip.into(), 53), Forward::Route) }
+                    Destination::new(SocketAddr::new(ip.into(), 53), Forward::Route).with_weight(j % 7)
                 })
                 .collect(),
         });
         let res = h.apply(&create_ops(&t)).await.unwrap();
-        assert!(res.iter().all(|r| r.is_ok()));
+        assert!(res.iter().all(|r| r.is_done()));
         let want = expected(&t);
         let got = h.dump().await.unwrap();
         assert_eq!(got.len(), 2001);

@@ -365,6 +365,80 @@ fn director_foreign_service_and_address_survive() {
     assert_eq!(ns.snapshot(&[IF]), before);
 }
 
+/// Another tool's service of a protocol IPVS does not balance (ESP, 50), with
+/// a destination of a forwarding method the library does not know (5): the
+/// kernel's generic netlink interface takes both. lvsctl lists and saves them
+/// as ipvsadm 1.31 does, the library dumps them, and lvsctl keeps managing
+/// its own services beside them.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_and_admin_work_beside_an_unknown_protocol_service() {
+    use ipvs_sys::constants::AF_INET;
+    use ipvs_sys::{DestAttr, IpvsAttr, IpvsCmd, IpvsMessage, ServiceAttr, ServiceFlags};
+    let ns = director_host();
+    let esp = || {
+        vec![
+            ServiceAttr::AddressFamily(AF_INET),
+            ServiceAttr::Protocol(50),
+            ServiceAttr::Address("10.0.0.50".parse::<std::net::IpAddr>().unwrap().into()),
+            ServiceAttr::Port(0),
+        ]
+    };
+    ns.run(move || {
+        let mut nl = lvsctl_tests::rawnl::RawIpvs::open();
+        let mut svc = esp();
+        svc.extend([
+            ServiceAttr::SchedName("rr".into()),
+            ServiceAttr::Flags(ServiceFlags { flags: 0, mask: u32::MAX }),
+            ServiceAttr::Timeout(0),
+            ServiceAttr::Netmask(u32::MAX),
+        ]);
+        nl.request(&IpvsMessage::new(IpvsCmd::NewService, vec![IpvsAttr::Service(svc)])).expect("an ESP service");
+        let dest = vec![
+            DestAttr::Address("10.18.68.190".parse::<std::net::IpAddr>().unwrap().into()),
+            DestAttr::Port(0),
+            DestAttr::AddressFamily(AF_INET),
+            DestAttr::FwdMethod(5),
+            DestAttr::Weight(3),
+            DestAttr::UpperThreshold(0),
+            DestAttr::LowerThreshold(0),
+        ];
+        nl.request(&IpvsMessage::new(IpvsCmd::NewDest, vec![IpvsAttr::Service(esp()), IpvsAttr::Dest(dest)]))
+            .expect("a destination with forwarding method 5");
+    });
+    let saved = ns.ipvsadm(&["-Sn"]);
+    assert!(saved.contains("--xxx-service"), "{saved}");
+    assert_eq!(ns.lvsctl_ok(&["save"]), saved);
+    assert_eq!(ns.lvsctl_ok(&["list"]), ns.ipvsadm(&["-Ln"]));
+    // The library's dump holds it as values of their own.
+    let table = ns.run(|| {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            ipvs::Ipvs::connect().await.expect("IPVS").dump().await.expect("a dump with an ESP service")
+        })
+    });
+    assert_eq!(table.len(), 1);
+    let (s, d) = &table[0];
+    assert_eq!(
+        s.service.key,
+        ipvs::ServiceKey::Inet { protocol: ipvs::Protocol::Other(50), addr: "10.0.0.50:0".parse().unwrap() }
+    );
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].destination.forward, ipvs::Forward::Other(5));
+    assert_eq!(d[0].destination.weight, 3);
+
+    // lvsctl manages its own services beside it, and never touches it.
+    let out = ns.lvsctl_ok(&seed_start_args());
+    assert!(out.contains("add service"), "{out}");
+    assert_eq!(code(&ns.lvsctl(&["director", "status"])), 0);
+    let saved = ns.ipvsadm(&["-Sn"]);
+    assert!(saved.contains("--xxx-service 10.0.0.50:0"), "{saved}");
+    assert_eq!(ns.lvsctl_ok(&["save"]), saved);
+    ns.lvsctl_ok(&["director", "stop"]);
+    let saved = ns.ipvsadm(&["-Sn"]);
+    assert_eq!(saved.lines().count(), 2, "only the ESP service and its destination are left: {saved}");
+    assert_eq!(ns.lvsctl_ok(&["save"]), saved);
+}
+
 fn tempdir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(lvsctl_tests::unique("lvsctl-test-"));
     std::fs::create_dir_all(&d).unwrap();

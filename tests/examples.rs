@@ -103,18 +103,9 @@ fn list_example_prints_the_table() {
         }
         let dests = [
             // Weight 0: gets no connections.
-            (
-                services[0].key,
-                Destination { weight: 0, ..Destination::new("10.0.1.1:80".parse().unwrap(), Forward::Route) },
-            ),
-            (
-                services[0].key,
-                Destination { weight: 5, ..Destination::new("10.1.0.1:8080".parse().unwrap(), Forward::Masq) },
-            ),
-            (
-                services[1].key,
-                Destination { weight: 3, ..Destination::new("[2001:db8::2]:53".parse().unwrap(), Forward::Masq) },
-            ),
+            (services[0].key, Destination::new("10.0.1.1:80".parse().unwrap(), Forward::Route).with_weight(0)),
+            (services[0].key, Destination::new("10.1.0.1:8080".parse().unwrap(), Forward::Masq).with_weight(5)),
+            (services[1].key, Destination::new("[2001:db8::2]:53".parse().unwrap(), Forward::Masq).with_weight(3)),
             (services[2].key, Destination::new("10.0.1.3:0".parse().unwrap(), Forward::Tunnel(Tunnel::Ipip))),
         ];
         for (k, d) in &dests {

@@ -188,7 +188,7 @@ fn parse_rules(text: &str) -> Res<Vec<DesiredService>> {
             "-a" => {
                 let i = *index.get(&key).ok_or_else(|| err("real server of an unknown service"))?;
                 let addr = real.ok_or_else(|| err("no real server"))?;
-                out[i].destinations.push(Destination { weight, ..Destination::new(addr, fwd) });
+                out[i].destinations.push(Destination::new(addr, fwd).with_weight(weight));
             }
             _ => return Err(err("unsupported command")),
         }
@@ -209,12 +209,15 @@ async fn connect() -> Res<Ipvs> {
 /// Apply ops, print how many there were and every failure; non-zero exit on any.
 async fn apply_ops(h: &Ipvs, ops: &[Op]) -> Res<ExitCode> {
     let res = h.apply(ops).await.map_err(|e| format!("apply: {e}"))?;
+    if let Some(e) = res.interrupted() {
+        eprintln!("cut short: {e}");
+    }
     let mut failed = 0;
     for (r, op) in res.iter().zip(ops) {
-        if let Err(e) = r {
+        if !r.is_done() {
             failed += 1;
             if failed <= 20 {
-                eprintln!("failed: {op}: {e}");
+                eprintln!("failed: {op}: {r:?}");
             }
         }
     }
@@ -667,17 +670,8 @@ mod tests {
                 .iter()
                 .map(|d| {
                     (
-                        ipvs::ServiceEntry { service: d.service.clone(), stats: Default::default() },
-                        d.destinations
-                            .iter()
-                            .map(|x| ipvs::DestinationEntry {
-                                destination: x.clone(),
-                                active_conns: 0,
-                                inactive_conns: 0,
-                                persistent_conns: 0,
-                                stats: Default::default(),
-                            })
-                            .collect(),
+                        ipvs::ServiceEntry::from(d.service.clone()),
+                        d.destinations.iter().map(|x| ipvs::DestinationEntry::from(x.clone())).collect(),
                     )
                 })
                 .collect();

@@ -31,6 +31,7 @@
 #![deny(unsafe_code)]
 
 mod addr;
+pub mod bytes;
 pub mod constants;
 pub mod daemon;
 pub mod dest;

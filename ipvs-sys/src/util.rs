@@ -2,33 +2,11 @@
 
 use netlink_packet_core::{DecodeError, DefaultNla, Nla, NlaBuffer, NlasIterator, Parseable};
 
-pub(crate) fn u8_(name: &str, v: &[u8]) -> Result<u8, DecodeError> {
-    match v {
-        [b] => Ok(*b),
-        _ => Err(bad_len(name, 1, v.len())),
-    }
-}
-
-pub(crate) fn u16_ne(name: &str, v: &[u8]) -> Result<u16, DecodeError> {
-    v.try_into().map(u16::from_ne_bytes).map_err(|_| bad_len(name, 2, v.len()))
-}
-
-pub(crate) fn u16_be(name: &str, v: &[u8]) -> Result<u16, DecodeError> {
-    v.try_into().map(u16::from_be_bytes).map_err(|_| bad_len(name, 2, v.len()))
-}
-
-pub(crate) fn u32_ne(name: &str, v: &[u8]) -> Result<u32, DecodeError> {
-    v.try_into().map(u32::from_ne_bytes).map_err(|_| bad_len(name, 4, v.len()))
-}
-
-pub(crate) fn u64_ne(name: &str, v: &[u8]) -> Result<u64, DecodeError> {
-    v.try_into().map(u64::from_ne_bytes).map_err(|_| bad_len(name, 8, v.len()))
-}
+pub(crate) use crate::bytes::{u16_be, u16_ne, u32_ne, u64_ne, u8_};
 
 /// A NUL-terminated string; the NUL (and anything after it) is not part of the value.
 pub(crate) fn cstring(name: &str, v: &[u8]) -> Result<String, DecodeError> {
-    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-    String::from_utf8(v[..end].to_vec()).map_err(|e| DecodeError::from(format!("{name}: invalid UTF-8: {e}")))
+    crate::bytes::cstr(name, v).map(str::to_owned)
 }
 
 /// Bytes of a string attribute value: the string and its terminating NUL.
@@ -39,10 +17,6 @@ pub(crate) fn cstring_len(s: &str) -> usize {
 pub(crate) fn emit_cstring(s: &str, buf: &mut [u8]) {
     buf[..s.len()].copy_from_slice(s.as_bytes());
     buf[s.len()] = 0;
-}
-
-fn bad_len(name: &str, want: usize, got: usize) -> DecodeError {
-    DecodeError::from(format!("{name}: expected {want} bytes, got {got}"))
 }
 
 /// Iterate over the attributes in `payload`, parsing each with `f`.

@@ -41,12 +41,13 @@ const DEST_DUMP_RECV_LEN: usize = 8192 - 320;
 ///   for every datagram, skipping what it already sent: its cost grows with
 ///   services squared over services per datagram, so it gets the largest.
 const DUMP_RECV_LEN: usize = 32 * 1024;
-/// Sockets of the destination-dump pool ([`Conn::dest_dumps`]): split
-/// between [`DEST_DUMP_LANES`] threads, each keeping one dump in flight on
-/// every socket of its share. Measured on Linux 6.1 (10k x 10 table, the test
-/// VM): one dump after the other on one socket took 2.0 s; four sockets in
-/// flight on one thread 1.3 s; two threads of four 1.05 s.
-const DEST_POOL_SIZE: usize = 8;
+/// Default number of sockets of the destination-dump pool
+/// ([`Conn::dest_dumps`]): split between [`DEST_DUMP_LANES`] threads, each
+/// keeping one dump in flight on every socket of its share. Measured on Linux
+/// 6.1 (10k x 10 table, the test VM): one dump after the other on one socket
+/// took 2.0 s; four sockets in flight on one thread 1.3 s; two threads of
+/// four 1.05 s.
+pub(crate) const DEST_POOL_SIZE: usize = 8;
 /// Threads the destination-dump pool is split between.
 const DEST_DUMP_LANES: usize = 2;
 /// Socket receive buffer asked for, so that bursts of replies are not dropped.
@@ -74,7 +75,46 @@ enum Event {
 
 struct Shared {
     fd: AsyncFd<Socket>,
-    pending: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
+    pending: Mutex<Pending>,
+}
+
+/// The requests waiting for replies, by sequence number, and whether the
+/// reader task has ended (then no reply will ever come).
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u32, mpsc::UnboundedSender<Event>>,
+    /// Why the reader ended, once it has.
+    closed: Option<String>,
+}
+
+impl Shared {
+    /// The reader task is ending: tell every waiting request, and make every
+    /// later one fail at once.
+    fn close(&self, why: String) {
+        let mut p = self.pending.lock().unwrap();
+        for tx in p.waiting.values() {
+            let _ = tx.send(Event::Lost(why.clone()));
+        }
+        p.closed = Some(why);
+    }
+}
+
+/// The sequence numbers of a request (or of a batch) in the pending map;
+/// they are removed when this is dropped, also when the request's future is
+/// dropped before its end.
+struct Registration<'a> {
+    shared: &'a Shared,
+    seqs: std::ops::Range<u32>,
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut p = self.shared.pending.lock().unwrap();
+        for s in self.seqs.clone() {
+            p.waiting.remove(&s);
+        }
+    }
 }
 
 /// A netlink connection to the IPVS family in one network namespace: a
@@ -127,22 +167,22 @@ fn open_one() -> io::Result<Socket> {
     Ok(sock)
 }
 
-/// Open the generic netlink sockets of a connection in the calling thread's
-/// network namespace.
-pub(crate) fn open_socket() -> io::Result<Sockets> {
-    let pool = (0..DEST_POOL_SIZE).map(|_| open_one()).collect::<io::Result<_>>()?;
+/// Open the generic netlink sockets of a connection, with `pool` sockets
+/// for pipelined destination dumps, in the calling thread's network namespace.
+pub(crate) fn open_socket(pool: usize) -> io::Result<Sockets> {
+    let pool = (0..pool).map(|_| open_one()).collect::<io::Result<_>>()?;
     Ok(Sockets { main: open_one()?, dump: open_one()?, dest_dump: open_one()?, pool })
 }
 
-fn set_buf(fd: i32, force: i32, plain: i32, size: usize) {
-    let v = size as libc::c_int;
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: setsockopt with a valid fd and a pointer to a c_int of `len` bytes.
-    #[allow(unsafe_code)]
-    unsafe {
-        if libc::setsockopt(fd, libc::SOL_SOCKET, force, &v as *const _ as *const libc::c_void, len) != 0 {
-            libc::setsockopt(fd, libc::SOL_SOCKET, plain, &v as *const _ as *const libc::c_void, len);
-        }
+/// Set a socket buffer size with the `*FORCE` option (root may pass the
+/// system limit), or else with the plain one (capped by the limit).
+fn set_buf<F, P>(sock: &Socket, force: F, plain: P, size: usize)
+where
+    F: nix::sys::socket::SetSockOpt<Val = usize>,
+    P: nix::sys::socket::SetSockOpt<Val = usize>,
+{
+    if nix::sys::socket::setsockopt(sock, force, &size).is_err() {
+        let _ = nix::sys::socket::setsockopt(sock, plain, &size);
     }
 }
 
@@ -153,27 +193,13 @@ fn io_err(what: &str) -> impl FnOnce(io::Error) -> Error + '_ {
 impl Conn {
     /// Set up a socket (already bound, in its namespace): resolve the family,
     /// start the reader task.
-    pub(crate) async fn new(socks: Sockets, timeout: Duration) -> Result<Self> {
-        let Sockets { main: sock, dump, dest_dump, pool } = socks;
-        for p in &pool {
-            let _ = p.set_cap_ack(true);
-            let _ = p.set_ext_ack(true);
-        }
-        let pool = Arc::new(tokio::sync::Mutex::new(pool));
-        let dump = DumpSock::new(dump, DUMP_RECV_LEN)?;
-        let dest_dump = DumpSock::new(dest_dump, DEST_DUMP_RECV_LEN)?;
-        sock.set_non_blocking(true).map_err(io_err("netlink socket"))?;
-        // Errors carry only the header of the failed request, not all of it.
-        let _ = sock.set_cap_ack(true);
-        let _ = sock.set_ext_ack(true);
-        set_buf(sock.as_raw_fd(), libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SO_RCVBUF_SIZE);
-        set_buf(sock.as_raw_fd(), libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SO_SNDBUF_SIZE);
-        // SAFETY: `Socket` owns its fd, keeps it open until dropped and always
-        // returns the same fd from `as_raw_fd`.
-        #[allow(unsafe_code)]
-        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| Error::Io("netlink socket".into(), e.into()))?;
+    pub(crate) async fn new(socks: Sockets, timeout: Duration, load_module: bool) -> Result<Self> {
+        let (fd, dump, dest_dump, pool) = Self::prepare(socks)?;
         let family_id = match resolve_family(&fd, timeout).await? {
             Some(id) => id,
+            None if !load_module => {
+                return Err(Error::NotAvailable("the IPVS generic netlink family is missing".into()))
+            }
             None => {
                 // One attempt to load the module, as ipvsadm does.
                 let _ = tokio::process::Command::new("modprobe")
@@ -190,9 +216,39 @@ impl Conn {
                 })?
             }
         };
-        let shared = Arc::new(Shared { fd, pending: Mutex::new(HashMap::new()) });
+        Ok(Self::start(fd, dump, dest_dump, pool, family_id))
+    }
+
+    /// The sockets set up for use.
+    #[allow(clippy::type_complexity)]
+    fn prepare(socks: Sockets) -> Result<(AsyncFd<Socket>, DumpSock, DumpSock, Vec<Socket>)> {
+        let Sockets { main: sock, dump, dest_dump, pool } = socks;
+        for p in &pool {
+            let _ = p.set_cap_ack(true);
+            let _ = p.set_ext_ack(true);
+        }
+        let dump = DumpSock::new(dump, DUMP_RECV_LEN)?;
+        let dest_dump = DumpSock::new(dest_dump, DEST_DUMP_RECV_LEN)?;
+        sock.set_non_blocking(true).map_err(io_err("netlink socket"))?;
+        // Errors carry only the header of the failed request, not all of it.
+        let _ = sock.set_cap_ack(true);
+        let _ = sock.set_ext_ack(true);
+        use nix::sys::socket::sockopt::{RcvBuf, RcvBufForce, SndBuf, SndBufForce};
+        set_buf(&sock, RcvBufForce, RcvBuf, SO_RCVBUF_SIZE);
+        set_buf(&sock, SndBufForce, SndBuf, SO_SNDBUF_SIZE);
+        // SAFETY: `Socket` owns its fd, keeps it open until dropped and always
+        // returns the same fd from `as_raw_fd`.
+        #[allow(unsafe_code)]
+        let fd = unsafe { AsyncFd::register(sock) }.map_err(|e| Error::Io("netlink socket".into(), e.into()))?;
+        Ok((fd, dump, dest_dump, pool))
+    }
+
+    /// Start the reader task of a connection to the family `family_id`.
+    fn start(fd: AsyncFd<Socket>, dump: DumpSock, dest_dump: DumpSock, pool: Vec<Socket>, family_id: u16) -> Self {
+        let pool = Arc::new(tokio::sync::Mutex::new(pool));
+        let shared = Arc::new(Shared { fd, pending: Mutex::new(Pending::default()) });
         let reader = tokio::spawn(read_loop(Arc::clone(&shared), family_id));
-        Ok(Self {
+        Self {
             shared,
             family_id,
             seq: AtomicU32::new(1),
@@ -200,7 +256,7 @@ impl Conn {
             dest_dump: tokio::sync::Mutex::new(dest_dump),
             pool,
             reader,
-        })
+        }
     }
 
     /// The resolved family id.
@@ -218,20 +274,23 @@ impl Conn {
         s
     }
 
-    fn register(&self, seqs: impl Iterator<Item = u32>) -> mpsc::UnboundedReceiver<Event> {
+    /// Wait for the replies to `seqs`; fails at once when the reader has ended.
+    fn register(&self, seqs: std::ops::Range<u32>, what: &str) -> Result<Registration<'_>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut p = self.shared.pending.lock().unwrap();
-        for s in seqs {
-            p.insert(s, tx.clone());
+        if let Some(why) = &p.closed {
+            return Err(Error::Io(what.to_owned(), io::Error::other(format!("the connection is closed: {why}"))));
         }
-        rx
+        for s in seqs.clone() {
+            p.waiting.insert(s, tx.clone());
+        }
+        Ok(Registration { shared: &self.shared, seqs, rx })
     }
 
-    fn unregister(&self, seqs: impl Iterator<Item = u32>) {
-        let mut p = self.shared.pending.lock().unwrap();
-        for s in seqs {
-            p.remove(&s);
-        }
+    /// How many requests wait for replies.
+    #[cfg(test)]
+    fn pending_len(&self) -> usize {
+        self.shared.pending.lock().unwrap().waiting.len()
     }
 
     async fn send(&self, buf: &[u8]) -> Result<()> {
@@ -276,26 +335,21 @@ impl Conn {
         let seq = self.next_seqs(1);
         let mut buf = Vec::with_capacity(256);
         emit_request(&mut buf, self.family_id, NLM_F_REQUEST | NLM_F_ACK, seq, msg);
-        let mut rx = self.register(std::iter::once(seq));
-        let out = async {
-            self.send(&buf).await?;
-            let mut msgs = Vec::new();
-            loop {
-                let r = self.recv_event(&mut rx, what, timeout).await?;
-                match r.kind {
-                    ReplyKind::Message(m) => msgs.push(m),
-                    ReplyKind::Ack => return Ok(Ok(msgs)),
-                    ReplyKind::Error(e) => return Ok(Err(-e)),
-                    ReplyKind::Done(0) => return Ok(Ok(msgs)),
-                    ReplyKind::Done(e) => return Ok(Err(-e)),
-                    ReplyKind::Overrun => return Err(Error::Io(what.into(), io::Error::other("netlink overrun"))),
-                    ReplyKind::Ignored => {}
-                }
+        let mut reg = self.register(seq..seq + 1, what)?;
+        self.send(&buf).await?;
+        let mut msgs = Vec::new();
+        loop {
+            let r = self.recv_event(&mut reg.rx, what, timeout).await?;
+            match r.kind {
+                ReplyKind::Message(m) => msgs.push(m),
+                ReplyKind::Ack => return Ok(Ok(msgs)),
+                ReplyKind::Error(e) => return Ok(Err(-e)),
+                ReplyKind::Done(0) => return Ok(Ok(msgs)),
+                ReplyKind::Done(e) => return Ok(Err(-e)),
+                ReplyKind::Overrun => return Err(Error::Io(what.into(), io::Error::other("netlink overrun"))),
+                ReplyKind::Ignored => {}
             }
         }
-        .await;
-        self.unregister(std::iter::once(seq));
-        out
     }
 
     /// Run a dump and collect its messages.
@@ -348,16 +402,20 @@ impl Conn {
         let sock = if msg.cmd == IpvsCmd::GetDest { &self.dest_dump } else { &self.dump };
         let mut guard = sock.lock().await;
         let d = &mut *guard;
-        if let Some(old) = d.unfinished {
+        if let Some(old) = d.unfinished.take() {
             // Read what is left of an abandoned dump before starting another.
+            // Tried once: if it fails, this dump fails, and the next one
+            // starts right away (its datagrams are told apart by sequence
+            // number; a dump still running would make the kernel answer EBUSY
+            // at once, not after a deadline).
             drain_dump(d, old, timeout, &what).await?;
-            d.unfinished = None;
         }
         let seq = self.next_seqs(1);
         d.send.clear();
         emit_request(&mut d.send, self.family_id, NLM_F_REQUEST | NLM_F_DUMP, seq, msg);
-        d.unfinished = Some(seq);
+        // A failed send started no dump: nothing to drain later.
         dump_send(&d.fd, &d.send).await.map_err(|e| Error::Io(what(), e))?;
+        d.unfinished = Some(seq);
         let family_id = self.family_id;
         loop {
             let n = dump_recv(d, timeout, &what).await?;
@@ -468,14 +526,14 @@ impl Conn {
     /// only on the last of each sendmsg. Request `i` is `msg(i)`, built only
     /// when its chunk is laid out (so a large batch never holds every request
     /// at once). The kernel handles them in order and reports every failure,
-    /// so the result has one entry per request: `Ok` or the positive errno.
+    /// so each request gets its own result (see [`Batch`]).
     pub(crate) async fn batch(
         &self,
         count: usize,
         mut msg: impl FnMut(usize) -> IpvsMessage,
         what: &str,
         timeout: Duration,
-    ) -> Result<Vec<std::result::Result<(), i32>>> {
+    ) -> Batch {
         self.batch_emit(
             count,
             |buf, family_id, flags, seq, i| emit_request(buf, family_id, flags, seq, &msg(i)),
@@ -487,13 +545,7 @@ impl Conn {
 
     /// [`Conn::batch`] with request `i` written by `emit(buf, family_id,
     /// flags, seq, i)`, which appends one whole netlink message.
-    pub(crate) async fn batch_emit<E>(
-        &self,
-        count: usize,
-        mut emit: E,
-        what: &str,
-        timeout: Duration,
-    ) -> Result<Vec<std::result::Result<(), i32>>>
+    pub(crate) async fn batch_emit<E>(&self, count: usize, mut emit: E, what: &str, timeout: Duration) -> Batch
     where
         E: FnMut(&mut Vec<u8>, u16, u16, u32, usize) -> usize,
     {
@@ -521,18 +573,19 @@ impl Conn {
                 }
                 off += (len + 3) & !3;
             }
-            let seqs = first_seq..first_seq + n as u32;
             let last_seq = first_seq + n as u32 - 1;
-            let mut rx = self.register(seqs.clone());
-            let mut chunk: Vec<std::result::Result<(), i32>> = vec![Ok(()); n];
-            let out: Result<()> = async {
-                self.send(&buf).await?;
+            let mut chunk: Vec<Answer> = vec![Answer::Ok; n];
+            let out = async {
+                let mut reg = self.register(first_seq..last_seq + 1, what).map_err(|e| (false, e))?;
+                // The kernel handles a netlink request inside sendmsg: when
+                // the send fails, none of the chunk was handled.
+                self.send(&buf).await.map_err(|e| (false, e))?;
                 loop {
-                    let r = self.recv_event(&mut rx, what, timeout).await?;
+                    let r = self.recv_event(&mut reg.rx, what, timeout).await.map_err(|e| (true, e))?;
                     let idx = (r.seq - first_seq) as usize;
                     match r.kind {
                         ReplyKind::Error(e) => {
-                            chunk[idx] = Err(-e);
+                            chunk[idx] = Answer::Err(-e);
                             if r.seq == last_seq {
                                 return Ok(());
                             }
@@ -543,12 +596,43 @@ impl Conn {
                 }
             }
             .await;
-            self.unregister(seqs);
-            out?;
+            if let Err((sent, e)) = out {
+                // The chunk's requests without an error reply may or may not
+                // have been handled; the later chunks were not sent.
+                for r in &mut chunk {
+                    if matches!(r, Answer::Ok) {
+                        *r = if sent { Answer::Unknown } else { Answer::NotSent };
+                    }
+                }
+                results.extend(chunk);
+                results.resize(count, Answer::NotSent);
+                return Batch { results, interrupted: Some(e) };
+            }
             results.extend(chunk);
         }
-        Ok(results)
+        Batch { results, interrupted: None }
     }
+}
+
+/// What became of one request of a [`Batch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Handled.
+    Ok,
+    /// Refused with this positive errno.
+    Err(i32),
+    /// Sent, but the batch was cut short before its result came.
+    Unknown,
+    /// Not sent.
+    NotSent,
+}
+
+/// The results of [`Conn::batch`]: one per request, and the error that cut
+/// the batch short, if any.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) results: Vec<Answer>,
+    pub(crate) interrupted: Option<Error>,
 }
 
 async fn read_loop(shared: Arc<Shared>, family_id: u16) {
@@ -572,13 +656,13 @@ async fn read_loop(shared: Arc<Shared>, family_id: u16) {
                 for r in parse_replies(&buf[..n], family_id) {
                     match r {
                         Ok(reply) => {
-                            if let Some(tx) = p.get(&reply.seq) {
+                            if let Some(tx) = p.waiting.get(&reply.seq) {
                                 let _ = tx.send(Event::Reply(reply));
                             }
                         }
                         Err(e) => {
                             // Undecodable: tell everyone waiting, they cannot know if it was theirs.
-                            for tx in p.values() {
+                            for tx in p.waiting.values() {
                                 let _ = tx.send(Event::Lost(format!("undecodable reply: {e}")));
                             }
                         }
@@ -590,7 +674,7 @@ async fn read_loop(shared: Arc<Shared>, family_id: u16) {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                fail_all(&shared, format!("netlink receive failed: {e}"));
+                shared.close(format!("netlink receive failed: {e}"));
                 return;
             }
         }
@@ -599,7 +683,7 @@ async fn read_loop(shared: Arc<Shared>, family_id: u16) {
 
 fn fail_all(shared: &Shared, why: String) {
     let p = shared.pending.lock().unwrap();
-    for tx in p.values() {
+    for tx in p.waiting.values() {
         let _ = tx.send(Event::Lost(why.clone()));
     }
 }
@@ -607,16 +691,8 @@ fn fail_all(shared: &Shared, why: String) {
 /// recv with MSG_TRUNC: returns the datagram's real length even when it did
 /// not fit, so truncation is detected instead of silently parsing half.
 fn recv_trunc(sock: &Socket, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of buf.len() bytes.
-    #[allow(unsafe_code)]
-    let n = unsafe {
-        libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC | libc::MSG_DONTWAIT)
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    use nix::sys::socket::{recv, MsgFlags};
+    Ok(recv(sock.as_raw_fd(), buf, MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT)?)
 }
 
 /// Ask the generic netlink controller for the IPVS family id. `None` when the
@@ -650,36 +726,27 @@ async fn resolve_family(fd: &AsyncFd<Socket>, timeout: Duration) -> Result<Optio
                 Ok(r) => r.map_err(io_err("netlink receive"))?,
                 Err(_) => continue,
             };
-            let mut off = 0;
-            while off + 16 <= n.min(buf.len()) {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-                if len < 16 || off + len > n {
-                    break;
-                }
-                let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-                let body = &buf[off + 16..off + len];
-                if ty == netlink_packet_core::NLMSG_ERROR && body.len() >= 4 {
-                    let e = i32::from_ne_bytes(body[..4].try_into().unwrap());
-                    if e == 0 {
-                        return Ok(family);
-                    }
-                    if -e == libc::ENOENT {
-                        return Ok(None);
-                    }
-                    if -e == libc::EPERM {
-                        return Err(Error::PermissionDenied);
-                    }
-                    return Err(Error::Kernel { context: "resolving the IPVS netlink family".into(), errno: -e });
+            for (ty, _seq, body) in NlMsgs(&buf[..n.min(buf.len())]) {
+                if ty == NLMSG_ERROR && body.len() >= 4 {
+                    let e = -i32::from_ne_bytes(body[..4].try_into().unwrap());
+                    return match e {
+                        0 => Ok(family),
+                        libc::ENOENT => Ok(None),
+                        libc::EPERM => Err(Error::PermissionDenied),
+                        _ => Err(Error::Kernel { context: "resolving the IPVS netlink family".into(), errno: e }),
+                    };
                 }
                 if ty == GENL_ID_CTRL && body.len() >= 4 {
                     for nla in netlink_packet_core::NlasIterator::new(&body[4..]) {
                         let nla = nla.map_err(|e| Error::Decode(e.to_string()))?;
-                        if nla.kind() == CTRL_ATTR_FAMILY_ID && nla.value().len() >= 2 {
-                            family = Some(u16::from_ne_bytes(nla.value()[..2].try_into().unwrap()));
+                        if nla.kind() == CTRL_ATTR_FAMILY_ID {
+                            family = Some(
+                                ipvs_sys::bytes::u16_ne("family id", nla.value())
+                                    .map_err(|e| Error::Decode(e.to_string()))?,
+                            );
                         }
                     }
                 }
-                off += (len + 3) & !3;
             }
         }
     };
@@ -689,24 +756,28 @@ async fn resolve_family(fd: &AsyncFd<Socket>, timeout: Duration) -> Result<Optio
     }
 }
 
-/// Open a socket inside the network namespace at `path` (`/var/run/netns/NAME`,
-/// `/proc/PID/ns/net`) from a short-lived thread, so the caller's threads never
-/// change namespace. The socket stays bound to that namespace.
-pub(crate) fn open_socket_in(path: &std::path::Path) -> Result<Sockets> {
-    let ns =
-        std::fs::File::open(path).map_err(|e| Error::Io(format!("opening network namespace {}", path.display()), e))?;
-    let path_s = path.display().to_string();
-    std::thread::spawn(move || -> Result<Sockets> {
-        // SAFETY: setns on a valid fd; only this thread changes namespace and it ends right after.
-        #[allow(unsafe_code)]
-        let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        if r != 0 {
-            return Err(Error::Io(format!("entering network namespace {path_s}"), io::Error::last_os_error()));
-        }
-        open_socket().map_err(io_err("netlink socket"))
-    })
-    .join()
-    .map_err(|_| Error::Io("netns thread".into(), io::Error::other("panicked")))?
+/// Open the sockets of a connection inside the network namespace at `path`
+/// (`/var/run/netns/NAME`, `/proc/PID/ns/net`) from a thread of their own that
+/// ends right after, so that no thread of the caller (nor of the runtime's
+/// blocking pool) ever changes namespace, and the runtime is not blocked
+/// meanwhile. The sockets stay bound to that namespace.
+pub(crate) async fn open_socket_in(path: &std::path::Path, pool: usize) -> Result<Sockets> {
+    let path = path.to_owned();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ipvs-netns".into())
+        .spawn(move || {
+            let r = std::fs::File::open(&path)
+                .map_err(|e| Error::Io(format!("opening network namespace {}", path.display()), e))
+                .and_then(|ns| {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| Error::Io(format!("entering network namespace {}", path.display()), e.into()))
+                })
+                .and_then(|()| open_socket(pool).map_err(io_err("netlink socket")));
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::Io("starting the network namespace thread".into(), e))?;
+    rx.await.map_err(|_| Error::Io("network namespace thread".into(), io::Error::other("it ended without a result")))?
 }
 
 /// The messages of a received buffer as (type, seq, payload after the netlink
@@ -846,19 +917,14 @@ fn pipelined_dumps(
     mut f: impl FnMut(usize, u8, &[u8]) -> Result<()>,
 ) -> Result<Vec<(usize, i32)>> {
     let what = || "listing real servers".to_owned();
-    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+    // A zero SO_RCVTIMEO would mean "wait for ever": wait at least 1 µs.
+    let tv = nix::sys::time::TimeVal::from(libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros().max(u32::from(timeout.is_zero())) as _,
+    });
     for sock in socks {
-        // SAFETY: setsockopt with a valid fd and a timeval of the given size.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+            .map_err(|e| Error::Io(what(), e.into()))?;
     }
     let mut send = Vec::with_capacity(256);
     let mut recv = vec![0u8; DEST_DUMP_RECV_LEN];
@@ -890,23 +956,24 @@ fn pipelined_dumps(
             let Some(i) = *slot else { continue };
             let seq = first_seq.wrapping_add(i as u32);
             let end = 'dump: loop {
-                // SAFETY: recv into a buffer valid for its length (blocking, with SO_RCVTIMEO).
-                #[allow(unsafe_code)]
-                let n = unsafe { libc::recv(sock.as_raw_fd(), recv.as_mut_ptr().cast(), recv.len(), libc::MSG_TRUNC) };
-                if n < 0 {
-                    let e = io::Error::last_os_error();
-                    match e.kind() {
-                        io::ErrorKind::Interrupted => continue,
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                            return Err(Error::Timeout(timeout, what()))
+                // Blocking, at most SO_RCVTIMEO.
+                let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut recv, nix::sys::socket::MsgFlags::MSG_TRUNC);
+                let n = match n {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let e = io::Error::from(e);
+                        match e.kind() {
+                            io::ErrorKind::Interrupted => continue,
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                                return Err(Error::Timeout(timeout, what()))
+                            }
+                            _ if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                                return Err(Error::Io(what(), io::Error::other("dump replies were lost (ENOBUFS)")))
+                            }
+                            _ => return Err(Error::Io(what(), e)),
                         }
-                        _ if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                            return Err(Error::Io(what(), io::Error::other("dump replies were lost (ENOBUFS)")))
-                        }
-                        _ => return Err(Error::Io(what(), e)),
                     }
-                }
-                let n = n as usize;
+                };
                 if n > recv.len() {
                     return Err(Error::Io(
                         what(),
@@ -926,4 +993,100 @@ fn pipelined_dumps(
         }
     }
     Ok(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Without root and without IPVS: a connection to a generic netlink
+    //! family id that does not exist. The kernel answers each request to it
+    //! with ENOENT, inside the sendmsg that carries it.
+
+    use super::*;
+    use ipvs_sys::IpvsAttr;
+    use netlink_packet_core::DefaultNla;
+
+    /// A family id no kernel hands out (ids are allocated upwards from 0x10).
+    const NO_FAMILY: u16 = 0xfff0;
+
+    fn conn() -> Conn {
+        let (fd, dump, dest_dump, pool) = Conn::prepare(open_socket(0).expect("a generic netlink socket")).unwrap();
+        Conn::start(fd, dump, dest_dump, pool, NO_FAMILY)
+    }
+
+    /// Poll `f` once, without waiting for anything.
+    fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(f).poll(&mut cx)
+    }
+
+    fn info() -> IpvsMessage {
+        IpvsMessage::new(IpvsCmd::GetInfo, vec![])
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_request_leaves_no_pending_entry() {
+        let c = conn();
+        let msg = info();
+        let mut fut = Box::pin(c.request(&msg, "test", Duration::from_secs(3600)));
+        // One poll: registered, waiting (the reader task cannot run meanwhile).
+        assert!(poll_once(&mut fut).is_pending());
+        assert_eq!(c.pending_len(), 1);
+        drop(fut);
+        assert_eq!(c.pending_len(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn after_the_reader_ended_requests_fail_at_once() {
+        let c = conn();
+        c.shared.close("the socket failed".into());
+        // A request fails in its first poll, whatever its deadline.
+        let msg = info();
+        let r = poll_once(&mut Box::pin(c.request(&msg, "test", Duration::from_secs(3600))));
+        assert!(
+            matches!(&r, std::task::Poll::Ready(Err(Error::Io(_, e))) if e.to_string().contains("the socket failed")),
+            "{r:?}"
+        );
+        let b = c.batch(3, |_| info(), "test", Duration::from_secs(3600)).await;
+        assert!(b.interrupted.is_some());
+        assert_eq!(b.results, vec![Answer::NotSent; 3]);
+        assert_eq!(c.pending_len(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dump_whose_send_failed_does_not_hold_up_the_next() {
+        let c = conn();
+        {
+            let d = c.dump.lock().await;
+            // The smallest send buffer the kernel allows (a few KiB).
+            nix::sys::socket::setsockopt(d.fd.get_ref(), nix::sys::socket::sockopt::SndBuf, &0).unwrap();
+        }
+        let big = IpvsMessage::new(IpvsCmd::GetService, vec![IpvsAttr::Other(DefaultNla::new(99, vec![0; 60_000]))]);
+        let r = c.dump(&big, "test", Duration::from_secs(3600)).await;
+        assert!(matches!(r, Err(Error::Io(..))), "{r:?}");
+        assert_eq!(c.dump.lock().await.unfinished, None);
+        // The next dump is answered (ENOENT: no such family) at once: the
+        // kernel queued the answer inside the sendmsg, nothing is waited for.
+        let r = c.dump(&IpvsMessage::new(IpvsCmd::GetService, vec![]), "test", Duration::ZERO).await;
+        assert!(matches!(r, Ok(Err(libc::ENOENT))), "{r:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_batch_cut_short_keeps_the_results_of_its_earlier_chunks() {
+        let c = conn();
+        let n = BATCH_MAX_MSGS + 10;
+        // More than any socket send buffer (at most 8 MiB here): its send
+        // fails with EMSGSIZE. It fills the second chunk alone.
+        let nlas = (0..150).map(|_| IpvsAttr::Other(DefaultNla::new(99, vec![0; 60_000]))).collect();
+        let huge = IpvsMessage::new(IpvsCmd::GetInfo, nlas);
+        let b = c
+            .batch(n, |i| if i == BATCH_MAX_MSGS { huge.clone() } else { info() }, "test", Duration::from_secs(3600))
+            .await;
+        assert!(matches!(b.interrupted, Some(Error::Io(..))), "{:?}", b.interrupted);
+        assert_eq!(b.results.len(), n);
+        // The first chunk was answered, request by request (no such family).
+        assert_eq!(b.results[..BATCH_MAX_MSGS], vec![Answer::Err(libc::ENOENT); BATCH_MAX_MSGS]);
+        // The second was refused by sendmsg: not handled; the third not sent.
+        assert_eq!(b.results[BATCH_MAX_MSGS..], vec![Answer::NotSent; 10]);
+        assert_eq!(c.pending_len(), 0);
+    }
 }

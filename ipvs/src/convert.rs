@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use ipvs_sys::constants::{fwd, svc_flags, tun_type};
+use ipvs_sys::constants::{svc_flags, tun_type};
 use ipvs_sys::{DaemonAttr, DestAttr, InetAddr, ServiceAttr, ServiceFlags, StatsAttr, StatsField};
 
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ pub(crate) fn service_key_attrs(key: &ServiceKey) -> Vec<ServiceAttr> {
 /// Every attribute NEW_SERVICE / SET_SERVICE need.
 pub(crate) fn service_attrs(s: &Service) -> Vec<ServiceAttr> {
     let mut v = service_key_attrs(&s.key);
-    let mut flags = s.sched_flags.0;
+    let mut flags = s.sched_flags.bits();
     if s.persistence.is_some() {
         flags |= svc_flags::PERSISTENT;
     }
@@ -111,8 +111,7 @@ impl RawService<'_> {
             Some(mark) => ServiceKey::Fwmark { mark, family },
             None => {
                 let proto = self.proto.ok_or_else(|| decode("service without protocol"))?;
-                let protocol = Protocol::from_number(proto)
-                    .ok_or_else(|| decode(&format!("service with unknown protocol {proto}")))?;
+                let protocol = Protocol::from_number(proto);
                 let ip = self.addr.ok_or_else(|| decode("service without address"))?.to_ip(af).unwrap();
                 ServiceKey::Inet { protocol, addr: SocketAddr::new(ip, self.port.unwrap_or(0)) }
             }
@@ -133,7 +132,7 @@ impl RawService<'_> {
             service: Service {
                 key,
                 scheduler,
-                sched_flags: SchedFlags(flags & SchedFlags::ALL),
+                sched_flags: SchedFlags::from_bits_truncate(flags),
                 persistence,
                 one_packet: flags & svc_flags::ONEPACKET != 0,
                 pe: self.pe.filter(|p| !p.is_empty()).map(str::to_owned),
@@ -232,20 +231,12 @@ impl RawDest {
             .to_ip(af)
             .ok_or_else(|| decode(&format!("destination with unknown address family {af}")))?;
         let method = self.method.ok_or_else(|| decode("destination without forwarding method"))?;
-        let forward = match method & fwd::MASK {
-            fwd::MASQ => Forward::Masq,
-            fwd::LOCALNODE => Forward::Local,
-            fwd::DROUTE => Forward::Route,
-            fwd::BYPASS => Forward::Bypass,
-            fwd::TUNNEL => Forward::Tunnel(match self.tun_type {
-                tun_type::GUE => {
-                    Tunnel::Gue { port: self.tun_port, checksum: TunnelChecksum::from_flags(self.tun_flags) }
-                }
-                tun_type::GRE => Tunnel::Gre { checksum: TunnelChecksum::from_flags(self.tun_flags) },
-                _ => Tunnel::Ipip,
-            }),
-            other => return Err(decode(&format!("unknown forwarding method {other}"))),
+        let tunnel = match self.tun_type {
+            tun_type::GUE => Tunnel::Gue { port: self.tun_port, checksum: TunnelChecksum::from_flags(self.tun_flags) },
+            tun_type::GRE => Tunnel::Gre { checksum: TunnelChecksum::from_flags(self.tun_flags) },
+            _ => Tunnel::Ipip,
         };
+        let forward = Forward::from_method(method, tunnel);
         // The 64-bit set when present, else the legacy one.
         let stats = self.stats64.or(self.stats32).unwrap_or_default();
         Ok(DestinationEntry {

@@ -5,6 +5,7 @@
 //! path through `ipvs_sys`'s typed attributes) uses too; the tests hold this
 //! parser to that reference on any bytes, errors included.
 
+use ipvs_sys::bytes;
 use ipvs_sys::constants::{attr, dest, svc};
 use ipvs_sys::{InetAddr, StatsField};
 use netlink_packet_core::NLA_TYPE_MASK;
@@ -40,17 +41,21 @@ impl<'a> Iterator for Nlas<'a> {
     }
 }
 
-/// `what` (`destination port`, `service fwmark`, ...) is not `want` bytes long.
-fn bad_len(what: &str, want: usize, got: usize) -> Error {
-    Error::Decode(format!("{what}: expected {want} bytes, got {got}"))
+/// The readers of `ipvs_sys::bytes`, with this crate's error.
+fn u16_ne(what: &str, v: &[u8]) -> Result<u16> {
+    bytes::u16_ne(what, v).map_err(decode)
 }
 
-fn u16_of(what: &str, v: &[u8]) -> Result<[u8; 2]> {
-    v.try_into().map_err(|_| bad_len(what, 2, v.len()))
+fn u16_be(what: &str, v: &[u8]) -> Result<u16> {
+    bytes::u16_be(what, v).map_err(decode)
 }
 
 fn u32_ne(what: &str, v: &[u8]) -> Result<u32> {
-    v.try_into().map(u32::from_ne_bytes).map_err(|_| bad_len(what, 4, v.len()))
+    bytes::u32_ne(what, v).map_err(decode)
+}
+
+fn decode(e: ipvs_sys::DecodeError) -> Error {
+    Error::Decode(e.to_string())
 }
 
 /// Parse the top-level attributes of one GET_DEST reply message, pushing
@@ -78,7 +83,7 @@ pub(crate) fn dest(payload: &[u8], family: Family) -> Result<DestinationEntry> {
         let (kind, v) = nla?;
         match kind {
             dest::ADDR => r.addr = Some(InetAddr::parse(v).map_err(|e| Error::Decode(e.to_string()))?),
-            dest::PORT => r.port = u16::from_be_bytes(u16_of("destination port", v)?),
+            dest::PORT => r.port = u16_be("destination port", v)?,
             dest::FWD_METHOD => r.method = Some(u32_ne("destination forwarding method", v)?),
             dest::WEIGHT => r.weight = u32_ne("destination weight", v)?,
             dest::U_THRESH => r.upper = u32_ne("destination upper threshold", v)?,
@@ -87,18 +92,11 @@ pub(crate) fn dest(payload: &[u8], family: Family) -> Result<DestinationEntry> {
             dest::INACT_CONNS => r.inactive = u32_ne("destination inactive connections", v)?,
             dest::PERSIST_CONNS => r.persistent = u32_ne("destination persistent connections", v)?,
             dest::STATS => r.stats32 = Some(read_stats(v)?),
-            dest::ADDR_FAMILY => {
-                r.af = Some(u16::from_ne_bytes(u16_of("destination address family", v)?)).filter(|a| *a != 0)
-            }
+            dest::ADDR_FAMILY => r.af = Some(u16_ne("destination address family", v)?).filter(|a| *a != 0),
             dest::STATS64 => r.stats64 = Some(read_stats(v)?),
-            dest::TUN_TYPE => {
-                r.tun_type = match *v {
-                    [t] => t,
-                    _ => return Err(bad_len("destination tunnel type", 1, v.len())),
-                }
-            }
-            dest::TUN_PORT => r.tun_port = u16::from_be_bytes(u16_of("destination tunnel port", v)?),
-            dest::TUN_FLAGS => r.tun_flags = u16::from_ne_bytes(u16_of("destination tunnel flags", v)?),
+            dest::TUN_TYPE => r.tun_type = bytes::u8_("destination tunnel type", v).map_err(decode)?,
+            dest::TUN_PORT => r.tun_port = u16_be("destination tunnel port", v)?,
+            dest::TUN_FLAGS => r.tun_flags = u16_ne("destination tunnel flags", v)?,
             _ => {}
         }
     }
@@ -117,34 +115,28 @@ pub(crate) fn service_message(attrs: &[u8], out: &mut Vec<ServiceEntry>) -> Resu
     Ok(())
 }
 
-/// A NUL-terminated string (what follows the NUL is not part of it).
-fn cstr<'a>(what: &str, v: &'a [u8]) -> Result<&'a str> {
-    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-    std::str::from_utf8(&v[..end]).map_err(|e| Error::Decode(format!("{what}: invalid UTF-8: {e}")))
-}
-
 /// Parse the payload of one nested service attribute.
 pub(crate) fn service(payload: &[u8]) -> Result<ServiceEntry> {
     let mut r = RawService::default();
     for nla in Nlas(payload) {
         let (kind, v) = nla?;
         match kind {
-            svc::AF => r.af = Some(u16::from_ne_bytes(u16_of("service address family", v)?)),
-            svc::PROTOCOL => r.proto = Some(u16::from_ne_bytes(u16_of("service protocol", v)?)),
+            svc::AF => r.af = Some(u16_ne("service address family", v)?),
+            svc::PROTOCOL => r.proto = Some(u16_ne("service protocol", v)?),
             svc::ADDR => r.addr = Some(InetAddr::parse(v).map_err(|e| Error::Decode(e.to_string()))?),
-            svc::PORT => r.port = Some(u16::from_be_bytes(u16_of("service port", v)?)),
+            svc::PORT => r.port = Some(u16_be("service port", v)?),
             svc::FWMARK => r.mark = Some(u32_ne("service fwmark", v)?),
-            svc::SCHED_NAME => r.sched = Some(cstr("scheduler name", v)?),
+            svc::SCHED_NAME => r.sched = Some(bytes::cstr("scheduler name", v).map_err(decode)?),
             svc::FLAGS => match *v {
                 [a, b, c, d, e, f, g, h] => {
                     r.flags = u32::from_ne_bytes([a, b, c, d]) & u32::from_ne_bytes([e, f, g, h]);
                 }
-                _ => return Err(bad_len("service flags", 8, v.len())),
+                _ => return Err(decode(bytes::bad_len("service flags", 8, v.len()))),
             },
             svc::TIMEOUT => r.timeout = u32_ne("service timeout", v)?,
             svc::NETMASK => r.netmask = Some(u32_ne("service netmask", v)?),
             svc::STATS => r.stats32 = Some(read_stats(v)?),
-            svc::PE_NAME => r.pe = Some(cstr("pe name", v)?),
+            svc::PE_NAME => r.pe = Some(bytes::cstr("pe name", v).map_err(decode)?),
             svc::STATS64 => r.stats64 = Some(read_stats(v)?),
             _ => {}
         }
@@ -175,12 +167,8 @@ fn read_stats(payload: &[u8]) -> Result<Stats> {
 mod tests {
     use super::*;
     use crate::convert::dest_from;
-    use ipvs_sys::{DecodeError, DestAttr, StatsAttr, StatsField};
+    use ipvs_sys::{DestAttr, StatsAttr, StatsField};
     use netlink_packet_core::{DefaultNla, Emitable};
-
-    fn decode(e: DecodeError) -> Error {
-        Error::Decode(e.to_string())
-    }
 
     fn bytes(attrs: &[DestAttr]) -> Vec<u8> {
         let mut b = vec![0; attrs.buffer_len()];
@@ -226,7 +214,8 @@ mod tests {
 
     #[test]
     fn same_as_the_reference_parse() {
-        let cases: Vec<Vec<DestAttr>> = vec![
+        // Each case with whether it must parse.
+        let ok: Vec<Vec<DestAttr>> = vec![
             base(),
             [base(), vec![DestAttr::Stats(stats(100, false))]].concat(),
             [base(), vec![DestAttr::Stats(stats(100, false)), DestAttr::Stats64(stats(1 << 40, true))]].concat(),
@@ -242,14 +231,17 @@ mod tests {
                 ],
             ]
             .concat(),
-            // Errors: no address; a short weight; an unknown method.
-            base()[1..].to_vec(),
-            vec![DestAttr::FwdMethod(9), DestAttr::Address(InetAddr::default())],
+            // A forwarding method the library does not know is a value of its own.
+            vec![DestAttr::FwdMethod(5), DestAttr::Address(InetAddr::default())],
         ];
-        for (i, c) in cases.iter().enumerate() {
+        // No address; no forwarding method.
+        let bad: Vec<Vec<DestAttr>> = vec![base()[1..].to_vec(), vec![DestAttr::Address(InetAddr::default())]];
+        let cases = ok.iter().map(|c| (c, true)).chain(bad.iter().map(|c| (c, false)));
+        for (i, (c, must_parse)) in cases.enumerate() {
             let b = bytes(c);
             for fam in [Family::Inet, Family::Inet6] {
                 let want = slow(&b, fam);
+                assert_eq!(want.is_ok(), must_parse, "case {i}: reference {want:?}");
                 // Twice, to show the scratch buffers do not leak between destinations.
                 for _ in 0..2 {
                     let got = dest(&b, fam);
@@ -261,6 +253,8 @@ mod tests {
                 }
             }
         }
+        let other = dest(&bytes(&ok[5]), Family::Inet).unwrap();
+        assert_eq!(other.destination.forward, crate::types::Forward::Other(5));
         // A stats set from a previous destination is not carried over.
         let with = dest(&bytes(&[base(), vec![DestAttr::Stats64(stats(5, true))]].concat()), Family::Inet).unwrap();
         assert_eq!(with.stats.conns, 5);
@@ -269,19 +263,26 @@ mod tests {
     }
 
     /// Attributes as bytes, cut at `cut` when that is inside them and a
-    /// multiple of 3 (so that a third of the cases end in the middle of one).
-    fn encode(attrs: &[(u16, Vec<u8>)], cut: usize) -> Vec<u8> {
+    /// multiple of 3 (so that a third of the cases end in the middle of one),
+    /// and whether the cut fell inside an attribute (before the end of its
+    /// value: such bytes must not parse).
+    fn encode(attrs: &[(u16, Vec<u8>)], cut: usize) -> (Vec<u8>, bool) {
         let mut b = Vec::new();
+        let mut spans = Vec::new();
         for (kind, v) in attrs {
+            let start = b.len();
             b.extend_from_slice(&((v.len() + 4) as u16).to_ne_bytes());
             b.extend_from_slice(&kind.to_ne_bytes());
             b.extend_from_slice(v);
+            spans.push((start, b.len()));
             b.resize((b.len() + 3) & !3, 0);
         }
+        let mut inside = false;
         if cut < b.len() && cut % 3 == 0 {
             b.truncate(cut);
+            inside = spans.iter().any(|&(start, end)| start < cut && cut < end);
         }
-        b
+        (b, inside)
     }
 
     /// An attribute value: mostly of a length some attribute has (so that
@@ -303,9 +304,12 @@ mod tests {
             attrs in proptest::collection::vec((1u16..16, value()), 0..20),
             cut in 0usize..400,
         ) {
-            let b = encode(&attrs, cut);
+            let (b, cut_inside) = encode(&attrs, cut);
             let want = slow(&b, Family::Inet);
             let got = dest(&b, Family::Inet);
+            if cut_inside {
+                proptest::prop_assert!(want.is_err() && got.is_err(), "cut inside: reference {:?}, fast {:?}", want, got);
+            }
             match (&want, &got) {
                 (Ok(w), Ok(g)) => proptest::prop_assert_eq!(w, g),
                 (Err(_), Err(_)) => {}
@@ -337,15 +341,24 @@ mod tests {
         cases.push(
             service_attrs(&Service::new(ServiceKey::udp("[::1]:53".parse().unwrap()), Scheduler::Rr))[..4].to_vec(),
         );
+        // A protocol the library does not know is a value of its own.
+        let esp = ServiceKey::Inet { protocol: crate::types::Protocol::Other(50), addr: "10.0.0.5:0".parse().unwrap() };
+        cases.insert(3, service_attrs(&Service::new(esp, Scheduler::Rr)));
+        // The cases from index 4 on must fail.
         for (i, c) in cases.iter().enumerate() {
             let mut b = vec![0; c.as_slice().buffer_len()];
             c.as_slice().emit(&mut b);
-            match (slow_service(&b), service(&b)) {
+            let (w, g) = (slow_service(&b), service(&b));
+            assert_eq!(w.is_ok(), i < 4, "case {i}: reference {w:?}");
+            match (w, g) {
                 (Ok(w), Ok(g)) => assert_eq!(w, g, "case {i}"),
-                (Err(_), Err(_)) => assert!(i >= 3, "case {i} failed"),
+                (Err(_), Err(_)) => {}
                 (w, g) => panic!("case {i}: reference {w:?}, fast {g:?}"),
             }
         }
+        let mut b = vec![0; cases[3].as_slice().buffer_len()];
+        cases[3].as_slice().emit(&mut b);
+        assert_eq!(service(&b).unwrap().service.key, esp);
     }
 
     proptest::proptest! {
@@ -355,8 +368,12 @@ mod tests {
             attrs in proptest::collection::vec((1u16..16, value()), 0..16),
             cut in 0usize..300,
         ) {
-            let b = encode(&attrs, cut);
-            match (slow_service(&b), service(&b)) {
+            let (b, cut_inside) = encode(&attrs, cut);
+            let (want, got) = (slow_service(&b), service(&b));
+            if cut_inside {
+                proptest::prop_assert!(want.is_err() && got.is_err(), "cut inside: reference {:?}, fast {:?}", want, got);
+            }
+            match (want, got) {
                 (Ok(w), Ok(g)) => proptest::prop_assert_eq!(w, g),
                 (Err(_), Err(_)) => {}
                 (w, g) => proptest::prop_assert!(false, "reference {:?}, fast {:?}", w, g),

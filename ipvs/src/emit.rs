@@ -13,7 +13,7 @@ use ipvs_sys::IpvsCmd;
 use netlink_packet_core::NLA_F_NESTED;
 
 use crate::convert::netmask_raw;
-use crate::handle::Op;
+use crate::op::Op;
 use crate::types::*;
 
 fn pad(buf: &mut Vec<u8>) {
@@ -66,7 +66,7 @@ fn service_key(buf: &mut Vec<u8>, key: &ServiceKey) {
 /// As `convert::service_attrs`.
 fn service_full(buf: &mut Vec<u8>, s: &Service) {
     service_key(buf, &s.key);
-    let mut flags = s.sched_flags.0;
+    let mut flags = s.sched_flags.bits();
     if s.persistence.is_some() {
         flags |= svc_flags::PERSISTENT;
     }
@@ -180,7 +180,7 @@ mod tests {
                     }),
                 });
                 s.one_packet = true;
-                s.sched_flags = SchedFlags(SchedFlags::ALL);
+                s.sched_flags = SchedFlags::all();
                 s.pe = Some("sip".into());
                 out.push(s.clone());
                 s.pe = Some("a".into());

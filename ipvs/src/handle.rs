@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use ipvs_sys::{IpvsAttr, IpvsCmd, IpvsMessage};
 
-use crate::conn::{self, Conn};
+use crate::conn::{self, Answer, Conn};
 use crate::convert::*;
 use crate::dumpparse::dest_message;
 use crate::emit::emit_op;
-use crate::error::{Error, Result};
+use crate::error::{dest_err, kernel, map_common, svc_err, svc_err_full, Error, Result};
+use crate::op::{dest_msg, Applied, Op, OpOutcome};
 use crate::types::*;
 
 /// From this many services on, [`Ipvs::dump`] reads destinations with the
@@ -67,8 +68,27 @@ impl Ipvs {
     /// # Ok(()) }
     /// ```
     pub async fn connect() -> Result<Self> {
-        let sock = conn::open_socket().map_err(|e| Error::Io("opening a netlink socket".into(), e))?;
-        Self::from_socket(sock, DEFAULT_TIMEOUT).await
+        Self::builder().connect().await
+    }
+
+    /// Options for a connection: the request deadline, whether to load the
+    /// kernel module, the dump socket pool, the network namespace.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), ipvs::Error> {
+    /// use std::time::Duration;
+    /// let ipvs = ipvs::Ipvs::builder()
+    ///     .timeout(Duration::from_secs(5))
+    ///     .load_module(false)
+    ///     .dump_sockets(2)
+    ///     .netns("/var/run/netns/blue")
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = ipvs;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> ConnectOptions {
+        ConnectOptions::default()
     }
 
     /// Connect inside the network namespace at `path` (`/var/run/netns/NAME`
@@ -82,8 +102,7 @@ impl Ipvs {
     /// # Ok(()) }
     /// ```
     pub async fn connect_in_netns(path: impl AsRef<Path>) -> Result<Self> {
-        let sock = conn::open_socket_in(path.as_ref())?;
-        Self::from_socket(sock, DEFAULT_TIMEOUT).await
+        Self::builder().netns(path.as_ref()).connect().await
     }
 
     /// Connect inside the named network namespace (`ip netns add NAME`).
@@ -99,10 +118,6 @@ impl Ipvs {
             return Err(Error::invalid(format!("invalid network namespace name {name:?}")));
         }
         Self::connect_in_netns(Path::new("/var/run/netns").join(name)).await
-    }
-
-    async fn from_socket(sock: conn::Sockets, timeout: Duration) -> Result<Self> {
-        Ok(Self { conn: Arc::new(Conn::new(sock, timeout).await?), timeout })
     }
 
     /// This handle with another deadline: each request waits at most
@@ -206,7 +221,7 @@ impl Ipvs {
                 }
             }
         }
-        Err(Error::NoSuchService(key.to_string()))
+        Err(Error::NoSuchService(*key))
     }
 
     /// Add a virtual service. [`Error::ServiceExists`] if it exists.
@@ -215,10 +230,8 @@ impl Ipvs {
     /// # async fn f() -> Result<(), ipvs::Error> {
     /// use ipvs::{Persistence, Scheduler, Service, ServiceKey};
     /// // ipvsadm -A -t 10.0.0.1:443 -s wlc -p 300
-    /// let s = Service {
-    ///     persistence: Some(Persistence { timeout: 300, netmask: None }),
-    ///     ..Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
-    /// };
+    /// let s = Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
+    ///     .with_persistence(Persistence { timeout: 300, netmask: None });
     /// ipvs::Ipvs::connect().await?.add_service(&s).await?;
     /// # Ok(()) }
     /// ```
@@ -309,7 +322,7 @@ impl Ipvs {
     /// use ipvs::{Destination, Forward, ServiceKey};
     /// // ipvsadm -a -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 5
     /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
-    /// let d = Destination { weight: 5, ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq) };
+    /// let d = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq).with_weight(5);
     /// ipvs::Ipvs::connect().await?.add_destination(&key, &d).await?;
     /// # Ok(()) }
     /// ```
@@ -327,7 +340,7 @@ impl Ipvs {
     /// use ipvs::{Destination, Forward, ServiceKey};
     /// // ipvsadm -e -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 0   (drain it)
     /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
-    /// let d = Destination { weight: 0, ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq) };
+    /// let d = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq).with_weight(0);
     /// ipvs::Ipvs::connect().await?.update_destination(&key, &d).await?;
     /// # Ok(()) }
     /// ```
@@ -418,7 +431,46 @@ impl Ipvs {
             d.shrink_to_fit();
             out.push((s, d));
         }
-        Ok(out)
+        self.without_vanished(out).await
+    }
+
+    /// `table` without the services that are gone. The kernel answers the
+    /// destination dump of a missing service with an empty list, so a service
+    /// deleted between the service dump and its destination dump would look
+    /// like a service without destinations: each service with none is looked
+    /// up once more (in one batch).
+    async fn without_vanished(&self, mut table: Table) -> Result<Table> {
+        let empty: Vec<usize> = table.iter().enumerate().filter(|(_, (_, d))| d.is_empty()).map(|(i, _)| i).collect();
+        if empty.is_empty() {
+            return Ok(table);
+        }
+        let key = |k: usize| table[empty[k]].0.service.key;
+        let batch = self
+            .conn
+            .batch(
+                empty.len(),
+                |k| Self::msg(IpvsCmd::GetService, vec![IpvsAttr::Service(service_key_attrs(&key(k)))]),
+                "looking up the services without real servers",
+                self.timeout,
+            )
+            .await;
+        if let Some(e) = batch.interrupted {
+            return Err(e);
+        }
+        let mut gone = vec![false; table.len()];
+        for (k, r) in batch.results.into_iter().enumerate() {
+            match r {
+                Answer::Err(libc::ESRCH) => gone[empty[k]] = true,
+                Answer::Err(e) => return Err(svc_err(&key(k), e)),
+                _ => {}
+            }
+        }
+        let mut i = 0;
+        table.retain(|_| {
+            i += 1;
+            !gone[i - 1]
+        });
+        Ok(table)
     }
 
     /// The destinations of `services`, one dump after the other.
@@ -428,7 +480,7 @@ impl Ipvs {
             let d = self.destinations_raw(&s.service.key).await?;
             out.push((s, d));
         }
-        Ok(out)
+        self.without_vanished(out).await
     }
 
     /// Zero the counters of every service, or of one.
@@ -498,7 +550,7 @@ impl Ipvs {
     /// # async fn f() -> Result<(), ipvs::Error> {
     /// use ipvs::Timeouts;
     /// // ipvsadm --set 0 60 0: only the FIN_WAIT timeout changes.
-    /// ipvs::Ipvs::connect().await?.set_timeouts(&Timeouts { tcp: 0, tcp_fin: 60, udp: 0 }).await?;
+    /// ipvs::Ipvs::connect().await?.set_timeouts(&Timeouts::new(0, 60, 0)).await?;
     /// # Ok(()) }
     /// ```
     pub async fn set_timeouts(&self, t: &Timeouts) -> Result<()> {
@@ -539,7 +591,7 @@ impl Ipvs {
     /// # async fn f() -> Result<(), ipvs::Error> {
     /// use ipvs::{SyncDaemon, SyncState};
     /// // ipvsadm --start-daemon master --mcast-interface eth0 --syncid 7 --mcast-ttl 2
-    /// let d = SyncDaemon { mcast_ttl: Some(2), ..SyncDaemon::new(SyncState::Master, "eth0", 7) };
+    /// let d = SyncDaemon::new(SyncState::Master, "eth0", 7).with_mcast_ttl(2);
     /// ipvs::Ipvs::connect().await?.start_sync_daemon(&d).await?;
     /// # Ok(()) }
     /// ```
@@ -549,7 +601,7 @@ impl Ipvs {
         let state = d.state.name();
         let ifname = d.interface.clone();
         self.do_ack(msg, format!("starting {state} sync daemon"), |e| match e {
-            libc::EEXIST => Error::DaemonExists(state.to_owned()),
+            libc::EEXIST => Error::DaemonExists(d.state),
             libc::ENODEV => {
                 Error::Kernel { context: format!("starting {state} sync daemon: no such interface {ifname}"), errno: e }
             }
@@ -581,13 +633,16 @@ impl Ipvs {
             Self::msg(IpvsCmd::GetInfo, vec![]),
         ];
         let what = format!("stopping {} sync daemon", state.name());
-        let res = self.conn.batch(msgs.len(), |i| msgs[i].clone(), &what, self.timeout).await?;
-        match res.first().copied().unwrap_or(Ok(())) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(map_common(e).unwrap_or_else(|| match e {
-                libc::ESRCH => Error::NoSuchDaemon(state.name().to_owned()),
+        let batch = self.conn.batch(msgs.len(), |i| msgs[i].clone(), &what, self.timeout).await;
+        if let Some(e) = batch.interrupted {
+            return Err(e);
+        }
+        match batch.results.first().copied().unwrap_or(Answer::Ok) {
+            Answer::Err(e) => Err(map_common(e).unwrap_or_else(|| match e {
+                libc::ESRCH => Error::NoSuchDaemon(state),
                 _ => kernel(&what, e),
             })),
+            _ => Ok(()),
         }
     }
 
@@ -622,8 +677,12 @@ impl Ipvs {
 
     /// Apply many operations in as few system calls as possible (512 requests
     /// per sendmsg). Every operation is validated first; if one is invalid,
-    /// nothing is sent. The kernel applies them in order and does not roll
-    /// back: the result has one entry per operation, `Ok` or its error.
+    /// nothing is sent and this is that error. The kernel applies them in
+    /// order and does not roll back: the result has one [`OpOutcome`] per
+    /// operation. When a socket error or the deadline cuts the batch short,
+    /// the operations before keep their results, those whose answer did not
+    /// come are [`OpOutcome::Unknown`] (perhaps done), the rest
+    /// [`OpOutcome::NotSent`], and [`Applied::interrupted`] tells why.
     ///
     /// ```no_run
     /// # async fn f() -> Result<(), ipvs::Error> {
@@ -634,19 +693,19 @@ impl Ipvs {
     ///     Op::AddDestination(key, Destination::new("10.0.1.1:80".parse().unwrap(), Forward::Route)),
     ///     Op::AddDestination(key, Destination::new("10.0.1.2:80".parse().unwrap(), Forward::Route)),
     /// ];
-    /// for (op, res) in ops.iter().zip(ipvs::Ipvs::connect().await?.apply(&ops).await?) {
-    ///     if let Err(e) = res {
-    ///         eprintln!("{op}: {e}");
+    /// for (op, outcome) in ops.iter().zip(ipvs::Ipvs::connect().await?.apply(&ops).await?) {
+    ///     if !outcome.is_done() {
+    ///         eprintln!("{op}: {outcome:?}");
     ///     }
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn apply(&self, ops: &[Op]) -> Result<Vec<Result<()>>> {
+    pub async fn apply(&self, ops: &[Op]) -> Result<Applied> {
         for op in ops {
             op.validate()?;
         }
         // Requests are built chunk by chunk: a large batch never holds them all.
-        let res = self
+        let batch = self
             .conn
             .batch_emit(
                 ops.len(),
@@ -654,134 +713,82 @@ impl Ipvs {
                 "applying changes",
                 self.timeout,
             )
-            .await?;
-        Ok(res
+            .await;
+        let outcomes = batch
+            .results
             .into_iter()
             .zip(ops)
-            .map(|(r, op)| r.map_err(|e| map_common(e).unwrap_or_else(|| op.error(e))))
-            .collect())
+            .map(|(r, op)| match r {
+                Answer::Ok => OpOutcome::Done,
+                Answer::Err(e) => OpOutcome::Failed(op.error(e)),
+                Answer::Unknown => OpOutcome::Unknown,
+                Answer::NotSent => OpOutcome::NotSent,
+            })
+            .collect();
+        Ok(Applied::new(outcomes, batch.interrupted))
     }
 }
 
-/// One change to the table, for [`Ipvs::apply`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Add a virtual service.
-    AddService(Service),
-    /// Change a virtual service.
-    UpdateService(Service),
-    /// Delete a virtual service.
-    DeleteService(ServiceKey),
-    /// Add a destination.
-    AddDestination(ServiceKey, Destination),
-    /// Change a destination.
-    UpdateDestination(ServiceKey, Destination),
-    /// Delete a destination.
-    DeleteDestination(ServiceKey, SocketAddr),
+/// How to connect, for [`Ipvs::builder`]. Each setter returns the options.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    timeout: Duration,
+    load_module: bool,
+    dump_sockets: usize,
+    netns: Option<std::path::PathBuf>,
 }
 
-impl Op {
-    /// Check the operation as the single-request methods do.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            Op::AddService(s) | Op::UpdateService(s) => s.validate(),
-            Op::AddDestination(k, d) | Op::UpdateDestination(k, d) => d.validate(k),
-            Op::DeleteService(_) | Op::DeleteDestination(..) => Ok(()),
-        }
+impl Default for ConnectOptions {
+    /// A 30 s deadline, `modprobe ip_vs` when the family is missing, 8 dump
+    /// sockets, the calling thread's network namespace.
+    fn default() -> Self {
+        Self { timeout: DEFAULT_TIMEOUT, load_module: true, dump_sockets: conn::DEST_POOL_SIZE, netns: None }
+    }
+}
+
+impl ConnectOptions {
+    /// How long each request waits for each reply of the kernel (default
+    /// [`DEFAULT_TIMEOUT`]); then [`Error::Timeout`]. Also the deadline of
+    /// the connection itself.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
-    /// The request as a message: the reference `emit::emit_op` is tested against.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn message(&self) -> IpvsMessage {
-        match self {
-            Op::AddService(s) => IpvsMessage::new(IpvsCmd::NewService, vec![IpvsAttr::Service(service_attrs(s))]),
-            Op::UpdateService(s) => IpvsMessage::new(IpvsCmd::SetService, vec![IpvsAttr::Service(service_attrs(s))]),
-            Op::DeleteService(k) => {
-                IpvsMessage::new(IpvsCmd::DelService, vec![IpvsAttr::Service(service_key_attrs(k))])
+    /// Whether to run `modprobe -q ip_vs` once when the kernel has no IPVS
+    /// family (default true, as ipvsadm does); without it a missing module
+    /// is [`Error::NotAvailable`] at once.
+    pub fn load_module(mut self, load: bool) -> Self {
+        self.load_module = load;
+        self
+    }
+
+    /// How many extra sockets [`Ipvs::dump`] uses to read the destinations
+    /// of many services at once (default 8; each is one file descriptor).
+    /// 0: one service after the other on one socket.
+    pub fn dump_sockets(mut self, n: usize) -> Self {
+        self.dump_sockets = n;
+        self
+    }
+
+    /// Connect inside the network namespace at `path` (`/var/run/netns/NAME`,
+    /// `/proc/PID/ns/net`) instead of the calling thread's. The sockets are
+    /// opened from a short-lived thread of their own: no thread of the caller
+    /// changes namespace, and the runtime is not blocked meanwhile.
+    pub fn netns(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.netns = Some(path.into());
+        self
+    }
+
+    /// Connect. Must be called from within a tokio runtime.
+    pub async fn connect(self) -> Result<Ipvs> {
+        let socks = match &self.netns {
+            Some(path) => conn::open_socket_in(path, self.dump_sockets).await?,
+            None => {
+                conn::open_socket(self.dump_sockets).map_err(|e| Error::Io("opening a netlink socket".into(), e))?
             }
-            Op::AddDestination(k, d) => dest_msg(IpvsCmd::NewDest, k, dest_attrs(d)),
-            Op::UpdateDestination(k, d) => dest_msg(IpvsCmd::SetDest, k, dest_attrs(d)),
-            Op::DeleteDestination(k, a) => dest_msg(IpvsCmd::DelDest, k, dest_key_attrs(*a)),
-        }
-    }
-
-    fn error(&self, errno: i32) -> Error {
-        match self {
-            Op::AddService(s) | Op::UpdateService(s) => svc_err_full(s, errno),
-            Op::DeleteService(k) => svc_err(k, errno),
-            Op::AddDestination(k, d) | Op::UpdateDestination(k, d) => dest_err(k, d.addr, errno),
-            Op::DeleteDestination(k, a) => dest_err(k, *a, errno),
-        }
-    }
-}
-
-impl std::fmt::Display for Op {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Op::AddService(s) => write!(f, "add service {} ({})", s.key, s.scheduler),
-            Op::UpdateService(s) => write!(f, "edit service {} ({})", s.key, s.scheduler),
-            Op::DeleteService(k) => write!(f, "delete service {k}"),
-            Op::AddDestination(k, d) => {
-                write!(f, "add real server {} to {k} ({}, weight {})", d.addr, d.forward.name(), d.weight)
-            }
-            Op::UpdateDestination(k, d) => {
-                write!(f, "edit real server {} of {k} ({}, weight {})", d.addr, d.forward.name(), d.weight)
-            }
-            Op::DeleteDestination(k, a) => write!(f, "delete real server {a} of {k}"),
-        }
-    }
-}
-
-fn dest_msg(cmd: IpvsCmd, key: &ServiceKey, dest: Vec<ipvs_sys::DestAttr>) -> IpvsMessage {
-    IpvsMessage::new(cmd, vec![IpvsAttr::Service(service_key_attrs(key)), IpvsAttr::Dest(dest)])
-}
-
-fn kernel(context: &str, errno: i32) -> Error {
-    Error::Kernel { context: context.to_owned(), errno }
-}
-
-/// Errors that mean the same whatever the request.
-fn map_common(errno: i32) -> Option<Error> {
-    match errno {
-        libc::EPERM | libc::EACCES => Some(Error::PermissionDenied),
-        _ => None,
-    }
-}
-
-fn svc_err(key: &ServiceKey, errno: i32) -> Error {
-    match errno {
-        libc::ESRCH => Error::NoSuchService(key.to_string()),
-        libc::EEXIST => Error::ServiceExists(key.to_string()),
-        _ => kernel(&format!("service {key}"), errno),
-    }
-}
-
-fn svc_err_full(s: &Service, errno: i32) -> Error {
-    match errno {
-        libc::ENOENT => Error::SchedulerNotFound(match &s.pe {
-            Some(pe) => {
-                format!("scheduler {:?} or persistence engine {pe:?} not found in the kernel", s.scheduler.name())
-            }
-            None => format!(
-                "scheduler {:?} not found in the kernel (no module ip_vs_{})",
-                s.scheduler.name(),
-                s.scheduler.name()
-            ),
-        }),
-        libc::EINVAL => {
-            kernel(&format!("service {}: invalid argument (check netmask, scheduler flags, address)", s.key), errno)
-        }
-        _ => svc_err(&s.key, errno),
-    }
-}
-
-fn dest_err(key: &ServiceKey, addr: SocketAddr, errno: i32) -> Error {
-    match errno {
-        libc::ESRCH => Error::NoSuchService(key.to_string()),
-        libc::EEXIST => Error::DestinationExists(format!("{addr} in {key}")),
-        libc::ENOENT => Error::NoSuchDestination(format!("{addr} in {key}")),
-        libc::ERANGE => kernel(&format!("real server {addr} of {key}: weight or threshold out of range"), errno),
-        libc::EINVAL => kernel(&format!("real server {addr} of {key}: invalid (is the address unicast or local, and the forwarding method allowed?)"), errno),
-        _ => kernel(&format!("real server {addr} of {key}"), errno),
+        };
+        let conn = Conn::new(socks, self.timeout, self.load_module).await?;
+        Ok(Ipvs { conn: Arc::new(conn), timeout: self.timeout })
     }
 }

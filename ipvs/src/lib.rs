@@ -36,11 +36,13 @@ mod dumpparse;
 mod emit;
 mod error;
 mod handle;
+mod op;
 pub mod reconcile;
 mod types;
 
 pub use error::{Error, Result};
-pub use handle::{Ipvs, Op, Table, DEFAULT_TIMEOUT};
+pub use handle::{ConnectOptions, Ipvs, Table, DEFAULT_TIMEOUT};
+pub use op::{Applied, Op, OpOutcome};
 pub use types::*;
 
 /// The wire-format crate, re-exported.

@@ -20,7 +20,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use crate::handle::Op;
+use crate::op::Op;
 use crate::types::*;
 
 /// A virtual service and the destinations it should have.

@@ -18,10 +18,16 @@ use crate::error::Error;
 
 /// Transport protocol of a virtual service.
 ///
+/// IPVS balances TCP, UDP and SCTP; [`Protocol::Other`] holds any other
+/// protocol number another tool put in the table (the kernel's generic netlink
+/// interface does not check it: ESP, 50, is seen in the wild), so that such a
+/// service can be listed and deleted, never created or edited.
+///
 /// ```
 /// use ipvs::Protocol;
 /// assert_eq!("udp".parse::<Protocol>().unwrap(), Protocol::Udp);
 /// assert_eq!(Protocol::Sctp.number(), 132);
+/// assert_eq!(Protocol::from_number(50), Protocol::Other(50)); // ESP
 /// assert!("icmp".parse::<Protocol>().is_err()); // IPVS balances TCP, UDP and SCTP only
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +39,8 @@ pub enum Protocol {
     Udp,
     /// SCTP (`IPPROTO_SCTP`).
     Sctp,
+    /// Any other IP protocol number, as read from the kernel.
+    Other(u16),
 }
 
 impl Protocol {
@@ -42,32 +50,40 @@ impl Protocol {
             Self::Tcp => ipvs_sys::constants::IPPROTO_TCP,
             Self::Udp => ipvs_sys::constants::IPPROTO_UDP,
             Self::Sctp => ipvs_sys::constants::IPPROTO_SCTP,
+            Self::Other(n) => n,
         }
     }
 
-    /// The protocol for an IP protocol number, if IPVS supports it.
-    pub fn from_number(n: u16) -> Option<Self> {
+    /// The protocol for an IP protocol number: [`Protocol::Other`] for
+    /// numbers other than TCP's, UDP's and SCTP's.
+    pub fn from_number(n: u16) -> Self {
         match n {
-            ipvs_sys::constants::IPPROTO_TCP => Some(Self::Tcp),
-            ipvs_sys::constants::IPPROTO_UDP => Some(Self::Udp),
-            ipvs_sys::constants::IPPROTO_SCTP => Some(Self::Sctp),
-            _ => None,
+            ipvs_sys::constants::IPPROTO_TCP => Self::Tcp,
+            ipvs_sys::constants::IPPROTO_UDP => Self::Udp,
+            ipvs_sys::constants::IPPROTO_SCTP => Self::Sctp,
+            n => Self::Other(n),
         }
     }
 
-    /// Lower-case name: `tcp`, `udp`, `sctp`.
+    /// Lower-case name: `tcp`, `udp`, `sctp`; `other` for [`Protocol::Other`]
+    /// (its [`Display`](fmt::Display) tells the number).
     pub fn name(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::Sctp => "sctp",
+            Self::Other(_) => "other",
         }
     }
 }
 
 impl fmt::Display for Protocol {
+    /// `tcp`, `udp`, `sctp`, or `protocol 50`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        match self {
+            Self::Other(n) => write!(f, "protocol {n}"),
+            _ => f.write_str(self.name()),
+        }
     }
 }
 
@@ -340,51 +356,65 @@ impl TryFrom<String> for Scheduler {
     }
 }
 
-/// Scheduler flags (`ipvsadm -b`): `flag-1`/`flag-2`/`flag-3`, called
-/// `sh-fallback`/`sh-port` for sh and `mh-fallback`/`mh-port` for mh.
-///
-/// ```
-/// use ipvs::{SchedFlags, Scheduler};
-/// let f = SchedFlags::parse_list("sh-port,sh-fallback").unwrap(); // ipvsadm -b sh-port,sh-fallback
-/// assert_eq!(f, SchedFlags::FLAG_1 | SchedFlags::FLAG_2);
-/// assert_eq!(f.names(&Scheduler::Sh), ["sh-fallback", "sh-port"]);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-pub struct SchedFlags(pub u32);
+bitflags::bitflags! {
+    /// Scheduler flags (`ipvsadm -b`), the `IP_VS_SVC_F_SCHED1..3` bits of
+    /// a service's `FLAGS`: `flag-1`/`flag-2`/`flag-3`, called
+    /// `sh-fallback`/`sh-port` for sh and `mh-fallback`/`mh-port` for mh.
+    ///
+    /// ```
+    /// use ipvs::{SchedFlags, Scheduler};
+    /// let f = SchedFlags::parse_list("sh-port,sh-fallback").unwrap(); // ipvsadm -b sh-port,sh-fallback
+    /// assert_eq!(f, SchedFlags::SH_FALLBACK | SchedFlags::SH_PORT);
+    /// assert_eq!(f, SchedFlags::FLAG_1 | SchedFlags::FLAG_2);
+    /// assert_eq!(f.names(&Scheduler::Sh), ["sh-fallback", "sh-port"]);
+    /// ```
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct SchedFlags: u32 {
+        /// `flag-1` (`sh-fallback`, `mh-fallback`).
+        const FLAG_1 = ipvs_sys::constants::svc_flags::SCHED1;
+        /// `flag-2` (`sh-port`, `mh-port`).
+        const FLAG_2 = ipvs_sys::constants::svc_flags::SCHED2;
+        /// `flag-3`.
+        const FLAG_3 = ipvs_sys::constants::svc_flags::SCHED3;
+    }
+}
+
+/// As the bits (a number), so that records written before keep reading.
+#[cfg(feature = "serde")]
+impl Serialize for SchedFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.bits().serialize(s)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> Deserialize<'de> for SchedFlags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Unknown bits are kept: `Service::validate` refuses them.
+        u32::deserialize(d).map(Self::from_bits_retain)
+    }
+}
 
 impl SchedFlags {
     /// No flag.
-    pub const NONE: SchedFlags = SchedFlags(0);
-    /// `flag-1` (`sh-fallback`, `mh-fallback`).
-    pub const FLAG_1: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED1);
-    /// `flag-2` (`sh-port`, `mh-port`).
-    pub const FLAG_2: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED2);
-    /// `flag-3`.
-    pub const FLAG_3: SchedFlags = SchedFlags(ipvs_sys::constants::svc_flags::SCHED3);
-    /// Every scheduler flag bit.
-    pub const ALL: u32 = ipvs_sys::constants::svc_flags::SCHED1
-        | ipvs_sys::constants::svc_flags::SCHED2
-        | ipvs_sys::constants::svc_flags::SCHED3;
-
-    /// Whether every flag of `other` is set.
-    pub fn contains(self, other: SchedFlags) -> bool {
-        self.0 & other.0 == other.0
-    }
-
-    /// Whether no flag is set.
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
+    pub const NONE: SchedFlags = SchedFlags::empty();
+    /// `sh-fallback`: [`SchedFlags::FLAG_1`] of the sh scheduler.
+    pub const SH_FALLBACK: SchedFlags = SchedFlags::FLAG_1;
+    /// `sh-port`: [`SchedFlags::FLAG_2`] of the sh scheduler.
+    pub const SH_PORT: SchedFlags = SchedFlags::FLAG_2;
+    /// `mh-fallback`: [`SchedFlags::FLAG_1`] of the mh scheduler.
+    pub const MH_FALLBACK: SchedFlags = SchedFlags::FLAG_1;
+    /// `mh-port`: [`SchedFlags::FLAG_2`] of the mh scheduler.
+    pub const MH_PORT: SchedFlags = SchedFlags::FLAG_2;
 
     /// Parse a comma-separated list as `ipvsadm -b` takes it (`sh-port,sh-fallback`, `flag-1`).
     pub fn parse_list(s: &str) -> Result<Self, Error> {
-        let mut out = 0;
+        let mut out = Self::empty();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             out |= match name {
-                "flag-1" | "sh-fallback" | "mh-fallback" => Self::FLAG_1.0,
-                "flag-2" | "sh-port" | "mh-port" => Self::FLAG_2.0,
-                "flag-3" => Self::FLAG_3.0,
+                "flag-1" | "sh-fallback" | "mh-fallback" => Self::FLAG_1,
+                "flag-2" | "sh-port" | "mh-port" => Self::FLAG_2,
+                "flag-3" => Self::FLAG_3,
                 _ => {
                     return Err(Error::invalid(format!(
                         "unknown scheduler flag {name:?}: expected flag-1, flag-2, flag-3, sh-fallback, sh-port, mh-fallback or mh-port"
@@ -392,7 +422,7 @@ impl SchedFlags {
                 }
             };
         }
-        Ok(Self(out))
+        Ok(out)
     }
 
     /// The flag names as ipvsadm prints them for `scheduler` (`sh-fallback`, `flag-1`, ...).
@@ -413,13 +443,6 @@ impl SchedFlags {
             v.push(f3);
         }
         v
-    }
-}
-
-impl std::ops::BitOr for SchedFlags {
-    type Output = SchedFlags;
-    fn bitor(self, rhs: SchedFlags) -> SchedFlags {
-        SchedFlags(self.0 | rhs.0)
     }
 }
 
@@ -470,10 +493,8 @@ impl fmt::Display for Netmask {
 /// ```
 /// use ipvs::{Netmask, Persistence, Scheduler, Service, ServiceKey};
 /// // ipvsadm -A -t 10.0.0.1:443 -s wlc -p 600 -M 255.255.255.0
-/// let s = Service {
-///     persistence: Some(Persistence { timeout: 600, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) }),
-///     ..Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
-/// };
+/// let s = Service::new(ServiceKey::tcp("10.0.0.1:443".parse().unwrap()), Scheduler::Wlc)
+///     .with_persistence(Persistence { timeout: 600, netmask: Some(Netmask::V4("255.255.255.0".parse().unwrap())) });
 /// assert!(s.validate().is_ok());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -490,21 +511,18 @@ pub struct Persistence {
 /// ```
 /// use ipvs::{Persistence, Netmask, SchedFlags, Scheduler, Service, ServiceKey};
 /// // ipvsadm -A -u 10.0.0.1:53 -s sh -b sh-port -o
-/// let dns = Service {
-///     sched_flags: SchedFlags::FLAG_2,
-///     one_packet: true,
-///     ..Service::new(ServiceKey::udp("10.0.0.1:53".parse().unwrap()), Scheduler::Sh)
-/// };
+/// let dns = Service::new(ServiceKey::udp("10.0.0.1:53".parse().unwrap()), Scheduler::Sh)
+///     .with_sched_flags(SchedFlags::FLAG_2)
+///     .with_one_packet(true);
 /// assert!(dns.validate().is_ok());
 /// // Refused before anything is sent: an IPv6 netmask out of 1..128.
-/// let bad = Service {
-///     persistence: Some(Persistence { timeout: 60, netmask: Some(Netmask::V6(129)) }),
-///     ..Service::new(ServiceKey::tcp("[2001:db8::1]:80".parse().unwrap()), Scheduler::Rr)
-/// };
+/// let bad = Service::new(ServiceKey::tcp("[2001:db8::1]:80".parse().unwrap()), Scheduler::Rr)
+///     .with_persistence(Persistence { timeout: 60, netmask: Some(Netmask::V6(129)) });
 /// assert!(matches!(bad.validate(), Err(ipvs::Error::Invalid(_))));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Service {
     /// What identifies it.
     pub key: ServiceKey,
@@ -526,6 +544,30 @@ impl Service {
         Self { key, scheduler, sched_flags: SchedFlags::NONE, persistence: None, one_packet: false, pe: None }
     }
 
+    /// With these scheduler flags (`-b`).
+    pub fn with_sched_flags(mut self, flags: SchedFlags) -> Self {
+        self.sched_flags = flags;
+        self
+    }
+
+    /// With persistence (`-p`, `-M`), or without (`None`).
+    pub fn with_persistence(mut self, persistence: impl Into<Option<Persistence>>) -> Self {
+        self.persistence = persistence.into();
+        self
+    }
+
+    /// With or without one-packet scheduling (`-o`).
+    pub fn with_one_packet(mut self, one_packet: bool) -> Self {
+        self.one_packet = one_packet;
+        self
+    }
+
+    /// With a persistence engine (`--pe sip`), or without (`None`).
+    pub fn with_pe(mut self, pe: impl Into<Option<String>>) -> Self {
+        self.pe = pe.into();
+        self
+    }
+
     /// The netmask that is sent to the kernel.
     pub fn netmask(&self) -> Netmask {
         self.persistence.and_then(|p| p.netmask).unwrap_or_else(|| Netmask::full(self.key.family()))
@@ -538,6 +580,11 @@ impl Service {
             if mark == 0 {
                 return Err(Error::invalid("firewall mark 0 cannot identify a service: use a non-zero mark"));
             }
+        }
+        if let ServiceKey::Inet { protocol: Protocol::Other(n), .. } = self.key {
+            return Err(Error::invalid(format!(
+                "IPVS balances tcp, udp and sctp only, not protocol {n}: such a service can be listed and deleted, not created or edited"
+            )));
         }
         if let ServiceKey::Inet { addr, .. } = self.key {
             if addr.ip().is_unspecified() {
@@ -569,10 +616,10 @@ impl Service {
                 return Err(Error::invalid("persistence timeout must be at least 1 second"));
             }
         }
-        if self.sched_flags.0 & !SchedFlags::ALL != 0 {
+        if self.sched_flags.bits() & !SchedFlags::all().bits() != 0 {
             return Err(Error::invalid(format!(
                 "scheduler flags {:#x} has bits outside flag-1..flag-3",
-                self.sched_flags.0
+                self.sched_flags.bits()
             )));
         }
         if let Some(pe) = &self.pe {
@@ -677,6 +724,9 @@ pub enum Forward {
     Tunnel(Tunnel),
     /// Cache bypass.
     Bypass,
+    /// Any other `FWD_METHOD` value (masked with 7), as read from the kernel.
+    /// It can be listed and deleted, never set.
+    Other(u32),
 }
 
 impl Forward {
@@ -689,10 +739,26 @@ impl Forward {
             Self::Route => fwd::DROUTE,
             Self::Tunnel(_) => fwd::TUNNEL,
             Self::Bypass => fwd::BYPASS,
+            Self::Other(m) => *m,
         }
     }
 
-    /// The name ipvsadm lists it with: `Masq`, `Local`, `Tunnel`, `Route`, `Bypass`.
+    /// The forwarding method of a `FWD_METHOD` value, with the tunnel
+    /// attributes that go with [`Forward::Tunnel`].
+    pub fn from_method(method: u32, tunnel: Tunnel) -> Self {
+        use ipvs_sys::constants::fwd;
+        match method & fwd::MASK {
+            fwd::MASQ => Self::Masq,
+            fwd::LOCALNODE => Self::Local,
+            fwd::DROUTE => Self::Route,
+            fwd::BYPASS => Self::Bypass,
+            fwd::TUNNEL => Self::Tunnel(tunnel),
+            other => Self::Other(other),
+        }
+    }
+
+    /// The name ipvsadm lists it with: `Masq`, `Local`, `Tunnel`, `Route`,
+    /// `Bypass`; `Other` for [`Forward::Other`].
     pub fn name(&self) -> &'static str {
         match self {
             Self::Masq => "Masq",
@@ -700,6 +766,7 @@ impl Forward {
             Self::Route => "Route",
             Self::Tunnel(_) => "Tunnel",
             Self::Bypass => "Bypass",
+            Self::Other(_) => "Other",
         }
     }
 }
@@ -710,12 +777,9 @@ impl Forward {
 /// use ipvs::{Destination, Forward, ServiceKey};
 /// let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
 /// // ipvsadm -a -t 10.0.0.1:80 -r 192.168.1.10:8080 -m -w 3 -x 100 -y 50
-/// let nat = Destination {
-///     weight: 3,
-///     upper_threshold: 100,
-///     lower_threshold: 50,
-///     ..Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq)
-/// };
+/// let nat = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Masq)
+///     .with_weight(3)
+///     .with_thresholds(100, 50);
 /// assert!(nat.validate(&key).is_ok());
 /// // Direct routing cannot change the port: refused before sending.
 /// let dr = Destination::new("192.168.1.10:8080".parse().unwrap(), Forward::Route);
@@ -723,6 +787,7 @@ impl Forward {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Destination {
     /// Real server address and port. Port 0 on a fwmark service means "the
     /// port the client asked for".
@@ -744,6 +809,19 @@ impl Destination {
     /// A destination with weight 1 and no thresholds.
     pub fn new(addr: SocketAddr, forward: Forward) -> Self {
         Self { addr, forward, weight: 1, upper_threshold: 0, lower_threshold: 0 }
+    }
+
+    /// With this weight (`-w`).
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
+    /// With these connection thresholds (`-x upper -y lower`; 0: none).
+    pub fn with_thresholds(mut self, upper: u32, lower: u32) -> Self {
+        self.upper_threshold = upper;
+        self.lower_threshold = lower;
+        self
     }
 
     /// Check what the kernel would reject or silently mis-handle for a
@@ -792,6 +870,11 @@ impl Destination {
                 )));
             }
         }
+        if let Forward::Other(m) = self.forward {
+            return Err(Error::invalid(format!(
+                "forwarding method {m} is unknown: a destination can be set only with masq, local, route, tunnel or bypass"
+            )));
+        }
         if let Forward::Tunnel(Tunnel::Gue { port: 0, .. }) = self.forward {
             return Err(Error::invalid("a GUE tunnel needs a non-zero tunnel port"));
         }
@@ -826,6 +909,7 @@ fn fam_name(f: Family) -> &'static str {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Stats {
     /// Connections scheduled.
     pub conns: u64,
@@ -859,6 +943,7 @@ pub struct Stats {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct ServiceEntry {
     /// Configuration.
     #[cfg_attr(feature = "serde", serde(flatten))]
@@ -879,6 +964,7 @@ pub struct ServiceEntry {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct DestinationEntry {
     /// Configuration.
     #[cfg_attr(feature = "serde", serde(flatten))]
@@ -891,6 +977,22 @@ pub struct DestinationEntry {
     pub persistent_conns: u32,
     /// Counters and rates.
     pub stats: Stats,
+}
+
+impl ServiceEntry {
+    /// A service with these counters.
+    pub fn new(service: Service, stats: Stats) -> Self {
+        Self { service, stats }
+    }
+}
+
+impl DestinationEntry {
+    /// A destination with these connection counts (active, inactive,
+    /// persistent) and counters.
+    pub fn new(destination: Destination, conns: (u32, u32, u32), stats: Stats) -> Self {
+        let (active_conns, inactive_conns, persistent_conns) = conns;
+        Self { destination, active_conns, inactive_conns, persistent_conns, stats }
+    }
 }
 
 impl From<Service> for ServiceEntry {
@@ -913,14 +1015,15 @@ impl From<Destination> for DestinationEntry {
 /// ```
 /// use ipvs::Timeouts;
 /// // ipvsadm --set 900 120 300 (the kernel's defaults)
-/// let t = Timeouts { tcp: 900, tcp_fin: 120, udp: 300 };
+/// let t = Timeouts::new(900, 120, 300);
 /// // Only change UDP:
-/// let only_udp = Timeouts { udp: 60, ..Timeouts::default() };
+/// let only_udp = Timeouts::new(0, 0, 60);
 /// assert_eq!((only_udp.tcp, only_udp.tcp_fin), (0, 0));
 /// # let _ = t;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Timeouts {
     /// Established TCP connections.
     pub tcp: u32,
@@ -928,6 +1031,13 @@ pub struct Timeouts {
     pub tcp_fin: u32,
     /// UDP.
     pub udp: u32,
+}
+
+impl Timeouts {
+    /// These timeouts, in seconds (0: leave unchanged, on set).
+    pub const fn new(tcp: u32, tcp_fin: u32, udp: u32) -> Self {
+        Self { tcp, tcp_fin, udp }
+    }
 }
 
 /// Role of a connection sync daemon.
@@ -963,22 +1073,28 @@ impl SyncState {
     }
 }
 
+impl fmt::Display for SyncState {
+    /// `master` or `backup`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A connection synchronisation daemon (`ipvsadm --start-daemon`).
 ///
 /// ```
 /// use ipvs::{SyncDaemon, SyncState};
 /// // ipvsadm --start-daemon backup --mcast-interface eth1 --syncid 3 --mcast-group 239.0.0.3 --mcast-port 8849
-/// let d = SyncDaemon {
-///     mcast_group: Some("239.0.0.3".parse().unwrap()),
-///     mcast_port: Some(8849),
-///     ..SyncDaemon::new(SyncState::Backup, "eth1", 3)
-/// };
+/// let d = SyncDaemon::new(SyncState::Backup, "eth1", 3)
+///     .with_mcast_group("239.0.0.3".parse::<std::net::IpAddr>().unwrap())
+///     .with_mcast_port(8849);
 /// assert!(d.validate().is_ok());
-/// let unicast = SyncDaemon { mcast_group: Some("10.0.0.1".parse().unwrap()), ..d.clone() };
+/// let unicast = d.clone().with_mcast_group("10.0.0.1".parse::<std::net::IpAddr>().unwrap());
 /// assert!(unicast.validate().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct SyncDaemon {
     /// Master or backup.
     pub state: SyncState,
@@ -1010,6 +1126,30 @@ impl SyncDaemon {
         }
     }
 
+    /// With this maximum sync message length (`--sync-maxlen`), or the default (`None`).
+    pub fn with_max_len(mut self, max_len: impl Into<Option<u16>>) -> Self {
+        self.max_len = max_len.into();
+        self
+    }
+
+    /// With this multicast group (`--mcast-group`), or the default (`None`).
+    pub fn with_mcast_group(mut self, group: impl Into<Option<IpAddr>>) -> Self {
+        self.mcast_group = group.into();
+        self
+    }
+
+    /// With this multicast port (`--mcast-port`), or the default (`None`).
+    pub fn with_mcast_port(mut self, port: impl Into<Option<u16>>) -> Self {
+        self.mcast_port = port.into();
+        self
+    }
+
+    /// With this multicast TTL (`--mcast-ttl`), or the default (`None`).
+    pub fn with_mcast_ttl(mut self, ttl: impl Into<Option<u8>>) -> Self {
+        self.mcast_ttl = ttl.into();
+        self
+    }
+
     /// Check what the kernel would reject.
     pub fn validate(&self) -> Result<(), Error> {
         if self.interface.is_empty() || self.interface.len() > ipvs_sys::constants::IFNAME_MAXLEN {
@@ -1033,11 +1173,12 @@ impl SyncDaemon {
 /// What `GET_INFO` tells.
 ///
 /// ```
-/// let i = ipvs::Info { version: (1, 2, 1), conn_table_size: 4096 };
+/// let i = ipvs::Info::new((1, 2, 1), 4096);
 /// assert_eq!(i.version_string(), "1.2.1");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[non_exhaustive]
 pub struct Info {
     /// IPVS version as (major, minor, patch), e.g. (1, 2, 1).
     pub version: (u8, u8, u8),
@@ -1046,6 +1187,11 @@ pub struct Info {
 }
 
 impl Info {
+    /// Info of this version and connection table size.
+    pub const fn new(version: (u8, u8, u8), conn_table_size: u32) -> Self {
+        Self { version, conn_table_size }
+    }
+
     /// `1.2.1`.
     pub fn version_string(&self) -> String {
         format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)

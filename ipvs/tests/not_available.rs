@@ -23,3 +23,19 @@ async fn connect_reports_missing_ipvs_as_not_available() {
         Err(e) => panic!("connect: unexpected error {e:?}"),
     }
 }
+
+/// With module loading turned off, a kernel without the IPVS family is
+/// `NotAvailable` without any `modprobe`.
+#[tokio::test]
+async fn without_module_loading_missing_ipvs_is_not_available() {
+    let r = ipvs::Ipvs::builder().load_module(false).dump_sockets(0).connect().await;
+    match r {
+        Ok(_) => assert!(kernel_has_ipvs_now(), "connected although the system shows no IPVS"),
+        Err(ipvs::Error::NotAvailable(msg)) => {
+            // Another test of this file may load the module meanwhile: only
+            // what this connection said is checked.
+            assert!(!msg.contains("modprobe"), "no modprobe was run, yet: {msg}");
+        }
+        Err(e) => panic!("connect: unexpected error {e:?}"),
+    }
+}

@@ -130,6 +130,8 @@ pub(crate) fn ipvsadm_key(key: &ServiceKey) -> String {
                 ipvs::Protocol::Tcp => "-t",
                 ipvs::Protocol::Udp => "-u",
                 ipvs::Protocol::Sctp => "--sctp-service",
+                // ipvsadm's own name for a protocol it does not know.
+                ipvs::Protocol::Other(_) => "--xxx-service",
             };
             format!("{p} {addr}")
         }

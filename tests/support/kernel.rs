@@ -255,14 +255,13 @@ pub fn parse_save(text: &str) -> Vec<Saved> {
                     Family::Inet => Netmask::V4(m.parse().unwrap()),
                     Family::Inet6 => Netmask::V6(m.parse().unwrap()),
                 });
-                out.push(Saved::Service(Service {
-                    key,
-                    scheduler: sched.unwrap_or_else(|| panic!("no scheduler in {line:?}")),
-                    sched_flags: flags,
-                    persistence: persist.map(|timeout| Persistence { timeout, netmask }),
-                    one_packet,
-                    pe,
-                }))
+                out.push(Saved::Service(
+                    Service::new(key, sched.unwrap_or_else(|| panic!("no scheduler in {line:?}")))
+                        .with_sched_flags(flags)
+                        .with_persistence(persist.map(|timeout| Persistence { timeout, netmask }))
+                        .with_one_packet(one_packet)
+                        .with_pe(pe),
+                ))
             }
             "-a" => {
                 let forward = match fwd {
@@ -278,13 +277,8 @@ pub fn parse_save(text: &str) -> Vec<Saved> {
                 };
                 out.push(Saved::Destination(
                     key,
-                    Destination {
-                        addr: rip.unwrap_or_else(|| panic!("no real server in {line:?}")),
-                        forward,
-                        weight: weight.unwrap_or_else(|| panic!("no weight in {line:?}")),
-                        upper_threshold: 0,
-                        lower_threshold: 0,
-                    },
+                    Destination::new(rip.unwrap_or_else(|| panic!("no real server in {line:?}")), forward)
+                        .with_weight(weight.unwrap_or_else(|| panic!("no weight in {line:?}"))),
                 ))
             }
             other => panic!("parse_save: unknown line kind {other:?} in {line:?}"),
@@ -417,6 +411,7 @@ pub fn ipvsadm_proto(p: Protocol) -> &'static str {
         Protocol::Tcp => "TCP",
         Protocol::Udp => "UDP",
         Protocol::Sctp => "SCTP",
+        Protocol::Other(_) => "?",
     }
 }
 

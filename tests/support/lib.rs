@@ -7,6 +7,7 @@
 //! (not root, no IPVS) FAILS with a message saying so: it never passes silently.
 
 pub mod kernel;
+pub mod rawnl;
 pub mod topology;
 
 use std::future::Future;

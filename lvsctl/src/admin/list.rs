@@ -98,6 +98,8 @@ pub(crate) fn list_service_name(key: &ServiceKey) -> String {
                 Protocol::Tcp => "TCP",
                 Protocol::Udp => "UDP",
                 Protocol::Sctp => "SCTP",
+                // A protocol ipvsadm has no name for (ESP, ...).
+                Protocol::Other(_) => "?",
             };
             let mut s = format!("{p:<4} {}", addr_port(*addr));
             if addr.is_ipv4() {
@@ -219,7 +221,11 @@ fn push_dest_line(out: &mut String, svc_family: Family, d: &DestinationEntry, v:
     } else {
         out.push(' ');
         let start = out.len();
-        out.push_str(dd.forward.name());
+        out.push_str(match dd.forward {
+            // ipvsadm passes a NULL to printf here; glibc prints "(null)".
+            Forward::Other(_) => "(null)",
+            ref f => f.name(),
+        });
         pad_from(out, start, 7);
         if v.tun_info {
             out.push(' ');
@@ -368,12 +374,9 @@ mod tests {
             entry(
                 s,
                 vec![
-                    Destination {
-                        weight: 7,
-                        upper_threshold: 100,
-                        lower_threshold: 50,
-                        ..Destination::new("10.1.0.3:8080".parse().unwrap(), Forward::Masq)
-                    },
+                    Destination::new("10.1.0.3:8080".parse().unwrap(), Forward::Masq)
+                        .with_weight(7)
+                        .with_thresholds(100, 50),
                     Destination::new(
                         "10.1.0.7:80".parse().unwrap(),
                         Forward::Tunnel(Tunnel::Gue { port: 6082, checksum: TunnelChecksum::RemCsum }),
@@ -383,10 +386,7 @@ mod tests {
                         "10.1.0.9:80".parse().unwrap(),
                         Forward::Tunnel(Tunnel::Gre { checksum: TunnelChecksum::NoCsum }),
                     ),
-                    Destination {
-                        weight: 0,
-                        ..Destination::new("10.1.0.4:80".parse().unwrap(), Forward::Tunnel(Tunnel::Ipip))
-                    },
+                    Destination::new("10.1.0.4:80".parse().unwrap(), Forward::Tunnel(Tunnel::Ipip)).with_weight(0),
                 ],
             ),
             entry(sctp, vec![]),
@@ -398,18 +398,39 @@ mod tests {
         d.active_conns = 3;
         d.inactive_conns = 4;
         d.persistent_conns = 5;
-        d.stats = Stats {
-            conns: 123_456_789,
-            in_pkts: 5,
-            in_bytes: 1_000_000_000_000,
-            cps: 2,
-            in_bps: 300_000_000,
-            ..Default::default()
-        };
+        d.stats = Stats::default();
+        d.stats.conns = 123_456_789;
+        d.stats.in_pkts = 5;
+        d.stats.in_bytes = 1_000_000_000_000;
+        d.stats.cps = 2;
+        d.stats.in_bps = 300_000_000;
         t
     }
 
-    const INFO: Info = Info { version: (1, 2, 1), conn_table_size: 4096 };
+    const INFO: Info = Info::new((1, 2, 1), 4096);
+
+    /// What ipvsadm 1.31 printed on the test VM for a service another tool
+    /// made over netlink: ESP (protocol 50), with a destination of forwarding
+    /// method 5.
+    #[test]
+    fn unknown_protocol_and_forwarding_method() {
+        let key = ServiceKey::Inet { protocol: Protocol::Other(50), addr: "10.0.0.50:0".parse().unwrap() };
+        let mut d = Destination::new("10.18.68.190:0".parse().unwrap(), Forward::Other(5));
+        d.weight = 3;
+        let t = vec![entry(Service::new(key, Scheduler::Rr), vec![d])];
+        let want = "\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+?    10.0.0.50:0 rr
+  -> 10.18.68.190:0               (null)  3      0          0         
+";
+        assert_eq!(format_list(Some(&INFO), &t, &View::default()), want);
+        assert_eq!(
+            crate::admin::save::format_save(&t, false),
+            "-A --xxx-service 10.0.0.50:0 -s rr\n-a --xxx-service 10.0.0.50:0 -r 10.18.68.190:0 (null) -w 3\n"
+        );
+    }
 
     /// Compared with what ipvsadm 1.31 printed on the test VM for such a table.
     #[test]
@@ -490,17 +511,12 @@ FWM  2 IPv6 wrr persistent 100 mask 64
 
     #[test]
     fn timeouts_and_daemons() {
-        assert_eq!(
-            format_timeouts(&Timeouts { tcp: 900, tcp_fin: 120, udp: 300 }),
-            "Timeout (tcp tcpfin udp): 900 120 300\n"
-        );
-        let m = SyncDaemon {
-            max_len: Some(1400),
-            mcast_group: Some("239.1.2.3".parse().unwrap()),
-            mcast_port: Some(9999),
-            mcast_ttl: Some(3),
-            ..SyncDaemon::new(SyncState::Master, "d0", 7)
-        };
+        assert_eq!(format_timeouts(&Timeouts::new(900, 120, 300)), "Timeout (tcp tcpfin udp): 900 120 300\n");
+        let m = SyncDaemon::new(SyncState::Master, "d0", 7)
+            .with_max_len(1400)
+            .with_mcast_group("239.1.2.3".parse::<std::net::IpAddr>().unwrap())
+            .with_mcast_port(9999)
+            .with_mcast_ttl(3);
         let b = SyncDaemon::new(SyncState::Backup, "d0", 8);
         assert_eq!(
             format_daemons(&[m, b]),

@@ -303,9 +303,11 @@ fn ipvsadm_error(e: ipvs::Error, ctx: Ctx) -> CliError {
         E::ServiceExists(k) => format!("Service already exists: {k}"),
         E::NoSuchService(k) if ctx == Ctx::RealServer => format!("Service not defined: {k}"),
         E::NoSuchService(k) => format!("No such service: {k}"),
-        E::DestinationExists(d) => format!("Destination already exists: {d}"),
-        E::NoSuchDestination(d) => format!("No such destination: {d}"),
-        E::SchedulerNotFound(d) => format!("Scheduler or persistence engine not found: {d}"),
+        E::DestinationExists { service, destination } => {
+            format!("Destination already exists: {destination} in {service}")
+        }
+        E::NoSuchDestination { service, destination } => format!("No such destination: {destination} in {service}"),
+        E::SchedulerNotFound { .. } => format!("Scheduler or persistence engine not found: {e}"),
         E::DaemonExists(s) => format!("Daemon has already run: {s} sync daemon"),
         E::NoSuchDaemon(s) => format!("No daemon is running: no {s} sync daemon"),
         E::PermissionDenied => "Permission denied (you must be root)".into(),
@@ -387,7 +389,7 @@ pub(crate) async fn run(cmd: AdminCmd) -> Result<ExitCode, CliError> {
         AdminCmd::Timeout(a) => {
             let h = connect().await?;
             if let [tcp, tcp_fin, udp] = a.set[..] {
-                h.set_timeouts(&Timeouts { tcp, tcp_fin, udp }).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+                h.set_timeouts(&Timeouts::new(tcp, tcp_fin, udp)).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
                 return Ok(ExitCode::SUCCESS);
             }
             let t = h.timeouts().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
@@ -593,10 +595,11 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
         }
         return out(&s);
     }
-    let results = h.apply(&ops).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+    let applied = h.apply(&ops).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
+    let (outcomes, interrupted) = applied.into_parts();
     let mut failed = 0;
-    for ((op, line), r) in ops.iter().zip(&lines).zip(results) {
-        if let Err(e) = r {
+    for ((op, line), r) in ops.iter().zip(&lines).zip(outcomes) {
+        if let ipvs::OpOutcome::Failed(e) = r {
             failed += 1;
             let ctx = match op {
                 ipvs::Op::AddDestination(..) | ipvs::Op::UpdateDestination(..) | ipvs::Op::DeleteDestination(..) => {
@@ -611,6 +614,14 @@ async fn restore(a: RestoreArgs) -> Result<ExitCode, CliError> {
             }
         }
     }
+    if let Some(e) = interrupted {
+        // The changes after the cut may or may not have been applied.
+        let msg = ipvsadm_error(e, Ctx::Service).msg;
+        return Err(CliError::failure(format!(
+            "{msg}: cut short; {failed} of {} changes failed, the others were applied or may have been (read the table again)",
+            ops.len()
+        )));
+    }
     if failed > 0 {
         return Err(CliError::failure(format!("{failed} of {} changes failed (the others were applied)", ops.len())));
     }
@@ -621,13 +632,11 @@ async fn sync(c: SyncCmd) -> Result<ExitCode, CliError> {
     let h = connect().await?;
     match c {
         SyncCmd::Start(a) => {
-            let d = SyncDaemon {
-                max_len: a.sync_maxlen,
-                mcast_group: a.mcast_group,
-                mcast_port: a.mcast_port,
-                mcast_ttl: a.mcast_ttl,
-                ..SyncDaemon::new(a.state.into(), a.mcast_interface, a.syncid)
-            };
+            let d = SyncDaemon::new(a.state.into(), a.mcast_interface, a.syncid)
+                .with_max_len(a.sync_maxlen)
+                .with_mcast_group(a.mcast_group)
+                .with_mcast_port(a.mcast_port)
+                .with_mcast_ttl(a.mcast_ttl);
             h.start_sync_daemon(&d).await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
         }
         SyncCmd::Stop { state } => {

@@ -490,12 +490,9 @@ mod tests {
             p("-a -t 10.0.0.10:80 -r 10.1.0.3:8080 -m -w 7 -x 100 -y 50").unwrap(),
             Op::AddDestination(
                 k,
-                Destination {
-                    weight: 7,
-                    upper_threshold: 100,
-                    lower_threshold: 50,
-                    ..Destination::new("10.1.0.3:8080".parse().unwrap(), Forward::Masq)
-                }
+                Destination::new("10.1.0.3:8080".parse().unwrap(), Forward::Masq)
+                    .with_weight(7)
+                    .with_thresholds(100, 50)
             )
         );
         assert_eq!(
@@ -620,12 +617,7 @@ mod tests {
         s.one_packet = true;
         s.sched_flags = SchedFlags::FLAG_2 | SchedFlags::FLAG_3;
         let d = vec![
-            Destination {
-                weight: 3,
-                upper_threshold: 9,
-                lower_threshold: 2,
-                ..Destination::new("10.1.0.2:5353".parse().unwrap(), Forward::Masq)
-            },
+            Destination::new("10.1.0.2:5353".parse().unwrap(), Forward::Masq).with_weight(3).with_thresholds(9, 2),
             Destination::new(
                 "10.1.0.3:53".parse().unwrap(),
                 Forward::Tunnel(ipvs::Tunnel::Gre { checksum: ipvs::TunnelChecksum::Csum }),

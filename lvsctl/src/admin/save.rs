@@ -23,6 +23,8 @@ pub(crate) fn rule_service_name(key: &ServiceKey) -> String {
                 ipvs::Protocol::Tcp => "-t",
                 ipvs::Protocol::Udp => "-u",
                 ipvs::Protocol::Sctp => "--sctp-service",
+                // A protocol ipvsadm has no option for (ESP, ...).
+                ipvs::Protocol::Other(_) => "--xxx-service",
             };
             format!("{opt} {}", addr_port(*addr))
         }
@@ -64,7 +66,7 @@ pub(crate) fn fwd_switch(f: &Forward) -> &'static str {
         Forward::Tunnel(_) => "-i",
         Forward::Route | Forward::Local => "-g",
         // ipvsadm passes a NULL to printf here; glibc prints "(null)".
-        Forward::Bypass => "(null)",
+        Forward::Bypass | Forward::Other(_) => "(null)",
     }
 }
 
@@ -133,7 +135,7 @@ pub(crate) mod tests {
     }
 
     fn dest(a: &str, f: Forward, w: u32) -> Destination {
-        Destination { weight: w, ..Destination::new(a.parse().unwrap(), f) }
+        Destination::new(a.parse().unwrap(), f).with_weight(w)
     }
 
     /// Lines ipvsadm 1.31 printed on the test VM (`ipvsadm -Sn`).
@@ -214,7 +216,7 @@ pub(crate) mod tests {
     #[test]
     fn thresholds_only_with_the_flag() {
         let s = Service::new(ServiceKey::fwmark(3000000000, Family::Inet), Scheduler::Rr);
-        let d = Destination { upper_threshold: 100, lower_threshold: 50, ..dest("10.1.0.3:0", Forward::Masq, 2) };
+        let d = dest("10.1.0.3:0", Forward::Masq, 2).with_thresholds(100, 50);
         let t = vec![entry(s, vec![d])];
         assert_eq!(format_save(&t, false), "-A -f -1294967296 -s rr\n-a -f -1294967296 -r 10.1.0.3:0 -m -w 2\n");
         assert_eq!(

@@ -175,7 +175,7 @@ mod tests {
     /// entries gives, also where ipvsadm's comparison is not transitive.
     #[test]
     fn sorting_positions_is_sorting_entries() {
-        use ipvs::{Destination, Forward, Scheduler, Service, Stats};
+        use ipvs::{Destination, Forward, Scheduler, Service};
         let mut keys = Vec::new();
         for i in 0..60u32 {
             let a = [10u32, 100, 200, 250, 1][(i % 5) as usize];
@@ -189,18 +189,14 @@ mod tests {
             .enumerate()
             .map(|(n, k)| {
                 let dests = (0..(n % 4) as u32)
-                    .map(|j| DestinationEntry {
-                        destination: Destination::new(
+                    .map(|j| {
+                        DestinationEntry::from(Destination::new(
                             format!("{}.0.0.{}:80", [10, 200, 100][(j % 3) as usize], 9 - j).parse().unwrap(),
                             Forward::Route,
-                        ),
-                        active_conns: 0,
-                        inactive_conns: 0,
-                        persistent_conns: 0,
-                        stats: Stats::default(),
+                        ))
                     })
                     .collect();
-                (ServiceEntry { service: Service::new(*k, Scheduler::Rr), stats: Stats::default() }, dests)
+                (ServiceEntry::from(Service::new(*k, Scheduler::Rr)), dests)
             })
             .collect();
         let mut want = table.clone();

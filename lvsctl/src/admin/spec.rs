@@ -308,7 +308,7 @@ pub(crate) fn parse_sched_flags(sched: &str, s: &str) -> Result<SchedFlags, Stri
             }
             _ => return Err(format!("invalid scheduler flag `{flag}'")),
         };
-        out = out | bit;
+        out |= bit;
     }
     Ok(out)
 }
@@ -392,7 +392,7 @@ pub(crate) fn destination_with(
         Some(y) => number(y, 0, i32::MAX as u64).ok_or("illegal l_threshold specified")? as u32,
         None => 0,
     };
-    let d = Destination { addr, forward, weight, upper_threshold, lower_threshold };
+    let d = Destination::new(addr, forward).with_weight(weight).with_thresholds(upper_threshold, lower_threshold);
     d.validate(key).map_err(|e| e.to_string())?;
     Ok(d)
 }

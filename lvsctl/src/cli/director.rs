@@ -397,13 +397,10 @@ mod tests {
 
     #[test]
     fn human_status_lines_up_like_ipvsadm_stats() {
-        let stats = |conns, pkts, bytes| Stats {
-            conns,
-            in_pkts: pkts,
-            out_pkts: pkts,
-            in_bytes: bytes,
-            out_bytes: bytes,
-            ..Stats::default()
+        let stats = |conns, pkts, bytes| {
+            let mut s = Stats::default();
+            (s.conns, s.in_pkts, s.out_pkts, s.in_bytes, s.out_bytes) = (conns, pkts, pkts, bytes, bytes);
+            s
         };
         let real = |a: &str, present, n| RealStatus {
             address: a.parse().unwrap(),

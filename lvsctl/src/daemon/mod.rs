@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ipvs::reconcile::DesiredService;
-use ipvs::ServiceKey;
+use ipvs::{OpOutcome, ServiceKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -374,7 +374,17 @@ impl Daemon {
             None => return,
         };
         let failed = match self.director.send(&ops).await {
-            Ok(results) => results.into_iter().zip(&ops).filter_map(|(r, op)| r.err().map(|e| (op, e))).next(),
+            Ok(applied) => {
+                let (outcomes, mut interrupted) = applied.into_parts();
+                let first = outcomes.into_iter().zip(&ops).find_map(|(o, op)| match o {
+                    OpOutcome::Done => None,
+                    OpOutcome::Failed(e) => Some((op, e)),
+                    // Cut short (perhaps done, or not sent): the retry's
+                    // reconcile reads the table.
+                    OpOutcome::Unknown | OpOutcome::NotSent => interrupted.take().map(|e| (op, e)),
+                });
+                first.or_else(|| Some((ops.first()?, interrupted?)))
+            }
             Err(e) => ops.first().map(|op| (op, ipvs::Error::invalid(e.to_string()))),
         };
         match failed {

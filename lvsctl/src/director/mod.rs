@@ -25,7 +25,7 @@ pub mod status;
 use std::path::{Path, PathBuf};
 
 use ipvs::reconcile::DesiredService;
-use ipvs::{Ipvs, Op, ServiceKey, Table};
+use ipvs::{Applied, Ipvs, Op, OpOutcome, ServiceKey, Table};
 
 use crate::host::addr::Rtnl;
 use crate::host::{require_root, sysctl, Change};
@@ -217,21 +217,22 @@ impl Director {
         if p.ipvs.is_empty() {
             return Ok(p.owned.clone());
         }
-        // The whole batch unanswered: nothing is known to be done; the claim
-        // written ahead stays until the table is read again.
-        let results = self.ipvs.apply(&p.ipvs).await.map_err(|e| (p.write_ahead_owned(), e.into()))?;
-        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
-        changes.extend(p.ipvs.iter().zip(&ok).filter(|(_, ok)| **ok).map(|(op, _)| Change::Ipvs(op.clone())));
-        let mut owned = plan::owned_after(&p.owned, &p.ipvs, &ok);
-        let Some(err) = results.into_iter().find_map(Result::err) else { return Ok(owned) };
+        // Refused before anything was sent (an operation the library
+        // rejects): nothing changed, the ownership is what it was.
+        let applied = self.ipvs.apply(&p.ipvs).await.map_err(|e| (p.owned.clone(), e.into()))?;
+        changes.extend(done(&p.ipvs, &applied).map(|op| Change::Ipvs(op.clone())));
+        // A service whose add is Unknown (the batch was cut short before its
+        // answer) is perhaps there: it stays claimed, as written ahead, until
+        // a later run or stop looks it up.
+        let mut owned = plan::owned_after(&p.owned, &p.ipvs, applied.outcomes());
+        let undo = plan::undo(&p.ipvs, applied.outcomes());
+        let Some(err) = first_error(applied) else { return Ok(owned) };
         if on_error == OnError::Keep {
             return Err((owned, err.into()));
         }
-        let undo = plan::undo(&p.ipvs, &ok);
         if let Ok(res) = self.ipvs.apply(&undo).await {
-            let done: Vec<bool> = res.iter().map(Result::is_ok).collect();
-            changes.extend(undo.iter().zip(&done).filter(|(_, d)| **d).map(|(op, _)| Change::Undone(op.clone())));
-            owned = plan::owned_after(&owned, &undo, &done);
+            changes.extend(done(&undo, &res).map(|op| Change::Undone(op.clone())));
+            owned = plan::owned_after(&owned, &undo, res.outcomes());
         }
         Err((owned, err.into()))
     }
@@ -289,11 +290,8 @@ impl Director {
 
     /// Send `ops` as one batch without reading the table: for changes whose
     /// effect is known, like a real server's health transition. Each
-    /// operation's own result, in order.
-    pub async fn send(&self, ops: &[Op]) -> Result<Vec<Result<(), ipvs::Error>>, Error> {
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// operation's own outcome, in order (see [`Ipvs::apply`]).
+    pub async fn send(&self, ops: &[Op]) -> Result<Applied, Error> {
         Ok(self.ipvs.apply(ops).await?)
     }
 
@@ -332,11 +330,12 @@ impl Director {
         let gone = self.look_up_missing(&mut table, &st.owned).await?;
         st.owned.retain(|k| !gone.contains(k));
         let ops: Vec<Op> = st.owned.iter().map(|k| Op::DeleteService(*k)).collect();
-        let results = self.send(&ops).await?;
-        let ok: Vec<bool> = results.iter().map(Result::is_ok).collect();
-        changes.extend(ops.iter().zip(&ok).filter(|(_, ok)| **ok).map(|(op, _)| Change::Ipvs(op.clone())));
-        st.owned = plan::owned_after(&st.owned, &ops, &ok);
-        match results.into_iter().find_map(Result::err) {
+        let applied = self.send(&ops).await?;
+        changes.extend(done(&ops, &applied).map(|op| Change::Ipvs(op.clone())));
+        // A delete whose outcome is Unknown keeps the service claimed: the
+        // next stop looks it up.
+        st.owned = plan::owned_after(&st.owned, &ops, applied.outcomes());
+        match first_error(applied) {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
@@ -349,12 +348,19 @@ impl Director {
     }
 }
 
-impl Plan {
-    /// What the record written ahead claims (what the plan started from when
-    /// nothing is written).
-    fn write_ahead_owned(&self) -> Vec<ServiceKey> {
-        self.write_ahead.as_ref().map_or_else(|| self.owned.clone(), |s| s.owned.clone())
-    }
+/// The operations of `ops` the kernel is known to have done.
+fn done<'a>(ops: &'a [Op], applied: &'a Applied) -> impl Iterator<Item = &'a Op> {
+    ops.iter().zip(applied).filter(|(_, o)| o.is_done()).map(|(op, _)| op)
+}
+
+/// The first operation's refusal, else the error that cut the batch short.
+fn first_error(applied: Applied) -> Option<ipvs::Error> {
+    let (outcomes, interrupted) = applied.into_parts();
+    let refused = outcomes.into_iter().find_map(|o| match o {
+        OpOutcome::Failed(e) => Some(e),
+        _ => None,
+    });
+    refused.or(interrupted)
 }
 
 fn removed(r: &AddressRecord) -> Change {

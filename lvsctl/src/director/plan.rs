@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipvs::reconcile::{self, DesiredService, Scope};
-use ipvs::{Op, ServiceKey, Table};
+use ipvs::{Op, OpOutcome, ServiceKey, Table};
 
 use crate::host::addr::host_prefix;
 use crate::host::sysctl;
@@ -144,28 +144,31 @@ fn write_ahead(p: &Plan) -> DirectorState {
     }
 }
 
-/// The ownership after the IPVS batch: services added are owned, services
-/// deleted are not; a failed operation changes nothing.
-pub fn owned_after(owned: &[ServiceKey], ops: &[Op], results: &[bool]) -> Vec<ServiceKey> {
+/// The ownership after the IPVS batch with these outcomes: services
+/// perhaps added ([`OpOutcome::Done`] or [`OpOutcome::Unknown`]) are owned,
+/// services known to be deleted (`Done`) are not; a failed or unsent
+/// operation changes nothing.
+pub fn owned_after(owned: &[ServiceKey], ops: &[Op], outcomes: &[OpOutcome]) -> Vec<ServiceKey> {
     let mut out = owned.to_vec();
-    for (op, ok) in ops.iter().zip(results) {
-        match (op, ok) {
-            (Op::AddService(s), true) if !out.contains(&s.key) => out.push(s.key),
-            (Op::DeleteService(k), true) => out.retain(|x| x != k),
+    for (op, outcome) in ops.iter().zip(outcomes) {
+        match op {
+            Op::AddService(s) if outcome.maybe_done() && !out.contains(&s.key) => out.push(s.key),
+            Op::DeleteService(k) if outcome.is_done() => out.retain(|x| x != k),
             _ => {}
         }
     }
     out
 }
 
-/// The undo of a batch that failed part-way: delete the services it added
-/// (their destinations go with them). Changes to services that existed
-/// before, and addresses, stay.
-pub fn undo(ops: &[Op], results: &[bool]) -> Vec<Op> {
+/// The undo of a batch that failed part-way: delete the services it perhaps
+/// added (their destinations go with them; one whose add was not done after
+/// all answers that it does not exist, and stays claimed until a lookup).
+/// Changes to services that existed before, and addresses, stay.
+pub fn undo(ops: &[Op], outcomes: &[OpOutcome]) -> Vec<Op> {
     ops.iter()
-        .zip(results)
-        .filter_map(|(op, ok)| match (op, ok) {
-            (Op::AddService(s), true) => Some(Op::DeleteService(s.key)),
+        .zip(outcomes)
+        .filter_map(|(op, outcome)| match op {
+            Op::AddService(s) if outcome.maybe_done() => Some(Op::DeleteService(s.key)),
             _ => None,
         })
         .collect()
@@ -370,6 +373,20 @@ mod tests {
         assert!(p.address_dels.is_empty(), "an address that was there before stays");
     }
 
+    /// Outcomes from a pattern: `d` done, `f` failed, `u` unknown, `n` not sent.
+    fn outcomes(pattern: &str) -> Vec<OpOutcome> {
+        pattern
+            .chars()
+            .map(|c| match c {
+                'd' => OpOutcome::Done,
+                'f' => OpOutcome::Failed(ipvs::Error::NoSuchService(key())),
+                'u' => OpOutcome::Unknown,
+                'n' => OpOutcome::NotSent,
+                _ => panic!("outcome {c}"),
+            })
+            .collect()
+    }
+
     #[test]
     fn undo_deletes_only_the_services_added_by_the_failed_batch() {
         let k = key();
@@ -382,19 +399,29 @@ mod tests {
             Op::AddService(Service::new(other, Scheduler::Rr)),
         ];
         for (results, undo_keys, owned) in [
-            (vec![true, true, true, false], vec![k], vec![k]),
-            (vec![false, false, true, true], vec![other], vec![other]),
-            (vec![false, false, false, false], vec![], vec![]),
+            ("dddf", vec![k], vec![k]),
+            ("ffdd", vec![other], vec![other]),
+            ("ffff", vec![], vec![]),
+            // Cut short: an add without an answer is perhaps done (claimed,
+            // undone); one not sent is not.
+            ("dduu", vec![k, other], vec![k, other]),
+            ("dunn", vec![k], vec![k]),
+            ("unnn", vec![k], vec![k]),
+            ("nnnn", vec![], vec![]),
         ] {
+            let results = outcomes(results);
             let u = undo(&ops, &results);
             assert_eq!(u, undo_keys.iter().map(|k| Op::DeleteService(*k)).collect::<Vec<_>>());
             assert_eq!(owned_after(&[], &ops, &results), owned);
-            let all_undone = vec![true; u.len()];
+            let all_undone = outcomes(&"d".repeat(u.len()));
             assert!(owned_after(&owned, &u, &all_undone).is_empty(), "after the undo nothing new is owned");
         }
-        // A delete that failed keeps the ownership; one that succeeded ends it.
+        // A delete that failed, was not sent or has no answer keeps the
+        // ownership; one that was done ends it.
         let del = [Op::DeleteService(k), Op::DeleteService(other)];
-        assert_eq!(owned_after(&[k, other], &del, &[false, true]), vec![k]);
+        assert_eq!(owned_after(&[k, other], &del, &outcomes("fd")), vec![k]);
+        assert_eq!(owned_after(&[k, other], &del, &outcomes("un")), vec![k, other]);
+        assert_eq!(owned_after(&[k, other], &del, &outcomes("du")), vec![other]);
     }
 
     #[test]

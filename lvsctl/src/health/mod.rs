@@ -127,7 +127,7 @@ pub fn effective(
             any_up |= up;
             match (up, s.on_failure) {
                 (true, _) => dests.push(r.dest.clone()),
-                (false, OnFailure::Drain) => dests.push(Destination { weight: 0, ..r.dest.clone() }),
+                (false, OnFailure::Drain) => dests.push(r.dest.clone().with_weight(0)),
                 (false, OnFailure::Remove) => {}
             }
         }
@@ -175,7 +175,7 @@ mod tests {
 
     fn spec(on_failure: OnFailure, sorry: bool) -> ServiceSpec {
         let key = ServiceKey::tcp("10.19.70.166:15858".parse().unwrap());
-        let d = |a: &str, w| Destination { weight: w, ..Destination::new(a.parse().unwrap(), Forward::Route) };
+        let d = |a: &str, w| Destination::new(a.parse().unwrap(), Forward::Route).with_weight(w);
         ServiceSpec {
             service: Service::new(key, Scheduler::Rr),
             reals: vec![
