@@ -134,10 +134,13 @@ async fn quiesce(h: &Ipvs, key: &ServiceKey, real: &str) -> Result<SocketAddr, C
     let dests = h.destinations(key).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
     let addr = find(key, real, &dests)?;
     let Some(cur) = dests.iter().find(|d| d.destination.addr == addr) else {
-        return Err(ipvsadm_error(ipvs::Error::NoSuchDestination(addr.to_string()), Ctx::RealServer));
+        return Err(ipvsadm_error(
+            ipvs::Error::NoSuchDestination { service: *key, destination: addr },
+            Ctx::RealServer,
+        ));
     };
     if cur.destination.weight != 0 {
-        let d = ipvs::Destination { weight: 0, ..cur.destination.clone() };
+        let d = cur.destination.clone().with_weight(0);
         h.update_destination(key, &d).await.map_err(|e| ipvsadm_error(e, Ctx::RealServer))?;
         println!("drain: {key} real server {addr}: weight 0 (was {})", cur.destination.weight);
     } else {

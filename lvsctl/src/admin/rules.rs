@@ -637,7 +637,7 @@ mod tests {
         for family in [Family::Inet, Family::Inet6] {
             let s = Service::new(ServiceKey::fwmark(3_000_000_000, family), Scheduler::Rr);
             let addr = if family == Family::Inet { "10.1.0.3:0" } else { "[2001:db8::3]:0" };
-            let d = vec![Destination { weight: 2, ..Destination::new(addr.parse().unwrap(), Forward::Masq) }];
+            let d = vec![Destination::new(addr.parse().unwrap(), Forward::Masq).with_weight(2)];
             let text = format_save(&[entry(s.clone(), d.clone())], false);
             assert!(text.starts_with("-A -f -1294967296"), "{text}");
             let t = parse_desired_table(&text).unwrap_or_else(|e| panic!("{text}: {e}"));

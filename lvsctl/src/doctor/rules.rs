@@ -1045,9 +1045,7 @@ mod tests {
         }
         let ds = dests
             .iter()
-            .map(|(a, f, w)| {
-                DestinationEntry::from(Destination { weight: *w, ..Destination::new(a.parse().unwrap(), *f) })
-            })
+            .map(|(a, f, w)| DestinationEntry::from(Destination::new(a.parse().unwrap(), *f).with_weight(*w)))
             .collect();
         (ServiceEntry::from(s), ds)
     }
