@@ -101,6 +101,7 @@ LV_VM_TOOLS=(
 	modprobe:kmod
 	ip:iproute2
 	ipvsadm:ipvsadm
+	keepalived:keepalived
 	strace:strace
 	ldd:libc-bin
 	dpkg-deb:dpkg
