@@ -74,7 +74,7 @@ impl Origin {
         Self { file: None }
     }
 
-    fn error(&self, span: Option<Range<usize>>, msg: impl fmt::Display) -> ConfigError {
+    pub(crate) fn error(&self, span: Option<Range<usize>>, msg: impl fmt::Display) -> ConfigError {
         let msg = one_line(&msg.to_string());
         match (&self.file, span) {
             (Some((name, text)), Some(span)) => {
@@ -128,6 +128,9 @@ pub(crate) struct DirectorConfig {
     /// `[[director.service]]`: the virtual services.
     #[serde(default, rename = "service")]
     pub(crate) services: Vec<Spanned<ServiceConfig>>,
+    /// `[director.ha]`: failover between two directors (`director run` only).
+    #[serde(default)]
+    pub(crate) ha: Option<Spanned<crate::ha::config::HaConfig>>,
 }
 
 /// `[[director.service]]`: one virtual service.
@@ -526,6 +529,8 @@ pub(crate) struct VirtualService {
 pub(crate) struct DirectorSpec {
     /// The virtual services.
     pub(crate) services: Vec<VirtualService>,
+    /// `[director.ha]`, validated: keepalived owns the VIPs then.
+    pub(crate) ha: Option<crate::ha::config::HaSpec>,
 }
 
 impl DirectorSpec {
@@ -534,13 +539,30 @@ impl DirectorSpec {
         self.services.iter().map(|s| s.desired.clone()).collect()
     }
 
-    /// Each VIP with its interface, once, in order of first appearance.
+    /// Each VIP with its interface, once, in order of first appearance: the
+    /// addresses the director puts on its interfaces itself. None with
+    /// `[director.ha]`: keepalived puts them on the MASTER ([`Self::ha_vips`]).
     pub(crate) fn vips(&self) -> Vec<(IpAddr, IfName)> {
+        if self.ha.is_some() {
+            return Vec::new();
+        }
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for s in &self.services {
             if seen.insert(s.vip) {
                 out.push((s.vip, s.iface.clone()));
+            }
+        }
+        out
+    }
+
+    /// Every VIP once, in order of first appearance (keepalived's
+    /// `virtual_ipaddress` with `[director.ha]`).
+    pub(crate) fn ha_vips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for s in &self.services {
+            if !out.contains(&s.vip) {
+                out.push(s.vip);
             }
         }
         out
@@ -750,7 +772,11 @@ pub(crate) fn validate_director(
             sorry_server,
         });
     }
-    Ok(DirectorSpec { services: out })
+    let ha = match &d.ha {
+        Some(h) => Some(crate::ha::config::validate(h, origin)?),
+        None => None,
+    };
+    Ok(DirectorSpec { services: out, ha })
 }
 
 /// Validate a real server's VIPs and interface.

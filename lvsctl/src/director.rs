@@ -56,6 +56,13 @@ enum DirectorCmd {
         #[arg(long, default_value_t = 6)]
         count: u32,
     },
+    /// Failover: the standby weights, straight in the kernel (keepalived runs
+    /// this when the host leaves MASTER; see src/ha).
+    #[command(hide = true)]
+    HaStandby {
+        /// The VIPs of the services to adjust.
+        vips: Vec<IpAddr>,
+    },
 }
 
 /// `director start` flags (or `--config FILE`).
@@ -105,6 +112,7 @@ pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
         DirectorCmd::Status(a) => status(a).await,
         DirectorCmd::Run(a) => crate::daemon::run(a).await,
         DirectorCmd::DemoConnect { to, count } => demo_connect(to, count),
+        DirectorCmd::HaStandby { vips } => crate::ha::standby(&vips).await,
     }
 }
 

@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod director;
 mod error;
+mod ha;
 mod host;
 mod realserver;
 mod state;

@@ -154,12 +154,16 @@ struct Daemon {
     /// When the report was last written (failed checks that change nothing
     /// else refresh its "last error" at most once a second).
     report_written: std::time::Instant,
+    /// Failover (`[director.ha]`): keepalived, the sync daemons, the role.
+    ha: Option<crate::ha::Ha>,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     crate::host::require_root("director run")?;
     let loaded = load(&args.config).map_err(CliError::usage)?;
+    // Failover first: a missing keepalived is an error before anything changes.
+    let ha = crate::ha::Ha::start(&loaded.director).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let sig =
         |k: SignalKind, name: &str| signal(k).map_err(|e| CliError::failure(format!("cannot handle {name}: {e}")));
@@ -180,9 +184,13 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         report_path: report::path(&state::dir())?,
         started: SystemTime::now(),
         report_written: std::time::Instant::now(),
+        ha,
     };
     d.sync_reals();
-    let (desired, sorry_in) = effective(&d.loaded.services, &d.health);
+    let (mut desired, sorry_in) = effective(&d.loaded.services, &d.health);
+    if let Some(ha) = &d.ha {
+        ha.adjust(&mut desired);
+    }
     d.sorry_in = sorry_in;
     crate::director::apply(&d.loaded.director, &desired).await?;
     d.write_report();
@@ -198,12 +206,20 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         tokio::select! {
             Some(r) = rx.recv() => d.on_result(r).await,
             _ = hup.recv() => d.reload().await,
+            e = crate::ha::Ha::next_event(&mut d.ha) => {
+                if d.ha.as_mut().is_some_and(|h| h.on_event(e)) {
+                    d.converge("failover role change").await;
+                }
+            }
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
         }
     };
     journal::sd_notify("STOPPING=1");
     d.checkers.clear();
+    if let Some(ha) = d.ha.as_mut() {
+        ha.stop().await;
+    }
     let _ = state::remove(&d.report_path);
     if args.teardown_on_exit {
         info!(signal = signal_name, "director run: stopping, removing the virtual services and VIPs");
@@ -261,7 +277,8 @@ impl Daemon {
             .flat_map(|s| s.reals.iter().map(move |r| (s.service.key, r.dest.addr)))
             .filter(|k| self.health.get(k).is_none_or(|h| h.up))
             .count();
-        format!("{up} of {total} real servers up")
+        let role = self.ha.as_ref().map(|h| format!("{}, ", h.role().name())).unwrap_or_default();
+        format!("{role}{up} of {total} real servers up")
     }
 
     fn check_of(&self, k: &RealKey) -> Option<&Check> {
@@ -307,7 +324,10 @@ impl Daemon {
     /// reconcile of `director start`: only the difference is applied), log
     /// sorry-server changes, and write the report (before the kernel changes).
     async fn converge(&mut self, why: &str) {
-        let (desired, sorry_in) = effective(&self.loaded.services, &self.health);
+        let (mut desired, sorry_in) = effective(&self.loaded.services, &self.health);
+        if let Some(ha) = &self.ha {
+            ha.adjust(&mut desired);
+        }
         for s in &self.loaded.services {
             let key = s.service.key;
             let now_in = sorry_in.get(&key).copied().unwrap_or(false);
@@ -391,6 +411,7 @@ impl Daemon {
                 real_servers: reals,
             });
         }
+        r.ha = self.ha.as_ref().map(crate::ha::Ha::report);
         if let Err(e) = report::write(&self.report_path, &r) {
             warn!(reason = %e.msg, "cannot write the health report");
         }

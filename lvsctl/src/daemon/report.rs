@@ -27,6 +27,9 @@ pub(crate) struct HealthReport {
     pub(crate) started: u64,
     /// Every virtual service it runs.
     pub(crate) services: Vec<ServiceHealth>,
+    /// Failover (`[director.ha]`): the VRRP role, the peer, the sync daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ha: Option<crate::ha::HaReport>,
 }
 
 /// The health of one virtual service's real servers.
@@ -98,6 +101,9 @@ impl HealthReport {
                 out.push_str(&format!("    -> {:<28} {}\n", r.addr.to_string(), r.describe()));
             }
         }
+        if let Some(ha) = &self.ha {
+            out.push_str(&ha.render());
+        }
         out
     }
 }
@@ -137,6 +143,7 @@ pub(crate) fn new(config: &Path, started: SystemTime) -> HealthReport {
         config: config.to_owned(),
         started: epoch(started),
         services: Vec::new(),
+        ha: None,
     }
 }
 

@@ -1,0 +1,355 @@
+//! Director failover for `director run` with `[director.ha]`: keepalived's
+//! VRRP moves the VIPs between two directors, the kernel's sync daemons
+//! copy the connections, and lvsctl keeps its IPVS table right for the
+//! VRRP role.
+//!
+//! The seam with the daemon is narrow: [`Ha::start`] before the table is
+//! first applied, [`Ha::adjust`] on every table the daemon is about to apply,
+//! [`Ha::next_event`] as one more source of its select loop (a role change:
+//! log it with [`Ha::on_event`] and reconcile again), [`Ha::report`] for the
+//! status, [`Ha::stop`] on exit.
+//!
+//! # Why weights and not `backup_only`
+//!
+//! When both directors are also real servers of the VIP, the MASTER forwards
+//! some connections to the BACKUP as a real server. The BACKUP's table would
+//! schedule such a packet again, possibly back to the MASTER: a loop. The
+//! usual cure, `net.ipv4.vs.backup_only` = 1 on the BACKUP, makes a director
+//! that has just lost the VIP answer with resets the packets that still
+//! reach it before the new MASTER's gratuitous ARP (IPVS ignores them, the
+//! local TCP stack has no socket for them). So lvsctl never sets it. Instead,
+//! while this host is not MASTER, every real server of a service that is not
+//! this host gets weight 0 here when this host is itself one of the service's
+//! real servers: a packet forwarded here for a new connection is served
+//! locally, never forwarded again; packets of known connections (its own or
+//! synced ones) are still forwarded by the table. On MASTER the configured
+//! (health-checked) weights come back. keepalived also runs
+//! `lvsctl director ha-standby` when this host leaves MASTER, so the same
+//! happens when `director run` itself is gone.
+
+pub(crate) mod config;
+pub(crate) mod keepalived;
+pub(crate) mod sync;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use ipvs::reconcile::DesiredService;
+use ipvs::{Ipvs, ServiceKey, SyncDaemon};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::DirectorSpec;
+use crate::daemon::report;
+use crate::{state, CliError};
+use config::HaSpec;
+use keepalived::{Files, RoleEvent, Supervisor};
+
+/// The VRRP role of this director.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub(crate) enum Role {
+    /// Holds the VIPs and schedules.
+    Master,
+    /// Standing by (also the role before keepalived said anything).
+    Backup,
+    /// keepalived sees a fault (its interface is down).
+    Fault,
+    /// keepalived stopped (or died; it is restarted).
+    Stop,
+}
+
+impl Role {
+    /// `MASTER`, `BACKUP`, `FAULT`, `STOP`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Master => "MASTER",
+            Self::Backup => "BACKUP",
+            Self::Fault => "FAULT",
+            Self::Stop => "STOP",
+        }
+    }
+}
+
+/// The failover part of `director status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HaReport {
+    /// The VRRP role.
+    pub(crate) role: Role,
+    /// Since when (seconds since the epoch).
+    pub(crate) since: u64,
+    /// Why it is in this role.
+    pub(crate) reason: String,
+    /// VRRP interface, router id and this host's priority.
+    pub(crate) interface: String,
+    /// The virtual router id.
+    pub(crate) virtual_router_id: u8,
+    /// This host's priority.
+    pub(crate) priority: u8,
+    /// Whether preemption is on.
+    pub(crate) preempt: bool,
+    /// The unicast peers (empty: multicast).
+    pub(crate) peers: Vec<IpAddr>,
+    /// The VIPs keepalived moves.
+    pub(crate) vips: Vec<IpAddr>,
+    /// The sync daemons lvsctl runs.
+    pub(crate) sync_daemons: Vec<SyncDaemon>,
+    /// `net.ipv4.vs.backup_only` (lvsctl never sets it).
+    pub(crate) backup_only: Option<String>,
+    /// The keepalived version.
+    pub(crate) keepalived: String,
+}
+
+impl HaReport {
+    /// The human section of `director status`.
+    pub(crate) fn render(&self) -> String {
+        let peers = if self.peers.is_empty() {
+            "multicast".to_owned()
+        } else {
+            self.peers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        let syncs: Vec<String> = self
+            .sync_daemons
+            .iter()
+            .map(|d| format!("{} on {} (sync id {})", d.state.name(), d.interface, d.sync_id))
+            .collect();
+        let vips: Vec<String> = self.vips.iter().map(ToString::to_string).collect();
+        format!(
+            "Failover (keepalived {}): {} since {} ({})\n  VRRP on {}, virtual router {}, priority {}, preempt {}, peers {}, VIPs {}\n  sync daemons: {}; backup_only = {}\n",
+            self.keepalived,
+            self.role.name(),
+            report::utc(self.since),
+            self.reason,
+            self.interface,
+            self.virtual_router_id,
+            self.priority,
+            if self.preempt { "on" } else { "off" },
+            peers,
+            vips.join(", "),
+            if syncs.is_empty() { "none started by lvsctl".to_owned() } else { syncs.join(", ") },
+            self.backup_only.as_deref().unwrap_or("?"),
+        )
+    }
+}
+
+/// Whether `ip` is an address of this host (in this network namespace):
+/// binding a socket to it works only then.
+pub(crate) fn is_local(ip: IpAddr) -> bool {
+    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// The running failover part of `director run`.
+pub(crate) struct Ha {
+    spec: HaSpec,
+    vips: Vec<IpAddr>,
+    priority: u8,
+    role: Role,
+    since: SystemTime,
+    reason: String,
+    keepalived_version: String,
+    files: Files,
+    sync_record: PathBuf,
+    sync_owned: Vec<SyncDaemon>,
+    supervisor: Supervisor,
+    rx: mpsc::UnboundedReceiver<RoleEvent>,
+}
+
+impl Ha {
+    /// Check keepalived (a clear error before anything changes), start the
+    /// sync daemons, write keepalived.conf and start keepalived. The role is
+    /// BACKUP until keepalived says otherwise.
+    pub(crate) async fn start(director: &DirectorSpec) -> Result<Option<Self>, CliError> {
+        let Some(spec) = director.ha.clone() else { return Ok(None) };
+        let (program, version) = keepalived::check().await.map_err(CliError::usage)?;
+        let priority = spec.priority_here(is_local).map_err(CliError::usage)?;
+        let vips = director.ha_vips();
+        let dir = state::dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CliError::failure(format!("cannot create the state folder {}: {e}", dir.display())))?;
+        let ns = state::netns_id()?;
+        let files = Files::new(&dir, &ns);
+        let standby = standby_command(&vips);
+        let conf = keepalived::render(&spec, priority, &vips, &files.fifo, standby.as_deref());
+        std::fs::write(&files.conf, conf)
+            .map_err(|e| CliError::failure(format!("cannot write {}: {e}", files.conf.display())))?;
+        let ipvs = Ipvs::connect().await?;
+        let sync_record = sync::record_path(&dir)?;
+        let sync_owned = sync::start(&ipvs, &spec, &sync_record).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let supervisor = Supervisor::start(program, files.clone(), tx).map_err(CliError::failure)?;
+        info!(
+            keepalived = %version,
+            interface = %spec.interface,
+            virtual_router_id = spec.virtual_router_id,
+            priority,
+            preempt = spec.preempt,
+            conf = %files.conf.display(),
+            "failover: keepalived runs VRRP; BACKUP until it says otherwise"
+        );
+        Ok(Some(Self {
+            spec,
+            vips,
+            priority,
+            role: Role::Backup,
+            since: SystemTime::now(),
+            reason: "starting: BACKUP until keepalived reports a state".to_owned(),
+            keepalived_version: version,
+            files,
+            sync_record,
+            sync_owned,
+            supervisor,
+            rx,
+        }))
+    }
+
+    /// The next role event; never ready without failover.
+    pub(crate) async fn next_event(ha: &mut Option<Self>) -> RoleEvent {
+        match ha {
+            Some(h) => match h.rx.recv().await {
+                Some(e) => e,
+                None => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Take a role event: true when the role changed (then the table must be
+    /// reconciled again). Each change is logged once, with its reason.
+    pub(crate) fn on_event(&mut self, e: RoleEvent) -> bool {
+        if e.role == self.role {
+            return false;
+        }
+        let from = self.role;
+        self.role = e.role;
+        self.since = SystemTime::now();
+        self.reason = e.reason;
+        let action = match e.role {
+            Role::Master => "the peer's real server gets its weight back",
+            _ => "the peer's real server gets weight 0 here (served locally, never forwarded back)",
+        };
+        if e.role == Role::Master {
+            info!(from = from.name(), to = e.role.name(), reason = %self.reason, action, "failover: role change");
+        } else {
+            warn!(from = from.name(), to = e.role.name(), reason = %self.reason, action, "failover: role change");
+        }
+        true
+    }
+
+    /// The role.
+    pub(crate) fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Adjust the table the daemon is about to apply for the role.
+    pub(crate) fn adjust(&self, desired: &mut [DesiredService]) {
+        if self.role != Role::Master {
+            standby_weights(desired, is_local);
+        }
+    }
+
+    /// The status section.
+    pub(crate) fn report(&self) -> HaReport {
+        HaReport {
+            role: self.role,
+            since: report::epoch(self.since),
+            reason: self.reason.clone(),
+            interface: self.spec.interface.to_string(),
+            virtual_router_id: self.spec.virtual_router_id,
+            priority: self.priority,
+            preempt: self.spec.preempt,
+            peers: self.spec.peers.clone(),
+            vips: self.vips.clone(),
+            sync_daemons: self.sync_owned.clone(),
+            backup_only: std::fs::read_to_string("/proc/sys/net/ipv4/vs/backup_only").ok().map(|s| s.trim().to_owned()),
+            keepalived: self.keepalived_version.clone(),
+        }
+    }
+
+    /// Stop keepalived (it gives the VIPs up), then the sync daemons lvsctl
+    /// started, and remove the files.
+    pub(crate) async fn stop(&mut self) {
+        self.supervisor.stop().await;
+        match Ipvs::connect().await {
+            Ok(ipvs) => sync::stop(&ipvs, &self.sync_owned, &self.sync_record).await,
+            Err(e) => warn!(reason = %e, "cannot stop the sync daemons"),
+        }
+        self.files.remove();
+        info!("failover: keepalived and the sync daemons lvsctl started are stopped");
+    }
+}
+
+/// Weight 0 for every real server that is not this host, in each service
+/// that has this host among its real servers.
+pub(crate) fn standby_weights(desired: &mut [DesiredService], is_local: impl Fn(IpAddr) -> bool) {
+    for d in desired {
+        if !d.destinations.iter().any(|x| is_local(x.addr.ip())) {
+            continue;
+        }
+        for x in &mut d.destinations {
+            if !is_local(x.addr.ip()) {
+                x.weight = 0;
+            }
+        }
+    }
+}
+
+/// The command keepalived runs when this host leaves MASTER: this very
+/// program's `director ha-standby` with the VIPs.
+fn standby_command(vips: &[IpAddr]) -> Option<String> {
+    let exe = std::env::current_exe().ok()?;
+    let exe = exe.to_str()?;
+    if exe.contains(['"', ' ', '\'']) {
+        return None;
+    }
+    let v: Vec<String> = vips.iter().map(ToString::to_string).collect();
+    Some(format!("{exe} director ha-standby {}", v.join(" ")))
+}
+
+/// `lvsctl director ha-standby VIP...` (run by keepalived on BACKUP, FAULT
+/// and STOP): in every IPVS service on these VIPs that has this host as a
+/// real server, set every other real server to weight 0, straight in the
+/// kernel. It does what `director run` does on those roles, for when
+/// `director run` itself is gone.
+pub(crate) async fn standby(vips: &[IpAddr]) -> Result<std::process::ExitCode, CliError> {
+    let ipvs = Ipvs::connect().await?;
+    for (svc, dests) in ipvs.dump().await? {
+        let ServiceKey::Inet { addr, .. } = svc.service.key else { continue };
+        if !vips.contains(&addr.ip()) || !dests.iter().any(|d| is_local(d.destination.addr.ip())) {
+            continue;
+        }
+        for d in dests {
+            if !is_local(d.destination.addr.ip()) && d.destination.weight != 0 {
+                let mut x = d.destination.clone();
+                x.weight = 0;
+                ipvs.update_destination(&svc.service.key, &x).await?;
+                println!("director: {} -> {}: weight 0 (standby)", svc.service.key, x.addr);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipvs::{Destination, Forward, Scheduler, Service};
+
+    #[test]
+    fn standby_zeroes_only_the_peers_of_services_this_host_serves() {
+        let me: IpAddr = "10.18.68.186".parse().unwrap();
+        let svc = |vip: &str, reals: &[&str]| DesiredService {
+            service: Service::new(ServiceKey::tcp(format!("{vip}:15858").parse().unwrap()), Scheduler::Rr),
+            destinations: reals
+                .iter()
+                .map(|r| Destination::new(format!("{r}:15858").parse().unwrap(), Forward::Route))
+                .collect(),
+        };
+        let mut d =
+            vec![svc("10.19.70.166", &["10.18.68.186", "10.18.68.187"]), svc("10.19.70.167", &["10.18.68.187"])];
+        standby_weights(&mut d, |ip| ip == me);
+        let w: Vec<Vec<u32>> = d.iter().map(|s| s.destinations.iter().map(|x| x.weight).collect()).collect();
+        assert_eq!(w, vec![vec![1, 0], vec![1]], "a service this host does not serve keeps its weights");
+    }
+}
