@@ -161,7 +161,9 @@ impl Ha {
     /// sync daemons, write keepalived.conf and start keepalived. The role is
     /// BACKUP until keepalived says otherwise.
     pub(crate) async fn start(director: &DirectorSpec) -> Result<Option<Self>, CliError> {
-        let Some(spec) = director.ha.clone() else { return Ok(None) };
+        let Some(mut spec) = director.ha.clone() else { return Ok(None) };
+        // One shared file lists both directors: this host's own address is no peer.
+        spec.peers.retain(|p| !is_local(*p));
         let (program, version) = keepalived::check().await.map_err(CliError::usage)?;
         let priority = spec.priority_here(is_local).map_err(CliError::usage)?;
         let vips = director.ha_vips();
