@@ -340,8 +340,8 @@ fn kill_master_with_connections(sync: bool) -> Vec<Outcome> {
 
     let kpid = keepalived_pid(&dir186);
     let t0 = Instant::now();
-    sigkill(kpid);
     d186.signal(libc::SIGKILL);
+    sigkill(kpid);
     let vip_at = d187.wait_for("host187 holds the VIP", T, || p.has_vip(1));
     d187.wait_for("a new connection through host187", T, || ask(&p.client).is_ok());
     let answer_at = t0.elapsed();
@@ -354,7 +354,16 @@ fn kill_master_with_connections(sync: bool) -> Vec<Outcome> {
     );
     d187.wait_for("both weights on the new MASTER", T, || p.weights(1) == w(1, 1));
     // host186 is still a real server; keepalived's last act there took the peer out of its table.
-    d187.wait_for("the peer at weight 0 on host186", T, || p.weights(0) == w(1, 0));
+    let standby_log = || {
+        std::fs::read_dir(dir186.0.join("state"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ha-standby"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<String>()
+    };
+    let took = d187.wait_for("the peer at weight 0 on host186", T, || p.weights(0) == w(1, 0));
+    eprintln!("host186's table in standby form {took:?} later; keepalived's ha-standby there:\n{}", standby_log());
     std::thread::sleep(Duration::from_secs(3));
     let out: Vec<Outcome> = longs.into_iter().map(Long::finish).collect();
     for o in &out {

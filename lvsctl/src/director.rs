@@ -60,6 +60,10 @@ enum DirectorCmd {
     /// this when the host leaves MASTER; see src/ha).
     #[command(hide = true)]
     HaStandby {
+        /// The state folder of `director run`: nothing is done while it runs
+        /// (it handles the roles itself); what is done is logged there.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         /// The VIPs of the services to adjust.
         vips: Vec<IpAddr>,
     },
@@ -112,7 +116,7 @@ pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
         DirectorCmd::Status(a) => status(a).await,
         DirectorCmd::Run(a) => crate::daemon::run(a).await,
         DirectorCmd::DemoConnect { to, count } => demo_connect(to, count),
-        DirectorCmd::HaStandby { vips } => crate::ha::standby(&vips).await,
+        DirectorCmd::HaStandby { state_dir, vips } => crate::ha::standby(state_dir.as_deref(), &vips).await,
     }
 }
 

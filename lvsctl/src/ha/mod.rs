@@ -32,7 +32,7 @@ pub(crate) mod keepalived;
 pub(crate) mod sync;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use ipvs::reconcile::DesiredService;
@@ -172,7 +172,7 @@ impl Ha {
             .map_err(|e| CliError::failure(format!("cannot create the state folder {}: {e}", dir.display())))?;
         let ns = state::netns_id()?;
         let files = Files::new(&dir, &ns);
-        let standby = standby_command(&vips);
+        let standby = standby_command(&dir, &vips);
         let conf = keepalived::render(&spec, priority, &vips, &files.fifo, standby.as_deref());
         std::fs::write(&files.conf, conf)
             .map_err(|e| CliError::failure(format!("cannot write {}: {e}", files.conf.display())))?;
@@ -269,10 +269,16 @@ impl Ha {
         }
     }
 
-    /// Stop keepalived (it gives the VIPs up), then the sync daemons lvsctl
-    /// started, and remove the files.
+    /// Stop keepalived (it gives the VIPs up), leave the table in its standby
+    /// form, stop the sync daemons lvsctl started, and remove the files.
     pub(crate) async fn stop(&mut self) {
         self.supervisor.stop().await;
+        // No longer MASTER: the peer may forward to this host's real server
+        // still, so the table stays in its standby form.
+        match standby_kernel(&self.vips).await {
+            Ok(done) => done.iter().for_each(|l| info!("{l}")),
+            Err(e) => warn!(reason = %e.msg, "cannot set the standby weights"),
+        }
         match Ipvs::connect().await {
             Ok(ipvs) => sync::stop(&ipvs, &self.sync_owned, &self.sync_record).await,
             Err(e) => warn!(reason = %e, "cannot stop the sync daemons"),
@@ -298,24 +304,67 @@ pub(crate) fn standby_weights(desired: &mut [DesiredService], is_local: impl Fn(
 }
 
 /// The command keepalived runs when this host leaves MASTER: this very
-/// program's `director ha-standby` with the VIPs.
-fn standby_command(vips: &[IpAddr]) -> Option<String> {
+/// program's `director ha-standby` with the state folder and the VIPs.
+fn standby_command(dir: &Path, vips: &[IpAddr]) -> Option<String> {
     let exe = std::env::current_exe().ok()?;
-    let exe = exe.to_str()?;
-    if exe.contains(['"', ' ', '\'']) {
+    let (exe, dir) = (exe.to_str()?, dir.to_str()?);
+    if [exe, dir].iter().any(|s| s.contains(['"', ' ', '\'', '\\'])) {
         return None;
     }
     let v: Vec<String> = vips.iter().map(ToString::to_string).collect();
-    Some(format!("{exe} director ha-standby {}", v.join(" ")))
+    Some(format!("{exe} director ha-standby --state-dir {dir} {}", v.join(" ")))
 }
 
-/// `lvsctl director ha-standby VIP...` (run by keepalived on BACKUP, FAULT
-/// and STOP): in every IPVS service on these VIPs that has this host as a
-/// real server, set every other real server to weight 0, straight in the
-/// kernel. It does what `director run` does on those roles, for when
-/// `director run` itself is gone.
-pub(crate) async fn standby(vips: &[IpAddr]) -> Result<std::process::ExitCode, CliError> {
+/// Whether the process `pid` exists and is not a zombie (a killed
+/// `director run` its parent has not reaped yet is gone).
+fn alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) {
+            return false;
+        }
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// `lvsctl director ha-standby [--state-dir DIR] VIP...` (run by keepalived
+/// on BACKUP, FAULT and STOP): unless `director run` is alive (it handles
+/// the roles itself), set the standby weights straight in the kernel, and
+/// log what was done in DIR (keepalived discards a script's output).
+pub(crate) async fn standby(dir: Option<&Path>, vips: &[IpAddr]) -> Result<std::process::ExitCode, CliError> {
+    let log = |line: &str| {
+        println!("{line}");
+        if let Some(d) = dir {
+            if let Ok(ns) = state::netns_id() {
+                use std::io::Write;
+                let p = d.join(format!("ha-standby-netns{ns}.log"));
+                if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+                    let _ = writeln!(f, "{} {line}", report::utc(report::epoch(SystemTime::now())));
+                }
+            }
+        }
+    };
+    if let Some(d) = dir {
+        let r: Option<report::HealthReport> = state::read(&report::path(d)?)?;
+        if let Some(r) = r.filter(|r| alive(r.pid)) {
+            log(&format!("ha-standby: director run (pid {}) runs and handles the role itself", r.pid));
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+    }
+    for line in standby_kernel(vips).await? {
+        log(&line);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// In every IPVS service on `vips` that has this host as a real server, set
+/// every other real server to weight 0; returns what changed.
+pub(crate) async fn standby_kernel(vips: &[IpAddr]) -> Result<Vec<String>, CliError> {
     let ipvs = Ipvs::connect().await?;
+    let mut done = Vec::new();
     for (svc, dests) in ipvs.dump().await? {
         let ServiceKey::Inet { addr, .. } = svc.service.key else { continue };
         if !vips.contains(&addr.ip()) || !dests.iter().any(|d| is_local(d.destination.addr.ip())) {
@@ -326,11 +375,14 @@ pub(crate) async fn standby(vips: &[IpAddr]) -> Result<std::process::ExitCode, C
                 let mut x = d.destination.clone();
                 x.weight = 0;
                 ipvs.update_destination(&svc.service.key, &x).await?;
-                println!("director: {} -> {}: weight 0 (standby)", svc.service.key, x.addr);
+                done.push(format!("ha-standby: {} -> {}: weight 0 (this host is not MASTER)", svc.service.key, x.addr));
             }
         }
     }
-    Ok(std::process::ExitCode::SUCCESS)
+    if done.is_empty() {
+        done.push("ha-standby: the standby weights were already in place".to_owned());
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
