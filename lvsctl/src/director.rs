@@ -60,10 +60,13 @@ enum DirectorCmd {
     /// this when the host leaves MASTER; see src/ha).
     #[command(hide = true)]
     HaStandby {
-        /// The state folder of `director run`: nothing is done while it runs
-        /// (it handles the roles itself); what is done is logged there.
+        /// Where to log what is done.
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+        /// Nothing is done while this process (`director run`) lives: it
+        /// handles the roles itself.
+        #[arg(long, value_name = "PID")]
+        unless_pid: Option<u32>,
         /// The VIPs of the services to adjust.
         vips: Vec<IpAddr>,
     },
@@ -116,7 +119,9 @@ pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
         DirectorCmd::Status(a) => status(a).await,
         DirectorCmd::Run(a) => crate::daemon::run(a).await,
         DirectorCmd::DemoConnect { to, count } => demo_connect(to, count),
-        DirectorCmd::HaStandby { state_dir, vips } => crate::ha::standby(state_dir.as_deref(), &vips).await,
+        DirectorCmd::HaStandby { state_dir, unless_pid, vips } => {
+            crate::ha::standby(state_dir.as_deref(), unless_pid, &vips).await
+        }
     }
 }
 

@@ -312,7 +312,8 @@ fn standby_command(dir: &Path, vips: &[IpAddr]) -> Option<String> {
         return None;
     }
     let v: Vec<String> = vips.iter().map(ToString::to_string).collect();
-    Some(format!("{exe} director ha-standby --state-dir {dir} {}", v.join(" ")))
+    let pid = std::process::id();
+    Some(format!("{exe} director ha-standby --state-dir {dir} --unless-pid {pid} {}", v.join(" ")))
 }
 
 /// Whether the process `pid` exists and is not a zombie (a killed
@@ -330,11 +331,15 @@ fn alive(pid: u32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// `lvsctl director ha-standby [--state-dir DIR] VIP...` (run by keepalived
+/// `lvsctl director ha-standby [--state-dir DIR] [--unless-pid PID] VIP...` (run by keepalived
 /// on BACKUP, FAULT and STOP): unless `director run` is alive (it handles
 /// the roles itself), set the standby weights straight in the kernel, and
 /// log what was done in DIR (keepalived discards a script's output).
-pub(crate) async fn standby(dir: Option<&Path>, vips: &[IpAddr]) -> Result<std::process::ExitCode, CliError> {
+pub(crate) async fn standby(
+    dir: Option<&Path>,
+    unless_pid: Option<u32>,
+    vips: &[IpAddr],
+) -> Result<std::process::ExitCode, CliError> {
     let log = |line: &str| {
         println!("{line}");
         if let Some(d) = dir {
@@ -347,12 +352,9 @@ pub(crate) async fn standby(dir: Option<&Path>, vips: &[IpAddr]) -> Result<std::
             }
         }
     };
-    if let Some(d) = dir {
-        let r: Option<report::HealthReport> = state::read(&report::path(d)?)?;
-        if let Some(r) = r.filter(|r| alive(r.pid)) {
-            log(&format!("ha-standby: director run (pid {}) runs and handles the role itself", r.pid));
-            return Ok(std::process::ExitCode::SUCCESS);
-        }
+    if let Some(pid) = unless_pid.filter(|p| alive(*p)) {
+        log(&format!("ha-standby: director run (pid {pid}) runs and handles the role itself"));
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     for line in standby_kernel(vips).await? {
         log(&line);
