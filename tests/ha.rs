@@ -141,6 +141,8 @@ struct Outcome {
 
 /// A long-lived connection: a line every 200 ms, every echo checked.
 struct Long {
+    /// Who echoed the first line.
+    server: String,
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Outcome>,
 }
@@ -195,7 +197,7 @@ impl Long {
         });
         let o = rx.recv().unwrap();
         assert!(o.error.is_none(), "a long-lived connection could not start: {o:?}");
-        Self { stop, thread }
+        Self { server: o.server, stop, thread }
     }
 
     fn finish(self) -> Outcome {
@@ -254,10 +256,13 @@ impl Pair {
         self.dests(i).into_iter().map(|(a, w, _)| (a, w)).collect()
     }
 
-    /// Connections in host i's IPVS connection table to the VIP.
-    fn synced(&self, i: usize) -> usize {
+    /// Connections in host i's IPVS connection table to the VIP whose real
+    /// server is `to` (on the BACKUP, a connection to the MASTER's real
+    /// server can only come from the sync daemon).
+    fn conns_to(&self, i: usize, to: &str) -> usize {
         let out = self.h[i].ipvsadm(&["-Lnc"]);
-        out.lines().filter(|l| l.contains(&format!("{VIP}:{PORT}")) && l.contains("ESTABLISHED")).count()
+        let (v, r) = (format!("{VIP}:{PORT}"), format!("{to}:{PORT}"));
+        out.lines().filter(|l| l.contains(&v) && l.trim_end().ends_with(&r) && l.contains("ESTABLISHED")).count()
     }
 }
 
@@ -332,10 +337,12 @@ fn kill_master_with_connections(sync: bool) -> Vec<Outcome> {
     new_connections_work(&p, "before the failover");
     let longs: Vec<Long> = (0..4).map(|_| Long::open(&p.client)).collect();
     std::thread::sleep(Duration::from_secs(2));
+    let by186 = longs.iter().filter(|l| l.server == "rs186").count();
+    assert!(by186 > 0 && by186 < longs.len(), "connections must be served by both real servers");
     if sync {
-        d187.wait_for("the 4 connections synced to the BACKUP", T, || p.synced(1) >= 4);
+        d187.wait_for("the MASTER's own connections synced to the BACKUP", T, || p.conns_to(1, H186) == by186);
     } else {
-        assert_eq!(p.synced(1), 0, "no sync daemon: the BACKUP must know no connection");
+        assert_eq!(p.conns_to(1, H186), 0, "no sync daemon: the BACKUP must not know the MASTER's connections");
     }
 
     let kpid = keepalived_pid(&dir186);
@@ -362,8 +369,13 @@ fn kill_master_with_connections(sync: bool) -> Vec<Outcome> {
             .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
             .collect::<String>()
     };
-    let took = d187.wait_for("the peer at weight 0 on host186", T, || p.weights(0) == w(1, 0));
-    eprintln!("host186's table in standby form {took:?} later; keepalived's ha-standby there:\n{}", standby_log());
+    let start = Instant::now();
+    while p.weights(0) != w(1, 0) && start.elapsed() < T {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("keepalived's ha-standby on host186:\n{}", standby_log());
+    assert_eq!(p.weights(0), w(1, 0), "host186's table must be in standby form (the peer at weight 0)");
+    eprintln!("host186's table in standby form {:?} after host187 became MASTER", start.elapsed());
     std::thread::sleep(Duration::from_secs(3));
     let out: Vec<Outcome> = longs.into_iter().map(Long::finish).collect();
     for o in &out {

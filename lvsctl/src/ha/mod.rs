@@ -338,8 +338,28 @@ fn alive(pid: u32) -> bool {
 pub(crate) async fn standby(
     dir: Option<&Path>,
     unless_pid: Option<u32>,
+    foreground: bool,
     vips: &[IpAddr],
 ) -> Result<std::process::ExitCode, CliError> {
+    if !foreground {
+        // keepalived kills the scripts still running when it stops, which is
+        // exactly when this one matters: carry on in a new session.
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().map_err(|e| CliError::failure(format!("cannot find lvsctl: {e}")))?;
+        let mut c = std::process::Command::new(exe);
+        c.args(std::env::args_os().skip(1)).arg("--foreground");
+        c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        // SAFETY: setsid is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        c.spawn().map_err(|e| CliError::failure(format!("cannot start ha-standby: {e}")))?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let log = |line: &str| {
         println!("{line}");
         if let Some(d) = dir {
