@@ -386,8 +386,15 @@ fn kill_master_with_connections(sync: bool) -> Vec<Outcome> {
     if sync {
         new_connections_work(&p, "after the failover");
     }
-    drop(d187);
+    stop(&d187);
     out
+}
+
+/// SIGTERM and wait: `director run` stops its keepalived.
+fn stop(d: &Daemon) {
+    d.signal(libc::SIGTERM);
+    let st = d.wait(T);
+    assert!(st.success(), "director run exited with {st}; log:\n{}", d.log());
 }
 
 #[test]
@@ -445,4 +452,6 @@ fn ha_no_loop_the_backup_serves_forwarded_connections_itself() {
     assert_eq!(delta.2, 0, "the BACKUP must never forward a connection back to the MASTER");
     assert_eq!(delta.3, delta.1, "the BACKUP serves each forwarded connection itself");
     assert_eq!(names.iter().filter(|x| *x == "rs187").count() as u64, delta.1, "{names:?}");
+    stop(&d187);
+    stop(&d186);
 }

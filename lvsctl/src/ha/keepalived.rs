@@ -222,7 +222,29 @@ impl Drop for Supervisor {
     }
 }
 
+/// Stop a keepalived an earlier `director run` left running (its pid file
+/// names a live keepalived): it would make the new one refuse to start.
+fn stop_leftover(files: &Files) {
+    let Ok(text) = std::fs::read_to_string(&files.pid) else { return };
+    let Ok(pid) = text.trim().parse::<i32>() else { return };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "keepalived" {
+        return;
+    }
+    warn!(pid, "a keepalived left by an earlier director run is still running: stopping it");
+    // SAFETY: kill on the pid of a keepalived lvsctl started earlier.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn spawn(program: &Path, files: &Files) -> std::io::Result<Child> {
+    stop_leftover(files);
     let _ = std::fs::remove_file(&files.pid);
     let _ = std::fs::remove_file(&files.vrrp_pid);
     let mut cmd = Command::new(program);
@@ -236,18 +258,10 @@ fn spawn(program: &Path, files: &Files) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to send
-    // SIGTERM to keepalived when lvsctl dies, so a killed lvsctl never
-    // leaves a keepalived behind that holds the VIP with nobody checking.
-    #[allow(unsafe_code)]
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // No PR_SET_PDEATHSIG: when lvsctl dies, keepalived keeps VRRP going
+    // (and runs ha-standby on leaving MASTER); the next director run stops it.
+    // Its own process group: a signal to lvsctl's group does not reach it.
+    cmd.process_group(0);
     cmd.spawn()
 }
 

@@ -313,12 +313,7 @@ fn standby_command(dir: &Path, vips: &[IpAddr]) -> Option<String> {
     }
     let v: Vec<String> = vips.iter().map(ToString::to_string).collect();
     let pid = std::process::id();
-    // keepalived kills the scripts still running when it stops, which is
-    // when this one matters most (lvsctl's start alone can outlast that):
-    // setsid puts it in a session of its own first.
-    let setsid = ["/usr/bin/setsid", "/bin/setsid"].into_iter().find(|p| Path::new(p).is_file());
-    let setsid = setsid.map(|s| format!("{s} ")).unwrap_or_default();
-    Some(format!("{setsid}{exe} director ha-standby --state-dir {dir} --unless-pid {pid} {}", v.join(" ")))
+    Some(format!("{exe} director ha-standby --state-dir {dir} --unless-pid {pid} {}", v.join(" ")))
 }
 
 /// Whether the process `pid` exists and is not a zombie (a killed
