@@ -102,6 +102,7 @@ LV_VM_TOOLS=(
 	ip:iproute2
 	ipvsadm:ipvsadm
 	keepalived:keepalived
+	setsid:util-linux
 	strace:strace
 	ldd:libc-bin
 	dpkg-deb:dpkg

@@ -313,7 +313,14 @@ fn standby_command(dir: &Path, vips: &[IpAddr]) -> Option<String> {
     }
     let v: Vec<String> = vips.iter().map(ToString::to_string).collect();
     let pid = std::process::id();
-    Some(format!("{exe} director ha-standby --state-dir {dir} --unless-pid {pid} {}", v.join(" ")))
+    // keepalived kills the scripts still running when it stops, which is
+    // when this one matters most: util-linux's `setsid --fork` (not
+    // busybox's, which has no --fork) runs it in a session of its own.
+    let setsid = ["/usr/bin/setsid", "/bin/setsid"]
+        .into_iter()
+        .find(|p| std::fs::canonicalize(p).is_ok_and(|r| r.file_name().is_some_and(|n| n != "busybox")));
+    let setsid = setsid.map(|s| format!("{s} --fork ")).unwrap_or_default();
+    Some(format!("{setsid}{exe} director ha-standby --state-dir {dir} --unless-pid {pid} {}", v.join(" ")))
 }
 
 /// Whether the process `pid` exists and is not a zombie (a killed
