@@ -67,6 +67,9 @@ enum DirectorCmd {
         /// handles the roles itself.
         #[arg(long, value_name = "PID")]
         unless_pid: Option<u32>,
+        /// First wait for this process (keepalived) to end.
+        #[arg(long, value_name = "PID")]
+        wait_pid: Option<u32>,
         /// Do it in this process (else in a detached copy of it, which
         /// keepalived cannot kill when it stops right after running it).
         #[arg(long)]
@@ -123,8 +126,8 @@ pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
         DirectorCmd::Status(a) => status(a).await,
         DirectorCmd::Run(a) => crate::daemon::run(a).await,
         DirectorCmd::DemoConnect { to, count } => demo_connect(to, count),
-        DirectorCmd::HaStandby { state_dir, unless_pid, foreground, vips } => {
-            crate::ha::standby(state_dir.as_deref(), unless_pid, foreground, &vips).await
+        DirectorCmd::HaStandby { state_dir, unless_pid, wait_pid, foreground, vips } => {
+            crate::ha::standby(state_dir.as_deref(), unless_pid, wait_pid, foreground, &vips).await
         }
     }
 }

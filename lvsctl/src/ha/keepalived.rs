@@ -182,7 +182,12 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     /// Make the FIFO and start supervising keepalived: events go to `tx`.
-    pub(crate) fn start(program: PathBuf, files: Files, tx: mpsc::UnboundedSender<RoleEvent>) -> Result<Self, String> {
+    pub(crate) fn start(
+        program: PathBuf,
+        files: Files,
+        guard: Option<Vec<std::ffi::OsString>>,
+        tx: mpsc::UnboundedSender<RoleEvent>,
+    ) -> Result<Self, String> {
         let _ = std::fs::remove_file(&files.fifo);
         let c = CString::new(files.fifo.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
         // SAFETY: mkfifo with a valid NUL-terminated path.
@@ -198,7 +203,7 @@ impl Supervisor {
             .open_receiver(&files.fifo)
             .map_err(|e| format!("cannot open the FIFO {}: {e}", files.fifo.display()))?;
         let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(supervise(program, files, rx, tx, stop_rx));
+        let task = tokio::spawn(supervise(program, files, guard, rx, tx, stop_rx));
         Ok(Self { stop: Some(stop_tx), task: Some(task) })
     }
 
@@ -279,9 +284,35 @@ async fn terminate(child: &mut Child) {
     }
 }
 
+/// Start the guard of keepalived `pid` (see `ha::guard_args`) in a session
+/// of its own; it is reaped by a task.
+fn spawn_guard(args: &[std::ffi::OsString], pid: u32) {
+    let Some((exe, rest)) = args.split_first() else { return };
+    let mut c = Command::new(exe);
+    c.args(rest).arg("--wait-pid").arg(pid.to_string());
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match c.spawn() {
+        Ok(mut child) => {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
+        Err(e) => warn!(reason = %e, "cannot start the guard of keepalived"),
+    }
+}
+
 async fn supervise(
     program: PathBuf,
     files: Files,
+    guard: Option<Vec<std::ffi::OsString>>,
     fifo: tokio::net::unix::pipe::Receiver,
     tx: mpsc::UnboundedSender<RoleEvent>,
     mut stop: oneshot::Receiver<()>,
@@ -306,6 +337,9 @@ async fn supervise(
             }
         };
         info!(pid = child.id().unwrap_or(0), conf = %files.conf.display(), "keepalived started");
+        if let (Some(g), Some(pid)) = (&guard, child.id()) {
+            spawn_guard(g, pid);
+        }
         let status = loop {
             tokio::select! {
                 line = lines.next_line() => {

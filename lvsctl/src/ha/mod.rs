@@ -180,7 +180,8 @@ impl Ha {
         let sync_record = sync::record_path(&dir)?;
         let sync_owned = sync::start(&ipvs, &spec, &sync_record).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let supervisor = Supervisor::start(program, files.clone(), tx).map_err(CliError::failure)?;
+        let guard = guard_args(&dir, &vips);
+        let supervisor = Supervisor::start(program, files.clone(), guard, tx).map_err(CliError::failure)?;
         info!(
             keepalived = %version,
             interface = %spec.interface,
@@ -323,6 +324,19 @@ fn standby_command(dir: &Path, vips: &[IpAddr]) -> Option<String> {
     Some(format!("{setsid}{exe} director ha-standby --state-dir {dir} --unless-pid {pid} {}", v.join(" ")))
 }
 
+/// The command line of the guard `director run` starts beside each
+/// keepalived (`--wait-pid KEEPALIVED` is added): once keepalived is gone
+/// and `director run` too, it sets the standby weights. keepalived's own
+/// `notify_stop` may be killed with keepalived; the guard is not.
+fn guard_args(dir: &Path, vips: &[IpAddr]) -> Option<Vec<std::ffi::OsString>> {
+    let exe = std::env::current_exe().ok()?;
+    let mut a: Vec<std::ffi::OsString> = vec![exe.into(), "director".into(), "ha-standby".into()];
+    a.extend(["--state-dir".into(), dir.as_os_str().to_owned()]);
+    a.extend(["--unless-pid".into(), std::process::id().to_string().into(), "--foreground".into()]);
+    a.extend(vips.iter().map(|v| v.to_string().into()));
+    Some(a)
+}
+
 /// Whether the process `pid` exists and is not a zombie (a killed
 /// `director run` its parent has not reaped yet is gone).
 fn alive(pid: u32) -> bool {
@@ -345,6 +359,7 @@ fn alive(pid: u32) -> bool {
 pub(crate) async fn standby(
     dir: Option<&Path>,
     unless_pid: Option<u32>,
+    wait_pid: Option<u32>,
     foreground: bool,
     vips: &[IpAddr],
 ) -> Result<std::process::ExitCode, CliError> {
@@ -379,6 +394,21 @@ pub(crate) async fn standby(
             }
         }
     };
+    if let Some(pid) = wait_pid {
+        // The guard of one keepalived: outlive a stop of the service's
+        // processes (systemd's SIGTERM to all of them) long enough to act
+        // when keepalived is gone.
+        // SAFETY: setting signal dispositions to SIG_IGN.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+        }
+        while alive(pid) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
     if let Some(pid) = unless_pid.filter(|p| alive(*p)) {
         log(&format!("ha-standby: director run (pid {pid}) runs and handles the role itself"));
         return Ok(std::process::ExitCode::SUCCESS);
