@@ -40,6 +40,11 @@ const H187: &str = "10.18.68.187";
 
 /// The one config both hosts run.
 fn config() -> String {
+    config_preempt(false)
+}
+
+/// The config, with `preempt` on or off.
+fn config_preempt(preempt: bool) -> String {
     format!(
         r#"[director]
 iface = "eth0"
@@ -56,6 +61,7 @@ interface = "eth0"
 virtual_router_id = 51
 priority = 100
 peers = ["{H186}", "{H187}"]
+preempt = {preempt}
 
 [director.ha.hosts."{H186}"]
 priority = 150
@@ -299,9 +305,13 @@ fn sigkill(pid: i32) {
 /// Both directors up: 186 MASTER with the VIP and both weights, 187 BACKUP
 /// with the peer at weight 0.
 fn start_pair(p: &Pair) -> (TestDir, TestDir, Daemon, Daemon) {
+    start_pair_with(p, &config())
+}
+
+fn start_pair_with(p: &Pair, cfg: &str) -> (TestDir, TestDir, Daemon, Daemon) {
     let (dir186, dir187) = (TestDir::new(), TestDir::new());
-    let c186 = dir186.write("lvsctl.toml", &config(), 0o644);
-    let c187 = dir187.write("lvsctl.toml", &config(), 0o644);
+    let c186 = dir186.write("lvsctl.toml", cfg, 0o644);
+    let c187 = dir187.write("lvsctl.toml", cfg, 0o644);
     let t0 = Instant::now();
     let d186 = Daemon::start(&p.h[0], &dir186, &c186, &[]);
     // 186 first, so it is MASTER before 187 starts (no preemption).
@@ -452,6 +462,61 @@ fn ha_no_loop_the_backup_serves_forwarded_connections_itself() {
     assert_eq!(delta.2, 0, "the BACKUP must never forward a connection back to the MASTER");
     assert_eq!(delta.3, delta.1, "the BACKUP serves each forwarded connection itself");
     assert_eq!(names.iter().filter(|x| *x == "rs187").count() as u64, delta.1, "{names:?}");
+    stop(&d187);
+    stop(&d186);
+}
+
+#[test]
+#[ignore = "privileged: needs root, IPVS and keepalived (scripts/privileged-tests)"]
+fn ha_link_down_then_failback_with_preempt() {
+    let p = Pair::new();
+    let (_dir186, _dir187, d186, d187) = start_pair_with(&p, &config_preempt(true));
+    let first: Vec<Long> = (0..4).map(|_| Long::open(&p.client)).collect();
+    let by186 = first.iter().filter(|l| l.server == "rs186").count();
+    assert!(by186 > 0 && by186 < first.len(), "connections must be served by both real servers");
+    d187.wait_for("the MASTER's own connections synced to the BACKUP", T, || p.conns_to(1, H186) == by186);
+
+    // (b) The MASTER's link goes down.
+    let t0 = Instant::now();
+    p.h[0].ip(&["link", "set", "eth0", "down"]);
+    let vip_at = d187.wait_for("host187 holds the VIP", T, || p.has_vip(1));
+    d187.wait_for("a new connection through host187", T, || ask(&p.client).is_ok());
+    eprintln!(
+        "TAKEOVER (link down): the VIP on host187 {vip_at:?} after the link went down, answering after {:?}",
+        t0.elapsed()
+    );
+    d187.wait_for("host187 MASTER", T, || role(&d187).as_deref() == Some("MASTER"));
+    d187.wait_for("host186 drained by host187's health check", T, || p.weights(1) == w(0, 1));
+    let names: Vec<String> = (0..4).map(|_| ask(&p.client).expect("a new connection while host186 is down")).collect();
+    assert_eq!(names, vec!["rs187"; 4], "new connections while host186 is cut off");
+    // Connections made while host187 is MASTER must survive the failback.
+    let second: Vec<Long> = (0..2).map(|_| Long::open(&p.client)).collect();
+    std::thread::sleep(Duration::from_secs(2));
+
+    // (c) The link comes back: host186 (priority 150, preempt on) takes the VIP back.
+    let t1 = Instant::now();
+    p.h[0].ip(&["link", "set", "eth0", "up"]);
+    d186.wait_for("host186 MASTER again", T, || role(&d186).as_deref() == Some("MASTER") && p.has_vip(0));
+    let back_at = t1.elapsed();
+    d186.wait_for("a new connection through host186", T, || ask(&p.client).is_ok());
+    eprintln!(
+        "FAILBACK (preempt): host186 MASTER with the VIP {back_at:?} after its link came up, answering after {:?}",
+        t1.elapsed()
+    );
+    d187.wait_for("host187 BACKUP again", T, || role(&d187).as_deref() == Some("BACKUP"));
+    d186.wait_for("both weights on host186", T, || p.weights(0) == w(1, 1));
+    d187.wait_for("the peer at weight 0 on host187", T, || p.weights(1) == w(0, 1));
+    new_connections_work(&p, "after the failback");
+    std::thread::sleep(Duration::from_secs(3));
+
+    let first: Vec<Outcome> = first.into_iter().map(Long::finish).collect();
+    let second: Vec<Outcome> = second.into_iter().map(Long::finish).collect();
+    for o in first.iter().chain(&second) {
+        eprintln!("long-lived connection (link down, failback): {o:?}");
+    }
+    for o in first.iter().filter(|o| o.server == "rs187").chain(&second) {
+        assert!(o.error.is_none() && o.echoed == o.sent, "a connection served by a surviving real server broke: {o:?}");
+    }
     stop(&d187);
     stop(&d186);
 }
