@@ -24,8 +24,9 @@
 //! locally, never forwarded again; packets of known connections (its own or
 //! synced ones) are still forwarded by the table. On MASTER the configured
 //! (health-checked) weights come back. keepalived also runs
-//! `lvsctl director ha-standby` when this host leaves MASTER, so the same
-//! happens when `director run` itself is gone.
+//! `lvsctl director ha-standby` when this host leaves MASTER, and a guard
+//! process waits beside each keepalived, so the same happens when
+//! `director run` itself is gone.
 
 pub(crate) mod config;
 pub(crate) mod keepalived;
