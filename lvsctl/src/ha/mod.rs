@@ -33,7 +33,7 @@
 mod keepalived;
 mod sync;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -42,18 +42,13 @@ use ipvs::{Ipvs, ServiceKey, SyncDaemon};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::health::report;
 pub use crate::health::report::{HaReport, Role};
+use crate::health::{report, standby_weights};
+use crate::host::is_local;
 use crate::spec::{DirectorSpec, HaSpec};
 use crate::{state, Error};
 pub use keepalived::RoleEvent;
 use keepalived::{Files, Supervisor};
-
-/// Whether `ip` is an address of this host (in this network namespace):
-/// binding a socket to it works only then.
-pub fn is_local(ip: IpAddr) -> bool {
-    UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
-}
 
 /// The running failover part of `director run`: keepalived (supervised),
 /// the sync daemons lvsctl started, and the role.
@@ -199,21 +194,6 @@ impl Ha {
     }
 }
 
-/// Weight 0 for every real server that is not this host, in each service
-/// that has this host among its real servers.
-pub fn standby_weights(desired: &mut [DesiredService], is_local: impl Fn(IpAddr) -> bool) {
-    for d in desired {
-        if !d.destinations.iter().any(|x| is_local(x.addr.ip())) {
-            continue;
-        }
-        for x in &mut d.destinations {
-            if !is_local(x.addr.ip()) {
-                x.weight = 0;
-            }
-        }
-    }
-}
-
 /// The command keepalived runs when this host leaves MASTER: this very
 /// program's `director ha-standby` with the state folder and the VIPs.
 fn standby_command(dir: &Path, vips: &[IpAddr]) -> Option<String> {
@@ -356,27 +336,4 @@ async fn standby_kernel(ipvs: &Ipvs, vips: &[IpAddr]) -> Result<Vec<String>, Err
         done.push("ha-standby: the standby weights were already in place".to_owned());
     }
     Ok(done)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ipvs::{Destination, Forward, Scheduler, Service};
-
-    #[test]
-    fn standby_zeroes_only_the_peers_of_services_this_host_serves() {
-        let me: IpAddr = "10.18.68.186".parse().unwrap();
-        let svc = |vip: &str, reals: &[&str]| DesiredService {
-            service: Service::new(ServiceKey::tcp(format!("{vip}:15858").parse().unwrap()), Scheduler::Rr),
-            destinations: reals
-                .iter()
-                .map(|r| Destination::new(format!("{r}:15858").parse().unwrap(), Forward::Route))
-                .collect(),
-        };
-        let mut d =
-            vec![svc("10.19.70.166", &["10.18.68.186", "10.18.68.187"]), svc("10.19.70.167", &["10.18.68.187"])];
-        standby_weights(&mut d, |ip| ip == me);
-        let w: Vec<Vec<u32>> = d.iter().map(|s| s.destinations.iter().map(|x| x.weight).collect()).collect();
-        assert_eq!(w, vec![vec![1, 0], vec![1]], "a service this host does not serve keeps its weights");
-    }
 }
