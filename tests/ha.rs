@@ -322,6 +322,13 @@ fn start_pair_with(p: &Pair, cfg: &str) -> (TestDir, TestDir, Daemon, Daemon) {
     d186.wait_for("both weights on the MASTER", T, || p.weights(0) == w(1, 1));
     d187.wait_for("the peer at weight 0 on the BACKUP", T, || p.weights(1) == w(0, 1));
     assert!(!p.has_vip(1), "the BACKUP must not hold the VIP on eth0");
+    // The standby weights are the BACKUP's table on purpose: director status
+    // reports no drift on either host, and names the role.
+    for (i, d, role) in [(0, &d186, "MASTER"), (1, &d187, "BACKUP")] {
+        let (code, out) = d.status(&p.h[i], false);
+        assert_eq!(code, 0, "director status on the {role} must be running:\n{out}");
+        assert!(out.contains(&format!("): {role} since")), "director status on the {role}:\n{out}");
+    }
     (dir186, dir187, d186, d187)
 }
 
