@@ -101,6 +101,8 @@ LV_VM_TOOLS=(
 	modprobe:kmod
 	ip:iproute2
 	ipvsadm:ipvsadm
+	keepalived:keepalived
+	setsid:util-linux
 	strace:strace
 	ldd:libc-bin
 	dpkg-deb:dpkg

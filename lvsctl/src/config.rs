@@ -39,6 +39,10 @@
 //! `check` table per real server or per service (the default for its real
 //! servers; see [`CheckConfig`]), and per service `on_failure` (`drain` or
 //! `remove`) and `sorry_server`; `director start` accepts and ignores them.
+//! `[director.ha]` (failover, `director run` only) is read by [`HaConfig`]
+//! into [`HaSpec`].
+
+mod ha;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -55,7 +59,8 @@ use toml::Spanned;
 pub use crate::check::CheckConfig;
 pub use crate::health::OnFailure;
 use crate::spec::{parse_addr_port, AddrPortError};
-pub use crate::spec::{DirectorSpec, IfName, RealserverSpec, VirtualService, MAX_WEIGHT};
+pub use crate::spec::{DirectorSpec, HaSpec, IfName, RealserverSpec, VirtualService, MAX_WEIGHT};
+pub use ha::HaConfig;
 
 /// A configuration error: one line, with the file, line and column when it
 /// comes from a file.
@@ -138,6 +143,9 @@ pub struct DirectorConfig {
     /// `[[director.service]]`: the virtual services.
     #[serde(default, rename = "service")]
     pub services: Vec<Spanned<ServiceConfig>>,
+    /// `[director.ha]`: failover between two directors (`director run` only).
+    #[serde(default)]
+    pub ha: Option<Spanned<HaConfig>>,
 }
 
 /// `[[director.service]]`: one virtual service.
@@ -545,7 +553,11 @@ pub fn validate_director(
         Some(crate::check::Secs(t)) => Some(t),
         None => None,
     };
-    Ok(DirectorSpec { services: out, resync_interval })
+    let ha = match &d.ha {
+        Some(h) => Some(ha::validate(h, origin)?),
+        None => None,
+    };
+    Ok(DirectorSpec { services: out, resync_interval, ha })
 }
 
 /// Where an error is reported: the origin and the span of the table.

@@ -50,7 +50,8 @@
 //! (validated types), [`check`] (health-check settings and probes),
 //! [`health`] (pure health counting); [`host`] (addresses, sysctls) and
 //! [`state`] (records, locks); [`config`] (the TOML file into specs);
-//! [`director`] and [`realserver`]; [`daemon`] on top.
+//! [`director`] and [`realserver`]; [`ha`] (failover with keepalived);
+//! [`daemon`] on top.
 
 #![warn(missing_docs)]
 
@@ -59,6 +60,7 @@ pub mod config;
 pub mod daemon;
 pub mod director;
 pub mod error;
+pub mod ha;
 pub mod health;
 pub mod host;
 pub mod realserver;

@@ -88,6 +88,9 @@ pub struct DirectorSpec {
     pub services: Vec<VirtualService>,
     /// How often `director run` re-asserts the whole table (`None`: its default).
     pub resync_interval: Option<std::time::Duration>,
+    /// `[director.ha]`, validated: failover with keepalived (`director run`
+    /// only); keepalived owns the VIPs then.
+    pub ha: Option<HaSpec>,
 }
 
 impl DirectorSpec {
@@ -96,8 +99,13 @@ impl DirectorSpec {
         self.services.iter().map(|s| s.desired.clone()).collect()
     }
 
-    /// Each VIP with its interface, once, in order of first appearance.
+    /// Each VIP with its interface, once, in order of first appearance: the
+    /// addresses the director puts on its interfaces itself. None with
+    /// `[director.ha]`: keepalived puts them on the MASTER ([`Self::ha_vips`]).
     pub fn vips(&self) -> Vec<(IpAddr, IfName)> {
+        if self.ha.is_some() {
+            return Vec::new();
+        }
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for s in &self.services {
@@ -106,6 +114,76 @@ impl DirectorSpec {
             }
         }
         out
+    }
+
+    /// Every VIP once, in order of first appearance (keepalived's
+    /// `virtual_ipaddress` with `[director.ha]`).
+    pub fn ha_vips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for s in &self.services {
+            if !out.contains(&s.vip) {
+                out.push(s.vip);
+            }
+        }
+        out
+    }
+}
+
+/// `[director.ha]`, validated: how `director run` fails over between two
+/// directors (keepalived's VRRP, the kernel's connection sync daemons).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HaSpec {
+    /// VRRP's interface; the VIPs go on it on the MASTER.
+    pub interface: IfName,
+    /// VRRP's virtual router id, 1..255.
+    pub virtual_router_id: u8,
+    /// The priority of a host without its own entry in `hosts`.
+    pub priority: Option<u8>,
+    /// Per-host priorities, by one of the host's addresses.
+    pub host_priority: Vec<(IpAddr, u8)>,
+    /// Seconds between adverts.
+    pub advert_interval: u8,
+    /// Whether a returning higher-priority director takes the VIP back.
+    pub preempt: bool,
+    /// Unicast peers; empty: multicast.
+    pub peers: Vec<IpAddr>,
+    /// The sync daemons' interface.
+    pub sync_interface: IfName,
+    /// The sync daemons' id.
+    pub sync_id: u8,
+    /// The sync daemons' maximum message length.
+    pub sync_maxlen: Option<u16>,
+    /// Multicast group of the sync daemons.
+    pub sync_group: Option<IpAddr>,
+    /// UDP port of the sync daemons.
+    pub sync_port: Option<u16>,
+    /// Multicast TTL of the sync daemons.
+    pub sync_ttl: Option<u8>,
+}
+
+impl HaSpec {
+    /// This host's priority: the `hosts` entry whose address `is_local`
+    /// says this host has, else the default. Two local entries are an error.
+    pub fn priority_here(&self, is_local: impl Fn(IpAddr) -> bool) -> Result<u8, String> {
+        let mine: Vec<&(IpAddr, u8)> = self.host_priority.iter().filter(|(a, _)| is_local(*a)).collect();
+        match (mine.as_slice(), self.priority) {
+            ([(_, p)], _) => Ok(*p),
+            ([], Some(p)) => Ok(p),
+            ([], None) => {
+                let listed: Vec<String> = self.host_priority.iter().map(|(a, _)| a.to_string()).collect();
+                Err(format!(
+                    "[director.ha]: this host has none of the addresses of hosts ({}) and there is no default priority",
+                    listed.join(", ")
+                ))
+            }
+            (many, _) => {
+                let listed: Vec<String> = many.iter().map(|(a, _)| a.to_string()).collect();
+                Err(format!(
+                    "[director.ha]: this host has several addresses of hosts ({}): keep one",
+                    listed.join(", ")
+                ))
+            }
+        }
     }
 }
 

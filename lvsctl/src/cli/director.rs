@@ -1,4 +1,5 @@
-//! `lvsctl director start|stop|status|run`: the flags, and what each prints.
+//! `lvsctl director start|stop|status|run` (and the hidden `ha-standby`
+//! keepalived runs): the flags, and what each prints.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -43,6 +44,27 @@ enum DirectorCmd {
         /// How many connections, one after the other.
         #[arg(long, default_value_t = 6)]
         count: u32,
+    },
+    /// Failover: the standby weights, straight in the kernel (keepalived runs
+    /// this when the host leaves MASTER; see lvsctl::ha).
+    #[command(hide = true)]
+    HaStandby {
+        /// Where to log what is done.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Nothing is done while this process (`director run`) lives: it
+        /// handles the roles itself.
+        #[arg(long, value_name = "PID")]
+        unless_pid: Option<u32>,
+        /// First wait for this process (keepalived) to end.
+        #[arg(long, value_name = "PID")]
+        wait_pid: Option<u32>,
+        /// Do it in this process (else in a detached copy of it, which
+        /// keepalived cannot kill when it stops right after running it).
+        #[arg(long)]
+        foreground: bool,
+        /// The VIPs of the services to adjust.
+        vips: Vec<IpAddr>,
     },
 }
 
@@ -111,6 +133,10 @@ pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         DirectorCmd::DemoConnect { to, count } => demo_connect(to, count),
+        DirectorCmd::HaStandby { state_dir, unless_pid, wait_pid, foreground, vips } => {
+            lvsctl::ha::standby(state_dir.as_deref(), unless_pid, wait_pid, foreground, &vips).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

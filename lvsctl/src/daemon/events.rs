@@ -1,6 +1,7 @@
 //! Where the daemon's events come from: check results, signals, the resync
-//! timer and the retry timer, merged into one stream of [`Event`]s. Another
-//! source (say, a failover peer) joins here without touching the handlers.
+//! timer, the retry timer and, with `[director.ha]`, keepalived's role
+//! changes, merged into one stream of [`Event`]s. Another source joins here
+//! without touching the handlers.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::{CheckResult, FIRST_RETRY};
+use crate::ha::RoleEvent;
 use crate::Error;
 
 /// One thing for the daemon to act on.
@@ -23,6 +25,8 @@ pub enum Event {
     Resync,
     /// Time to retry a change that failed.
     Retry,
+    /// keepalived reported a VRRP state (failover, `[director.ha]`).
+    Role(RoleEvent),
     /// SIGTERM or SIGINT (named): stop.
     Stop(&'static str),
 }
@@ -39,6 +43,8 @@ pub struct Events {
     retry_at: Option<Instant>,
     /// The wait before the next retry after this one.
     backoff: Duration,
+    /// keepalived's role events, with `[director.ha]`.
+    roles: Option<mpsc::UnboundedReceiver<RoleEvent>>,
 }
 
 impl Events {
@@ -56,7 +62,13 @@ impl Events {
             resync_every,
             retry_at: None,
             backoff: FIRST_RETRY,
+            roles: None,
         })
+    }
+
+    /// Also listen to keepalived's role events ([`crate::ha::Ha::take_events`]).
+    pub(crate) fn add_roles(&mut self, roles: mpsc::UnboundedReceiver<RoleEvent>) {
+        self.roles = Some(roles);
     }
 
     /// Change the resync interval (a reloaded config).
@@ -92,8 +104,20 @@ impl Events {
                 None => std::future::pending().await,
             }
         };
+        let roles = &mut self.roles;
+        let role = async move {
+            match roles {
+                Some(rx) => match rx.recv().await {
+                    Some(e) => e,
+                    // The supervisor is gone (only at shutdown): nothing more comes.
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(r) = self.results.recv() => Event::Check(r),
+            e = role => Event::Role(e),
             _ = self.hup.recv() => Event::Reload,
             _ = self.term.recv() => Event::Stop("SIGTERM"),
             _ = self.int.recv() => Event::Stop("SIGINT"),

@@ -11,6 +11,11 @@
 //! (repairing and logging any drift), and on the retries after a change
 //! failed (on a timer with backoff, never once per check result).
 //!
+//! With `[director.ha]` the daemon also runs failover ([`crate::ha`]):
+//! keepalived's role adjusts every table it applies (the peer's real server
+//! gets weight 0 while this host is not MASTER), and a role change is one
+//! more event, answered with a full reconcile over the same handle.
+//!
 //! Every transition is logged once (tracing), and the health of every real
 //! server is kept in a report file ([`crate::health::report`]) that `director
 //! status` shows. Only one daemon runs per network namespace
@@ -39,6 +44,7 @@ use tracing::{error, info, warn};
 use crate::check::{self, security, Check, Secs, Target};
 use crate::config::Config;
 use crate::director::{plan::destination_ops, Director, OnError};
+use crate::ha::Ha;
 use crate::health::report;
 use crate::health::{effective, Health, RealKey, RealSpec, ServiceSpec, Transition};
 use crate::spec::DirectorSpec;
@@ -183,6 +189,8 @@ struct Daemon {
     /// When the report was last written (failed checks that change nothing
     /// else refresh its "last error" at most once a second).
     report_written: std::time::Instant,
+    /// Failover (`[director.ha]`): keepalived, the sync daemons, the role.
+    ha: Option<Ha>,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -194,8 +202,14 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let _running = state::daemon_lock(&state::dir())?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut events = Events::new(rx, resync_of(&loaded))?;
+    let director = Director::connect().await?;
+    // Failover first: a missing keepalived is an error before anything changes.
+    let mut ha = Ha::start(&loaded.director, director.ipvs()).await?;
+    if let Some(roles) = ha.as_mut().and_then(Ha::take_events) {
+        events.add_roles(roles);
+    }
     let mut d = Daemon {
-        director: Director::connect().await?,
+        director,
         config_path: opts.config.clone(),
         loaded,
         health: HashMap::new(),
@@ -207,6 +221,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         report_path: report::path(&state::dir())?,
         started: SystemTime::now(),
         report_written: std::time::Instant::now(),
+        ha,
     };
     d.sync_reals();
     d.start(&mut events).await?;
@@ -217,6 +232,11 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             Event::Reload => d.reload(&mut events).await,
             Event::Resync => d.converge("resync", &mut events).await,
             Event::Retry => d.converge("retrying a change that failed", &mut events).await,
+            Event::Role(e) => {
+                if d.ha.as_mut().is_some_and(|h| h.on_event(e)) {
+                    d.converge("failover role change", &mut events).await;
+                }
+            }
             Event::Stop(name) => break name,
         }
     };
@@ -233,7 +253,7 @@ impl Daemon {
     /// missing interface) stops the daemon; a kernel that refuses a change
     /// is retried.
     async fn start(&mut self, events: &mut Events) -> Result<(), Error> {
-        let (desired, sorry_in) = effective(&self.loaded.services, &self.health);
+        let (desired, sorry_in) = self.effective();
         self.sorry_in = sorry_in;
         self.write_report();
         match self.director.reconcile_with(&self.loaded.director, &desired, OnError::Keep).await {
@@ -261,6 +281,9 @@ impl Daemon {
     async fn finish(mut self, signal_name: &str, teardown: bool) -> Result<(), Error> {
         journal::sd_notify("STOPPING=1");
         self.checkers.clear();
+        if let Some(ha) = self.ha.as_mut() {
+            ha.stop(self.director.ipvs()).await;
+        }
         let _ = state::remove(&self.report_path);
         if teardown {
             info!(signal = signal_name, "director run: stopping, removing the virtual services and VIPs");
@@ -323,7 +346,19 @@ impl Daemon {
             .flat_map(|s| s.reals.iter().map(move |r| (s.service.key, r.dest.addr)))
             .filter(|k| self.health.get(k).is_none_or(|h| h.up))
             .count();
-        format!("{up} of {total} real servers up")
+        let role = self.ha.as_ref().map(|h| format!("{}, ", h.role().name())).unwrap_or_default();
+        format!("{role}{up} of {total} real servers up")
+    }
+
+    /// The table to apply: the configured services as the health has them
+    /// (drained, removed, sorry server in), adjusted for the failover role;
+    /// and which services have their sorry server in.
+    fn effective(&self) -> (Vec<DesiredService>, HashMap<ServiceKey, bool>) {
+        let (mut desired, sorry_in) = effective(&self.loaded.services, &self.health);
+        if let Some(ha) = &self.ha {
+            ha.adjust(&mut desired);
+        }
+        (desired, sorry_in)
     }
 
     async fn on_result(&mut self, r: CheckResult, events: &mut Events) {
@@ -403,7 +438,7 @@ impl Daemon {
     /// changes, tell systemd, write the report (before the kernel changes:
     /// whoever sees the kernel change must find its reason in the report).
     fn update_health_view(&mut self) -> Vec<DesiredService> {
-        let (desired, sorry_in) = effective(&self.loaded.services, &self.health);
+        let (desired, sorry_in) = self.effective();
         for s in &self.loaded.services {
             let key = s.service.key;
             let now_in = sorry_in.get(&key).copied().unwrap_or(false);
@@ -473,6 +508,7 @@ impl Daemon {
         for s in &self.loaded.services {
             r.services.push(self.service_health(s));
         }
+        r.ha = self.ha.as_ref().map(Ha::report);
         if let Err(e) = report::write(&self.report_path, &r) {
             warn!(reason = %e, "cannot write the health report");
         }

@@ -112,7 +112,15 @@ pub(crate) async fn read(ipvs: &Ipvs, rtnl: &Rtnl, path: &Path) -> Result<Status
     let sysctls = sysctl::status(&st.sysctls, &mut problems);
     let health = report::read_running()?;
     let expected = match &health {
-        Some(h) => report::expected(&st.services, h),
+        Some(h) => {
+            let mut e = report::expected(&st.services, h);
+            // A failover director that is not MASTER keeps the other real
+            // servers at weight 0 on purpose: that is no drift.
+            if h.ha.as_ref().is_some_and(|ha| ha.role != report::Role::Master) {
+                crate::health::standby_weights(&mut e, crate::host::is_local);
+            }
+            e
+        }
         None => st.services.clone(),
     };
     problems.extend(plan(&table, &expected, &Scope::Owned(vec![])).iter().map(problem_of));

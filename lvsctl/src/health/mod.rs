@@ -141,6 +141,24 @@ pub fn effective(
     (out, sorry_in)
 }
 
+/// Failover's standby form of a table (a director with `[director.ha]`
+/// that is not MASTER): weight 0 for every real server that is not this
+/// host (`is_local`), in each service that has this host among its real
+/// servers. A connection the MASTER forwards here is then served here, never
+/// forwarded back.
+pub fn standby_weights(desired: &mut [DesiredService], is_local: impl Fn(std::net::IpAddr) -> bool) {
+    for d in desired {
+        if !d.destinations.iter().any(|x| is_local(x.addr.ip())) {
+            continue;
+        }
+        for x in &mut d.destinations {
+            if !is_local(x.addr.ip()) {
+                x.weight = 0;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +239,22 @@ mod tests {
         h.remove(&(r.service.key, r.reals[1].dest.addr));
         let (d, _) = effective(std::slice::from_ref(&r), &h);
         assert_eq!(d[0].destinations, vec![r.reals[1].dest.clone()]);
+    }
+
+    #[test]
+    fn standby_zeroes_only_the_peers_of_services_this_host_serves() {
+        let me: std::net::IpAddr = "10.18.68.186".parse().unwrap();
+        let svc = |vip: &str, reals: &[&str]| DesiredService {
+            service: Service::new(ServiceKey::tcp(format!("{vip}:15858").parse().unwrap()), Scheduler::Rr),
+            destinations: reals
+                .iter()
+                .map(|r| Destination::new(format!("{r}:15858").parse().unwrap(), Forward::Route))
+                .collect(),
+        };
+        let mut d =
+            vec![svc("10.19.70.166", &["10.18.68.186", "10.18.68.187"]), svc("10.19.70.167", &["10.18.68.187"])];
+        standby_weights(&mut d, |ip| ip == me);
+        let w: Vec<Vec<u32>> = d.iter().map(|s| s.destinations.iter().map(|x| x.weight).collect()).collect();
+        assert_eq!(w, vec![vec![1, 0], vec![1]], "a service this host does not serve keeps its weights");
     }
 }

@@ -2,12 +2,12 @@
 //! (`health-netns<ID>.json`, written atomically after every change), and what
 //! `director status` reads from it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ipvs::reconcile::DesiredService;
-use ipvs::ServiceKey;
+use ipvs::{ServiceKey, SyncDaemon};
 use serde::{Deserialize, Serialize};
 
 use crate::health::OnFailure;
@@ -29,6 +29,9 @@ pub struct HealthReport {
     pub started: u64,
     /// Every virtual service it runs.
     pub services: Vec<ServiceHealth>,
+    /// Failover (`[director.ha]`): the VRRP role, the peer, the sync daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaReport>,
 }
 
 /// The health of one virtual service's real servers.
@@ -106,7 +109,97 @@ impl HealthReport {
                 out.push_str(&format!("    -> {:<28} {}\n", r.addr.to_string(), r.describe()));
             }
         }
+        if let Some(ha) = &self.ha {
+            out.push_str(&ha.render());
+        }
         out
+    }
+}
+
+/// The VRRP role of a director with `[director.ha]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Role {
+    /// Holds the VIPs and schedules.
+    Master,
+    /// Standing by (also the role before keepalived said anything).
+    Backup,
+    /// keepalived sees a fault (its interface is down).
+    Fault,
+    /// keepalived stopped (or died; it is restarted).
+    Stop,
+}
+
+impl Role {
+    /// `MASTER`, `BACKUP`, `FAULT`, `STOP`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Master => "MASTER",
+            Self::Backup => "BACKUP",
+            Self::Fault => "FAULT",
+            Self::Stop => "STOP",
+        }
+    }
+}
+
+/// The failover part of the report (and of `director status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaReport {
+    /// The VRRP role.
+    pub role: Role,
+    /// Since when (seconds since the epoch).
+    pub since: u64,
+    /// Why it is in this role.
+    pub reason: String,
+    /// The VRRP interface.
+    pub interface: String,
+    /// The virtual router id.
+    pub virtual_router_id: u8,
+    /// This host's priority.
+    pub priority: u8,
+    /// Whether preemption is on.
+    pub preempt: bool,
+    /// The unicast peers (empty: multicast).
+    pub peers: Vec<IpAddr>,
+    /// The VIPs keepalived moves.
+    pub vips: Vec<IpAddr>,
+    /// The sync daemons lvsctl runs.
+    pub sync_daemons: Vec<SyncDaemon>,
+    /// `net.ipv4.vs.backup_only` (lvsctl never sets it).
+    pub backup_only: Option<String>,
+    /// The keepalived version.
+    pub keepalived: String,
+}
+
+impl HaReport {
+    /// The human section of `director status`.
+    pub fn render(&self) -> String {
+        let peers = if self.peers.is_empty() {
+            "multicast".to_owned()
+        } else {
+            self.peers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        };
+        let syncs: Vec<String> = self
+            .sync_daemons
+            .iter()
+            .map(|d| format!("{} on {} (sync id {})", d.state.name(), d.interface, d.sync_id))
+            .collect();
+        let vips: Vec<String> = self.vips.iter().map(ToString::to_string).collect();
+        format!(
+            "Failover (keepalived {}): {} since {} ({})\n  VRRP on {}, virtual router {}, priority {}, preempt {}, peers {}, VIPs {}\n  sync daemons: {}; backup_only = {}\n",
+            self.keepalived,
+            self.role.name(),
+            utc(self.since),
+            self.reason,
+            self.interface,
+            self.virtual_router_id,
+            self.priority,
+            if self.preempt { "on" } else { "off" },
+            peers,
+            vips.join(", "),
+            if syncs.is_empty() { "none started by lvsctl".to_owned() } else { syncs.join(", ") },
+            self.backup_only.as_deref().unwrap_or("?"),
+        )
     }
 }
 
@@ -170,6 +263,7 @@ pub fn new(config: &Path, started: SystemTime) -> HealthReport {
         config: config.to_owned(),
         started: epoch(started),
         services: Vec::new(),
+        ha: None,
     }
 }
 

@@ -109,6 +109,12 @@ impl Report {
     }
 }
 
+/// Whether `ip` is an address of this host (in this network namespace):
+/// binding a socket to it works only then.
+pub fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+}
+
 /// Fail with [`Error::NotRoot`] unless running as root.
 pub fn require_root(what: &str) -> Result<(), Error> {
     // SAFETY: geteuid has no preconditions.
