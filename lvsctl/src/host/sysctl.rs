@@ -91,29 +91,6 @@ impl Plan {
     }
 }
 
-/// The sysctls lvsctl ever writes (under `net/ipv{4,6}/conf/<iface>/`):
-/// what a state file may name, and nothing else.
-pub(crate) const MANAGED: &[&str] = &["arp_ignore", "arp_announce", "forwarding", "accept_redirects"];
-
-/// Refuse a record read back from a state file that lvsctl would not have
-/// written: an unknown sysctl name, an interface name that is no interface's
-/// (`..`, `a/b`), a value that is not a number. `stop` writes these as root.
-pub(crate) fn check_record(r: &SysctlRecord) -> Result<(), String> {
-    if !MANAGED.contains(&r.name.as_str()) {
-        return Err(format!("sysctl {:?} is not one lvsctl manages", r.name));
-    }
-    if !crate::state::valid_ifname(&r.iface) {
-        return Err(format!("sysctl {} of an invalid interface name {:?}", r.name, r.iface));
-    }
-    for v in [&r.previous, &r.value] {
-        let digits = v.strip_prefix('-').unwrap_or(v);
-        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("sysctl {}/{} value {v:?} is not a number", r.iface, r.name));
-        }
-    }
-    Ok(())
-}
-
 /// What the kernel itself changes when `net/ipv{4,6}/conf/<iface>/<name>`
 /// is set to `value`, as `(iface, name, value)`: writing `conf/all/forwarding`
 /// sets `forwarding` of every interface and of `default` (IPv4 and IPv6) and,
