@@ -1047,3 +1047,208 @@ fn director_netns_given_as_a_process_path() {
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 }
+
+/// Where a `director start` killed with SIGKILL had got to, as seen from
+/// outside: its state file, the configured services in the kernel, the VIPs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CrashPhase {
+    BeforeAnything,
+    StateWrittenNothingApplied,
+    StateWrittenTablePartlyBuilt,
+    TableBuiltNoVip,
+    VipsAdded,
+    Completed,
+}
+
+/// A large config for the crash test: 10 VIPs x 30 ports = 300 services with
+/// 4 real servers each, and the sorted `ipvsadm -Sn` lines it must produce.
+fn crash_config(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>, Vec<String>, Vec<String>) {
+    let vips: Vec<String> = (1..=10).map(|i| format!("10.19.71.{i}")).collect();
+    let reals = ["10.18.68.10", "10.18.68.11", "10.18.68.12", "10.18.68.13"];
+    let mut toml = format!("[director]\niface = \"{IF}\"\n");
+    let (mut services, mut lines) = (Vec::new(), Vec::new());
+    for vip in &vips {
+        for port in 1000..1030 {
+            let reals_toml: Vec<String> = reals.iter().map(|r| format!("\"{r}\"")).collect();
+            toml +=
+                &format!("[[director.service]]\nvip = \"{vip}\"\nport = {port}\nreal = [{}]\n", reals_toml.join(", "));
+            let svc = format!("-A -t {vip}:{port} -s rr");
+            lines.push(svc.clone());
+            services.push(svc);
+            for r in reals {
+                lines.push(format!("-a -t {vip}:{port} -r {r}:{port} -g -w 1"));
+            }
+        }
+    }
+    let cfg = dir.join("big.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    (cfg, services, lines, vips)
+}
+
+/// Lines of `ipvsadm -Sn`, sorted.
+fn sorted_lines(save: &str) -> Vec<String> {
+    let mut l: Vec<String> = save.lines().map(str::to_owned).collect();
+    l.sort();
+    l
+}
+
+/// `director start` writes its state before it changes anything, then
+/// builds the IPVS table, then adds the VIPs, then rewrites its state. A
+/// SIGKILL at any of these points must leave a host that `director stop`
+/// cleans completely (a foreign service untouched) and that a new
+/// `director start` brings to exactly the configured table.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn director_crash_at_any_point_stop_cleans_and_start_converges() {
+    use std::process::{Command, Stdio};
+
+    let ns = director_host();
+    let dir = tempdir();
+    let state = dir.join("state");
+    let (cfg, services, expected_lines, vips) = crash_config(&dir);
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    // Entries (services and real servers) start must create.
+    let total = expected_lines.len();
+    assert_eq!(total, services.len() * 5);
+
+    // Someone else's service, there before lvsctl and after every stop.
+    let foreign = "-A -t 10.99.0.1:80 -s rr";
+    ns.ipvsadm(&["-A", "-t", "10.99.0.1:80", "-s", "rr"]);
+    let mut expected = expected_lines.clone();
+    expected.push(foreign.to_owned());
+    expected.sort();
+
+    let lvsctl = |args: &[&str]| {
+        run(Command::new(lvsctl_bin()).args(["--netns", &ns.name]).args(args).env("LVSCTL_STATE_DIR", &state))
+    };
+    let state_file_exists = || {
+        std::fs::read_dir(&state).is_ok_and(|rd| {
+            rd.filter_map(Result::ok).any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("director-netns") && n.ends_with(".json")
+            })
+        })
+    };
+    // The kernel's table is polled through /proc of a thread parked in the
+    // namespace: far cheaper than running ipvsadm, so the polling sees the
+    // table between the chunks of start's batch.
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (park_tx, park_rx) = std::sync::mpsc::channel::<()>();
+    let ns_path = ns.path();
+    let parked = std::thread::spawn(move || {
+        enter(&ns_path);
+        // SAFETY: gettid has no preconditions.
+        #[allow(unsafe_code)]
+        let tid = unsafe { libc::gettid() };
+        tid_tx.send(tid).unwrap();
+        let _ = park_rx.recv();
+    });
+    let ip_vs = format!("/proc/{}/task/{}/net/ip_vs", std::process::id(), tid_rx.recv().unwrap());
+    // Services and real servers in /proc/net/ip_vs, the foreign service
+    // (10.99.0.1:80, which has no real server) left out.
+    let configured_present = || {
+        let t = std::fs::read_to_string(&ip_vs).expect("read ip_vs of the namespace");
+        t.lines()
+            .filter(|l| {
+                (l.starts_with("TCP ") && !l.contains("0A630001:0050"))
+                    || (l.starts_with("  -> ") && !l.contains("RemoteAddress"))
+            })
+            .count()
+    };
+    let vip_present = || {
+        let a = ns.ip(&["-4", "-o", "addr", "show", "dev", IF]);
+        vips.iter().any(|v| a.contains(&format!(" {v}/32 ")))
+    };
+
+    // The points to kill at: each a condition polled while start runs.
+    type Cond<'a> = Box<dyn Fn() -> bool + 'a>;
+    let targets: Vec<(&str, Cond)> = vec![
+        ("immediately after spawn", Box::new(|| true)),
+        ("as soon as the state file exists", Box::new(state_file_exists)),
+        ("as soon as a configured entry exists", Box::new(|| configured_present() > 0)),
+        ("as soon as half the entries exist", Box::new(|| configured_present() >= total / 2)),
+        ("as soon as a VIP exists", Box::new(vip_present)),
+    ];
+
+    // Start, wait for `cond` (or for start to finish on its own), SIGKILL,
+    // and say where it had got to.
+    let crash = |cond: &Cond| -> CrashPhase {
+        let mut child = Command::new(lvsctl_bin())
+            .args(["--netns", &ns.name, "director", "start", "--config", &cfg_s])
+            .env("LVSCTL_STATE_DIR", &state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lvsctl director start");
+        let mut finished = false;
+        loop {
+            if cond() {
+                break;
+            }
+            if child.try_wait().expect("try_wait").is_some() {
+                finished = true;
+                break;
+            }
+        }
+        if !finished {
+            child.kill().expect("SIGKILL lvsctl");
+        }
+        let status = child.wait().expect("wait");
+        if finished || status.code().is_some() {
+            return CrashPhase::Completed;
+        }
+        let (st, n, vip) = (state_file_exists(), configured_present(), vip_present());
+        match (st, n, vip) {
+            (_, _, true) => CrashPhase::VipsAdded,
+            (false, 0, false) => CrashPhase::BeforeAnything,
+            (true, 0, false) => CrashPhase::StateWrittenNothingApplied,
+            (_, n, false) if n == total => CrashPhase::TableBuiltNoVip,
+            (true, _, false) => CrashPhase::StateWrittenTablePartlyBuilt,
+            (false, n, false) => {
+                panic!("{n} services in the kernel but no state file: the state was not written first")
+            }
+        }
+    };
+    let assert_clean = |what: &str| {
+        let save = ns.ipvsadm_save();
+        assert_eq!(sorted_lines(&save), [foreign.to_owned()], "{what}: ipvsadm -Sn after stop:\n{save}");
+        assert!(!vip_present(), "{what}: a VIP is left on {IF}: {}", ns.addrs4());
+        assert!(!state_file_exists(), "{what}: the state file is left in {}", state.display());
+    };
+
+    let mut hit = Vec::new();
+    for (name, cond) in &targets {
+        // (a) killed, then stopped: nothing of lvsctl's is left.
+        let phase = crash(cond);
+        println!("kill {name}: {phase:?}");
+        hit.push(phase);
+        let out = lvsctl(&["director", "stop"]);
+        assert_eq!(code(&out), 0, "stop after kill {name} ({phase:?}): {:?}", texts(&out));
+        assert_clean(&format!("stop after kill {name} ({phase:?})"));
+
+        // (b) killed, then started again: exactly the configured table.
+        let phase = crash(cond);
+        println!("kill {name}, then start: {phase:?}");
+        hit.push(phase);
+        let out = lvsctl(&["director", "start", "--config", &cfg_s]);
+        assert_eq!(code(&out), 0, "start after kill {name} ({phase:?}): {:?}", texts(&out));
+        assert!(
+            sorted_lines(&ns.ipvsadm_save()) == expected,
+            "start after kill {name} ({phase:?}) did not converge to the configured table"
+        );
+        for v in &vips {
+            assert!(ns.addrs4().contains(&format!("{v}/32")), "start after kill {name}: VIP {v} missing");
+        }
+        let out = lvsctl(&["director", "status"]);
+        assert_eq!(code(&out), 0, "status after kill {name} ({phase:?}) and start: {:?}", texts(&out));
+        let out = lvsctl(&["director", "stop"]);
+        assert_eq!(code(&out), 0, "stop after kill {name} ({phase:?}) and start: {:?}", texts(&out));
+        assert_clean(&format!("stop after kill {name} ({phase:?}) and start"));
+    }
+    drop(park_tx);
+    parked.join().unwrap();
+    println!("phases hit: {hit:?}");
+    for need in [CrashPhase::BeforeAnything, CrashPhase::StateWrittenTablePartlyBuilt] {
+        assert!(hit.contains(&need), "no kill hit {need:?}; hit {hit:?}");
+    }
+}
