@@ -12,7 +12,7 @@ use lvsctl::config::{self, Config, DirectorConfig, ForwardMethod, IfName, Origin
 use lvsctl::director::{Director, Status};
 use lvsctl::spec::DirectorSpec;
 
-use super::{done, CliError};
+use super::{done, stopped, CliError};
 
 /// Arguments of `lvsctl director`.
 #[derive(Debug, clap::Args)]
@@ -225,13 +225,7 @@ async fn stop() -> Result<ExitCode, CliError> {
     lvsctl::host::require_root("lvsctl director stop")?;
     let mut director = Director::connect().await?;
     let had_state = lvsctl::state::path(director.state_dir(), lvsctl::state::Role::Director)?.exists();
-    done("director", director.stop().await)?;
-    if had_state {
-        println!("director: stopped");
-    } else {
-        println!("director: not running; nothing to stop");
-    }
-    Ok(ExitCode::SUCCESS)
+    stopped("director", had_state, director.stop().await)
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {

@@ -90,6 +90,22 @@ pub(crate) fn enter_netns(name: &str) -> Result<(), CliError> {
 
 /// Print `role: change` for each change a run made, also when it failed
 /// part-way; the report, or the error.
+/// Print what `stop` of `role` undid and its last line: `stopped`, or
+/// `not running` when there was no state to undo (`had_state`).
+fn stopped(
+    role: &str,
+    had_state: bool,
+    r: Result<lvsctl::host::Report, lvsctl::host::Incomplete>,
+) -> Result<std::process::ExitCode, CliError> {
+    done(role, r)?;
+    if had_state {
+        println!("{role}: stopped");
+    } else {
+        println!("{role}: not running; nothing to stop");
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 fn done(
     role: &str,
     r: Result<lvsctl::host::Report, lvsctl::host::Incomplete>,

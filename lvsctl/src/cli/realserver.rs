@@ -10,7 +10,7 @@ use lvsctl::config::{self, Config, IfName, Origin};
 use lvsctl::realserver::{self as rs, Status};
 use lvsctl::spec::RealserverSpec;
 
-use super::{done, CliError};
+use super::{done, stopped, CliError};
 
 /// Arguments of `lvsctl realserver`.
 #[derive(Debug, clap::Args)]
@@ -108,13 +108,7 @@ async fn stop() -> Result<ExitCode, CliError> {
     lvsctl::host::require_root("lvsctl realserver stop")?;
     let dir = lvsctl::state::dir();
     let had_state = lvsctl::state::path(&dir, lvsctl::state::Role::Realserver)?.exists();
-    done("realserver", rs::stop().await)?;
-    if had_state {
-        println!("realserver: stopped");
-    } else {
-        println!("realserver: not running; nothing to stop");
-    }
-    Ok(ExitCode::SUCCESS)
+    stopped("realserver", had_state, rs::stop().await)
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
