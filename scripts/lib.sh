@@ -102,6 +102,7 @@ LV_VM_TOOLS=(
 	ip:iproute2
 	ipvsadm:ipvsadm
 	keepalived:keepalived
+	bird:bird2
 	setsid:util-linux
 	strace:strace
 	ldd:libc-bin
