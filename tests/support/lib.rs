@@ -6,6 +6,9 @@
 //! kernel has IPVS). A privileged test that is run but cannot do its work
 //! (not root, no IPVS) FAILS with a message saying so: it never passes silently.
 
+pub mod bird;
+pub mod ecmp_net;
+pub mod flows;
 pub mod kernel;
 pub mod rawnl;
 pub mod topology;
