@@ -156,7 +156,7 @@ fn router_config() -> String {
 /// blackhole route, exported to the router with itself as the next hop.
 pub fn director_bird_config(i: usize) -> String {
     let stat = format!("protocol static vip {{ ipv4; route {VIP}/32 blackhole; }}");
-    let peers = [("router", ROUTER, ROUTER_AS)];
+    let peers = [("uplink", ROUTER, ROUTER_AS)];
     bgp_config(DIRECTORS[i], DIRECTOR_AS, &peers, &stat, "import none; export all; next hop self;")
 }
 
