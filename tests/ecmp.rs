@@ -107,11 +107,16 @@ fn ecmp_new_connections_spread_over_both_directors() {
     let names: Vec<String> = (0..n)
         .map(|i| ask_echo(&net.client, vip()).unwrap_or_else(|e| panic!("new connection {i} through the VIP: {e}")))
         .collect();
-    // The counters are folded in every 2 s: wait until both count all of them.
-    let grown = eventually("both directors' counters to count every connection", T, || {
-        let c = [net.counters(0), net.counters(1)];
-        let d = [c[0].0 - before[0].0, c[1].0 - before[1].0];
-        if d[0] + d[1] == n {
+    // The counters are folded in every 2 s: wait until two reads 2.5 s apart
+    // agree and count at least every connection asked.
+    let mut last = [before[0].0, before[1].0];
+    let grown = eventually("both directors' counters to settle, counting every connection", T, || {
+        std::thread::sleep(Duration::from_millis(2500));
+        let c = [net.counters(0).0, net.counters(1).0];
+        let d = [c[0] - before[0].0, c[1] - before[1].0];
+        let settled = c == last && d[0] + d[1] >= n;
+        last = c;
+        if settled {
             Ok(d)
         } else {
             Err(c)

@@ -21,15 +21,12 @@
 #[path = "support/daemon_net.rs"]
 mod net;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use lvsctl_tests::topology::{enter, Lan, Netns};
+use lvsctl_tests::flows::{ask_echo, LineEcho, Long, Outcome};
+use lvsctl_tests::topology::{Lan, Netns};
 use net::{Daemon, TestDir, PORT, VIP};
 
 /// How long any awaited change may take (software emulation is slow).
@@ -69,147 +66,13 @@ priority = 150
     )
 }
 
-/// A line-echo server on 0.0.0.0:PORT of a host: answers each line with
-/// `<name> <line>`. Stops on drop.
-struct Echo {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start(ns: &Netns, name: &str) -> Self {
-        let (path, name) = (ns.path(), name.to_owned());
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            enter(&path);
-            let l = TcpListener::bind(("0.0.0.0", PORT)).expect("bind the echo server");
-            l.set_nonblocking(true).unwrap();
-            tx.send(()).unwrap();
-            while !st.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((c, _)) => {
-                        let name = name.clone();
-                        std::thread::spawn(move || {
-                            let _ = c.set_nonblocking(false);
-                            let mut w = c.try_clone().unwrap();
-                            for line in BufReader::new(c).lines() {
-                                let Ok(line) = line else { return };
-                                if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        rx.recv().unwrap();
-        Self { stop, thread: Some(thread) }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn vip() -> SocketAddr {
     format!("{VIP}:{PORT}").parse().unwrap()
 }
 
 /// One short connection from the client: send a line, return who echoed it.
 fn ask(client: &Netns) -> Result<String, String> {
-    client.run(|| {
-        let mut s = TcpStream::connect_timeout(&vip(), Duration::from_secs(2)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-        s.write_all(b"hello\n").map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
-        line.strip_suffix(" hello\n").map(str::to_owned).ok_or_else(|| format!("bad echo {line:?}"))
-    })
-}
-
-/// What a long-lived connection saw.
-#[derive(Debug, Clone)]
-struct Outcome {
-    server: String,
-    sent: u32,
-    echoed: u32,
-    error: Option<String>,
-}
-
-/// A long-lived connection: a line every 200 ms, every echo checked.
-struct Long {
-    /// Who echoed the first line.
-    server: String,
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Outcome>,
-}
-
-impl Long {
-    fn open(client: &Netns) -> Self {
-        let path = client.path();
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            enter(&path);
-            let mut o = Outcome { server: String::new(), sent: 0, echoed: 0, error: None };
-            let s = match TcpStream::connect_timeout(&vip(), Duration::from_secs(5)) {
-                Ok(s) => s,
-                Err(e) => {
-                    o.error = Some(format!("connect: {e}"));
-                    let _ = tx.send(o.clone());
-                    return o;
-                }
-            };
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            let mut w = s.try_clone().unwrap();
-            let mut r = BufReader::new(s);
-            let mut first = true;
-            while first || !st.load(Ordering::Relaxed) {
-                let n = o.sent;
-                o.sent += 1;
-                let mut line = String::new();
-                let res = w.write_all(format!("{n}\n").as_bytes()).and_then(|()| r.read_line(&mut line));
-                match res {
-                    Ok(0) => o.error = Some(format!("line {n}: connection closed")),
-                    Err(e) => o.error = Some(format!("line {n}: {e}")),
-                    Ok(_) => match line.trim_end().rsplit_once(' ') {
-                        Some((name, got)) if got == n.to_string() && (first || name == o.server) => {
-                            o.server = name.to_owned();
-                            o.echoed += 1;
-                        }
-                        _ => o.error = Some(format!("line {n}: bad echo {line:?} (server {})", o.server)),
-                    },
-                }
-                if first {
-                    let _ = tx.send(o.clone());
-                    first = false;
-                }
-                if o.error.is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            o
-        });
-        let o = rx.recv().unwrap();
-        assert!(o.error.is_none(), "a long-lived connection could not start: {o:?}");
-        Self { server: o.server, stop, thread }
-    }
-
-    fn finish(self) -> Outcome {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
+    ask_echo(client, vip())
 }
 
 /// The seed's shape: client, host186, host187 on one bridge, both hosts
@@ -217,7 +80,7 @@ impl Long {
 struct Pair {
     client: Netns,
     h: [Netns; 2],
-    _echo: [Echo; 2],
+    _echo: [LineEcho; 2],
     _lan: Lan,
 }
 
@@ -231,7 +94,7 @@ impl Pair {
         for x in &h {
             x.lvsctl_ok(&["realserver", "start", "--vip", VIP, "--iface", "eth0"]);
         }
-        let echo = [Echo::start(&h[0], "rs186"), Echo::start(&h[1], "rs187")];
+        let echo = [LineEcho::start(&h[0], PORT, "rs186"), LineEcho::start(&h[1], PORT, "rs187")];
         Pair { client, h, _echo: echo, _lan: lan }
     }
 
@@ -352,7 +215,7 @@ fn kill_master_with_connections(sync: bool) -> Vec<Outcome> {
         }
     }
     new_connections_work(&p, "before the failover");
-    let longs: Vec<Long> = (0..4).map(|_| Long::open(&p.client)).collect();
+    let longs: Vec<Long> = (0..4).map(|_| Long::open(&p.client, vip())).collect();
     std::thread::sleep(Duration::from_secs(2));
     let by186 = longs.iter().filter(|l| l.server == "rs186").count();
     assert!(by186 > 0 && by186 < longs.len(), "connections must be served by both real servers");
@@ -478,7 +341,7 @@ fn ha_no_loop_the_backup_serves_forwarded_connections_itself() {
 fn ha_link_down_then_failback_with_preempt() {
     let p = Pair::new();
     let (_dir186, _dir187, d186, d187) = start_pair_with(&p, &config_preempt(true));
-    let first: Vec<Long> = (0..4).map(|_| Long::open(&p.client)).collect();
+    let first: Vec<Long> = (0..4).map(|_| Long::open(&p.client, vip())).collect();
     let by186 = first.iter().filter(|l| l.server == "rs186").count();
     assert!(by186 > 0 && by186 < first.len(), "connections must be served by both real servers");
     d187.wait_for("the MASTER's own connections synced to the BACKUP", T, || p.conns_to(1, H186) == by186);
@@ -499,7 +362,7 @@ fn ha_link_down_then_failback_with_preempt() {
     // Connections made while host186 is cut off: host187 syncs a connection at
     // its 3rd packet and then every 50th, so host186 learns these only at their
     // next sync point after it is back. Reported, not asserted.
-    let second: Vec<Long> = (0..2).map(|_| Long::open(&p.client)).collect();
+    let second: Vec<Long> = (0..2).map(|_| Long::open(&p.client, vip())).collect();
     std::thread::sleep(Duration::from_secs(2));
 
     // (c) The link comes back: host186 (priority 150, preempt on) takes the VIP back.
