@@ -66,5 +66,6 @@ pub mod host;
 pub mod realserver;
 pub mod spec;
 pub mod state;
+mod supervise;
 
 pub use error::{Error, Result};
