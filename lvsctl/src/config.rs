@@ -40,8 +40,10 @@
 //! servers; see [`CheckConfig`]), and per service `on_failure` (`drain` or
 //! `remove`) and `sorry_server`; `director start` accepts and ignores them.
 //! `[director.ha]` (failover, `director run` only) is read by [`HaConfig`]
-//! into [`HaSpec`].
+//! into [`HaSpec`], `[director.bgp]` (ECMP scale-out, `director run` only)
+//! by [`BgpConfig`] into [`BgpSpec`].
 
+mod bgp;
 mod ha;
 
 use std::collections::{HashMap, HashSet};
@@ -58,8 +60,10 @@ use toml::Spanned;
 
 pub use crate::check::CheckConfig;
 pub use crate::health::OnFailure;
+pub use crate::spec::bgp::BgpSpec;
 use crate::spec::{parse_addr_port, AddrPortError};
 pub use crate::spec::{DirectorSpec, HaSpec, IfName, RealserverSpec, VirtualService, MAX_WEIGHT};
+pub use bgp::BgpConfig;
 pub use ha::HaConfig;
 
 /// A configuration error: one line, with the file, line and column when it
@@ -146,6 +150,9 @@ pub struct DirectorConfig {
     /// `[director.ha]`: failover between two directors (`director run` only).
     #[serde(default)]
     pub ha: Option<Spanned<HaConfig>>,
+    /// `[director.bgp]`: announce the VIPs over BGP (`director run` only).
+    #[serde(default)]
+    pub bgp: Option<Spanned<BgpConfig>>,
 }
 
 /// `[[director.service]]`: one virtual service.
@@ -557,7 +564,18 @@ pub fn validate_director(
         Some(h) => Some(ha::validate(h, origin)?),
         None => None,
     };
-    Ok(DirectorSpec { services: out, resync_interval, ha })
+    let all_vips: Vec<IpAddr> = out.iter().map(|s| s.vip).collect();
+    let bgp = match &d.bgp {
+        Some(b) if ha.is_some() => {
+            return Err(origin.error(
+                Some(b.span()),
+                "[director.bgp] and [director.ha] exclude each other: scale out over ECMP or fail over with VRRP",
+            ))
+        }
+        Some(b) => Some(bgp::validate(b, origin, &all_vips)?),
+        None => None,
+    };
+    Ok(DirectorSpec { services: out, resync_interval, ha, bgp })
 }
 
 /// Where an error is reported: the origin and the span of the table.

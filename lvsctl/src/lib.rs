@@ -50,11 +50,13 @@
 //! (validated types), [`check`] (health-check settings and probes),
 //! [`health`] (pure health counting); [`host`] (addresses, sysctls) and
 //! [`state`] (records, locks); [`config`] (the TOML file into specs);
-//! [`director`] and [`realserver`]; [`ha`] (failover with keepalived);
+//! [`director`] and [`realserver`]; [`ha`] (failover with keepalived) and
+//! [`bgp`] (ECMP scale-out with BIRD);
 //! [`daemon`] on top.
 
 #![warn(missing_docs)]
 
+pub mod bgp;
 pub mod check;
 pub mod config;
 pub mod daemon;
@@ -66,5 +68,6 @@ pub mod host;
 pub mod realserver;
 pub mod spec;
 pub mod state;
+mod supervise;
 
 pub use error::{Error, Result};

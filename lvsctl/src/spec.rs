@@ -11,6 +11,8 @@ use ipvs::reconcile::DesiredService;
 use ipvs::Destination;
 use serde::{Deserialize, Serialize};
 
+pub mod bgp;
+
 use crate::check::CheckConfig;
 use crate::health::OnFailure;
 
@@ -91,6 +93,9 @@ pub struct DirectorSpec {
     /// `[director.ha]`, validated: failover with keepalived (`director run`
     /// only); keepalived owns the VIPs then.
     pub ha: Option<HaSpec>,
+    /// `[director.bgp]`, validated: the VIPs announced over BGP (`director
+    /// run` only); those VIPs go on `lo`.
+    pub bgp: Option<bgp::BgpSpec>,
 }
 
 impl DirectorSpec {
@@ -110,10 +115,19 @@ impl DirectorSpec {
         let mut out = Vec::new();
         for s in &self.services {
             if seen.insert(s.vip) {
-                out.push((s.vip, s.iface.clone()));
+                out.push((s.vip, self.vip_iface(s)));
             }
         }
         out
+    }
+
+    /// The interface a service's VIP goes on: `lo` when it is announced over
+    /// BGP (routed to this host, never ARP-announced), else its own.
+    fn vip_iface(&self, s: &VirtualService) -> IfName {
+        match &self.bgp {
+            Some(b) if b.vips.contains(&s.vip) => IfName("lo".to_owned()),
+            _ => s.iface.clone(),
+        }
     }
 
     /// Every VIP once, in order of first appearance (keepalived's

@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bgp;
 mod events;
 pub mod journal;
 
@@ -41,6 +42,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use crate::bgp::Bgp;
 use crate::check::{self, security, Check, Secs, Target};
 use crate::config::Config;
 use crate::director::{plan::destination_ops, Director, OnError};
@@ -191,6 +193,8 @@ struct Daemon {
     report_written: std::time::Instant,
     /// Failover (`[director.ha]`): keepalived, the sync daemons, the role.
     ha: Option<Ha>,
+    /// ECMP scale-out (`[director.bgp]`): BIRD, the announced VIPs.
+    bgp: Option<Bgp>,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -208,6 +212,8 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     if let Some(roles) = ha.as_mut().and_then(Ha::take_events) {
         events.add_roles(roles);
     }
+    // BGP next: a missing BIRD or a bad [director.bgp] stops here too.
+    let bgp = Bgp::start(&loaded.director).await?;
     let mut d = Daemon {
         director,
         config_path: opts.config.clone(),
@@ -222,6 +228,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         started: SystemTime::now(),
         report_written: std::time::Instant::now(),
         ha,
+        bgp,
     };
     d.sync_reals();
     d.start(&mut events).await?;
@@ -268,6 +275,7 @@ impl Daemon {
                 events.retry_later();
             }
         }
+        self.announce().await;
         journal::sd_notify(&format!("READY=1\nSTATUS={}", self.summary()));
         info!(
             config = %self.config_path.display(),
@@ -280,6 +288,13 @@ impl Daemon {
 
     async fn finish(mut self, signal_name: &str, teardown: bool) -> Result<(), Error> {
         journal::sd_notify("STOPPING=1");
+        if let Some(b) = self.bgp.as_mut() {
+            b.withdraw_all(&format!("director run is stopping ({signal_name})")).await;
+            self.write_report();
+        }
+        if let Some(b) = self.bgp.as_mut() {
+            b.drain_and_stop().await;
+        }
         self.checkers.clear();
         if let Some(ha) = self.ha.as_mut() {
             ha.stop(self.director.ipvs()).await;
@@ -432,6 +447,7 @@ impl Daemon {
                 events.retry_later();
             }
         }
+        self.announce().await;
     }
 
     /// Work out the effective table from the health, log sorry-server
@@ -474,6 +490,7 @@ impl Daemon {
                 events.retry_later();
             }
         }
+        self.announce().await;
     }
 
     async fn reload(&mut self, events: &mut Events) {
@@ -509,6 +526,7 @@ impl Daemon {
             r.services.push(self.service_health(s));
         }
         r.ha = self.ha.as_ref().map(Ha::report);
+        r.bgp = self.bgp.as_ref().map(Bgp::report);
         if let Err(e) = report::write(&self.report_path, &r) {
             warn!(reason = %e, "cannot write the health report");
         }

@@ -110,7 +110,14 @@ pub(crate) async fn read(ipvs: &Ipvs, rtnl: &Rtnl, path: &Path) -> Result<Status
     let mut problems = Vec::new();
     let addresses = addresses(rtnl, &st, &mut problems).await?;
     let sysctls = sysctl::status(&st.sysctls, &mut problems);
-    let health = report::read_running()?;
+    let mut health = report::read_running()?;
+    if let Some(b) = health.as_mut().and_then(|h| h.bgp.as_mut()) {
+        // The sessions live in BIRD, asked now: the report is written only on changes.
+        match crate::host::bird::sessions(&b.socket).await {
+            Ok(s) => b.sessions = s,
+            Err(e) => b.sessions_error = Some(e),
+        }
+    }
     let expected = match &health {
         Some(h) => {
             let mut e = report::expected(&st.services, h);

@@ -9,15 +9,15 @@ use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::Role;
 use crate::spec::HaSpec;
+use crate::supervise::ChildEvent;
 
 /// The name of the VRRP instance (and keepalived's `-i` config id).
 pub(crate) const INSTANCE: &str = "lvsctl";
@@ -174,14 +174,16 @@ pub(crate) fn parse_fifo_line(line: &str) -> Option<(Role, String)> {
     Some((role, format!("keepalived: VRRP instance {name} entered {} (priority {prio})", role.name())))
 }
 
-/// A running supervisor.
+/// keepalived, supervised ([`crate::supervise`]), and the reader of its
+/// notify FIFO.
 pub(crate) struct Supervisor {
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    child: crate::supervise::Supervisor,
+    fifo: tokio::task::JoinHandle<()>,
 }
 
 impl Supervisor {
-    /// Make the FIFO and start supervising keepalived: events go to `tx`.
+    /// Make the FIFO and start supervising keepalived: role events (from the
+    /// FIFO, and a stop or failure of keepalived itself) go to `tx`.
     pub(crate) fn start(
         program: PathBuf,
         files: Files,
@@ -202,54 +204,55 @@ impl Supervisor {
             .read_write(true)
             .open_receiver(&files.fifo)
             .map_err(|e| format!("cannot open the FIFO {}: {e}", files.fifo.display()))?;
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(supervise(program, files, guard, rx, tx, stop_rx));
-        Ok(Self { stop: Some(stop_tx), task: Some(task) })
+        let fifo = tokio::spawn(read_fifo(rx, tx.clone()));
+        let conf = files.conf.clone();
+        let spawn_files = files;
+        let on_event = move |e: ChildEvent| match e {
+            ChildEvent::Started(pid) => {
+                info!(pid, conf = %conf.display(), "keepalived started");
+                if let Some(g) = &guard {
+                    spawn_guard(g, pid);
+                }
+            }
+            ChildEvent::SpawnFailed(why, backoff) => {
+                let _ = tx.send(RoleEvent { role: Role::Fault, reason: format!("{why}; retrying in {backoff:?}") });
+            }
+            ChildEvent::Exited(how, backoff) => {
+                let _ = tx.send(RoleEvent { role: Role::Stop, reason: format!("{how}; restarting it in {backoff:?}") });
+            }
+        };
+        let child = crate::supervise::Supervisor::start("keepalived", move || spawn(&program, &spawn_files), on_event);
+        Ok(Self { child, fifo })
     }
 
     /// Stop keepalived (SIGTERM, so it gives the VIP up and tells the peer
     /// with a priority 0 advert; SIGKILL after 10 s) and wait for it.
     pub(crate) async fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
-        }
+        self.child.stop().await;
+        self.fifo.abort();
     }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        self.fifo.abort();
+    }
+}
+
+/// Turn the FIFO's lines into role events.
+async fn read_fifo(fifo: tokio::net::unix::pipe::Receiver, tx: mpsc::UnboundedSender<RoleEvent>) {
+    let mut lines = BufReader::new(fifo).lines();
+    while let Ok(Some(l)) = lines.next_line().await {
+        if let Some((role, reason)) = parse_fifo_line(&l) {
+            if tx.send(RoleEvent { role, reason }).is_err() {
+                return;
+            }
         }
     }
 }
 
-/// Stop a keepalived an earlier `director run` left running (its pid file
-/// names a live keepalived): it would make the new one refuse to start.
-fn stop_leftover(files: &Files) {
-    let Ok(text) = std::fs::read_to_string(&files.pid) else { return };
-    let Ok(pid) = text.trim().parse::<i32>() else { return };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "keepalived" {
-        return;
-    }
-    warn!(pid, "a keepalived left by an earlier director run is still running: stopping it");
-    // SAFETY: kill on the pid of a keepalived lvsctl started earlier.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn spawn(program: &Path, files: &Files) -> std::io::Result<Child> {
-    stop_leftover(files);
+    crate::supervise::stop_leftover(&files.pid, "keepalived");
     let _ = std::fs::remove_file(&files.pid);
     let _ = std::fs::remove_file(&files.vrrp_pid);
     let mut cmd = Command::new(program);
@@ -268,20 +271,6 @@ fn spawn(program: &Path, files: &Files) -> std::io::Result<Child> {
     // Its own process group: a signal to lvsctl's group does not reach it.
     cmd.process_group(0);
     cmd.spawn()
-}
-
-async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill on our own child's pid.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-        warn!("keepalived did not stop within 10 s of SIGTERM: killing it");
-        let _ = child.kill().await;
-    }
 }
 
 /// Start the guard of keepalived `pid` (see `ha::guard_args`) in a session
@@ -306,69 +295,6 @@ fn spawn_guard(args: &[std::ffi::OsString], pid: u32) {
             });
         }
         Err(e) => warn!(reason = %e, "cannot start the guard of keepalived"),
-    }
-}
-
-async fn supervise(
-    program: PathBuf,
-    files: Files,
-    guard: Option<Vec<std::ffi::OsString>>,
-    fifo: tokio::net::unix::pipe::Receiver,
-    tx: mpsc::UnboundedSender<RoleEvent>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut lines = BufReader::new(fifo).lines();
-    let mut backoff = Duration::from_secs(1);
-    loop {
-        let started = Instant::now();
-        let mut child = match spawn(&program, &files) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = tx.send(RoleEvent {
-                    role: Role::Fault,
-                    reason: format!("cannot start {}: {e}; retrying in {backoff:?}", program.display()),
-                });
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut stop => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        info!(pid = child.id().unwrap_or(0), conf = %files.conf.display(), "keepalived started");
-        if let (Some(g), Some(pid)) = (&guard, child.id()) {
-            spawn_guard(g, pid);
-        }
-        let status = loop {
-            tokio::select! {
-                line = lines.next_line() => {
-                    if let Ok(Some(l)) = line {
-                        if let Some((role, reason)) = parse_fifo_line(&l) {
-                            let _ = tx.send(RoleEvent { role, reason });
-                        }
-                    }
-                }
-                s = child.wait() => break s,
-                _ = &mut stop => {
-                    terminate(&mut child).await;
-                    return;
-                }
-            }
-        };
-        let what = match status {
-            Ok(s) => format!("keepalived exited ({s})"),
-            Err(e) => format!("keepalived: cannot wait for it: {e}"),
-        };
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
-        }
-        let _ = tx.send(RoleEvent { role: Role::Stop, reason: format!("{what}; restarting it in {backoff:?}") });
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = &mut stop => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::check::Check;
 
 pub mod report;
+pub mod report_bgp;
 
 /// What happens to a real server that fails its check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

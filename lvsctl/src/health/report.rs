@@ -32,6 +32,9 @@ pub struct HealthReport {
     /// Failover (`[director.ha]`): the VRRP role, the peer, the sync daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaReport>,
+    /// ECMP scale-out (`[director.bgp]`): the VIPs announced, the sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<super::report_bgp::BgpReport>,
 }
 
 /// The health of one virtual service's real servers.
@@ -111,6 +114,9 @@ impl HealthReport {
         }
         if let Some(ha) = &self.ha {
             out.push_str(&ha.render());
+        }
+        if let Some(bgp) = &self.bgp {
+            out.push_str(&bgp.render());
         }
         out
     }
@@ -264,6 +270,7 @@ pub fn new(config: &Path, started: SystemTime) -> HealthReport {
         started: epoch(started),
         services: Vec::new(),
         ha: None,
+        bgp: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`Change`]s both report.
 
 pub mod addr;
+pub mod bird;
 pub mod sysctl;
 
 use std::fmt;
@@ -113,6 +114,17 @@ impl Report {
 /// binding a socket to it works only then.
 pub fn is_local(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// A program: the path in `$env_var` when set, else `name` on PATH or in
+/// the sbin folders.
+pub fn find_program(env_var: &str, name: &str) -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os(env_var) {
+        return Some(p.into());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let sbin = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(std::path::PathBuf::from);
+    std::env::split_paths(&path).chain(sbin).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// Fail with [`Error::NotRoot`] unless running as root.

@@ -1,0 +1,253 @@
+//! Privileged tests of `[director.bgp]`: `lvsctl director run` runs its own
+//! BIRD 2 in the director's namespace and announces the VIP to a router.
+//! The client namespace of the daemon test network
+//! (tests/support/daemon_net.rs) is the router: its own BIRD (config
+//! written here) learns the VIP over eBGP and installs the route the client
+//! then uses; there is no static route to the VIP.
+//!
+//! ```text
+//!   client+router 10.18.68.10, AS 65000 (BIRD, protocol kernel)
+//!   director      10.18.68.185, AS 65001 (director run + its BIRD, VIP on lo)
+//!   rs1 .186, rs2 .187 (real servers, LVS-DR)
+//! ```
+//!
+//! Every wait polls with a generous deadline; nothing asserts a duration.
+
+#[allow(dead_code)]
+#[path = "support/daemon_net.rs"]
+mod net;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lvsctl_tests::topology::Netns;
+use lvsctl_tests::{ip_bin, unique};
+use net::{Daemon, Net, Server, TestDir, CLIENT, DIRECTOR, PORT, REALS, VIP};
+
+/// How long any awaited change may take (software emulation is slow).
+const T: Duration = Duration::from_secs(90);
+
+/// A quick tcp check: 200 ms apart, 500 ms timeout, rise 2, fall 2.
+const FAST_TCP: &str = r#"{ type = "tcp", interval = "200ms", timeout = "500ms", rise = 2, fall = 2 }"#;
+
+/// The drain delay of the SIGTERM test: long enough to look at the table.
+const DRAIN: u64 = 8;
+
+/// The VIP:PORT service (mh) over rs1 and rs2, checked, announced to the router.
+fn config(bgp_extra: &str) -> String {
+    format!(
+        "[director]\niface = \"eth0\"\n\n[[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nscheduler = \"mh\"\n\
+         real = [\"{}\", \"{}\"]\ncheck = {FAST_TCP}\n\n[director.bgp]\nasn = 65001\nrouter_id = \"{DIRECTOR}\"\n\
+         hold_time = 3\ndrain_delay = \"{DRAIN}s\"\n{bgp_extra}\n[[director.bgp.neighbor]]\naddress = \"{CLIENT}\"\nasn = 65000\n",
+        REALS[0], REALS[1]
+    )
+}
+
+/// The bird program, or a loud failure: this test cannot run without it.
+fn bird_bin() -> PathBuf {
+    ["/usr/sbin/bird", "/usr/local/sbin/bird", "/sbin/bird"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("PRIVILEGED TEST COULD NOT RUN: bird (Debian bird2) is not installed"))
+}
+
+/// The router's BIRD in the client namespace: eBGP from the director, the
+/// learnt routes into the kernel. Killed on drop.
+struct Router {
+    child: Child,
+    socket: PathBuf,
+    ns: String,
+    log: PathBuf,
+}
+
+impl Router {
+    fn start(ns: &Netns, dir: &TestDir) -> Self {
+        let conf = format!(
+            "router id {CLIENT};\nprotocol device {{ }}\n\
+             protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes; }}\n\
+             protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time 3; keepalive time 1;\n\
+             ipv4 {{ import all; export none; }}; }}\n"
+        );
+        let conf = dir.write("router-bird.conf", &conf, 0o644);
+        let socket = dir.0.join(unique("router-")).with_extension("ctl");
+        let log = dir.0.join("router-bird.log");
+        let child = Command::new(ip_bin())
+            .args(["netns", "exec", &ns.name])
+            .arg(bird_bin())
+            .arg("-f")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(dir.0.join("router-bird.pid"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("PRIVILEGED TEST COULD NOT RUN: cannot start the router's bird: {e}"));
+        Self { child, socket, ns: ns.name.clone(), log }
+    }
+
+    /// `birdc show protocols` of the router.
+    fn protocols(&self) -> String {
+        let birdc = bird_bin().with_file_name("birdc");
+        let out = Command::new(birdc).arg("-s").arg(&self.socket).args(["show", "protocols"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether the router's session with the director is Established.
+    fn established(&self) -> bool {
+        self.protocols().lines().any(|l| l.starts_with("director1") && l.contains("Established"))
+    }
+
+    /// The router's kernel route to the VIP (empty when there is none).
+    fn route(&self) -> String {
+        let out =
+            Command::new(ip_bin()).args(["-n", &self.ns, "route", "show", &format!("{VIP}/32")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn has_route(&self) -> bool {
+        let r = self.route();
+        r.contains(&format!("via {DIRECTOR}")) && r.contains("proto bird")
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- router bird log ----\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        }
+    }
+}
+
+/// `/proc/sys/net/ipv4/vs/NAME` in the namespace.
+fn vs_sysctl(ns: &Netns, name: &str) -> String {
+    let p = Path::new("/proc/sys/net/ipv4/vs").join(name);
+    ns.run(move || {
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display())).trim().to_owned()
+    })
+}
+
+/// The client (the router) without its static route to the VIP: only BGP
+/// can give it one.
+fn net_without_static_route() -> Net {
+    let net = Net::new();
+    net.client.ip(&["route", "del", &format!("{VIP}/32")]);
+    net
+}
+
+/// The `bgp` section of `director status --json`.
+fn status_bgp(d: &Daemon, ns: &Netns) -> serde_json::Value {
+    let (_, out) = d.status(ns, true);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"));
+    j["health"]["bgp"].clone()
+}
+
+#[test]
+#[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
+fn bgp_vip_follows_health_and_is_withdrawn_before_exit() {
+    let net = net_without_static_route();
+    let dir = TestDir::new();
+    let s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let router = Router::start(&net.client, &dir);
+    let sloppy_before = (vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp"));
+    assert_eq!(sloppy_before, ("0".to_owned(), "0".to_owned()), "a fresh namespace has the kernel defaults");
+    assert!(router.route().is_empty(), "no route to the VIP before BGP: {}", router.route());
+
+    let cfg = dir.write("lvsctl.toml", &config(""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    let took = d.wait_for("the VIP route on the router", T, || router.has_route());
+    eprintln!("VIP announced {took:?} after director run started");
+    assert!(router.established(), "{}", router.protocols());
+    // End to end: the client reaches the real servers through the BGP route.
+    for a in net.answers(4) {
+        assert!(a == "rs1" || a == "rs2", "answer {a:?} through the announced route");
+    }
+    assert!(net.director.ip(&["-br", "addr", "show", "dev", "lo"]).contains(VIP), "the VIP goes on lo");
+    assert!(!net.director_addrs().contains(VIP), "not on eth0: {}", net.director_addrs());
+    assert_eq!(
+        (vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp")),
+        ("1".into(), "1".into())
+    );
+    let b = status_bgp(&d, &net.director);
+    assert_eq!(b["vips"][0]["announced"], true, "{b}");
+    assert!(b["sessions"][0]["info"].as_str().unwrap_or("").contains("Established"), "{b}");
+    let (_, text) = d.status(&net.director, false);
+    assert!(text.contains("announced since") && text.contains("Established"), "{text}");
+
+    // Every real server fails its check: withdrawn, the session stays up.
+    s1.set_up(false);
+    s2.set_up(false);
+    d.wait_for("the VIP route gone from the router", T, || !router.has_route());
+    assert!(router.established(), "a withdrawal, not a dropped session: {}", router.protocols());
+    let b = status_bgp(&d, &net.director);
+    assert_eq!(b["vips"][0]["announced"], false, "{b}");
+    assert!(b["vips"][0]["reason"].as_str().unwrap().contains("all 2 real servers down"), "{b}");
+    assert!(d.log().contains("bgp: withdrawing the VIP"), "{}", d.log());
+
+    // One recovers: announced again.
+    s1.set_up(true);
+    d.wait_for("the VIP route back on the router", T, || router.has_route());
+    assert_eq!(net.answers(3), vec!["rs1"; 3], "the recovered real server serves through the route");
+
+    // SIGTERM: withdrawn while director run still runs, the table kept
+    // through the drain delay, the session still up (graceful).
+    d.signal(libc::SIGTERM);
+    let deadline = Instant::now() + T;
+    while router.has_route() {
+        assert!(d.running(), "director run exited before the VIP was withdrawn:\n{}", d.log());
+        assert!(Instant::now() < deadline, "the VIP was not withdrawn after SIGTERM:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.running(), "director run waits the drain delay ({DRAIN}s) after withdrawing:\n{}", d.log());
+    assert!(net.weights().is_some(), "the IPVS service stays during the drain delay");
+    assert!(router.established(), "the session is still up during the drain: {}", router.protocols());
+    let status = d.wait(T);
+    assert!(status.success(), "{status}: {}", d.log());
+    assert_eq!((vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp")), sloppy_before);
+    assert!(net.weights().is_some(), "without --teardown-on-exit the service stays");
+    let log = d.log();
+    let withdraw = log.find("reason=\"director run is stopping").expect("withdrawal logged with its reason");
+    let stopped = log.find("bgp: BIRD stopped").expect("BIRD stopped logged");
+    assert!(withdraw < stopped, "withdrawn before BIRD stops:\n{log}");
+    let _ = net.director.lvsctl(&["director", "stop"]);
+}
+
+#[test]
+#[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
+fn bgp_bad_section_is_a_clear_error_and_nothing_starts() {
+    let net = net_without_static_route();
+    let dir = TestDir::new();
+    // A bad value: the config error names the key, file, line and column.
+    let cfg = dir.write("lvsctl.toml", &config("hold_time = 1"), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    let status = d.wait(T);
+    assert!(!status.success(), "{}", d.log());
+    let want = format!("{}:", cfg.display());
+    assert!(d.log().contains(&want) && d.log().contains("hold_time = 1 is out of range 3..65535"), "{}", d.log());
+
+    // Valid, but no router id for this host: refused at start.
+    let text = config("").replace(&format!("router_id = \"{DIRECTOR}\"\n"), "");
+    let text = format!("{text}[director.bgp.hosts.\"10.99.0.1\"]\n");
+    let cfg = dir.write("lvsctl2.toml", &text, 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    let status = d.wait(T);
+    assert!(!status.success(), "{}", d.log());
+    assert!(d.log().contains("no router_id for this host"), "{}", d.log());
+
+    // Nothing changed: no service, no VIP, the sysctls as they were, no BIRD.
+    assert!(net.table().is_empty(), "no IPVS service: {:?}", net.table());
+    assert!(!net.director.ip(&["-br", "addr", "show", "dev", "lo"]).contains(VIP));
+    assert_eq!(vs_sysctl(&net.director, "sloppy_tcp"), "0");
+    let state: Vec<String> = std::fs::read_dir(dir.0.join("state"))
+        .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(!state.iter().any(|n| n.starts_with("bird-")), "no BIRD files left: {state:?}");
+}
