@@ -125,6 +125,24 @@ impl EcmpNet {
     }
 }
 
+impl EcmpNet {
+    /// How many real servers of the service have a weight above 0 on
+    /// director `i` (0 without the service), read through the library.
+    pub fn reals_up(&self, i: usize) -> usize {
+        let ns = self.directors[i].name.clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let h = match ipvs::Ipvs::connect_named_netns(&ns).await {
+                Ok(h) => h,
+                Err(e) => panic!("PRIVILEGED TEST COULD NOT RUN: cannot connect to IPVS in {ns}: {e}"),
+            };
+            let key = ipvs::ServiceKey::tcp(vip());
+            let ds = h.destinations(&key).await.unwrap_or_default();
+            ds.iter().filter(|d| d.destination.weight > 0).count()
+        })
+    }
+}
+
 /// `(client port, real server)` of one `ipvsadm -Lnc` line of an
 /// established connection from the client to VIP:PORT.
 fn flow_of(line: &str) -> Option<(u16, String)> {
@@ -150,14 +168,6 @@ fn router_config() -> String {
     let peers = [("d0", DIRECTORS[0], DIRECTOR_AS), ("d1", DIRECTORS[1], DIRECTOR_AS)];
     let kernel = "protocol kernel { ipv4 { export all; }; merge paths yes; }";
     bgp_config(ROUTER, ROUTER_AS, &peers, kernel, "import all; export none;")
-}
-
-/// A director's own BIRD config when announced by hand: the VIP as a static
-/// blackhole route, exported to the router with itself as the next hop.
-pub fn director_bird_config(i: usize) -> String {
-    let stat = format!("protocol static vip {{ ipv4; route {VIP}/32 blackhole; }}");
-    let peers = [("uplink", ROUTER, ROUTER_AS)];
-    bgp_config(DIRECTORS[i], DIRECTOR_AS, &peers, &stat, "import none; export all; next hop self;")
 }
 
 /// How long any awaited change may take (software emulation is slow).
