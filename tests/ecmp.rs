@@ -246,12 +246,15 @@ fn report(what: &str, m: &Moved, t0: Instant, route_at: Duration) {
     }
     let moved = m.moved_outcomes();
     let back: Vec<Duration> = moved.iter().filter_map(|o| o.first_echo_after(t0)).collect();
+    let gaps: Vec<Duration> = moved.iter().filter_map(|o| o.longest_gap_after(t0)).collect();
     let broke = moved.iter().filter(|o| o.error.is_some()).count();
     eprintln!(
         "ECMP {what}: {} of {FLOWS} flows went through d0; the router dropped d0's next hop {route_at:?} after; \
-         moved flows echoing again after {back:?} (slowest {:?}); {broke} moved flows broke",
+         moved flows' first echo after {back:?} (slowest {:?}); their longest silence {:?} (a line every 200 ms); \
+         {broke} moved flows broke",
         moved.len(),
-        back.iter().max()
+        back.iter().max(),
+        gaps.iter().max()
     );
 }
 

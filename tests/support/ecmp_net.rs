@@ -70,6 +70,12 @@ impl EcmpNet {
         let router = public.host("er", "pub0", "10.0.1.1/24");
         lan.attach(&router, "lan0", &format!("{ROUTER}/24"));
         client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
+        // The router hashes a flow with the hash its packets carry, and over
+        // veth that is the client socket's own (sk_txhash), which the client
+        // redraws on every retransmission timeout (net.core.txrehash): a flow
+        // would hop between directors with nothing failing. A router on a real
+        // NIC hashes the addresses and ports itself; keep the hash fixed.
+        write_proc(&client, "sys/net/core/txrehash", "0");
         write_proc(&router, "sys/net/ipv4/ip_forward", "1");
         // Hash on ports too, so one client's flows spread over both directors.
         write_proc(&router, "sys/net/ipv4/fib_multipath_hash_policy", "1");

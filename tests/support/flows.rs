@@ -106,6 +106,12 @@ impl Outcome {
         self.error.is_none() && self.echoed == self.sent
     }
 
+    /// The longest time without an echo that ended after `t0` (the
+    /// connection's outage around an event at `t0`).
+    pub fn longest_gap_after(&self, t0: Instant) -> Option<Duration> {
+        self.times.windows(2).filter(|w| w[1] > t0).map(|w| w[1] - w[0]).max()
+    }
+
     /// How long after `t0` the first echo arrived (`None` if none did).
     pub fn first_echo_after(&self, t0: Instant) -> Option<Duration> {
         self.times.iter().find(|t| **t > t0).map(|t| *t - t0)
