@@ -1,0 +1,83 @@
+//! Which check types take which fields of the `check` table, for the fields
+//! of the `https`, `udp` and `dns` checks and the fields those checks do not
+//! take: a field given to a type that ignores it is a mistake worth an error.
+//! (The `tcp`, `http` and `exec` builders refuse the older fields themselves.)
+
+use super::{CheckConfig, CheckType};
+
+use CheckType::{Dns, Exec, Http, Https, Tcp, Udp};
+
+/// The types that take a field, and how the message names them.
+struct Takers {
+    types: &'static [CheckType],
+    names: &'static str,
+}
+
+const HTTP_LIKE: Takers = Takers { types: &[Http, Https], names: "http and https" };
+const HTTPS: Takers = Takers { types: &[Https], names: "https" };
+const UDP: Takers = Takers { types: &[Udp], names: "udp" };
+const DNS: Takers = Takers { types: &[Dns], names: "dns" };
+const EXEC: Takers = Takers { types: &[Exec], names: "exec" };
+
+/// A field of the table: its name, whether it is set, the types that take it.
+type Field = (&'static str, bool, Takers);
+
+impl CheckConfig {
+    /// The fields of the `tcp`, `http` and `exec` checks (not `port`: most take it).
+    fn older_fields(&self) -> [Field; 6] {
+        [
+            ("path", self.path.is_some(), HTTP_LIKE),
+            ("status", self.status.is_some(), HTTP_LIKE),
+            ("body", self.body.is_some(), HTTP_LIKE),
+            ("host", self.host.is_some(), HTTP_LIKE),
+            ("command", self.command.is_some(), EXEC),
+            ("user", self.user.is_some(), EXEC),
+        ]
+    }
+
+    /// The fields of the `https`, `udp` and `dns` checks.
+    fn newer_fields(&self) -> [Field; 10] {
+        [
+            ("sni", self.sni.is_some(), HTTPS),
+            ("ca_file", self.ca_file.is_some(), HTTPS),
+            ("tls_verify", self.tls_verify.is_some(), HTTPS),
+            ("payload", self.payload.is_some(), UDP),
+            ("payload_hex", self.payload_hex.is_some(), UDP),
+            ("expect", self.expect.is_some(), UDP),
+            ("name", self.name.is_some(), DNS),
+            ("query_type", self.query_type.is_some(), DNS),
+            ("rcode", self.rcode.is_some(), DNS),
+            ("answer", self.answer.is_some(), DNS),
+        ]
+    }
+
+    /// Refuse a field this check's type does not take. For `tcp`, `http`
+    /// and `exec` only the newer fields are looked at here (their own
+    /// builders refuse the older ones, with the same message).
+    pub(super) fn refuse_fields_of_other_types(&self, what: &str) -> Result<(), String> {
+        let older = if matches!(self.kind, Tcp | Http | Exec) { &[][..] } else { &self.older_fields()[..] };
+        for (field, present, takers) in older.iter().chain(self.newer_fields().iter()) {
+            if *present && !takers.types.contains(&self.kind) {
+                let (names, kind) = (takers.names, self.kind.name());
+                return Err(format!("{what}: check field `{field}` is for {names} checks, not {kind}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What can be checked of the table without a real server or the system
+    /// (for the config's own validation, with file, line and column): fields
+    /// of other types, and the `https`, `udp` and `dns` settings (a readable
+    /// `ca_file`, valid hex, a query name...). `director run` checks the
+    /// rest when it loads the config.
+    pub fn validate(&self) -> Result<(), String> {
+        let what = format!("{} check", self.kind.name());
+        self.refuse_fields_of_other_types(&what)?;
+        match self.kind {
+            Https => self.tls_settings(&what).map(drop),
+            Udp => self.udp(1, &what).map(drop),
+            Dns => self.dns(1, &what).map(drop),
+            Tcp | Http | Exec => Ok(()),
+        }
+    }
+}
