@@ -5,12 +5,12 @@
 //! within a timeout, with `Ok(())` or the reason it is not. Counting
 //! successes and failures (`rise`, `fall`) is [`crate::health`]'s job.
 
-mod fields;
 pub mod dns;
+mod fields;
 pub mod http;
 pub mod https;
-pub mod udp;
 pub mod security;
+pub mod udp;
 
 use std::ffi::OsString;
 use std::fmt;

@@ -91,7 +91,10 @@ impl CheckConfig {
 fn parse_addr(a: &str, t: RecordType, what: &str) -> Result<IpAddr, String> {
     match a.parse::<IpAddr>() {
         Ok(ip) if ip.is_ipv4() == (t == RecordType::A) => Ok(ip),
-        _ => Err(format!("{what}: dns check answer {a:?} is not an {} address", if t == RecordType::A { "IPv4" } else { "IPv6" })),
+        _ => Err(format!(
+            "{what}: dns check answer {a:?} is not an {} address",
+            if t == RecordType::A { "IPv4" } else { "IPv6" }
+        )),
     }
 }
 
@@ -168,5 +171,154 @@ fn shown(want: &Expected) -> String {
     match want {
         Expected::Addr(ip) => ip.to_string(),
         Expected::Text(t) => format!("{t:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::rdata::{A, MX};
+    use hickory_proto::rr::Record;
+    use tokio::net::UdpSocket;
+
+    use super::*;
+    use crate::check::{Check, Probe, Target};
+
+    /// How the test responder answers.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// `www.example.com. A 192.0.2.7`, `example.com. MX 10 mail.example.com.`, NXDOMAIN for anything else.
+        Zone,
+        /// SERVFAIL to everything.
+        ServFail,
+        /// First a reply with another id, then the real answer.
+        StaleFirst,
+    }
+
+    /// A DNS responder on loopback.
+    async fn responder(how: Answer) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            loop {
+                let (n, from) = s.recv_from(&mut buf).await.unwrap();
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = reply(&q, how);
+                if let Answer::StaleFirst = how {
+                    let id = r.id();
+                    r.set_id(id.wrapping_add(1));
+                    s.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+                    r.set_id(id);
+                }
+                s.send_to(&r.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        (addr, task)
+    }
+
+    fn reply(q: &Message, how: Answer) -> Message {
+        let mut r = Message::new();
+        r.set_id(q.id()).set_message_type(MessageType::Response);
+        r.add_queries(q.queries().to_vec());
+        let question = &q.queries()[0];
+        let (name, t) = (question.name().to_ascii(), question.query_type());
+        let answer = match (name.as_str(), t) {
+            ("www.example.com.", RecordType::A) => Some(RData::A(A("192.0.2.7".parse().unwrap()))),
+            ("example.com.", RecordType::MX) => {
+                Some(RData::MX(MX::new(10, Name::from_ascii("mail.example.com.").unwrap())))
+            }
+            _ => None,
+        };
+        match (how, answer) {
+            (Answer::ServFail, _) => r.set_response_code(ResponseCode::ServFail),
+            (_, Some(data)) => r.add_answer(Record::from_rdata(question.name().clone(), 60, data)),
+            (_, None) => r.set_response_code(ResponseCode::NXDomain),
+        };
+        r
+    }
+
+    fn check(fields: &str, port: u16) -> Result<Check, String> {
+        #[derive(serde::Deserialize)]
+        struct W {
+            check: CheckConfig,
+        }
+        let text = format!("check = {{ type = \"dns\", timeout = \"5s\", {fields} }}");
+        let c = toml::from_str::<W>(&text).map_err(|e| e.to_string())?.check;
+        c.validate()?;
+        c.resolve(port, "real server")
+    }
+
+    async fn run(fields: &str, addr: SocketAddr) -> Result<(), String> {
+        check(fields, addr.port())?.run(&Target { addr, service: "udp 10.0.0.1:53".into() }).await
+    }
+
+    #[tokio::test]
+    async fn rcode_and_answers() {
+        let (addr, _server) = responder(Answer::Zone).await;
+        run("name = \"www.example.com\"", addr).await.unwrap();
+        run("name = \"www.example.com\", answer = \"192.0.2.7\"", addr).await.unwrap();
+        run("name = \"example.com\", query_type = \"mx\", answer = \"10 MAIL.example.com\"", addr).await.unwrap();
+        run("name = \"nowhere.example.com\", rcode = \"NXDOMAIN\"", addr).await.unwrap();
+        let e = run("name = \"www.example.com\", answer = \"192.0.2.8\"", addr).await.unwrap_err();
+        assert_eq!(e, format!("dns A www.example.com. at {addr}: no answer 192.0.2.8 among [\"192.0.2.7\"]"));
+        let e = run("name = \"nowhere.example.com\"", addr).await.unwrap_err();
+        assert_eq!(e, format!("dns A nowhere.example.com. at {addr}: answered NXDOMAIN, expected NOERROR"));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_rcode_is_down() {
+        let (addr, _server) = responder(Answer::ServFail).await;
+        let e = run("name = \"www.example.com\"", addr).await.unwrap_err();
+        assert!(e.ends_with("answered SERVFAIL, expected NOERROR"), "{e}");
+        run("name = \"www.example.com\", rcode = \"servfail\"", addr).await.unwrap();
+    }
+
+    /// A reply to another question (another id) is not the answer.
+    #[tokio::test]
+    async fn a_reply_with_another_id_is_skipped() {
+        let (addr, _server) = responder(Answer::StaleFirst).await;
+        run("name = \"www.example.com\", answer = \"192.0.2.7\"", addr).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_server_and_no_reply_are_down() {
+        let (addr, server) = responder(Answer::Zone).await;
+        server.abort();
+        let _ = server.await;
+        let e = run("name = \"www.example.com\"", addr).await.unwrap_err();
+        assert!(e.starts_with(&format!("dns reply from {addr}: ")) && e.contains("refused"), "{e}");
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let mut c = check("name = \"www.example.com\"", addr.port()).unwrap();
+        c.timeout = std::time::Duration::from_millis(300);
+        let e = c.run(&Target { addr, service: String::new() }).await.unwrap_err();
+        assert_eq!(e, "dns check timed out after 300ms");
+    }
+
+    #[test]
+    fn config() {
+        let Probe::Dns(d) = check("name = \"example.com\", query_type = \"aaaa\"", 0).unwrap().probe else {
+            panic!("not a dns probe")
+        };
+        assert_eq!((d.port, d.query_type, d.rcode), (DEFAULT_PORT, RecordType::AAAA, ResponseCode::NoError));
+        assert_eq!(d.name.to_ascii(), "example.com.");
+        let Probe::Dns(d) = check("name = \"example.com\", port = 5353", 53).unwrap().probe else { panic!() };
+        assert_eq!(d.port, 5353);
+        let Probe::Dns(d) = check("name = \"example.com\"", 1053).unwrap().probe else { panic!() };
+        assert_eq!(d.port, 1053);
+        let e = check("query_type = \"A\"", 53).unwrap_err();
+        assert!(e.starts_with("dns check: a dns check needs the `name` to query"), "{e}");
+        let e = check("name = \"example.com\", query_type = \"BOGUS\"", 53).unwrap_err();
+        assert!(e.contains("query_type \"BOGUS\" is not a record type"), "{e}");
+        let e = check("name = \"example.com\", rcode = \"FINE\"", 53).unwrap_err();
+        assert!(e.contains("rcode \"FINE\" is not one of NOERROR, FORMERR"), "{e}");
+        let e = check("name = \"example.com\", answer = \"2001:db8::1\"", 53).unwrap_err();
+        assert!(e.contains("answer \"2001:db8::1\" is not an IPv4 address"), "{e}");
+        let e = check("name = \"example.com\", query_type = \"AAAA\", answer = \"192.0.2.1\"", 53).unwrap_err();
+        assert!(e.contains("is not an IPv6 address"), "{e}");
+        let e = check("name = \"example.com\", expect = \"x\"", 53).unwrap_err();
+        assert_eq!(e, "dns check: check field `expect` is for udp checks, not dns");
+        let e = check("name = \"a..b\"", 53).unwrap_err();
+        assert!(e.contains("is not a domain name"), "{e}");
     }
 }

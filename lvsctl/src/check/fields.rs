@@ -81,3 +81,29 @@ impl CheckConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(service: &str) -> String {
+        let text = format!("[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 53\n{service}");
+        Config::parse(&text, "t.toml").and_then(|c| c.director()).unwrap_err().0
+    }
+
+    /// The settings of the newer check types are checked with the config,
+    /// and their errors name the file, line and column like any other.
+    #[test]
+    fn check_errors_name_the_place() {
+        let e = err("real = [\"10.0.0.2\"]\ncheck = { type = \"dns\" }\n");
+        assert!(e.starts_with("t.toml:3:1: dns check: a dns check needs the `name` to query"), "{e}");
+        let e = err("real = [{ addr = \"10.0.0.2\", check = { type = \"https\", ca_file = \"/nonexistent.pem\" } }]\n");
+        assert!(e.starts_with("t.toml:6:9: https check: https check ca_file /nonexistent.pem: "), "{e}");
+        let e = err("real = [\"10.0.0.2\"]\ncheck = { type = \"udp\", payload = \"x\", sni = \"a\" }\n");
+        assert!(e.starts_with("t.toml:3:1: udp check: check field `sni` is for https checks, not udp"), "{e}");
+        let e = err("real = [\"10.0.0.2\"]\ncheck = { type = \"tcp\", answer = \"10.0.0.9\" }\n");
+        assert!(e.starts_with("t.toml:3:1: tcp check: check field `answer` is for dns checks, not tcp"), "{e}");
+        let e = err("real = [\"10.0.0.2\"]\ncheck = { type = \"udp\", paylaod = \"x\" }\n");
+        assert!(e.starts_with("t.toml:7:") && e.contains("unknown field `paylaod`"), "{e}");
+    }
+}

@@ -195,8 +195,7 @@ impl HttpsCheck {
 /// What went wrong in a handshake, in words (rustls names the common
 /// certificate problems by their variant only).
 fn tls_problem(e: &std::io::Error) -> String {
-    let Some(rustls::Error::InvalidCertificate(c)) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-    else {
+    let Some(rustls::Error::InvalidCertificate(c)) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return e.to_string();
     };
     match c {
