@@ -42,7 +42,7 @@ pub const DEFAULT_USER: &str = "nobody";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
-    /// `tcp`, `http` or `exec`.
+    /// `tcp`, `http`, `exec`, `https`, `udp` or `dns`.
     #[serde(rename = "type")]
     pub kind: CheckType,
     /// Time between two checks (seconds, or a string like `"200ms"`, `"2s"`, `"1m"`).
@@ -57,19 +57,20 @@ pub struct CheckConfig {
     /// Failures in a row that take an up real server down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fall: Option<u32>,
-    /// `tcp`, `http`: the port to connect to (default: the real server's port).
+    /// `tcp`, `http`, `https`, `udp`, `dns`: the port to connect or send to
+    /// (default: the real server's port; for `dns` without one, 53).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// `http`: the path to GET (default `/`).
+    /// `http`, `https`: the path to GET (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// `http`: the expected status code (default 200).
+    /// `http`, `https`: the expected status code (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// `http`: a string the response body must contain.
+    /// `http`, `https`: a string the response body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// `http`: the Host header (default: the real server's address).
+    /// `http`, `https`: the Host header (default: the real server's address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// `exec`: the program and its arguments, e.g. `["/usr/bin/pg_isready", "-q"]`.

@@ -106,4 +106,17 @@ mod tests {
         let e = err("real = [\"10.0.0.2\"]\ncheck = { type = \"udp\", paylaod = \"x\" }\n");
         assert!(e.starts_with("t.toml:7:") && e.contains("unknown field `paylaod`"), "{e}");
     }
+
+    /// The example of docs/health-daemon.md's "https, udp and dns checks" section loads.
+    #[test]
+    fn the_docs_example_loads() {
+        let doc = include_str!("../../../docs/health-daemon.md");
+        let section = &doc[doc.find("### https, udp and dns checks").expect("the section")..];
+        let start = section.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let body = &section[start..];
+        let text = format!("[director]\niface = \"e\"\n{}", &body[..body.find("```").unwrap()]);
+        let d = Config::parse(&text, "health-daemon.md").and_then(|c| c.director()).unwrap();
+        let kinds: Vec<_> = d.services.iter().map(|s| s.checks[0].as_ref().unwrap().kind).collect();
+        assert_eq!(kinds, [super::Https, super::Dns, super::Udp]);
+    }
 }
