@@ -1,12 +1,16 @@
 //! Health checks of a real server: their configuration (the `check` table of
-//! the TOML config) and the three probes, `tcp`, `http` and `exec`.
+//! the TOML config) and the probes: `tcp`, `http`, `exec`, `https`, `udp`, `dns`.
 //!
 //! A probe answers one question, "is this real server healthy right now?",
 //! within a timeout, with `Ok(())` or the reason it is not. Counting
 //! successes and failures (`rise`, `fall`) is [`crate::health`]'s job.
 
+pub mod dns;
+mod fields;
 pub mod http;
+pub mod https;
 pub mod security;
+pub mod udp;
 
 use std::ffi::OsString;
 use std::fmt;
@@ -38,7 +42,7 @@ pub const DEFAULT_USER: &str = "nobody";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
-    /// `tcp`, `http` or `exec`.
+    /// `tcp`, `http`, `exec`, `https`, `udp` or `dns`.
     #[serde(rename = "type")]
     pub kind: CheckType,
     /// Time between two checks (seconds, or a string like `"200ms"`, `"2s"`, `"1m"`).
@@ -53,19 +57,20 @@ pub struct CheckConfig {
     /// Failures in a row that take an up real server down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fall: Option<u32>,
-    /// `tcp`, `http`: the port to connect to (default: the real server's port).
+    /// `tcp`, `http`, `https`, `udp`, `dns`: the port to connect or send to
+    /// (default: the real server's port; for `dns` without one, 53).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// `http`: the path to GET (default `/`).
+    /// `http`, `https`: the path to GET (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// `http`: the expected status code (default 200).
+    /// `http`, `https`: the expected status code (default 200).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// `http`: a string the response body must contain.
+    /// `http`, `https`: a string the response body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// `http`: the Host header (default: the real server's address).
+    /// `http`, `https`: the Host header (default: the real server's address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// `exec`: the program and its arguments, e.g. `["/usr/bin/pg_isready", "-q"]`.
@@ -76,6 +81,36 @@ pub struct CheckConfig {
     /// `exec`: the user the command runs as (default `nobody`; never root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `https`: the TLS server name sent and verified (default: `host`, else the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// `https`: a PEM file of the CA certificates to trust (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// `https`: `false` accepts any certificate (logged as a warning at load).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+    /// `udp`: the datagram to send, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// `udp`: the datagram to send, as hex digits (`"deadbeef"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_hex: Option<String>,
+    /// `udp`: a string the reply must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    /// `dns`: the name to query (required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `dns`: the record type to query (default `A`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_type: Option<String>,
+    /// `dns`: the expected response code (default `NOERROR`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
+    /// `dns`: a record the answer must hold (an address for `A`/`AAAA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
 }
 
 /// The kind of a check.
@@ -88,6 +123,12 @@ pub enum CheckType {
     Http,
     /// Run a command; exit status 0 is healthy.
     Exec,
+    /// GET a path over HTTP/1.0 in TLS.
+    Https,
+    /// Send a datagram, expect a reply.
+    Udp,
+    /// Ask a DNS question over UDP.
+    Dns,
 }
 
 impl CheckType {
@@ -96,6 +137,9 @@ impl CheckType {
             Self::Tcp => "tcp",
             Self::Http => "http",
             Self::Exec => "exec",
+            Self::Https => "https",
+            Self::Udp => "udp",
+            Self::Dns => "dns",
         }
     }
 }
@@ -199,6 +243,12 @@ pub enum Probe {
     Http(http::HttpCheck),
     /// Run a program.
     Exec(ExecCheck),
+    /// GET over HTTP/1.0 in TLS.
+    Https(https::HttpsCheck),
+    /// A datagram and its reply.
+    Udp(udp::UdpCheck),
+    /// A DNS question.
+    Dns(dns::DnsCheck),
 }
 
 /// An `exec` check, resolved: absolute program path (as given or found in
@@ -235,10 +285,14 @@ impl CheckConfig {
         if rise == 0 || fall == 0 {
             return Err(format!("{what}: check rise and fall must be at least 1"));
         }
+        self.refuse_fields_of_other_types(what)?;
         let probe = match self.kind {
             CheckType::Tcp => Probe::Tcp { port: self.tcp_port(port, what)? },
             CheckType::Http => Probe::Http(self.http(port, what)?),
             CheckType::Exec => Probe::Exec(self.exec(what)?),
+            CheckType::Https => Probe::Https(self.https(port, what)?),
+            CheckType::Udp => Probe::Udp(self.udp(port, what)?),
+            CheckType::Dns => Probe::Dns(self.dns(port, what)?),
         };
         Ok(Check { probe, interval, timeout, rise, fall })
     }
@@ -469,6 +523,9 @@ impl Probe {
             Self::Tcp { .. } => "tcp",
             Self::Http(_) => "http",
             Self::Exec(_) => "exec",
+            Self::Https(_) => "https",
+            Self::Udp(_) => "udp",
+            Self::Dns(_) => "dns",
         }
     }
 
@@ -483,9 +540,12 @@ impl Probe {
                 let a = SocketAddr::new(target.addr.ip(), h.port);
                 let s = socket_for(a, "http")?;
                 let s = s.connect(a).await.map_err(|e| Fail::Failed(format!("http connect to {a}: {e}")))?;
-                h.exchange(s, target.addr.ip()).await.map_err(Fail::Failed)
+                h.exchange(s, target.addr.ip(), "http").await.map_err(Fail::Failed)
             }
             Self::Exec(x) => x.run(target).await,
+            Self::Https(h) => h.run(target.addr.ip()).await,
+            Self::Udp(u) => u.run(target.addr.ip()).await,
+            Self::Dns(d) => d.run(target.addr.ip()).await,
         }
     }
 }

@@ -620,6 +620,9 @@ fn validate_service(
     service.one_packet = s.one_packet;
     service.pe = s.pe.clone();
     service.validate().map_err(|e| cx.error(e))?;
+    if let Some(c) = &s.check {
+        c.validate().map_err(|e| cx.error(e))?;
+    }
     let mut dests: Vec<Destination> = Vec::new();
     let mut checks = Vec::new();
     for r in &s.reals {
@@ -628,6 +631,9 @@ fn validate_service(
             return Err(cx.at(r.span()).error(format!("real server {} is listed twice in {key}", dest.addr)));
         }
         dests.push(dest);
+        if let Some(c) = &r.get_ref().check {
+            c.validate().map_err(|e| cx.at(r.span()).error(e))?;
+        }
         checks.push(r.get_ref().check.clone().or_else(|| s.check.clone()));
     }
     let sorry_server = match &s.sorry_server {

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// At most this much of a response is read.
 const MAX_RESPONSE: u64 = 64 * 1024;
@@ -59,20 +59,33 @@ impl HttpCheck {
     pub(crate) async fn run(&self, ip: IpAddr) -> Result<(), String> {
         let addr = SocketAddr::new(ip, self.port);
         let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("http connect to {addr}: {e}"))?;
-        self.exchange(s, ip).await
+        self.exchange(s, ip, "http").await
     }
 
-    /// GET the path over `s`, connected to the real server at `ip`.
-    pub(crate) async fn exchange(&self, mut s: tokio::net::TcpStream, ip: IpAddr) -> Result<(), String> {
+    /// GET the path over `s`, connected to the real server at `ip`: a TCP
+    /// stream for `http`, a TLS stream for `https` (`kind` names it in errors).
+    pub(crate) async fn exchange<S>(&self, mut s: S, ip: IpAddr, kind: &str) -> Result<(), String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let addr = SocketAddr::new(ip, self.port);
-        s.write_all(&self.request(ip)).await.map_err(|e| format!("http request to {addr}: {e}"))?;
-        let mut buf = Vec::new();
-        (&mut s)
-            .take(MAX_RESPONSE)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("http response from {addr}: {e}"))?;
+        s.write_all(&self.request(ip)).await.map_err(|e| format!("{kind} request to {addr}: {e}"))?;
+        s.flush().await.map_err(|e| format!("{kind} request to {addr}: {e}"))?;
+        let buf = read_response(&mut s).await.map_err(|e| format!("{kind} response from {addr}: {e}"))?;
         self.judge(&buf)
+    }
+}
+
+/// The whole response, at most [`MAX_RESPONSE`] bytes. A TLS server that
+/// closes the connection without saying so first (no `close_notify`, which
+/// many HTTP servers skip) still gave its complete HTTP/1.0 answer: what was
+/// read until then is the response.
+async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    match s.take(MAX_RESPONSE).read_to_end(&mut buf).await {
+        Ok(_) => Ok(buf),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
+        Err(e) => Err(e),
     }
 }
 

@@ -582,6 +582,9 @@ fn describe_check(c: &Check) -> String {
         check::Probe::Tcp { port } => format!("tcp port {port}"),
         check::Probe::Http(h) => format!("http GET :{}{}", h.port, h.path),
         check::Probe::Exec(x) => format!("exec {} as {}", x.program.display(), x.user),
+        check::Probe::Https(h) => format!("https GET :{}{}", h.http.port, h.http.path),
+        check::Probe::Udp(u) => format!("udp port {}", u.port),
+        check::Probe::Dns(d) => format!("dns {} {} port {}", d.query_type, d.name, d.port),
     };
     format!("{kind} every {}, timeout {}, rise {}, fall {}", Secs(c.interval), Secs(c.timeout), c.rise, c.fall)
 }
