@@ -6,6 +6,7 @@
 //! successes and failures (`rise`, `fall`) is [`crate::health`]'s job.
 
 pub mod http;
+pub mod postgres;
 pub mod security;
 
 use std::ffi::OsString;
@@ -74,8 +75,22 @@ pub struct CheckConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// `exec`: the user the command runs as (default `nobody`; never root).
+    /// `postgres`: the database user named at startup (default `postgres`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `postgres`: the database named at startup (default: the user's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<postgres::PgText>,
+    /// `postgres`: log in (and run `query`) instead of only asking whether
+    /// the server accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<bool>,
+    /// `postgres` with `login = true`: a query to run, e.g. `"SELECT 1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<postgres::PgText>,
+    /// `postgres` with `login = true`: the root-only file holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<postgres::AbsPath>,
 }
 
 /// The kind of a check.
@@ -88,6 +103,8 @@ pub enum CheckType {
     Http,
     /// Run a command; exit status 0 is healthy.
     Exec,
+    /// Ask a PostgreSQL server whether it accepts connections, as `pg_isready`.
+    Postgres,
 }
 
 impl CheckType {
@@ -96,6 +113,7 @@ impl CheckType {
             Self::Tcp => "tcp",
             Self::Http => "http",
             Self::Exec => "exec",
+            Self::Postgres => "postgres",
         }
     }
 }
@@ -199,6 +217,8 @@ pub enum Probe {
     Http(http::HttpCheck),
     /// Run a program.
     Exec(ExecCheck),
+    /// Speak PostgreSQL's startup to the real server.
+    Postgres(postgres::PostgresCheck),
 }
 
 /// An `exec` check, resolved: absolute program path (as given or found in
@@ -239,6 +259,7 @@ impl CheckConfig {
             CheckType::Tcp => Probe::Tcp { port: self.tcp_port(port, what)? },
             CheckType::Http => Probe::Http(self.http(port, what)?),
             CheckType::Exec => Probe::Exec(self.exec(what)?),
+            CheckType::Postgres => Probe::Postgres(postgres::resolve(self, port, what)?),
         };
         Ok(Check { probe, interval, timeout, rise, fall })
     }
@@ -266,13 +287,15 @@ impl CheckConfig {
         self.only(self.body.is_some(), "body", "http", what)?;
         self.only(self.host.is_some(), "host", "http", what)?;
         self.only(self.command.is_some(), "command", "exec", what)?;
-        self.only(self.user.is_some(), "user", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec and postgres", what)?;
+        postgres::refuse_fields(self, what)?;
         self.check_port(port, what)
     }
 
     fn http(&self, port: u16, what: &str) -> Result<http::HttpCheck, String> {
         self.only(self.command.is_some(), "command", "exec", what)?;
-        self.only(self.user.is_some(), "user", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec and postgres", what)?;
+        postgres::refuse_fields(self, what)?;
         let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
         if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
@@ -296,6 +319,7 @@ impl CheckConfig {
         self.only(self.status.is_some(), "status", "http", what)?;
         self.only(self.body.is_some(), "body", "http", what)?;
         self.only(self.host.is_some(), "host", "http", what)?;
+        postgres::refuse_fields(self, what)?;
         let cmd = match &self.command {
             Some(c) if !c.is_empty() && !c[0].is_empty() => c,
             _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
@@ -469,6 +493,7 @@ impl Probe {
             Self::Tcp { .. } => "tcp",
             Self::Http(_) => "http",
             Self::Exec(_) => "exec",
+            Self::Postgres(_) => "postgres",
         }
     }
 
@@ -486,6 +511,12 @@ impl Probe {
                 h.exchange(s, target.addr.ip()).await.map_err(Fail::Failed)
             }
             Self::Exec(x) => x.run(target).await,
+            Self::Postgres(p) => {
+                let a = SocketAddr::new(target.addr.ip(), p.port);
+                let s = socket_for(a, "postgres")?;
+                let s = s.connect(a).await.map_err(|e| Fail::Failed(format!("postgres connect to {a}: {e}")))?;
+                p.exchange(s, a).await.map_err(Fail::Failed)
+            }
         }
     }
 }

@@ -564,6 +564,7 @@ fn describe_check(c: &Check) -> String {
         check::Probe::Tcp { port } => format!("tcp port {port}"),
         check::Probe::Http(h) => format!("http GET :{}{}", h.port, h.path),
         check::Probe::Exec(x) => format!("exec {} as {}", x.program.display(), x.user),
+        check::Probe::Postgres(p) => p.describe(),
     };
     format!("{kind} every {}, timeout {}, rise {}, fall {}", Secs(c.interval), Secs(c.timeout), c.rise, c.fall)
 }
