@@ -1,5 +1,5 @@
 //! Health checks of a real server: their configuration (the `check` table of
-//! the TOML config) and the three probes, `tcp`, `http` and `exec`.
+//! the TOML config) and the probes, `tcp`, `http`, `exec` and `postgres`.
 //!
 //! A probe answers one question, "is this real server healthy right now?",
 //! within a timeout, with `Ok(())` or the reason it is not. Counting
@@ -39,7 +39,7 @@ pub const DEFAULT_USER: &str = "nobody";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
-    /// `tcp`, `http` or `exec`.
+    /// `tcp`, `http`, `exec` or `postgres`.
     #[serde(rename = "type")]
     pub kind: CheckType,
     /// Time between two checks (seconds, or a string like `"200ms"`, `"2s"`, `"1m"`).
@@ -54,7 +54,7 @@ pub struct CheckConfig {
     /// Failures in a row that take an up real server down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fall: Option<u32>,
-    /// `tcp`, `http`: the port to connect to (default: the real server's port).
+    /// `tcp`, `http`, `postgres`: the port to connect to (default: the real server's port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// `http`: the path to GET (default `/`).

@@ -241,6 +241,7 @@ impl PostgresCheck {
                 Message::ErrorResponse(e) => return Ok(Answer::Down(format!("login refused: {}", error_text(&e)))),
                 Message::AuthenticationOk => auth.done()?,
                 Message::ParameterStatus(_) | Message::BackendKeyData(_) | Message::NoticeResponse(_) => {}
+                Message::AuthenticationSaslContinue(b) => conn.send(&auth.scram_continue(b.data()).await?).await?,
                 m => conn.send(&auth.answer(m)?).await?,
             }
         }
@@ -304,11 +305,6 @@ impl Auth<'_> {
                 self.scram = Some(scram);
                 r
             }
-            Message::AuthenticationSaslContinue(b) => {
-                let scram = self.scram.as_mut().ok_or("SASL continue without a SASL start")?;
-                scram.update(b.data()).map_err(io)?;
-                frontend::sasl_response(scram.message(), &mut out)
-            }
             Message::AuthenticationSaslFinal(b) => {
                 // Checks the server's signature: it knows the password too.
                 let mut scram = self.scram.take().ok_or("SASL final without a SASL start")?;
@@ -318,6 +314,22 @@ impl Auth<'_> {
             _ => return Err("the server asks for an authentication method this check does not support".into()),
         }
         .map_err(io)?;
+        Ok(out)
+    }
+
+    /// The answer to the server's first SCRAM message. Deriving the key from
+    /// the password (4096 rounds of HMAC-SHA-256, or what the server asks)
+    /// is CPU work: it runs on a blocking thread, not on the checks' runtime.
+    async fn scram_continue(&mut self, server_first: &[u8]) -> Result<BytesMut, String> {
+        let mut scram = self.scram.take().ok_or("SASL continue without a SASL start")?;
+        let data = server_first.to_vec();
+        let scram = tokio::task::spawn_blocking(move || scram.update(&data).map(|()| scram))
+            .await
+            .map_err(|e| format!("authentication: {e}"))?
+            .map_err(|e| format!("authentication: {e}"))?;
+        let mut out = BytesMut::new();
+        frontend::sasl_response(scram.message(), &mut out).map_err(|e| format!("authentication: {e}"))?;
+        self.scram = Some(scram);
         Ok(out)
     }
 
@@ -336,7 +348,9 @@ impl Auth<'_> {
 /// like this user or database).
 fn judge_error(e: &ErrorResponseBody) -> Answer {
     match field(e, b'C') {
-        Some(code) if code == CANNOT_CONNECT_NOW => Answer::Down(format!("not accepting connections: {}", error_text(e))),
+        Some(code) if code == CANNOT_CONNECT_NOW => {
+            Answer::Down(format!("not accepting connections: {}", error_text(e)))
+        }
         Some(code) if code.len() == 5 => Answer::Up,
         _ => Answer::Down(format!("error without a SQLSTATE: {}", error_text(e))),
     }

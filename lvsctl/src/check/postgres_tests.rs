@@ -158,7 +158,11 @@ fn login_check(port: u16, query: Option<&str>) -> PostgresCheck {
 
 /// A fake server for the login path: `script` runs on the accepted
 /// connection after the StartupMessage was read.
-async fn login_with<F, Fut>(check: impl FnOnce(u16) -> PostgresCheck, password: Option<&str>, script: F) -> Result<(), String>
+async fn login_with<F, Fut>(
+    check: impl FnOnce(u16) -> PostgresCheck,
+    password: Option<&str>,
+    script: F,
+) -> Result<(), String>
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -183,27 +187,35 @@ fn session_start() -> Vec<u8> {
 
 #[tokio::test]
 async fn login_with_a_cleartext_password_and_a_query() {
-    let r = login_with(|p| login_check(p, Some("SELECT 1")), Some("s3cret"), |mut s| async move {
-        s.write_all(&auth(3, b"")).await.unwrap();
-        assert_eq!(read_msg(&mut s).await, (b'p', b"s3cret\0".to_vec()));
-        s.write_all(&session_start()).await.unwrap();
-        assert_eq!(read_msg(&mut s).await, (b'Q', b"SELECT 1\0".to_vec()));
-        let row = [msg(b'T', &[0, 0]), msg(b'D', &[0, 1, 0, 0, 0, 1, b'1']), msg(b'C', b"SELECT 1\0"), ready()];
-        s.write_all(&row.concat()).await.unwrap();
-        assert_eq!(read_msg(&mut s).await.0, b'X', "the check says goodbye");
-    })
+    let r = login_with(
+        |p| login_check(p, Some("SELECT 1")),
+        Some("s3cret"),
+        |mut s| async move {
+            s.write_all(&auth(3, b"")).await.unwrap();
+            assert_eq!(read_msg(&mut s).await, (b'p', b"s3cret\0".to_vec()));
+            s.write_all(&session_start()).await.unwrap();
+            assert_eq!(read_msg(&mut s).await, (b'Q', b"SELECT 1\0".to_vec()));
+            let row = [msg(b'T', &[0, 0]), msg(b'D', &[0, 1, 0, 0, 0, 1, b'1']), msg(b'C', b"SELECT 1\0"), ready()];
+            s.write_all(&row.concat()).await.unwrap();
+            assert_eq!(read_msg(&mut s).await.0, b'X', "the check says goodbye");
+        },
+    )
     .await;
     r.unwrap();
 }
 
 #[tokio::test]
 async fn login_with_md5() {
-    let r = login_with(|p| login_check(p, None), Some("pw"), |mut s| async move {
-        s.write_all(&auth(5, b"abcd")).await.unwrap();
-        let want = format!("{}\0", md5_hash(b"postgres", b"pw", *b"abcd"));
-        assert_eq!(read_msg(&mut s).await, (b'p', want.into_bytes()));
-        s.write_all(&session_start()).await.unwrap();
-    })
+    let r = login_with(
+        |p| login_check(p, None),
+        Some("pw"),
+        |mut s| async move {
+            s.write_all(&auth(5, b"abcd")).await.unwrap();
+            let want = format!("{}\0", md5_hash(b"postgres", b"pw", *b"abcd"));
+            assert_eq!(read_msg(&mut s).await, (b'p', want.into_bytes()));
+            s.write_all(&session_start()).await.unwrap();
+        },
+    )
     .await;
     r.unwrap();
 }
@@ -212,38 +224,54 @@ async fn login_with_md5() {
 /// configured, SCRAM ended without the server's proof: all down.
 #[tokio::test]
 async fn login_failures_are_down() {
-    let e = login_with(|p| login_check(p, None), Some("bad"), |mut s| async move {
-        s.write_all(&auth(3, b"")).await.unwrap();
-        read_msg(&mut s).await;
-        let fail = error(&[(b'C', "28P01"), (b'M', "password authentication failed for user \"postgres\"")]);
-        s.write_all(&fail).await.unwrap();
-    })
+    let e = login_with(
+        |p| login_check(p, None),
+        Some("bad"),
+        |mut s| async move {
+            s.write_all(&auth(3, b"")).await.unwrap();
+            read_msg(&mut s).await;
+            let fail = error(&[(b'C', "28P01"), (b'M', "password authentication failed for user \"postgres\"")]);
+            s.write_all(&fail).await.unwrap();
+        },
+    )
     .await
     .unwrap_err();
     assert!(e.ends_with("login refused: password authentication failed for user \"postgres\" (28P01)"), "{e}");
 
-    let e = login_with(|p| login_check(p, Some("SELECT nope")), None, |mut s| async move {
-        s.write_all(&session_start()).await.unwrap();
-        read_msg(&mut s).await;
-        let fail = error(&[(b'C', "42703"), (b'M', "column \"nope\" does not exist")]);
-        s.write_all(&[fail, ready()].concat()).await.unwrap();
-    })
+    let e = login_with(
+        |p| login_check(p, Some("SELECT nope")),
+        None,
+        |mut s| async move {
+            s.write_all(&session_start()).await.unwrap();
+            read_msg(&mut s).await;
+            let fail = error(&[(b'C', "42703"), (b'M', "column \"nope\" does not exist")]);
+            s.write_all(&[fail, ready()].concat()).await.unwrap();
+        },
+    )
     .await
     .unwrap_err();
     assert!(e.ends_with("query \"SELECT nope\" failed: column \"nope\" does not exist (42703)"), "{e}");
 
-    let e = login_with(|p| login_check(p, None), None, |mut s| async move {
-        s.write_all(&auth(5, b"abcd")).await.unwrap();
-    })
+    let e = login_with(
+        |p| login_check(p, None),
+        None,
+        |mut s| async move {
+            s.write_all(&auth(5, b"abcd")).await.unwrap();
+        },
+    )
     .await
     .unwrap_err();
     assert!(e.ends_with("the server asks for a password: set `password_file`"), "{e}");
 
-    let e = login_with(|p| login_check(p, None), Some("pw"), |mut s| async move {
-        s.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).await.unwrap();
-        assert_eq!(read_msg(&mut s).await.0, b'p', "the SASL initial response");
-        s.write_all(&session_start()).await.unwrap();
-    })
+    let e = login_with(
+        |p| login_check(p, None),
+        Some("pw"),
+        |mut s| async move {
+            s.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).await.unwrap();
+            assert_eq!(read_msg(&mut s).await.0, b'p', "the SASL initial response");
+            s.write_all(&session_start()).await.unwrap();
+        },
+    )
     .await
     .unwrap_err();
     assert!(e.ends_with("the server ended SCRAM authentication without proving itself"), "{e}");
@@ -262,10 +290,11 @@ fn parse(s: &str) -> Result<CheckConfig, String> {
 fn config_defaults_and_refusals() {
     let c = parse("check = { type = \"postgres\" }").unwrap().resolve(15858, "x").unwrap();
     assert_eq!(c.probe, super::super::Probe::Postgres(probe_check(15858)));
-    let c = parse("check = { type = \"postgres\", user = \"lightdb\", port = 5432, login = true, query = \"SELECT 1\" }")
-        .unwrap()
-        .resolve(15858, "x")
-        .unwrap();
+    let c =
+        parse("check = { type = \"postgres\", user = \"lightdb\", port = 5432, login = true, query = \"SELECT 1\" }")
+            .unwrap()
+            .resolve(15858, "x")
+            .unwrap();
     let want = PostgresCheck {
         port: 5432,
         user: "lightdb".into(),
@@ -292,7 +321,8 @@ fn the_password_file_is_root_only() {
     let f = std::env::temp_dir().join(format!("lvsctl-pg-pw-{}", std::process::id()));
     std::fs::write(&f, "s3cret\n").unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let toml = format!("check = {{ type = \"postgres\", login = true, password_file = {:?} }}", f.display().to_string());
+    let toml =
+        format!("check = {{ type = \"postgres\", login = true, password_file = {:?} }}", f.display().to_string());
     let e = parse(&toml).unwrap().resolve(5432, "x").unwrap_err();
     assert!(e.starts_with(&format!("x: refusing password file {}", f.display())), "{e}");
     // SAFETY: geteuid has no preconditions.
@@ -305,4 +335,13 @@ fn the_password_file_is_root_only() {
         parse(&toml).unwrap().resolve(5432, "x").unwrap();
     }
     std::fs::remove_file(&f).unwrap();
+}
+
+/// A malformed postgres value in a config file is named with its file, line and column.
+#[test]
+fn config_file_errors_have_line_and_column() {
+    let text = "[director]\niface = \"e\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 5432\nreal = [\"10.0.0.2\"]\ncheck = { type = \"postgres\", database = \"\" }\n";
+    let e = crate::config::Config::parse(text, "lvsctl.toml").unwrap_err().to_string();
+    assert!(e.starts_with("lvsctl.toml:7:"), "{e}");
+    assert!(e.contains("\"\" must be a non-empty text without NUL bytes"), "{e}");
 }
