@@ -90,6 +90,15 @@ lv_ensure() {
 	done
 }
 
+# Debian's PostgreSQL server, for the postgres health check tests: its
+# version, its programs' folder, and its package.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+LV_PG_VERSION=15
+# shellcheck disable=SC2034
+LV_PG_BIN="/usr/lib/postgresql/$LV_PG_VERSION/bin"
+# shellcheck disable=SC2034
+LV_PG_PKG="postgresql-$LV_PG_VERSION"
+
 # The host tools the test VM needs, as CMD:PKG pairs for lv_ensure.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 LV_VM_TOOLS=(
@@ -103,6 +112,7 @@ LV_VM_TOOLS=(
 	ipvsadm:ipvsadm
 	keepalived:keepalived
 	bird:bird2
+	"$LV_PG_BIN/postgres:$LV_PG_PKG"
 	setsid:util-linux
 	strace:strace
 	ldd:libc-bin

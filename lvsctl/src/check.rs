@@ -1,5 +1,6 @@
 //! Health checks of a real server: their configuration (the `check` table of
-//! the TOML config) and the probes: `tcp`, `http`, `exec`, `https`, `udp`, `dns`.
+//! the TOML config) and the probes: `tcp`, `http`, `exec`, `https`, `udp`, `dns`,
+//! `postgres`.
 //!
 //! A probe answers one question, "is this real server healthy right now?",
 //! within a timeout, with `Ok(())` or the reason it is not. Counting
@@ -9,6 +10,7 @@ pub mod dns;
 mod fields;
 pub mod http;
 pub mod https;
+pub mod postgres;
 pub mod security;
 pub mod udp;
 
@@ -42,7 +44,7 @@ pub const DEFAULT_USER: &str = "nobody";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
-    /// `tcp`, `http`, `exec`, `https`, `udp` or `dns`.
+    /// `tcp`, `http`, `exec`, `https`, `udp`, `dns` or `postgres`.
     #[serde(rename = "type")]
     pub kind: CheckType,
     /// Time between two checks (seconds, or a string like `"200ms"`, `"2s"`, `"1m"`).
@@ -57,7 +59,7 @@ pub struct CheckConfig {
     /// Failures in a row that take an up real server down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fall: Option<u32>,
-    /// `tcp`, `http`, `https`, `udp`, `dns`: the port to connect or send to
+    /// `tcp`, `http`, `https`, `udp`, `dns`, `postgres`: the port to connect or send to
     /// (default: the real server's port; for `dns` without one, 53).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
@@ -79,6 +81,7 @@ pub struct CheckConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
     /// `exec`: the user the command runs as (default `nobody`; never root).
+    /// `postgres`: the database user named at startup (default `postgres`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// `https`: the TLS server name sent and verified (default: `host`, else the address).
@@ -111,6 +114,19 @@ pub struct CheckConfig {
     /// `dns`: a record the answer must hold (an address for `A`/`AAAA`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// `postgres`: the database named at startup (default: the user's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<postgres::PgText>,
+    /// `postgres`: log in (and run `query`) instead of only asking whether
+    /// the server accepts connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<bool>,
+    /// `postgres` with `login = true`: a query to run, e.g. `"SELECT 1"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<postgres::PgText>,
+    /// `postgres` with `login = true`: the root-only file holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<postgres::AbsPath>,
 }
 
 /// The kind of a check.
@@ -129,6 +145,8 @@ pub enum CheckType {
     Udp,
     /// Ask a DNS question over UDP.
     Dns,
+    /// Ask a PostgreSQL server whether it accepts connections, as `pg_isready`.
+    Postgres,
 }
 
 impl CheckType {
@@ -140,6 +158,7 @@ impl CheckType {
             Self::Https => "https",
             Self::Udp => "udp",
             Self::Dns => "dns",
+            Self::Postgres => "postgres",
         }
     }
 }
@@ -249,6 +268,8 @@ pub enum Probe {
     Udp(udp::UdpCheck),
     /// A DNS question.
     Dns(dns::DnsCheck),
+    /// Speak PostgreSQL's startup to the real server.
+    Postgres(postgres::PostgresCheck),
 }
 
 /// An `exec` check, resolved: absolute program path (as given or found in
@@ -293,6 +314,7 @@ impl CheckConfig {
             CheckType::Https => Probe::Https(self.https(port, what)?),
             CheckType::Udp => Probe::Udp(self.udp(port, what)?),
             CheckType::Dns => Probe::Dns(self.dns(port, what)?),
+            CheckType::Postgres => Probe::Postgres(postgres::resolve(self, port, what)?),
         };
         Ok(Check { probe, interval, timeout, rise, fall })
     }
@@ -320,13 +342,15 @@ impl CheckConfig {
         self.only(self.body.is_some(), "body", "http", what)?;
         self.only(self.host.is_some(), "host", "http", what)?;
         self.only(self.command.is_some(), "command", "exec", what)?;
-        self.only(self.user.is_some(), "user", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec and postgres", what)?;
+        postgres::refuse_fields(self, what)?;
         self.check_port(port, what)
     }
 
     fn http(&self, port: u16, what: &str) -> Result<http::HttpCheck, String> {
         self.only(self.command.is_some(), "command", "exec", what)?;
-        self.only(self.user.is_some(), "user", "exec", what)?;
+        self.only(self.user.is_some(), "user", "exec and postgres", what)?;
+        postgres::refuse_fields(self, what)?;
         let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
         if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
@@ -350,6 +374,7 @@ impl CheckConfig {
         self.only(self.status.is_some(), "status", "http", what)?;
         self.only(self.body.is_some(), "body", "http", what)?;
         self.only(self.host.is_some(), "host", "http", what)?;
+        postgres::refuse_fields(self, what)?;
         let cmd = match &self.command {
             Some(c) if !c.is_empty() && !c[0].is_empty() => c,
             _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
@@ -526,6 +551,7 @@ impl Probe {
             Self::Https(_) => "https",
             Self::Udp(_) => "udp",
             Self::Dns(_) => "dns",
+            Self::Postgres(_) => "postgres",
         }
     }
 
@@ -546,6 +572,12 @@ impl Probe {
             Self::Https(h) => h.run(target.addr.ip()).await,
             Self::Udp(u) => u.run(target.addr.ip()).await,
             Self::Dns(d) => d.run(target.addr.ip()).await,
+            Self::Postgres(p) => {
+                let a = SocketAddr::new(target.addr.ip(), p.port);
+                let s = socket_for(a, "postgres")?;
+                let s = s.connect(a).await.map_err(|e| Fail::Failed(format!("postgres connect to {a}: {e}")))?;
+                p.exchange(s, a).await.map_err(Fail::Failed)
+            }
         }
     }
 }

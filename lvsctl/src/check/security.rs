@@ -139,6 +139,16 @@ fn check_entry(p: &Path, md: &std::fs::Metadata, last: bool, what: &str, given: 
 /// must still be that file, root's and writable by root only, so what is
 /// read is what was checked even if the path changes meanwhile.
 pub(crate) fn read_root_only(path: &Path, what: &str) -> Result<String, String> {
+    read_checked(path, what, false)
+}
+
+/// [`read_root_only`] for a secret (a password): the file must also be
+/// readable by root only, not by its group or others.
+pub(crate) fn read_root_secret(path: &Path, what: &str) -> Result<String, String> {
+    read_checked(path, what, true)
+}
+
+fn read_checked(path: &Path, what: &str, secret: bool) -> Result<String, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let (real, md) = checked(path, what)?;
@@ -152,6 +162,14 @@ pub(crate) fn read_root_only(path: &Path, what: &str) -> Result<String, String> 
         return Err(format!("refusing {what} {}: it was replaced while it was being checked", path.display()));
     }
     check_entry(&real, &open, true, what, path)?;
+    if secret && open.mode() & 0o044 != 0 {
+        return Err(format!(
+            "refusing {what} {}: readable by {} (mode {:04o}); make it readable by root only (chmod go-rwx)",
+            path.display(),
+            if open.mode() & 0o004 != 0 { "everyone" } else { "its group" },
+            open.mode() & 0o7777
+        ));
+    }
     let mut text = String::new();
     f.read_to_string(&mut text).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
     Ok(text)

@@ -585,6 +585,7 @@ fn describe_check(c: &Check) -> String {
         check::Probe::Https(h) => format!("https GET :{}{}", h.http.port, h.http.path),
         check::Probe::Udp(u) => format!("udp port {}", u.port),
         check::Probe::Dns(d) => format!("dns {} {} port {}", d.query_type, d.name, d.port),
+        check::Probe::Postgres(p) => p.describe(),
     };
     format!("{kind} every {}, timeout {}, rise {}, fall {}", Secs(c.interval), Secs(c.timeout), c.rise, c.fall)
 }
