@@ -10,6 +10,7 @@ use ipvs::reconcile::DesiredService;
 use ipvs::{ServiceKey, SyncDaemon};
 use serde::{Deserialize, Serialize};
 
+use crate::health::drain::DrainCause;
 use crate::health::OnFailure;
 use crate::{state, Error};
 
@@ -32,6 +33,38 @@ pub struct HealthReport {
     /// Failover (`[director.ha]`): the VRRP role, the peer, the sync daemons.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaReport>,
+    /// The real servers draining (weight 0 until their connections end or
+    /// their drain time passes, then deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainReport>,
+}
+
+/// A real server draining.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// Its virtual service (as it is in the kernel: it may be one removed
+    /// from the config that stays until its real servers are done).
+    pub service: ipvs::Service,
+    /// The real server (its weight as it was; it is at 0 now).
+    pub dest: ipvs::Destination,
+    /// Why it drains.
+    pub cause: DrainCause,
+    /// Since when (seconds since the epoch).
+    pub since: u64,
+    /// When it is deleted at the latest (seconds since the epoch).
+    pub until: u64,
+}
+
+impl DrainReport {
+    fn render(&self) -> String {
+        format!(
+            "    -> {:<28} draining since {} ({}), deleted when idle or at {}\n",
+            self.dest.addr.to_string(),
+            utc(self.since),
+            self.cause.describe(),
+            utc(self.until)
+        )
+    }
 }
 
 /// The health of one virtual service's real servers.
@@ -70,6 +103,9 @@ pub struct RealHealth {
     pub last_error_at: Option<u64>,
     /// The configured weight (restored when it is up).
     pub weight: u32,
+    /// The weight a dynamic exec check asked for last (never above `weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_weight: Option<u32>,
 }
 
 impl RealHealth {
@@ -106,8 +142,21 @@ impl HealthReport {
             }
             out.push('\n');
             for r in &s.real_servers {
-                out.push_str(&format!("    -> {:<28} {}\n", r.addr.to_string(), r.describe()));
+                let w = r.dynamic_weight.map(|w| format!(" (dynamic weight {w})")).unwrap_or_default();
+                out.push_str(&format!("    -> {:<28} {}{w}\n", r.addr.to_string(), r.describe()));
             }
+            self.draining.iter().filter(|d| d.service.key == s.key).for_each(|d| out.push_str(&d.render()));
+        }
+        let mut removed: Vec<&DrainReport> =
+            self.draining.iter().filter(|d| !self.services.iter().any(|s| s.key == d.service.key)).collect();
+        removed.sort_by_key(|d| d.service.key.to_string());
+        let mut last = None;
+        for d in removed {
+            if last != Some(d.service.key) {
+                out.push_str(&format!("  {} (removed from the config: deleted once drained)\n", d.service.key));
+                last = Some(d.service.key);
+            }
+            out.push_str(&d.render());
         }
         if let Some(ha) = &self.ha {
             out.push_str(&ha.render());
@@ -211,6 +260,11 @@ pub fn expected(services: &[DesiredService], report: &HealthReport) -> Vec<Desir
     for d in &mut out {
         let Some(h) = report.services.iter().find(|h| h.key == d.service.key) else { continue };
         let down = |a: &SocketAddr| h.real_servers.iter().any(|r| r.addr == *a && !r.up);
+        for r in h.real_servers.iter().filter(|r| r.up) {
+            if let (Some(w), Some(x)) = (r.dynamic_weight, d.destinations.iter_mut().find(|x| x.addr == r.addr)) {
+                x.weight = w;
+            }
+        }
         match h.on_failure {
             OnFailure::Drain => d.destinations.iter_mut().filter(|x| down(&x.addr)).for_each(|x| x.weight = 0),
             OnFailure::Remove => d.destinations.retain(|x| !down(&x.addr)),
@@ -219,6 +273,20 @@ pub fn expected(services: &[DesiredService], report: &HealthReport) -> Vec<Desir
             if !d.destinations.iter().any(|x| x.addr == sorry.addr) {
                 d.destinations.push(sorry.clone());
             }
+        }
+    }
+    for dr in &report.draining {
+        let at = match out.iter().position(|d| d.service.key == dr.service.key) {
+            Some(i) => i,
+            None => {
+                out.push(DesiredService { service: dr.service.clone(), destinations: Vec::new() });
+                out.len() - 1
+            }
+        };
+        let dests = &mut out[at].destinations;
+        match dests.iter_mut().find(|x| x.addr == dr.dest.addr) {
+            Some(x) => x.weight = 0,
+            None => dests.push(dr.dest.clone().with_weight(0)),
         }
     }
     out
@@ -264,6 +332,7 @@ pub fn new(config: &Path, started: SystemTime) -> HealthReport {
         started: epoch(started),
         services: Vec::new(),
         ha: None,
+        draining: Vec::new(),
     }
 }
 
@@ -310,6 +379,7 @@ mod tests {
             last_error: Some("tcp connect to 10.18.68.186:15858: Connection refused (os error 111)".into()),
             last_error_at: Some(1),
             weight: 1,
+            dynamic_weight: None,
         };
         assert_eq!(
             r.describe(),
