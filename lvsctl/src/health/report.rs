@@ -389,6 +389,65 @@ mod tests {
         assert_eq!(r.describe(), "not checked");
     }
 
+    /// While the daemon runs, status expects the drains (weight 0, a removed
+    /// service still there) and the dynamic weights: none of them is drift.
+    #[test]
+    fn expected_has_the_drains_and_dynamic_weights() {
+        use ipvs::{Destination, Forward, Scheduler, Service};
+        let svc =
+            |port: u16| Service::new(ServiceKey::tcp(format!("10.19.70.166:{port}").parse().unwrap()), Scheduler::Rr);
+        let dest = |a: &str| Destination::new(format!("{a}:80").parse().unwrap(), Forward::Route).with_weight(4);
+        let configured = vec![DesiredService { service: svc(80), destinations: vec![dest("10.18.68.186")] }];
+        let mut r = new(Path::new("/etc/lvsctl.toml"), UNIX_EPOCH);
+        r.services.push(ServiceHealth {
+            key: svc(80).key,
+            sorry_server: None,
+            sorry_active: false,
+            on_failure: OnFailure::Drain,
+            sorry: None,
+            real_servers: vec![RealHealth {
+                addr: "10.18.68.186:80".parse().unwrap(),
+                check: Some("exec".into()),
+                up: true,
+                since: 0,
+                last_error: None,
+                last_error_at: None,
+                weight: 4,
+                dynamic_weight: Some(2),
+            }],
+        });
+        let drain = |s: Service, a: &str| DrainReport {
+            service: s,
+            dest: dest(a),
+            cause: DrainCause::Removed,
+            since: 0,
+            until: 30,
+        };
+        r.draining = vec![drain(svc(80), "10.18.68.187"), drain(svc(81), "10.18.68.186")];
+        let e = expected(&configured, &r);
+        let weights: Vec<(u16, Vec<(String, u32)>)> = e
+            .iter()
+            .map(|d| {
+                let port = match d.service.key {
+                    ServiceKey::Inet { addr, .. } => addr.port(),
+                    ServiceKey::Fwmark { .. } => 0,
+                };
+                (port, d.destinations.iter().map(|x| (x.addr.ip().to_string(), x.weight)).collect())
+            })
+            .collect();
+        assert_eq!(
+            weights,
+            vec![
+                (80, vec![("10.18.68.186".into(), 2), ("10.18.68.187".into(), 0)]),
+                (81, vec![("10.18.68.186".into(), 0)]),
+            ]
+        );
+        let text = r.render();
+        assert!(text.contains("10.18.68.186:80") && text.contains("(dynamic weight 2)"), "{text}");
+        assert!(text.contains("tcp 10.19.70.166:81 (removed from the config: deleted once drained)"), "{text}");
+        assert_eq!(text.matches("draining since").count(), 2, "{text}");
+    }
+
     #[test]
     fn stale_reports_are_not_running() {
         assert!(alive(std::process::id()));
