@@ -8,6 +8,7 @@
 
 pub mod dns;
 mod fields;
+pub mod dynamic;
 pub mod http;
 pub mod https;
 pub mod postgres;
@@ -127,6 +128,10 @@ pub struct CheckConfig {
     /// `postgres` with `login = true`: the root-only file holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<postgres::AbsPath>,
+    /// `exec`: the exit status sets the weight (keepalived's `misc_dynamic`,
+    /// see [`dynamic`]): 0 up, 1 down, 2..255 up with weight status - 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<bool>,
 }
 
 /// The kind of a check.
@@ -286,6 +291,8 @@ pub struct ExecCheck {
     pub uid: u32,
     /// That user's primary gid.
     pub gid: u32,
+    /// Exit statuses 2..255 mean up with a weight ([`dynamic`]).
+    pub dynamic: bool,
 }
 
 impl CheckConfig {
@@ -344,6 +351,7 @@ impl CheckConfig {
         self.only(self.command.is_some(), "command", "exec", what)?;
         self.only(self.user.is_some(), "user", "exec and postgres", what)?;
         postgres::refuse_fields(self, what)?;
+        self.only(self.dynamic.is_some(), "dynamic", "exec", what)?;
         self.check_port(port, what)
     }
 
@@ -351,6 +359,7 @@ impl CheckConfig {
         self.only(self.command.is_some(), "command", "exec", what)?;
         self.only(self.user.is_some(), "user", "exec and postgres", what)?;
         postgres::refuse_fields(self, what)?;
+        self.only(self.dynamic.is_some(), "dynamic", "exec", what)?;
         let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
         if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
@@ -386,7 +395,8 @@ impl CheckConfig {
         if uid == 0 {
             return Err(format!("{what}: exec checks never run as root (user {user:?} has uid 0)"));
         }
-        Ok(ExecCheck { program, args: cmd[1..].to_vec(), user, uid, gid })
+        let dynamic = self.dynamic.unwrap_or(false);
+        Ok(ExecCheck { program, args: cmd[1..].to_vec(), user, uid, gid, dynamic })
     }
 }
 
@@ -508,7 +518,7 @@ impl Check {
     #[cfg(test)]
     pub(crate) async fn run(&self, target: &Target) -> Result<(), String> {
         match self.attempt(target).await {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(Fail::Failed(e) | Fail::NotRun(e)) => Err(e),
         }
     }
@@ -516,8 +526,9 @@ impl Check {
     /// Run the check once as the daemon does: when one of the limited slots
     /// for checks in flight is free. `Err(reason)`: the check could not even
     /// start here (the host is out of file descriptors or processes); that is
-    /// neither a success nor a failure of the real server.
-    pub(crate) async fn run_bounded(&self, target: &Target) -> Result<Result<(), String>, String> {
+    /// neither a success nor a failure of the real server. A success may
+    /// carry the weight a dynamic exec check asked for.
+    pub(crate) async fn run_bounded(&self, target: &Target) -> Result<Result<Option<u32>, String>, String> {
         self.run_bounded_in(target, in_flight()).await
     }
 
@@ -525,17 +536,24 @@ impl Check {
         &self,
         target: &Target,
         slots: &tokio::sync::Semaphore,
-    ) -> Result<Result<(), String>, String> {
+    ) -> Result<Result<Option<u32>, String>, String> {
         let _slot = slots.acquire().await.map_err(|e| e.to_string())?;
         match self.attempt(target).await {
-            Ok(()) => Ok(Ok(())),
+            Ok(w) => Ok(Ok(w)),
             Err(Fail::Failed(e)) => Ok(Err(e)),
             Err(Fail::NotRun(e)) => Err(e),
         }
     }
 
-    async fn attempt(&self, target: &Target) -> Result<(), Fail> {
-        match tokio::time::timeout(self.timeout, self.probe.run(target)).await {
+    /// One run; `Ok(Some(w))`: a dynamic exec check asked for weight `w`.
+    async fn attempt(&self, target: &Target) -> Result<Option<u32>, Fail> {
+        let run = async {
+            match &self.probe {
+                Probe::Exec(x) => x.run(target).await,
+                p => p.run(target).await.map(|()| None),
+            }
+        };
+        match tokio::time::timeout(self.timeout, run).await {
             Ok(r) => r,
             Err(_) => Err(Fail::Failed(format!("{} check timed out after {}", self.probe.kind(), Secs(self.timeout)))),
         }
@@ -568,7 +586,7 @@ impl Probe {
                 let s = s.connect(a).await.map_err(|e| Fail::Failed(format!("http connect to {a}: {e}")))?;
                 h.exchange(s, target.addr.ip(), "http").await.map_err(Fail::Failed)
             }
-            Self::Exec(x) => x.run(target).await,
+            Self::Exec(x) => x.run(target).await.map(drop),
             Self::Https(h) => h.run(target.addr.ip()).await,
             Self::Udp(u) => u.run(target.addr.ip()).await,
             Self::Dns(d) => d.run(target.addr.ip()).await,
@@ -589,8 +607,9 @@ impl ExecCheck {
     /// Run the program: checked again first ([`security::check_root_only_writable`],
     /// the path as given), and what was checked is what runs (the path it
     /// resolved to, with the path as given as `argv[0]`). A program that is
-    /// not safe any more fails the check without running.
-    async fn run(&self, target: &Target) -> Result<(), Fail> {
+    /// not safe any more fails the check without running. `Ok(Some(w))`: a
+    /// dynamic check's exit status asked for weight `w`.
+    async fn run(&self, target: &Target) -> Result<Option<u32>, Fail> {
         let exe = security::check_root_only_writable(&self.program, "check command").map_err(Fail::Failed)?;
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg0(&self.program)
@@ -630,8 +649,10 @@ impl ExecCheck {
         let (status, err) = tokio::join!(child.wait(), read_err);
         drop(guard);
         let status = status.map_err(|e| Fail::Failed(format!("waiting for {}: {e}", self.program.display())))?;
-        if status.success() {
-            return Ok(());
+        match (self.dynamic, dynamic::verdict(status.code())) {
+            (true, dynamic::Verdict::Up(w)) => return Ok(w),
+            (false, _) if status.success() => return Ok(None),
+            _ => {}
         }
         let text = String::from_utf8_lossy(&err);
         let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -753,6 +774,7 @@ mod tests {
                 user: "test".into(),
                 uid,
                 gid,
+                dynamic: false,
             }),
             interval: DEFAULT_INTERVAL,
             timeout,
@@ -771,6 +793,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e, "/bin/sh exit status 2: not ready: replica lag");
+    }
+
+    /// `dynamic = true`: exit 2..255 is up with a weight, 1 is down; without
+    /// it the same exit 7 is a failure.
+    #[tokio::test]
+    async fn a_dynamic_exec_check_reports_the_weight_of_its_exit_status() {
+        let t = Target { addr: "10.0.0.2:80".parse().unwrap(), service: "tcp 10.0.0.1:80".into() };
+        let dynamic = |script: &str| {
+            let mut c = exec_check(script, Duration::from_secs(10));
+            let Probe::Exec(x) = &mut c.probe else { unreachable!() };
+            x.dynamic = true;
+            c
+        };
+        let slots = tokio::sync::Semaphore::new(1);
+        assert_eq!(dynamic("exit 7").run_bounded_in(&t, &slots).await, Ok(Ok(Some(5))));
+        assert_eq!(dynamic("exit 0").run_bounded_in(&t, &slots).await, Ok(Ok(None)));
+        assert!(dynamic("exit 1").run_bounded_in(&t, &slots).await.unwrap().is_err());
+        let plain = exec_check("exit 7", Duration::from_secs(10));
+        assert!(plain.run_bounded_in(&t, &slots).await.unwrap().is_err());
     }
 
     /// An exec program is checked again each time it runs: one that became
@@ -848,7 +889,7 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(300), &mut waiting).await.is_err());
         assert!(!ran.exists(), "a check started without a free slot");
         drop(busy);
-        assert_eq!(waiting.await, Ok(Ok(())));
+        assert_eq!(waiting.await, Ok(Ok(None)));
         assert!(ran.exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

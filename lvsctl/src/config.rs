@@ -207,6 +207,11 @@ pub struct ServiceConfig {
     /// (same forms as `real`).
     #[serde(default)]
     pub sorry_server: Option<Spanned<RealConfig>>,
+    /// How long `director run` lets a real server keep its connections
+    /// (weight 0) before it deletes it: one removed from the file on SIGHUP,
+    /// or one that failed with `on_failure = "remove"`. `0`: delete at once.
+    #[serde(default)]
+    pub drain_time: Option<crate::check::Secs>,
 }
 
 impl ServiceConfig {
@@ -230,6 +235,7 @@ impl ServiceConfig {
             check: None,
             on_failure: OnFailure::default(),
             sorry_server: None,
+            drain_time: None,
         }
     }
 }
@@ -647,6 +653,7 @@ fn validate_service(
         checks,
         on_failure: s.on_failure,
         sorry_server,
+        drain_time: s.drain_time.map_or(crate::health::drain::DEFAULT_DRAIN_TIME, |t| t.0),
     })
 }
 

@@ -81,6 +81,9 @@ pub struct VirtualService {
     pub on_failure: OnFailure,
     /// The sorry server, for `director run`.
     pub sorry_server: Option<Destination>,
+    /// How long `director run` drains a real server it deletes (removed from
+    /// the config, or failed with `on_failure = "remove"`); zero: no drain.
+    pub drain_time: std::time::Duration,
 }
 
 /// What `director start` configures: validated, ready to reconcile.

@@ -17,11 +17,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use ipvs::{DestinationEntry, Ipvs, Protocol, ServiceKey};
+use ipvs::{DestinationEntry, Ipvs, ServiceKey};
 
 use super::spec::{self, ServiceKeyArgs};
 use super::{connect, ipvsadm_error, usage, Ctx};
 use crate::CliError;
+use lvsctl::health::drain::busy;
 
 /// Exit status when the timeout passed with connections left.
 pub(crate) const EXIT_TIMEOUT: u8 = 3;
@@ -63,15 +64,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration {s:?} is out of range (0 to a year)"));
     }
     Ok(Duration::from_secs_f64(v))
-}
-
-/// The connections that keep a real server busy: active ones (established
-/// TCP and SCTP); for UDP, whose entries the kernel counts as inactive, all.
-fn busy(key: &ServiceKey, d: &DestinationEntry) -> u32 {
-    match key {
-        ServiceKey::Inet { protocol: Protocol::Udp, .. } => d.active_conns + d.inactive_conns,
-        _ => d.active_conns,
-    }
 }
 
 /// The real server `r` of `key` among `dests`: by address and port, or by

@@ -25,6 +25,8 @@ pub enum Event {
     Resync,
     /// Time to retry a change that failed.
     Retry,
+    /// Time to read the connections of the real servers draining.
+    DrainPoll,
     /// keepalived reported a VRRP state (failover, `[director.ha]`).
     Role(RoleEvent),
     /// SIGTERM or SIGINT (named): stop.
@@ -45,7 +47,13 @@ pub struct Events {
     backoff: Duration,
     /// keepalived's role events, with `[director.ha]`.
     roles: Option<mpsc::UnboundedReceiver<RoleEvent>>,
+    /// Ticks while real servers drain ([`Events::set_draining`]).
+    drain_poll: Interval,
+    draining: bool,
 }
+
+/// How often the connections of draining real servers are read.
+const DRAIN_POLL: Duration = Duration::from_secs(1);
 
 impl Events {
     /// Listen to `results`, the signals, and a resync every `resync_every`.
@@ -63,6 +71,8 @@ impl Events {
             retry_at: None,
             backoff: FIRST_RETRY,
             roles: None,
+            drain_poll: resync_timer(DRAIN_POLL),
+            draining: false,
         })
     }
 
@@ -87,6 +97,15 @@ impl Events {
             self.retry_at = Some(Instant::now() + self.backoff);
             self.backoff = (self.backoff * 2).min(self.resync_every.max(FIRST_RETRY));
         }
+    }
+
+    /// Whether real servers drain: while they do, a [`Event::DrainPoll`]
+    /// comes every second.
+    pub(crate) fn set_draining(&mut self, on: bool) {
+        if on && !self.draining {
+            self.drain_poll = resync_timer(DRAIN_POLL);
+        }
+        self.draining = on;
     }
 
     /// The table is as wanted: no retry pending, the backoff starts over.
@@ -126,6 +145,7 @@ impl Events {
                 Event::Retry
             }
             _ = self.resync.tick() => Event::Resync,
+            _ = self.drain_poll.tick(), if self.draining => Event::DrainPoll,
         }
     }
 }

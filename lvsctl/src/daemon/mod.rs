@@ -29,6 +29,7 @@
 //! ```
 
 mod bgp;
+mod drain;
 mod events;
 pub mod journal;
 
@@ -47,6 +48,7 @@ use crate::check::{self, security, Check, Secs, Target};
 use crate::config::Config;
 use crate::director::{plan::destination_ops, Director, OnError};
 use crate::ha::Ha;
+use crate::health::drain::Drains;
 use crate::health::report;
 use crate::health::{effective, Health, RealKey, RealSpec, ServiceSpec, Transition};
 use crate::spec::DirectorSpec;
@@ -119,6 +121,7 @@ fn specs(d: &DirectorSpec) -> Result<Vec<ServiceSpec>, String> {
             reals,
             on_failure: vs.on_failure,
             sorry: vs.sorry_server.clone(),
+            drain_time: vs.drain_time,
         });
     }
     Ok(out)
@@ -130,7 +133,8 @@ pub struct CheckResult {
     /// Which task sent it (results of replaced tasks are dropped).
     task: u64,
     real: RealKey,
-    result: Result<(), String>,
+    /// Up (with the weight a dynamic exec check asked for), or why not.
+    result: Result<Option<u32>, String>,
 }
 
 /// A running checker task.
@@ -195,6 +199,11 @@ struct Daemon {
     ha: Option<Ha>,
     /// ECMP scale-out (`[director.bgp]`): BIRD, the announced VIPs.
     bgp: Option<Bgp>,
+    /// Real servers draining before they are deleted.
+    drains: Drains,
+    /// The weights dynamic exec checks asked for (unbounded; the configured
+    /// weight is the ceiling when applied).
+    weights: HashMap<RealKey, u32>,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -229,6 +238,8 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         report_written: std::time::Instant::now(),
         ha,
         bgp,
+        drains: Drains::default(),
+        weights: HashMap::new(),
     };
     d.sync_reals();
     d.start(&mut events).await?;
@@ -239,6 +250,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             Event::Reload => d.reload(&mut events).await,
             Event::Resync => d.converge("resync", &mut events).await,
             Event::Retry => d.converge("retrying a change that failed", &mut events).await,
+            Event::DrainPoll => d.poll_drains(&mut events).await,
             Event::Role(e) => {
                 if d.ha.as_mut().is_some_and(|h| h.on_event(e)) {
                     d.converge("failover role change", &mut events).await;
@@ -263,7 +275,8 @@ impl Daemon {
         let (desired, sorry_in) = self.effective();
         self.sorry_in = sorry_in;
         self.write_report();
-        match self.director.reconcile_with(&self.loaded.director, &desired, OnError::Keep).await {
+        let spec = self.drains.spec_with(&self.loaded.director);
+        match self.director.reconcile_with(&spec, &desired, OnError::Keep).await {
             Ok(r) => {
                 log_changes(&r.changes, "start");
                 self.applied = Some(by_key(desired));
@@ -296,6 +309,7 @@ impl Daemon {
             b.drain_and_stop().await;
         }
         self.checkers.clear();
+        self.abandon_drains(teardown);
         if let Some(ha) = self.ha.as_mut() {
             ha.stop(self.director.ipvs()).await;
         }
@@ -332,6 +346,9 @@ impl Daemon {
         }
         self.health.retain(|k, _| want.contains_key(k));
         self.checkers.retain(|k, c| want.get(k).is_some_and(|w| w.as_ref() == Some(&c.check)));
+        // A dynamic weight belongs to the check that asked for it.
+        let checkers = &self.checkers;
+        self.weights.retain(|k, _| checkers.contains_key(k));
         for (k, check) in want {
             let h = self.health.entry(k).or_insert_with(|| Health::new(now));
             match check {
@@ -370,6 +387,8 @@ impl Daemon {
     /// and which services have their sorry server in.
     fn effective(&self) -> (Vec<DesiredService>, HashMap<ServiceKey, bool>) {
         let (mut desired, sorry_in) = effective(&self.loaded.services, &self.health);
+        crate::health::apply_weights(&mut desired, &self.weights);
+        self.drains.apply(&mut desired);
         if let Some(ha) = &self.ha {
             ha.adjust(&mut desired);
         }
@@ -382,15 +401,22 @@ impl Daemon {
             return;
         }
         let (rise, fall) = (checker.check.rise, checker.check.fall);
+        let reweighted = match &r.result {
+            Ok(asked) => self.set_dynamic_weight(r.real, *asked),
+            Err(_) => false,
+        };
         let Some(h) = self.health.get_mut(&r.real) else { return };
         let failed = r.result.is_err();
-        let Some(t) = h.record(r.result, rise, fall, SystemTime::now()) else {
-            if failed && self.report_written.elapsed() >= Duration::from_secs(1) {
+        let Some(t) = h.record(r.result.map(drop), rise, fall, SystemTime::now()) else {
+            if reweighted && h.up {
+                self.transition(r.real.0, events).await;
+            } else if failed && self.report_written.elapsed() >= Duration::from_secs(1) {
                 self.write_report();
             }
             return;
         };
         self.log_transition(r.real, &t, rise, fall);
+        self.drain_on_transition(r.real, &t, events);
         self.transition(r.real.0, events).await;
     }
 
@@ -400,9 +426,11 @@ impl Daemon {
         let action = spec.map_or(crate::health::OnFailure::Drain, |s| s.on_failure);
         match t {
             Transition::Down(reason) => {
-                let act = match action {
-                    crate::health::OnFailure::Drain => "weight 0, existing connections drain",
-                    crate::health::OnFailure::Remove => "removed from the virtual service",
+                let drains = spec.is_some_and(|s| !s.drain_time.is_zero());
+                let act = match (action, drains) {
+                    (crate::health::OnFailure::Drain, _) => "weight 0, existing connections drain",
+                    (crate::health::OnFailure::Remove, true) => "weight 0, removed once drained",
+                    (crate::health::OnFailure::Remove, false) => "removed from the virtual service",
                 };
                 warn!(service = %key, real_server = %addr, reason = %reason, fall, action = act, "real server down");
             }
@@ -477,7 +505,8 @@ impl Daemon {
     /// table is read and every difference repaired and logged.
     async fn converge(&mut self, why: &'static str, events: &mut Events) {
         let desired = self.update_health_view();
-        match self.director.reconcile_with(&self.loaded.director, &desired, OnError::Keep).await {
+        let spec = self.drains.spec_with(&self.loaded.director);
+        match self.director.reconcile_with(&spec, &desired, OnError::Keep).await {
             Ok(r) => {
                 log_changes(&r.changes, why);
                 self.applied = Some(by_key(desired));
@@ -506,6 +535,7 @@ impl Daemon {
         let count = |l: &Loaded| l.services.iter().map(|s| s.reals.len()).sum::<usize>();
         let previous = count(&self.loaded);
         events.set_resync(resync_of(&new));
+        self.drains_on_reload(&new, events);
         self.loaded = new;
         self.sync_reals();
         self.converge("reload", events).await;
@@ -527,6 +557,7 @@ impl Daemon {
         }
         r.ha = self.ha.as_ref().map(Ha::report);
         r.bgp = self.bgp.as_ref().map(Bgp::report);
+        r.draining = self.drain_report();
         if let Err(e) = report::write(&self.report_path, &r) {
             warn!(reason = %e, "cannot write the health report");
         }
@@ -548,6 +579,10 @@ impl Daemon {
                     last_error: h.and_then(|h| h.last_error.as_ref().map(|e| e.1.clone())),
                     last_error_at: h.and_then(|h| h.last_error.as_ref().map(|e| report::epoch(e.0))),
                     weight: x.dest.weight,
+                    dynamic_weight: self
+                        .weights
+                        .get(&k)
+                        .map(|&w| crate::check::dynamic::bounded(Some(w), x.dest.weight)),
                 }
             })
             .collect();
@@ -636,7 +671,7 @@ mod tests {
         for _ in 0..5 {
             let r = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
             assert_eq!(r.task, 2, "only the quick check can have finished");
-            assert_eq!(r.result, Ok(()));
+            assert_eq!(r.result, Ok(None));
         }
     }
 

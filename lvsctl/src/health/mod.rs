@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::Check;
 
+pub mod drain;
 pub mod report;
 pub mod report_bgp;
 
@@ -38,6 +39,8 @@ pub struct ServiceSpec {
     pub on_failure: OnFailure,
     /// The real server that takes over while every real server is down.
     pub sorry: Option<Destination>,
+    /// How long a real server drains before it is deleted ([`drain`]).
+    pub drain_time: std::time::Duration,
 }
 
 /// A real server and its check (`None`: never checked, always up).
@@ -142,6 +145,20 @@ pub fn effective(
     (out, sorry_in)
 }
 
+/// Dynamic weights (`exec` checks with `dynamic = true`): each real server
+/// in `weights` gets the weight its check asked for, never more than the
+/// weight it has in `desired` (its configured one when up; 0 when drained).
+pub fn apply_weights(desired: &mut [DesiredService], weights: &HashMap<RealKey, u32>) {
+    for d in desired {
+        let key = d.service.key;
+        for x in &mut d.destinations {
+            if let Some(&w) = weights.get(&(key, x.addr)) {
+                x.weight = crate::check::dynamic::bounded(Some(w), x.weight);
+            }
+        }
+    }
+}
+
 /// Failover's standby form of a table (a director with `[director.ha]`
 /// that is not MASTER): weight 0 for every real server that is not this
 /// host (`is_local`), in each service that has this host among its real
@@ -203,6 +220,7 @@ mod tests {
             ],
             on_failure,
             sorry: sorry.then(|| d("10.18.68.190:15858", 1)),
+            drain_time: drain::DEFAULT_DRAIN_TIME,
         }
     }
 
@@ -240,6 +258,22 @@ mod tests {
         h.remove(&(r.service.key, r.reals[1].dest.addr));
         let (d, _) = effective(std::slice::from_ref(&r), &h);
         assert_eq!(d[0].destinations, vec![r.reals[1].dest.clone()]);
+    }
+
+    #[test]
+    fn dynamic_weights_are_bounded_and_leave_drained_servers_at_zero() {
+        let s = spec(OnFailure::Drain, false);
+        let mut h = HashMap::new();
+        down(&mut h, &s, 1);
+        let (mut d, _) = effective(std::slice::from_ref(&s), &h);
+        let key = s.service.key;
+        let w = HashMap::from([((key, s.reals[0].dest.addr), 2), ((key, s.reals[1].dest.addr), 9)]);
+        apply_weights(&mut d, &w);
+        assert_eq!(d[0].destinations.iter().map(|x| x.weight).collect::<Vec<_>>(), vec![2, 0]);
+        let w = HashMap::from([((key, s.reals[0].dest.addr), 200)]);
+        let (mut d, _) = effective(std::slice::from_ref(&s), &h);
+        apply_weights(&mut d, &w);
+        assert_eq!(d[0].destinations[0].weight, 3, "never above the configured weight");
     }
 
     #[test]

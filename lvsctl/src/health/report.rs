@@ -10,6 +10,7 @@ use ipvs::reconcile::DesiredService;
 use ipvs::{ServiceKey, SyncDaemon};
 use serde::{Deserialize, Serialize};
 
+use crate::health::drain::DrainCause;
 use crate::health::OnFailure;
 use crate::{state, Error};
 
@@ -35,6 +36,38 @@ pub struct HealthReport {
     /// ECMP scale-out (`[director.bgp]`): the VIPs announced, the sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<super::report_bgp::BgpReport>,
+    /// The real servers draining (weight 0 until their connections end or
+    /// their drain time passes, then deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainReport>,
+}
+
+/// A real server draining.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReport {
+    /// Its virtual service (as it is in the kernel: it may be one removed
+    /// from the config that stays until its real servers are done).
+    pub service: ipvs::Service,
+    /// The real server (its weight as it was; it is at 0 now).
+    pub dest: ipvs::Destination,
+    /// Why it drains.
+    pub cause: DrainCause,
+    /// Since when (seconds since the epoch).
+    pub since: u64,
+    /// When it is deleted at the latest (seconds since the epoch).
+    pub until: u64,
+}
+
+impl DrainReport {
+    fn render(&self) -> String {
+        format!(
+            "    -> {:<28} draining since {} ({}), deleted when idle or at {}\n",
+            self.dest.addr.to_string(),
+            utc(self.since),
+            self.cause.describe(),
+            utc(self.until)
+        )
+    }
 }
 
 /// The health of one virtual service's real servers.
@@ -73,6 +106,9 @@ pub struct RealHealth {
     pub last_error_at: Option<u64>,
     /// The configured weight (restored when it is up).
     pub weight: u32,
+    /// The weight a dynamic exec check asked for last (never above `weight`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_weight: Option<u32>,
 }
 
 impl RealHealth {
@@ -109,8 +145,21 @@ impl HealthReport {
             }
             out.push('\n');
             for r in &s.real_servers {
-                out.push_str(&format!("    -> {:<28} {}\n", r.addr.to_string(), r.describe()));
+                let w = r.dynamic_weight.map(|w| format!(" (dynamic weight {w})")).unwrap_or_default();
+                out.push_str(&format!("    -> {:<28} {}{w}\n", r.addr.to_string(), r.describe()));
             }
+            self.draining.iter().filter(|d| d.service.key == s.key).for_each(|d| out.push_str(&d.render()));
+        }
+        let mut removed: Vec<&DrainReport> =
+            self.draining.iter().filter(|d| !self.services.iter().any(|s| s.key == d.service.key)).collect();
+        removed.sort_by_key(|d| d.service.key.to_string());
+        let mut last = None;
+        for d in removed {
+            if last != Some(d.service.key) {
+                out.push_str(&format!("  {} (removed from the config: deleted once drained)\n", d.service.key));
+                last = Some(d.service.key);
+            }
+            out.push_str(&d.render());
         }
         if let Some(ha) = &self.ha {
             out.push_str(&ha.render());
@@ -217,6 +266,11 @@ pub fn expected(services: &[DesiredService], report: &HealthReport) -> Vec<Desir
     for d in &mut out {
         let Some(h) = report.services.iter().find(|h| h.key == d.service.key) else { continue };
         let down = |a: &SocketAddr| h.real_servers.iter().any(|r| r.addr == *a && !r.up);
+        for r in h.real_servers.iter().filter(|r| r.up) {
+            if let (Some(w), Some(x)) = (r.dynamic_weight, d.destinations.iter_mut().find(|x| x.addr == r.addr)) {
+                x.weight = w;
+            }
+        }
         match h.on_failure {
             OnFailure::Drain => d.destinations.iter_mut().filter(|x| down(&x.addr)).for_each(|x| x.weight = 0),
             OnFailure::Remove => d.destinations.retain(|x| !down(&x.addr)),
@@ -225,6 +279,20 @@ pub fn expected(services: &[DesiredService], report: &HealthReport) -> Vec<Desir
             if !d.destinations.iter().any(|x| x.addr == sorry.addr) {
                 d.destinations.push(sorry.clone());
             }
+        }
+    }
+    for dr in &report.draining {
+        let at = match out.iter().position(|d| d.service.key == dr.service.key) {
+            Some(i) => i,
+            None => {
+                out.push(DesiredService { service: dr.service.clone(), destinations: Vec::new() });
+                out.len() - 1
+            }
+        };
+        let dests = &mut out[at].destinations;
+        match dests.iter_mut().find(|x| x.addr == dr.dest.addr) {
+            Some(x) => x.weight = 0,
+            None => dests.push(dr.dest.clone().with_weight(0)),
         }
     }
     out
@@ -271,6 +339,7 @@ pub fn new(config: &Path, started: SystemTime) -> HealthReport {
         services: Vec::new(),
         ha: None,
         bgp: None,
+        draining: Vec::new(),
     }
 }
 
@@ -317,6 +386,7 @@ mod tests {
             last_error: Some("tcp connect to 10.18.68.186:15858: Connection refused (os error 111)".into()),
             last_error_at: Some(1),
             weight: 1,
+            dynamic_weight: None,
         };
         assert_eq!(
             r.describe(),
@@ -324,6 +394,65 @@ mod tests {
         );
         r.check = None;
         assert_eq!(r.describe(), "not checked");
+    }
+
+    /// While the daemon runs, status expects the drains (weight 0, a removed
+    /// service still there) and the dynamic weights: none of them is drift.
+    #[test]
+    fn expected_has_the_drains_and_dynamic_weights() {
+        use ipvs::{Destination, Forward, Scheduler, Service};
+        let svc =
+            |port: u16| Service::new(ServiceKey::tcp(format!("10.19.70.166:{port}").parse().unwrap()), Scheduler::Rr);
+        let dest = |a: &str| Destination::new(format!("{a}:80").parse().unwrap(), Forward::Route).with_weight(4);
+        let configured = vec![DesiredService { service: svc(80), destinations: vec![dest("10.18.68.186")] }];
+        let mut r = new(Path::new("/etc/lvsctl.toml"), UNIX_EPOCH);
+        r.services.push(ServiceHealth {
+            key: svc(80).key,
+            sorry_server: None,
+            sorry_active: false,
+            on_failure: OnFailure::Drain,
+            sorry: None,
+            real_servers: vec![RealHealth {
+                addr: "10.18.68.186:80".parse().unwrap(),
+                check: Some("exec".into()),
+                up: true,
+                since: 0,
+                last_error: None,
+                last_error_at: None,
+                weight: 4,
+                dynamic_weight: Some(2),
+            }],
+        });
+        let drain = |s: Service, a: &str| DrainReport {
+            service: s,
+            dest: dest(a),
+            cause: DrainCause::Removed,
+            since: 0,
+            until: 30,
+        };
+        r.draining = vec![drain(svc(80), "10.18.68.187"), drain(svc(81), "10.18.68.186")];
+        let e = expected(&configured, &r);
+        let weights: Vec<(u16, Vec<(String, u32)>)> = e
+            .iter()
+            .map(|d| {
+                let port = match d.service.key {
+                    ServiceKey::Inet { addr, .. } => addr.port(),
+                    ServiceKey::Fwmark { .. } => 0,
+                };
+                (port, d.destinations.iter().map(|x| (x.addr.ip().to_string(), x.weight)).collect())
+            })
+            .collect();
+        assert_eq!(
+            weights,
+            vec![
+                (80, vec![("10.18.68.186".into(), 2), ("10.18.68.187".into(), 0)]),
+                (81, vec![("10.18.68.186".into(), 0)]),
+            ]
+        );
+        let text = r.render();
+        assert!(text.contains("10.18.68.186:80") && text.contains("(dynamic weight 2)"), "{text}");
+        assert!(text.contains("tcp 10.19.70.166:81 (removed from the config: deleted once drained)"), "{text}");
+        assert_eq!(text.matches("draining since").count(), 2, "{text}");
     }
 
     #[test]
