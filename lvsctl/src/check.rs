@@ -561,7 +561,8 @@ impl Check {
 }
 
 impl Probe {
-    fn kind(&self) -> &'static str {
+    /// `tcp`, `http` or `exec`.
+    pub fn kind(&self) -> &'static str {
         match self {
             Self::Tcp { .. } => "tcp",
             Self::Http(_) => "http",

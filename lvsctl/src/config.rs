@@ -153,6 +153,9 @@ pub struct DirectorConfig {
     /// `[director.bgp]`: announce the VIPs over BGP (`director run` only).
     #[serde(default)]
     pub bgp: Option<Spanned<BgpConfig>>,
+    /// `"ADDR:PORT"` where `director run` serves Prometheus metrics (off
+    /// when absent; `director start` ignores it).
+    pub metrics: Option<Spanned<String>>,
 }
 
 /// `[[director.service]]`: one virtual service.
@@ -582,6 +585,14 @@ pub fn validate_director(
         None => None,
     };
     Ok(DirectorSpec { services: out, resync_interval, ha, bgp })
+    let metrics = match &d.metrics {
+        Some(m) => Some(
+            crate::spec::parse_metrics_addr(m.get_ref())
+                .map_err(|e| origin.error(Some(m.span()), format!("metrics = {:?}: {e}", m.get_ref())))?,
+        ),
+        None => None,
+    };
+    Ok(DirectorSpec { services: out, resync_interval, ha, metrics })
 }
 
 /// Where an error is reported: the origin and the span of the table.
@@ -820,6 +831,24 @@ iface = "enp1s0"
             Ok(s) => panic!("expected an error, got {s:?}"),
             Err(e) => e.0,
         }
+    }
+
+    #[test]
+    fn metrics_address() {
+        let with =
+            |v: &str| SEED.replace("iface = \"enp1s0\"\n\n[[", &format!("iface = \"enp1s0\"\nmetrics = {v}\n\n[["));
+        let d = Config::parse(&with("\"127.0.0.1:9101\""), "t.toml").unwrap().director().unwrap();
+        assert_eq!(d.metrics, Some("127.0.0.1:9101".parse().unwrap()));
+        let d = Config::parse(&with("\"[::1]:9101\""), "t.toml").unwrap().director().unwrap();
+        assert_eq!(d.metrics, Some("[::1]:9101".parse().unwrap()));
+        assert_eq!(Config::parse(SEED, "t.toml").unwrap().director().unwrap().metrics, None, "off by default");
+        assert_eq!(
+            err(&with("\"localhost:9101\"")),
+            "t.toml:4:11: metrics = \"localhost:9101\": expected ADDR:PORT, e.g. \"127.0.0.1:9101\" or \"[::1]:9101\""
+        );
+        assert!(err(&with("\"127.0.0.1\"")).starts_with("t.toml:4:11: metrics = \"127.0.0.1\": expected ADDR:PORT"));
+        assert!(err(&with("\"127.0.0.1:0\"")).contains("the port must be 1..65535"));
+        assert!(err(&with("9101")).starts_with("t.toml:4:11: invalid type: integer"), "{}", err(&with("9101")));
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub mod error;
 pub mod ha;
 pub mod health;
 pub mod host;
+pub mod metrics;
 pub mod realserver;
 pub mod spec;
 pub mod state;

@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipvs::reconcile::DesiredService;
 use ipvs::Destination;
@@ -99,6 +99,20 @@ pub struct DirectorSpec {
     /// `[director.bgp]`, validated: the VIPs announced over BGP (`director
     /// run` only); those VIPs go on `lo`.
     pub bgp: Option<bgp::BgpSpec>,
+    /// Where `director run` serves Prometheus metrics (`None`: it does not).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Parse the address of the metrics endpoint (`metrics = "ADDR:PORT"`,
+/// `--metrics ADDR:PORT`): an IP address (IPv6 in brackets) and a port that
+/// is not 0.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let a: SocketAddr =
+        s.trim().parse().map_err(|_| "expected ADDR:PORT, e.g. \"127.0.0.1:9101\" or \"[::1]:9101\"".to_owned())?;
+    if a.port() == 0 {
+        return Err("the port must be 1..65535 (Prometheus needs a fixed one)".to_owned());
+    }
+    Ok(a)
 }
 
 impl DirectorSpec {

@@ -119,6 +119,10 @@ pub(crate) struct RunArgs {
     /// stop` does) instead of leaving them in place.
     #[arg(long)]
     teardown_on_exit: bool,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (wins over the
+    /// config's `metrics`; e.g. 127.0.0.1:9101).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = lvsctl::spec::parse_metrics_addr)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
@@ -129,6 +133,7 @@ pub(crate) async fn run(args: DirectorArgs) -> Result<ExitCode, CliError> {
         DirectorCmd::Run(a) => {
             let mut opts = lvsctl::daemon::Options::new(a.config);
             opts.teardown_on_exit = a.teardown_on_exit;
+            opts.metrics = a.metrics;
             lvsctl::daemon::run(opts).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -358,6 +363,25 @@ mod tests {
 
     fn err(a: StartArgs) -> CliError {
         start_spec(&a).unwrap_err()
+    }
+
+    #[test]
+    fn run_takes_a_metrics_address() {
+        use clap::Parser;
+        let run = |extra: &[&str]| {
+            let argv = [&["lvsctl", "director", "run", "--config", "/etc/lvsctl.toml"][..], extra].concat();
+            crate::cli::Cli::try_parse_from(argv)
+        };
+        let metrics = |c: crate::cli::Cli| match c.cmd {
+            crate::cli::Cmd::Director(DirectorArgs { cmd: DirectorCmd::Run(r) }) => r.metrics,
+            _ => panic!("not director run"),
+        };
+        assert_eq!(metrics(run(&[]).unwrap()), None);
+        assert_eq!(metrics(run(&["--metrics", "127.0.0.1:9101"]).unwrap()), Some("127.0.0.1:9101".parse().unwrap()));
+        for bad in ["127.0.0.1", "localhost:9101", "127.0.0.1:0", "127.0.0.1:99999"] {
+            let e = run(&["--metrics", bad]).unwrap_err().to_string();
+            assert!(e.contains("--metrics") && e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //!
 //! Every transition is logged once (tracing), and the health of every real
 //! server is kept in a report file ([`crate::health::report`]) that `director
-//! status` shows. Only one daemon runs per network namespace
+//! status` shows. With `metrics = "ADDR:PORT"` (or `--metrics`) the daemon
+//! also serves Prometheus metrics ([`crate::metrics`]): it feeds the
+//! registry every report, transition, check duration and resync repair. Only one daemon runs per network namespace
 //! ([`crate::state::daemon_lock`]).
 //!
 //! ```no_run
@@ -51,6 +53,8 @@ use crate::ha::Ha;
 use crate::health::drain::Drains;
 use crate::health::report;
 use crate::health::{effective, Health, RealKey, RealSpec, ServiceSpec, Transition};
+use crate::metrics::server::Endpoint;
+use crate::metrics::Metrics;
 use crate::spec::DirectorSpec;
 use crate::state;
 use crate::Error;
@@ -73,12 +77,15 @@ pub struct Options {
     /// On SIGTERM or SIGINT, remove the virtual services and VIPs (as
     /// `director stop` does) instead of leaving them in place.
     pub teardown_on_exit: bool,
+    /// Serve Prometheus metrics here (`--metrics`); it wins over the
+    /// config's `metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Options {
     /// Run with the config at `config`, leaving the services on exit.
     pub fn new(config: PathBuf) -> Self {
-        Self { config, teardown_on_exit: false }
+        Self { config, teardown_on_exit: false, metrics: None }
     }
 }
 
@@ -135,6 +142,8 @@ pub struct CheckResult {
     real: RealKey,
     /// Up (with the weight a dynamic exec check asked for), or why not.
     result: Result<Option<u32>, String>,
+    /// How long the check took.
+    took: Duration,
 }
 
 /// A running checker task.
@@ -162,6 +171,7 @@ fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: C
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let started = std::time::Instant::now();
             let result = match c.run_bounded(&target).await {
                 Ok(r) => r,
                 Err(why) => {
@@ -169,7 +179,8 @@ fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: C
                     continue;
                 }
             };
-            if tx.send(CheckResult { task: id, real, result }).await.is_err() {
+            let took = started.elapsed();
+            if tx.send(CheckResult { task: id, real, result, took }).await.is_err() {
                 return;
             }
         }
@@ -204,6 +215,8 @@ struct Daemon {
     /// The weights dynamic exec checks asked for (unbounded; the configured
     /// weight is the ceiling when applied).
     weights: HashMap<RealKey, u32>,
+    /// The Prometheus registry, when metrics are served.
+    metrics: Option<Metrics>,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -213,6 +226,11 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     info!(open_files_limit = nofile, checks_in_flight = in_flight, "director run: limits");
     let loaded = load(&opts.config)?;
     let _running = state::daemon_lock(&state::dir())?;
+    // Listen first: an address that cannot be used is an error before anything changes.
+    let endpoint = match metrics_address(&opts, &loaded) {
+        Some(addr) => Some(Endpoint::open(addr).await?),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut events = Events::new(rx, resync_of(&loaded))?;
     let director = Director::connect().await?;
@@ -240,9 +258,11 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         bgp,
         drains: Drains::default(),
         weights: HashMap::new(),
+        metrics: endpoint.as_ref().map(|_| Metrics::new()),
     };
     d.sync_reals();
     d.start(&mut events).await?;
+    let _server = endpoint.zip(d.metrics.clone()).map(|(e, m)| e.serve(m));
     state::set_lock_wait(state::DAEMON_LOCK_WAIT);
     let signal_name = loop {
         match events.next().await {
@@ -261,6 +281,11 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     };
     state::set_lock_wait(state::COMMAND_LOCK_WAIT);
     d.finish(signal_name, opts.teardown_on_exit).await
+}
+
+/// Where to serve metrics: `--metrics` wins over the config's `metrics`.
+fn metrics_address(opts: &Options, l: &Loaded) -> Option<std::net::SocketAddr> {
+    opts.metrics.or(l.director.metrics)
 }
 
 fn resync_of(l: &Loaded) -> Duration {
@@ -405,6 +430,9 @@ impl Daemon {
             Ok(asked) => self.set_dynamic_weight(r.real, *asked),
             Err(_) => false,
         };
+        if let Some(m) = &self.metrics {
+            m.check_took(checker.check.probe.kind(), r.took);
+        }
         let Some(h) = self.health.get_mut(&r.real) else { return };
         let failed = r.result.is_err();
         let Some(t) = h.record(r.result.map(drop), rise, fall, SystemTime::now()) else {
@@ -417,6 +445,9 @@ impl Daemon {
         };
         self.log_transition(r.real, &t, rise, fall);
         self.drain_on_transition(r.real, &t, events);
+        if let Some(m) = &self.metrics {
+            m.transition(&r.real.0, r.real.1);
+        }
         self.transition(r.real.0, events).await;
     }
 
@@ -509,17 +540,26 @@ impl Daemon {
         match self.director.reconcile_with(&spec, &desired, OnError::Keep).await {
             Ok(r) => {
                 log_changes(&r.changes, why);
+                self.count_repairs(&r.changes, why);
                 self.applied = Some(by_key(desired));
                 events.succeeded();
             }
             Err(i) => {
                 log_changes(&i.report.changes, why);
+                self.count_repairs(&i.report.changes, why);
                 error!(reason = %i.error, why, "cannot change the IPVS table; retrying");
                 self.applied = None;
                 events.retry_later();
             }
         }
         self.announce().await;
+    }
+
+    /// Count a resync's or a retry's changes as repairs (in the metrics).
+    fn count_repairs(&self, changes: &[crate::host::Change], why: &str) {
+        if let (Some(m), true) = (&self.metrics, is_repair(why)) {
+            m.repaired(changes.len());
+        }
     }
 
     async fn reload(&mut self, events: &mut Events) {
@@ -534,6 +574,9 @@ impl Daemon {
         };
         let count = |l: &Loaded| l.services.iter().map(|s| s.reals.len()).sum::<usize>();
         let previous = count(&self.loaded);
+        if new.director.metrics != self.loaded.director.metrics {
+            warn!("the metrics address of the new config takes effect on the next start of director run");
+        }
         events.set_resync(resync_of(&new));
         self.drains_on_reload(&new, events);
         self.loaded = new;
@@ -558,6 +601,9 @@ impl Daemon {
         r.ha = self.ha.as_ref().map(Ha::report);
         r.bgp = self.bgp.as_ref().map(Bgp::report);
         r.draining = self.drain_report();
+        if let Some(m) = &self.metrics {
+            m.set_report(&r);
+        }
         if let Err(e) = report::write(&self.report_path, &r) {
             warn!(reason = %e, "cannot write the health report");
         }
@@ -605,11 +651,17 @@ fn by_key(desired: Vec<DesiredService>) -> HashMap<ServiceKey, DesiredService> {
 /// asked for, on a resync or retry a drift repaired.
 fn log_changes(changes: &[crate::host::Change], why: &str) {
     for c in changes {
-        match why {
-            "resync" | "retrying a change that failed" => warn!(change = %c, why, "drift repaired"),
-            _ => info!(change = %c, why, "changed"),
+        if is_repair(why) {
+            warn!(change = %c, why, "drift repaired");
+        } else {
+            info!(change = %c, why, "changed");
         }
     }
+}
+
+/// Whether the changes of a full reconcile done for `why` repair drift.
+fn is_repair(why: &str) -> bool {
+    matches!(why, "resync" | "retrying a change that failed")
 }
 
 fn describe_check(c: &Check) -> String {
@@ -673,6 +725,21 @@ mod tests {
             assert_eq!(r.task, 2, "only the quick check can have finished");
             assert_eq!(r.result, Ok(None));
         }
+    }
+
+    #[test]
+    fn the_metrics_flag_wins_over_the_config() {
+        let text = "[director]\niface = \"eth0\"\nmetrics = \"127.0.0.1:9101\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\nreal = [\"10.0.0.2\"]\n";
+        let director = Config::parse(text, "t.toml").unwrap().director().unwrap();
+        let loaded = Loaded { services: specs(&director).unwrap(), director };
+        let mut opts = Options::new("t.toml".into());
+        assert_eq!(metrics_address(&opts, &loaded), Some("127.0.0.1:9101".parse().unwrap()));
+        opts.metrics = Some("[::1]:9200".parse().unwrap());
+        assert_eq!(metrics_address(&opts, &loaded), Some("[::1]:9200".parse().unwrap()));
+        let off = Config::parse(&text.replace("metrics = \"127.0.0.1:9101\"\n", ""), "t.toml").unwrap();
+        let director = off.director().unwrap();
+        let loaded = Loaded { services: specs(&director).unwrap(), director };
+        assert_eq!(metrics_address(&Options::new("t.toml".into()), &loaded), None, "off by default");
     }
 
     #[test]
