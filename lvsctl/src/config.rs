@@ -584,7 +584,6 @@ pub fn validate_director(
         Some(b) => Some(bgp::validate(b, origin, &all_vips)?),
         None => None,
     };
-    Ok(DirectorSpec { services: out, resync_interval, ha, bgp })
     let metrics = match &d.metrics {
         Some(m) => Some(
             crate::spec::parse_metrics_addr(m.get_ref())
@@ -592,7 +591,7 @@ pub fn validate_director(
         ),
         None => None,
     };
-    Ok(DirectorSpec { services: out, resync_interval, ha, metrics })
+    Ok(DirectorSpec { services: out, resync_interval, ha, bgp, metrics })
 }
 
 /// Where an error is reported: the origin and the span of the table.

@@ -5,7 +5,7 @@
 
 use super::{CheckConfig, CheckType};
 
-use CheckType::{Dns, Exec, Http, Https, Tcp, Udp};
+use CheckType::{Dns, Exec, Http, Https, Postgres, Tcp, Udp};
 
 /// The types that take a field, and how the message names them.
 struct Takers {
@@ -77,7 +77,7 @@ impl CheckConfig {
             Https => self.tls_settings(&what).map(drop),
             Udp => self.udp(1, &what).map(drop),
             Dns => self.dns(1, &what).map(drop),
-            Tcp | Http | Exec => Ok(()),
+            Tcp | Http | Exec | Postgres => Ok(()),
         }
     }
 }

@@ -425,13 +425,13 @@ impl Daemon {
         if checker.id != r.task {
             return;
         }
-        let (rise, fall) = (checker.check.rise, checker.check.fall);
+        let (rise, fall, kind) = (checker.check.rise, checker.check.fall, checker.check.probe.kind());
         let reweighted = match &r.result {
             Ok(asked) => self.set_dynamic_weight(r.real, *asked),
             Err(_) => false,
         };
         if let Some(m) = &self.metrics {
-            m.check_took(checker.check.probe.kind(), r.took);
+            m.check_took(kind, r.took);
         }
         let Some(h) = self.health.get_mut(&r.real) else { return };
         let failed = r.result.is_err();

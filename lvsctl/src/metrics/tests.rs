@@ -101,6 +101,7 @@ fn real(addr: &str, up: bool, error: Option<&str>) -> RealHealth {
         last_error: error.map(Into::into),
         last_error_at: error.map(|_| 0),
         weight: 1,
+        dynamic_weight: None,
     }
 }
 
