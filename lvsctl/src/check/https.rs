@@ -134,17 +134,23 @@ fn system_roots() -> Result<Arc<RootCertStore>, String> {
     ROOTS
         .get_or_init(|| {
             let found = rustls_native_certs::load_native_certs();
-            let mut store = RootCertStore::empty();
-            let (added, _) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
-                return Err(format!(
-                    "no CA certificate found in the system's trust store{why}: set the https check's `ca_file`"
-                ));
-            }
-            Ok(Arc::new(store))
+            store_of(found.certs, found.errors.first().map(ToString::to_string)).map(Arc::new)
         })
         .clone()
+}
+
+/// The trust store of the certificates found in the system's (`error`: the
+/// first problem met reading it); none usable is an error.
+fn store_of(certs: Vec<CertificateDer<'static>>, error: Option<String>) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(certs);
+    if added == 0 {
+        let why = error.map(|e| format!(" ({e})")).unwrap_or_default();
+        return Err(format!(
+            "no CA certificate found in the system's trust store{why}: set the https check's `ca_file`"
+        ));
+    }
+    Ok(store)
 }
 
 /// The ring provider. rustls marks it deprecated for lacking post-quantum key
@@ -430,6 +436,19 @@ mod tests {
         assert_eq!(e, "https check: check field `command` is for exec checks, not https");
         assert_eq!(Duration::from_secs(10), check("tls_verify = false", 443).unwrap().timeout);
         assert!(matches!(check("tls_verify = false", 443).unwrap().probe, Probe::Https(_)));
+    }
+
+    /// The system's trust store: its certificates, or a clear error when it has none.
+    #[test]
+    fn system_store() {
+        let p = pki("system", &["127.0.0.1"], false);
+        let certs = read_ca_file(&p.ca_file).unwrap();
+        assert_eq!(store_of(certs, None).unwrap().len(), 1);
+        let e = store_of(Vec::new(), None);
+        assert_eq!(
+            e.unwrap_err(),
+            "no CA certificate found in the system's trust store: set the https check's `ca_file`"
+        );
     }
 
     #[test]
