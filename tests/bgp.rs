@@ -34,10 +34,11 @@ const FAST_TCP: &str = r#"{ type = "tcp", interval = "200ms", timeout = "500ms",
 /// The drain delay of the SIGTERM test: long enough to look at the table.
 const DRAIN: u64 = 8;
 
-/// The VIP:PORT service (mh) over rs1 and rs2, checked, announced to the router.
+/// The VIP:PORT service (mh, with mh-fallback so a drained real server's
+/// clients go to another one) over rs1 and rs2, checked, announced to the router.
 fn config(bgp_extra: &str) -> String {
     format!(
-        "[director]\niface = \"eth0\"\n\n[[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nscheduler = \"mh\"\n\
+        "[director]\niface = \"eth0\"\n\n[[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nscheduler = \"mh\"\nsched_flags = [\"mh-fallback\"]\n\
          real = [\"{}\", \"{}\"]\ncheck = {FAST_TCP}\n\n[director.bgp]\nasn = 65001\nrouter_id = \"{DIRECTOR}\"\n\
          hold_time = 3\ndrain_delay = \"{DRAIN}s\"\n{bgp_extra}\n[[director.bgp.neighbor]]\naddress = \"{CLIENT}\"\nasn = 65000\n",
         REALS[0], REALS[1]
@@ -226,7 +227,7 @@ fn bgp_bad_section_is_a_clear_error_and_nothing_starts() {
     let net = net_without_static_route();
     let dir = TestDir::new();
     // A bad value: the config error names the key, file, line and column.
-    let cfg = dir.write("lvsctl.toml", &config("hold_time = 1"), 0o644);
+    let cfg = dir.write("lvsctl.toml", &config("").replace("hold_time = 3", "hold_time = 1"), 0o644);
     let d = Daemon::start(&net.director, &dir, &cfg, &[]);
     let status = d.wait(T);
     assert!(!status.success(), "{}", d.log());
