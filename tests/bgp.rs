@@ -215,7 +215,9 @@ fn bgp_vip_follows_health_and_is_withdrawn_before_exit() {
     assert_eq!((vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp")), sloppy_before);
     assert!(net.weights().is_some(), "without --teardown-on-exit the service stays");
     let log = d.log();
-    let withdraw = log.find("reason=\"director run is stopping").expect("withdrawal logged with its reason");
+    let withdraw = log
+        .find("bgp: withdrawing the VIP vip=10.19.70.166 reason=director run is stopping")
+        .expect("withdrawal logged with its reason");
     let stopped = log.find("bgp: BIRD stopped").expect("BIRD stopped logged");
     assert!(withdraw < stopped, "withdrawn before BIRD stops:\n{log}");
     let _ = net.director.lvsctl(&["director", "stop"]);
