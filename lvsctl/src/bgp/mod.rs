@@ -171,7 +171,9 @@ impl Bgp {
         self.shutdown_now().await;
     }
 
-    async fn shutdown_now(&mut self) {
+    /// Stop BIRD at once (its sessions close, the routers withdraw the
+    /// VIPs) and restore the sysctls: when `director run` fails to start.
+    pub async fn shutdown_now(&mut self) {
         self.supervisor.stop().await;
         sloppy::restore(&self.sysctl_record);
         self.files.remove();

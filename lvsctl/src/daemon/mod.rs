@@ -231,7 +231,12 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         bgp,
     };
     d.sync_reals();
-    d.start(&mut events).await?;
+    if let Err(e) = d.start(&mut events).await {
+        if let Some(b) = d.bgp.as_mut() {
+            b.shutdown_now().await;
+        }
+        return Err(e);
+    }
     state::set_lock_wait(state::DAEMON_LOCK_WAIT);
     let signal_name = loop {
         match events.next().await {
