@@ -254,3 +254,59 @@ fn bgp_bad_section_is_a_clear_error_and_nothing_starts() {
         .unwrap_or_default();
     assert!(!state.iter().any(|n| n.starts_with("bird-")), "no BIRD files left: {state:?}");
 }
+
+/// The pid of the director's BIRD, from its pid file in the state folder.
+fn director_bird_pid(dir: &TestDir) -> Option<i32> {
+    let state = dir.0.join("state");
+    let rd = std::fs::read_dir(&state).ok()?;
+    let pid_file = rd.flatten().map(|e| e.path()).find(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        n.starts_with("bird-netns") && n.ends_with(".pid")
+    })?;
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live bird process.
+fn is_bird(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bird")
+}
+
+#[test]
+#[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
+fn bgp_bird_is_restarted_and_dies_with_director_run() {
+    let net = net_without_static_route();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let router = Router::start(&net.client, &dir);
+    let cfg = dir.write("lvsctl.toml", &config(""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the VIP route on the router", T, || router.has_route());
+
+    // BIRD killed: the session drops, the route goes; lvsctl starts BIRD
+    // again, which reads the announced set from its include file.
+    let first = director_bird_pid(&dir).expect("the director's BIRD pid file");
+    assert!(is_bird(first), "pid {first} is not bird");
+    // SAFETY: kill on the pid of the BIRD this test's daemon started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(first, libc::SIGKILL);
+    }
+    d.wait_for("the route gone with the session", T, || !router.has_route());
+    d.wait_for("a new BIRD", T, || director_bird_pid(&dir).is_some_and(|p| p != first && is_bird(p)));
+    d.wait_for("the VIP route back from the restarted BIRD", T, || router.has_route());
+    assert!(d.log().contains("bgp: BIRD is gone, the sessions dropped; restarting it"), "{}", d.log());
+
+    // director run killed: its BIRD goes with it, so the router withdraws
+    // the VIP by itself; the IPVS table stays.
+    let second = director_bird_pid(&dir).unwrap();
+    d.signal(libc::SIGKILL);
+    d.wait(T);
+    let deadline = Instant::now() + T;
+    while is_bird(second) || router.has_route() {
+        assert!(Instant::now() < deadline, "BIRD outlived director run (or the route stayed): {}", router.route());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(net.weights().is_some(), "the IPVS service stays after a kill");
+    let _ = net.director.lvsctl(&["director", "stop"]);
+}
