@@ -64,11 +64,13 @@ struct Router {
 }
 
 impl Router {
-    fn start(ns: &Netns, dir: &TestDir) -> Self {
+    /// With `bfd`, BFD on the session too (`protocol bfd`, `bfd on`).
+    fn start(ns: &Netns, dir: &TestDir, bfd: bool) -> Self {
+        let (bfd_protocol, bfd_on) = if bfd { ("protocol bfd { }\n", "bfd on; ") } else { ("", "") };
         let conf = format!(
-            "router id {CLIENT};\nprotocol device {{ }}\n\
+            "router id {CLIENT};\nprotocol device {{ }}\n{bfd_protocol}\
              protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes; }}\n\
-             protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time 3; keepalive time 1;\n\
+             protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time 3; keepalive time 1; {bfd_on}\n\
              ipv4 {{ import all; export none; }}; }}\n"
         );
         let conf = dir.write("router-bird.conf", &conf, 0o644);
@@ -92,11 +94,21 @@ impl Router {
         Self { child, socket, ns: ns.name.clone(), log }
     }
 
+    /// `birdc ARGS...` of the router: its output.
+    fn birdc(&self, args: &[&str]) -> String {
+        let birdc = bird_bin().with_file_name("birdc");
+        let out = Command::new(birdc).arg("-s").arg(&self.socket).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `birdc show protocols` of the router.
     fn protocols(&self) -> String {
-        let birdc = bird_bin().with_file_name("birdc");
-        let out = Command::new(birdc).arg("-s").arg(&self.socket).args(["show", "protocols"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.birdc(&["show", "protocols"])
+    }
+
+    /// Whether the router's BFD session with the director is Up.
+    fn bfd_up(&self) -> bool {
+        self.birdc(&["show", "bfd", "sessions"]).lines().any(|l| l.starts_with(DIRECTOR) && l.contains(" Up "))
     }
 
     /// Whether the router's session with the director is Established.
@@ -157,7 +169,7 @@ fn bgp_vip_follows_health_and_is_withdrawn_before_exit() {
     let dir = TestDir::new();
     let s1 = Server::text(&net.reals[0], PORT, "rs1");
     let s2 = Server::text(&net.reals[1], PORT, "rs2");
-    let router = Router::start(&net.client, &dir);
+    let router = Router::start(&net.client, &dir, false);
     let sloppy_before = (vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp"));
     assert_eq!(sloppy_before, ("0".to_owned(), "0".to_owned()), "a fresh namespace has the kernel defaults");
     assert!(router.route().is_empty(), "no route to the VIP before BGP: {}", router.route());
@@ -278,10 +290,14 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
     let dir = TestDir::new();
     let _s1 = Server::text(&net.reals[0], PORT, "rs1");
     let _s2 = Server::text(&net.reals[1], PORT, "rs2");
-    let router = Router::start(&net.client, &dir);
-    let cfg = dir.write("lvsctl.toml", &config(""), 0o644);
+    // BFD on both sides: the generated `protocol bfd` and `bfd on` are taken by BIRD.
+    let router = Router::start(&net.client, &dir, true);
+    let cfg = dir.write("lvsctl.toml", &config("bfd = true"), 0o644);
     let d = Daemon::start(&net.director, &dir, &cfg, &[]);
     d.wait_for("the VIP route on the router", T, || router.has_route());
+    let (_, text) = d.status(&net.director, false);
+    assert!(text.contains("Established"), "{text}");
+    d.wait_for("the BFD session up on the router", T, || router.bfd_up());
 
     // BIRD killed: the session drops, the route goes; lvsctl starts BIRD
     // again, which reads the announced set from its include file.
