@@ -511,6 +511,7 @@ impl Daemon {
         let count = |l: &Loaded| l.services.iter().map(|s| s.reals.len()).sum::<usize>();
         let previous = count(&self.loaded);
         events.set_resync(resync_of(&new));
+        bgp::warn_reload(&self.loaded.director, &new.director);
         self.loaded = new;
         self.sync_reals();
         self.converge("reload", events).await;
