@@ -231,7 +231,12 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         bgp,
     };
     d.sync_reals();
-    d.start(&mut events).await?;
+    if let Err(e) = d.start(&mut events).await {
+        if let Some(b) = d.bgp.as_mut() {
+            b.shutdown_now().await;
+        }
+        return Err(e);
+    }
     state::set_lock_wait(state::DAEMON_LOCK_WAIT);
     let signal_name = loop {
         match events.next().await {
@@ -506,6 +511,7 @@ impl Daemon {
         let count = |l: &Loaded| l.services.iter().map(|s| s.reals.len()).sum::<usize>();
         let previous = count(&self.loaded);
         events.set_resync(resync_of(&new));
+        bgp::warn_reload(&self.loaded.director, &new.director);
         self.loaded = new;
         self.sync_reals();
         self.converge("reload", events).await;
