@@ -33,7 +33,7 @@ const FLOWS: usize = 20;
 /// The one config both directors run: the VIP:PORT service over the three
 /// real servers (DR) with `scheduler`, checked, announced to the router.
 fn config(scheduler: &str) -> String {
-    let flags = if scheduler == "mh" { "sched_flags = [\"mh-port\"]\n" } else { "" };
+    let flags = if scheduler == "mh" { "sched_flags = [\"mh-port\", \"mh-fallback\"]\n" } else { "" };
     let [r0, r1, r2] = REALS;
     let [d0, d1] = DIRECTORS;
     format!(
