@@ -65,9 +65,10 @@ asn = {ROUTER_AS}
 /// The network with `director run` on both directors, every real server up
 /// on both, and the router's route to the VIP via both.
 struct Scaled {
-    net: EcmpNet,
+    // Dropped in this order: the daemons (and their BIRDs) before the network.
     daemons: [Daemon; 2],
     dirs: [TestDir; 2],
+    net: EcmpNet,
     _bird_dir: TestDir,
 }
 
@@ -84,7 +85,7 @@ impl Scaled {
         for (i, d) in daemons.iter().enumerate() {
             d.wait_for("every real server up", T, || net.reals_up(i) == REALS.len());
         }
-        let s = Scaled { net, daemons, dirs, _bird_dir: bird_dir };
+        let s = Scaled { daemons, dirs, net, _bird_dir: bird_dir };
         s.wait_route("via both directors", &DIRECTORS);
         eprintln!("ECMP: the router routes the VIP via both directors {:?} after director run started", t0.elapsed());
         s
@@ -109,9 +110,10 @@ impl Scaled {
     /// router: it notices at the hold time), `director run` is SIGKILLed, its
     /// BIRD too.
     fn kill(&self, i: usize) {
+        let bird = bird_pid(&self.dirs[i]);
         self.net.directors[i].ip(&["link", "set", "eth0", "down"]);
         self.daemons[i].signal(libc::SIGKILL);
-        if let Some(pid) = bird_pid(&self.dirs[i]) {
+        if let Some(pid) = bird {
             // SAFETY: kill on the BIRD this test's director run started.
             #[allow(unsafe_code)]
             unsafe {
