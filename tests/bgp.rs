@@ -34,10 +34,11 @@ const FAST_TCP: &str = r#"{ type = "tcp", interval = "200ms", timeout = "500ms",
 /// The drain delay of the SIGTERM test: long enough to look at the table.
 const DRAIN: u64 = 8;
 
-/// The VIP:PORT service (mh) over rs1 and rs2, checked, announced to the router.
+/// The VIP:PORT service (mh, with mh-fallback so a drained real server's
+/// clients go to another one) over rs1 and rs2, checked, announced to the router.
 fn config(bgp_extra: &str) -> String {
     format!(
-        "[director]\niface = \"eth0\"\n\n[[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nscheduler = \"mh\"\n\
+        "[director]\niface = \"eth0\"\n\n[[director.service]]\nvip = \"{VIP}\"\nport = {PORT}\nscheduler = \"mh\"\nsched_flags = [\"mh-fallback\"]\n\
          real = [\"{}\", \"{}\"]\ncheck = {FAST_TCP}\n\n[director.bgp]\nasn = 65001\nrouter_id = \"{DIRECTOR}\"\n\
          hold_time = 3\ndrain_delay = \"{DRAIN}s\"\n{bgp_extra}\n[[director.bgp.neighbor]]\naddress = \"{CLIENT}\"\nasn = 65000\n",
         REALS[0], REALS[1]
@@ -63,11 +64,13 @@ struct Router {
 }
 
 impl Router {
-    fn start(ns: &Netns, dir: &TestDir) -> Self {
+    /// With `bfd`, BFD on the session too (`protocol bfd`, `bfd on`).
+    fn start(ns: &Netns, dir: &TestDir, bfd: bool) -> Self {
+        let (bfd_protocol, bfd_on) = if bfd { ("protocol bfd { }\n", "bfd on; ") } else { ("", "") };
         let conf = format!(
-            "router id {CLIENT};\nprotocol device {{ }}\n\
+            "router id {CLIENT};\nprotocol device {{ }}\n{bfd_protocol}\
              protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes; }}\n\
-             protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time 3; keepalive time 1;\n\
+             protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time 3; keepalive time 1; {bfd_on}\n\
              ipv4 {{ import all; export none; }}; }}\n"
         );
         let conf = dir.write("router-bird.conf", &conf, 0o644);
@@ -91,11 +94,21 @@ impl Router {
         Self { child, socket, ns: ns.name.clone(), log }
     }
 
+    /// `birdc ARGS...` of the router: its output.
+    fn birdc(&self, args: &[&str]) -> String {
+        let birdc = bird_bin().with_file_name("birdc");
+        let out = Command::new(birdc).arg("-s").arg(&self.socket).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `birdc show protocols` of the router.
     fn protocols(&self) -> String {
-        let birdc = bird_bin().with_file_name("birdc");
-        let out = Command::new(birdc).arg("-s").arg(&self.socket).args(["show", "protocols"]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.birdc(&["show", "protocols"])
+    }
+
+    /// Whether the router's BFD session with the director is Up.
+    fn bfd_up(&self) -> bool {
+        self.birdc(&["show", "bfd", "sessions"]).lines().any(|l| l.starts_with(DIRECTOR) && l.contains(" Up "))
     }
 
     /// Whether the router's session with the director is Established.
@@ -156,7 +169,7 @@ fn bgp_vip_follows_health_and_is_withdrawn_before_exit() {
     let dir = TestDir::new();
     let s1 = Server::text(&net.reals[0], PORT, "rs1");
     let s2 = Server::text(&net.reals[1], PORT, "rs2");
-    let router = Router::start(&net.client, &dir);
+    let router = Router::start(&net.client, &dir, false);
     let sloppy_before = (vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp"));
     assert_eq!(sloppy_before, ("0".to_owned(), "0".to_owned()), "a fresh namespace has the kernel defaults");
     assert!(router.route().is_empty(), "no route to the VIP before BGP: {}", router.route());
@@ -214,7 +227,9 @@ fn bgp_vip_follows_health_and_is_withdrawn_before_exit() {
     assert_eq!((vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp")), sloppy_before);
     assert!(net.weights().is_some(), "without --teardown-on-exit the service stays");
     let log = d.log();
-    let withdraw = log.find("reason=\"director run is stopping").expect("withdrawal logged with its reason");
+    let withdraw = log
+        .find("bgp: withdrawing the VIP vip=10.19.70.166 reason=director run is stopping")
+        .expect("withdrawal logged with its reason");
     let stopped = log.find("bgp: BIRD stopped").expect("BIRD stopped logged");
     assert!(withdraw < stopped, "withdrawn before BIRD stops:\n{log}");
     let _ = net.director.lvsctl(&["director", "stop"]);
@@ -226,7 +241,7 @@ fn bgp_bad_section_is_a_clear_error_and_nothing_starts() {
     let net = net_without_static_route();
     let dir = TestDir::new();
     // A bad value: the config error names the key, file, line and column.
-    let cfg = dir.write("lvsctl.toml", &config("hold_time = 1"), 0o644);
+    let cfg = dir.write("lvsctl.toml", &config("").replace("hold_time = 3", "hold_time = 1"), 0o644);
     let d = Daemon::start(&net.director, &dir, &cfg, &[]);
     let status = d.wait(T);
     assert!(!status.success(), "{}", d.log());
@@ -250,4 +265,64 @@ fn bgp_bad_section_is_a_clear_error_and_nothing_starts() {
         .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     assert!(!state.iter().any(|n| n.starts_with("bird-")), "no BIRD files left: {state:?}");
+}
+
+/// The pid of the director's BIRD, from its pid file in the state folder.
+fn director_bird_pid(dir: &TestDir) -> Option<i32> {
+    let state = dir.0.join("state");
+    let rd = std::fs::read_dir(&state).ok()?;
+    let pid_file = rd.flatten().map(|e| e.path()).find(|p| {
+        let n = p.file_name().unwrap().to_string_lossy();
+        n.starts_with("bird-netns") && n.ends_with(".pid")
+    })?;
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live bird process.
+fn is_bird(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "bird")
+}
+
+#[test]
+#[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
+fn bgp_bird_is_restarted_and_dies_with_director_run() {
+    let net = net_without_static_route();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    // BFD on both sides: the generated `protocol bfd` and `bfd on` are taken by BIRD.
+    let router = Router::start(&net.client, &dir, true);
+    let cfg = dir.write("lvsctl.toml", &config("bfd = true"), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the VIP route on the router", T, || router.has_route());
+    let (_, text) = d.status(&net.director, false);
+    assert!(text.contains("Established"), "{text}");
+    d.wait_for("the BFD session up on the router", T, || router.bfd_up());
+
+    // BIRD killed: the session drops, the route goes; lvsctl starts BIRD
+    // again, which reads the announced set from its include file.
+    let first = director_bird_pid(&dir).expect("the director's BIRD pid file");
+    assert!(is_bird(first), "pid {first} is not bird");
+    // SAFETY: kill on the pid of the BIRD this test's daemon started.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(first, libc::SIGKILL);
+    }
+    d.wait_for("the route gone with the session", T, || !router.has_route());
+    d.wait_for("a new BIRD", T, || director_bird_pid(&dir).is_some_and(|p| p != first && is_bird(p)));
+    d.wait_for("the VIP route back from the restarted BIRD", T, || router.has_route());
+    assert!(d.log().contains("bgp: BIRD is gone, the sessions dropped; restarting it"), "{}", d.log());
+
+    // director run killed: its BIRD goes with it, so the router withdraws
+    // the VIP by itself; the IPVS table stays.
+    let second = director_bird_pid(&dir).unwrap();
+    d.signal(libc::SIGKILL);
+    d.wait(T);
+    let deadline = Instant::now() + T;
+    while is_bird(second) || router.has_route() {
+        assert!(Instant::now() < deadline, "BIRD outlived director run (or the route stayed): {}", router.route());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(net.weights().is_some(), "the IPVS service stays after a kill");
+    let _ = net.director.lvsctl(&["director", "stop"]);
 }

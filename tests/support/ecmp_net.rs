@@ -6,7 +6,8 @@
 //!   client 10.0.1.10 ---- (public bridge) ---- 10.0.1.1 router (BIRD, AS 65000)
 //!                                                10.18.68.1 |  ECMP route VIP/32 via d0, d1
 //!   ------------------------------------- LAN bridge ------------------------------
-//!   d0 10.18.68.181   d1 10.18.68.182        (AS 65001 each: VIP on lo, IPVS service)
+//!   d0 10.18.68.181   d1 10.18.68.182        (AS 65001 each: left to the test, e.g.
+//!                                              `lvsctl director run` with [director.bgp])
 //!   rs186 .186, rs187 .187, rs188 .188       (VIP on lo by `lvsctl realserver start`,
 //!                                              a line echo server naming itself)
 //! ```
@@ -115,37 +116,28 @@ impl EcmpNet {
     /// Director `i`'s service counters: (connections scheduled, packets in),
     /// read through the library in its namespace (0s without the service).
     pub fn counters(&self, i: usize) -> (u64, u64) {
-        let ns = self.directors[i].name.clone();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let h = match ipvs::Ipvs::connect_named_netns(&ns).await {
-                Ok(h) => h,
-                Err(e) => panic!("PRIVILEGED TEST COULD NOT RUN: cannot connect to IPVS in {ns}: {e}"),
-            };
-            let key = ipvs::ServiceKey::tcp(vip());
-            match h.service(&key).await {
-                Ok(s) => (s.stats.conns, s.stats.in_pkts),
-                Err(_) => (0, 0),
-            }
-        })
+        self.service(i).map_or((0, 0), |(s, _)| (s.stats.conns, s.stats.in_pkts))
     }
-}
 
-impl EcmpNet {
     /// How many real servers of the service have a weight above 0 on
-    /// director `i` (0 without the service), read through the library.
+    /// director `i` (0 without the service).
     pub fn reals_up(&self, i: usize) -> usize {
+        self.service(i).map_or(0, |(_, ds)| ds.iter().filter(|d| d.destination.weight > 0).count())
+    }
+
+    /// The VIP:PORT service and its real servers in director `i`'s IPVS
+    /// table, read through the library in its namespace.
+    fn service(&self, i: usize) -> Option<(ipvs::ServiceEntry, Vec<ipvs::DestinationEntry>)> {
         let ns = self.directors[i].name.clone();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            let h = match ipvs::Ipvs::connect_named_netns(&ns).await {
-                Ok(h) => h,
+        let table = rt.block_on(async move {
+            match ipvs::Ipvs::connect_named_netns(&ns).await {
+                Ok(h) => h.dump().await.expect("dump the IPVS table"),
                 Err(e) => panic!("PRIVILEGED TEST COULD NOT RUN: cannot connect to IPVS in {ns}: {e}"),
-            };
-            let key = ipvs::ServiceKey::tcp(vip());
-            let ds = h.destinations(&key).await.unwrap_or_default();
-            ds.iter().filter(|d| d.destination.weight > 0).count()
-        })
+            }
+        });
+        let key = ipvs::ServiceKey::tcp(vip());
+        table.into_iter().find(|(s, _)| s.service.key == key)
     }
 }
 

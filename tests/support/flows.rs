@@ -112,6 +112,13 @@ impl Outcome {
         self.times.windows(2).filter(|w| w[1] > t0).map(|w| w[1] - w[0]).max()
     }
 
+    /// When, counted from `t0`, the echo arrived that ended the longest
+    /// silence after `t0`: the time from an event to this flow flowing again.
+    pub fn resumed_after(&self, t0: Instant) -> Option<Duration> {
+        let gap = |w: &&[Instant]| w[1] - w[0];
+        self.times.windows(2).filter(|w| w[1] > t0).max_by_key(gap).map(|w| w[1] - t0)
+    }
+
     /// How long after `t0` the first echo arrived (`None` if none did).
     pub fn first_echo_after(&self, t0: Instant) -> Option<Duration> {
         self.times.iter().find(|t| **t > t0).map(|t| *t - t0)

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use ipvs::Scheduler;
+use ipvs::{SchedFlags, Scheduler};
 use tracing::{error, info, warn};
 
 use crate::health::report::epoch;
@@ -171,7 +171,9 @@ impl Bgp {
         self.shutdown_now().await;
     }
 
-    async fn shutdown_now(&mut self) {
+    /// Stop BIRD at once (its sessions close, the routers withdraw the
+    /// VIPs) and restore the sysctls: when `director run` fails to start.
+    pub async fn shutdown_now(&mut self) {
         self.supervisor.stop().await;
         sloppy::restore(&self.sysctl_record);
         self.files.remove();
@@ -200,7 +202,10 @@ fn log_child(e: ChildEvent) {
 /// Warn about services on announced VIPs that break flows moving between
 /// directors: a scheduler other than `mh` or `sh` picks another real server
 /// on each director; `on_failure = "remove"` changes the real-server list's
-/// order (and so the hash table) differently on each director.
+/// order (and so the hash table) differently on each director. And `mh`
+/// without `mh-fallback`: the kernel keeps a weight-0 real server's slots
+/// (`last_weight`, so the table stays put) and finds no real server for the
+/// clients hashed there.
 fn warn_inconsistent(d: &DirectorSpec) {
     let Some(b) = &d.bgp else { return };
     for s in d.services.iter().filter(|s| b.vips.contains(&s.vip)) {
@@ -208,6 +213,10 @@ fn warn_inconsistent(d: &DirectorSpec) {
         if !matches!(svc.scheduler, Scheduler::Mh | Scheduler::Sh) {
             warn!(service = %svc.key, scheduler = %svc.scheduler,
                 "bgp: announced over ECMP with a scheduler that is not consistent across directors (use mh): flows that move to another director break");
+        }
+        if svc.scheduler == Scheduler::Mh && !svc.sched_flags.contains(SchedFlags::FLAG_1) {
+            warn!(service = %svc.key,
+                "bgp: mh without mh-fallback: clients hashed to a real server at weight 0 (drained, or down) get no real server at all; add sched_flags = [\"mh-fallback\"]");
         }
         if s.on_failure == OnFailure::Remove {
             warn!(service = %svc.key,

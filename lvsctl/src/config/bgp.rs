@@ -243,6 +243,18 @@ mod tests {
         }
     }
 
+    /// The example of docs/scale-out.md parses, and gives each director its router id.
+    #[test]
+    fn docs_example_loads() {
+        let doc = include_str!("../../../docs/scale-out.md");
+        let start = doc.find("```toml\n").expect("docs/scale-out.md has a TOML example") + "```toml\n".len();
+        let text = &doc[start..start + doc[start..].find("```").unwrap()];
+        let d = Config::parse(text, "docs/scale-out.md").unwrap().director().unwrap();
+        let b = d.bgp.unwrap();
+        assert_eq!((b.asn, b.hold_time, b.bfd, b.drain_delay.as_secs()), (Some(65001), 9, false, 3));
+        assert_eq!(b.here(|a| a == ip("10.0.0.3")).unwrap().router_id.to_string(), "10.0.0.3");
+    }
+
     #[test]
     fn bgp_and_ha_exclude_each_other() {
         let text = format!("{BASE}[director.ha]\ninterface = \"eth0\"\nvirtual_router_id = 5\npriority = 9\n[director.bgp]\nasn = 1\n[[director.bgp.neighbor]]\naddress = \"10.0.0.1\"\nasn = 2\n");

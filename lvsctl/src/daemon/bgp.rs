@@ -41,3 +41,11 @@ impl Daemon {
         }
     }
 }
+
+/// `[director.bgp]` is read once, at start (BIRD keeps its sessions over a
+/// reload): a reload that changes it says so.
+pub(super) fn warn_reload(old: &crate::spec::DirectorSpec, new: &crate::spec::DirectorSpec) {
+    if old.bgp != new.bgp {
+        tracing::warn!("[director.bgp] changed: the running BGP settings stay until director run restarts");
+    }
+}

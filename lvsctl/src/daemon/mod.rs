@@ -261,7 +261,12 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         metrics: endpoint.as_ref().map(|_| Metrics::new()),
     };
     d.sync_reals();
-    d.start(&mut events).await?;
+    if let Err(e) = d.start(&mut events).await {
+        if let Some(b) = d.bgp.as_mut() {
+            b.shutdown_now().await;
+        }
+        return Err(e);
+    }
     let _server = endpoint.zip(d.metrics.clone()).map(|(e, m)| e.serve(m));
     state::set_lock_wait(state::DAEMON_LOCK_WAIT);
     let signal_name = loop {
@@ -578,7 +583,8 @@ impl Daemon {
             warn!("the metrics address of the new config takes effect on the next start of director run");
         }
         events.set_resync(resync_of(&new));
-        self.drains_on_reload(&new, events);
+        bgp::warn_reload(&self.loaded.director, &new.director);
+    let _server = endpoint.zip(d.metrics.clone()).map(|(e, m)| e.serve(m));
         self.loaded = new;
         self.sync_reals();
         self.converge("reload", events).await;
