@@ -65,9 +65,9 @@ struct Router {
 
 impl Router {
     /// With `bfd`, BFD on the session too (`protocol bfd`, `bfd on`). The
-    /// router asks for slow BFD timers (1 s, multiplier 10, so about 10 s
-    /// to detect a failure on both sides once negotiated): BIRD's default of
-    /// 100 ms x 5 drops sessions of a loaded, emulated VM.
+    /// router asks for slow BFD timers (1 s, multiplier 10: once negotiated
+    /// a failure takes 5 to 10 s to detect): BIRD's default of 100 ms x 5
+    /// drops sessions of a loaded, emulated VM.
     fn start(ns: &Netns, dir: &TestDir, bfd: bool) -> Self {
         let slow =
             "protocol bfd { interface \"*\" { min rx interval 1000 ms; min tx interval 1000 ms; multiplier 10; }; }\n";
