@@ -64,9 +64,14 @@ struct Router {
 }
 
 impl Router {
-    /// With `bfd`, BFD on the session too (`protocol bfd`, `bfd on`).
+    /// With `bfd`, BFD on the session too (`protocol bfd`, `bfd on`). The
+    /// router asks for slow BFD timers (1 s, multiplier 10: once negotiated
+    /// a failure takes 5 to 10 s to detect): BIRD's default of 100 ms x 5
+    /// drops sessions of a loaded, emulated VM.
     fn start(ns: &Netns, dir: &TestDir, bfd: bool) -> Self {
-        let (bfd_protocol, bfd_on) = if bfd { ("protocol bfd { }\n", "bfd on; ") } else { ("", "") };
+        let slow =
+            "protocol bfd { interface \"*\" { min rx interval 1000 ms; min tx interval 1000 ms; multiplier 10; }; }\n";
+        let (bfd_protocol, bfd_on) = if bfd { (slow, "bfd on; ") } else { ("", "") };
         let conf = format!(
             "router id {CLIENT};\nprotocol device {{ }}\n{bfd_protocol}\
              protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes; }}\n\
