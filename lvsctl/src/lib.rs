@@ -51,7 +51,7 @@
 //! [`health`] (pure health counting); [`host`] (addresses, sysctls) and
 //! [`state`] (records, locks); [`config`] (the TOML file into specs);
 //! [`director`] and [`realserver`]; [`ha`] (failover with keepalived);
-//! [`daemon`] on top.
+//! [`metrics`] (the daemon's Prometheus registry and endpoint); [`daemon`] on top.
 
 #![warn(missing_docs)]
 
