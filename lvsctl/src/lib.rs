@@ -51,7 +51,8 @@
 //! [`health`] (pure health counting); [`host`] (addresses, sysctls) and
 //! [`state`] (records, locks); [`config`] (the TOML file into specs);
 //! [`director`] and [`realserver`]; [`ha`] (failover with keepalived) and
-//! [`bgp`] (ECMP scale-out with BIRD);
+//! [`bgp`] (ECMP scale-out with BIRD), both running their engine through
+//! the private `supervise` module; [`metrics`] (the daemon's Prometheus registry and endpoint);
 //! [`daemon`] on top.
 
 #![warn(missing_docs)]

@@ -20,7 +20,8 @@
 //! server is kept in a report file ([`crate::health::report`]) that `director
 //! status` shows. With `metrics = "ADDR:PORT"` (or `--metrics`) the daemon
 //! also serves Prometheus metrics ([`crate::metrics`]): it feeds the
-//! registry every report, transition, check duration and resync repair. Only one daemon runs per network namespace
+//! registry every report, transition, check duration and resync repair.
+//! Only one daemon runs per network namespace
 //! ([`crate::state::daemon_lock`]).
 //!
 //! ```no_run
