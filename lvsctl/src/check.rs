@@ -7,8 +7,8 @@
 //! successes and failures (`rise`, `fall`) is [`crate::health`]'s job.
 
 pub mod dns;
-mod fields;
 pub mod dynamic;
+mod fields;
 pub mod http;
 pub mod https;
 pub mod postgres;

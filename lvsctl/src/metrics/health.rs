@@ -1,7 +1,8 @@
 //! The series of the daemon's health state, from its latest health report
 //! ([`HealthReport`], the one `director status` shows): one `up` series per
 //! real server whose `reason` label changes with its state, the sorry
-//! servers, and with `[director.ha]` the VRRP role and the sync daemons.
+//! servers, with `[director.ha]` the VRRP role and the sync daemons, and with
+//! `[director.bgp]` each VIP announced or withdrawn.
 
 use std::fmt;
 
@@ -53,6 +54,12 @@ struct SyncLabels {
     sync_id: u32,
 }
 
+/// A VIP announced over BGP.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
 /// The health series for one scrape (none before the first report).
 #[derive(Debug)]
 pub(super) struct Collect {
@@ -92,6 +99,13 @@ impl prometheus_client::collector::Collector for Collect {
                 .collect();
             gauge(&mut enc, "lvsctl_sync_daemons", "Connection sync daemons lvsctl runs", syncs.len() as i64)?;
             gauges(&mut enc, "lvsctl_sync_daemon", "1 for each connection sync daemon lvsctl runs", &syncs)?;
+        }
+        if let Some(bgp) = &r.bgp {
+            let vips: Vec<_> =
+                bgp.vips.iter().map(|v| (VipLabels { vip: v.vip.to_string() }, i64::from(v.announced))).collect();
+            let help =
+                "1 while the VIP is announced over BGP (a service of it has a real server up), 0 while withdrawn";
+            gauges(&mut enc, "lvsctl_bgp_vip_announced", help, &vips)?;
         }
         Ok(())
     }

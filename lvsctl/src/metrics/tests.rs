@@ -293,3 +293,28 @@ fn reasons() {
     r.check = None;
     assert_eq!(reason_kind(&r), "unchecked");
 }
+
+/// With `[director.bgp]`, each VIP has one series: 1 announced, 0 withdrawn.
+#[test]
+fn bgp_vips_are_one_series_each() {
+    use crate::health::report_bgp::{BgpReport, VipAnnouncement};
+    let vip =
+        |v: &str, announced| VipAnnouncement { vip: v.parse().unwrap(), announced, since: 0, reason: "test".into() };
+    let mut r = health_report();
+    r.bgp = Some(BgpReport {
+        bird: "2.0.12".into(),
+        socket: "/run/lvsctl/bird.ctl".into(),
+        asn: 65001,
+        router_id: "10.0.0.2".parse().unwrap(),
+        neighbors: vec!["10.0.0.1 AS 65000".into()],
+        vips: vec![vip("10.19.70.166", true), vip("10.19.70.167", false)],
+        sessions: vec![],
+        sessions_error: None,
+    });
+    let m = Metrics::new();
+    m.set_report(&r);
+    let s = samples(&m.encode(kernel()));
+    assert_eq!(value(&s, "lvsctl_bgp_vip_announced", &[("vip", "10.19.70.166")]), Some(1.0));
+    assert_eq!(value(&s, "lvsctl_bgp_vip_announced", &[("vip", "10.19.70.167")]), Some(0.0));
+    assert_eq!(s.iter().filter(|x| x.0 == "lvsctl_bgp_vip_announced").count(), 2);
+}
