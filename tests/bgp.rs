@@ -17,12 +17,13 @@
 #[path = "support/daemon_net.rs"]
 mod net;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use lvsctl_tests::bird::Bird;
+use lvsctl_tests::ip_bin;
 use lvsctl_tests::topology::Netns;
-use lvsctl_tests::{ip_bin, unique};
 use net::{Daemon, Net, Server, TestDir, CLIENT, DIRECTOR, PORT, REALS, VIP};
 
 /// How long any awaited change may take (software emulation is slow).
@@ -45,22 +46,11 @@ fn config(bgp_extra: &str) -> String {
     )
 }
 
-/// The bird program, or a loud failure: this test cannot run without it.
-fn bird_bin() -> PathBuf {
-    ["/usr/sbin/bird", "/usr/local/sbin/bird", "/sbin/bird"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("PRIVILEGED TEST COULD NOT RUN: bird (Debian bird2) is not installed"))
-}
-
 /// The router's BIRD in the client namespace: eBGP from the director, the
 /// learnt routes into the kernel. Killed on drop.
 struct Router {
-    child: Child,
-    socket: PathBuf,
+    bird: Bird,
     ns: String,
-    log: PathBuf,
 }
 
 impl Router {
@@ -78,47 +68,22 @@ impl Router {
              protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time 3; keepalive time 1; {bfd_on}\n\
              ipv4 {{ import all; export none; }}; }}\n"
         );
-        let conf = dir.write("router-bird.conf", &conf, 0o644);
-        let socket = dir.0.join(unique("router-")).with_extension("ctl");
-        let log = dir.0.join("router-bird.log");
-        let child = Command::new(ip_bin())
-            .args(["netns", "exec", &ns.name])
-            .arg(bird_bin())
-            .arg("-f")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-s")
-            .arg(&socket)
-            .arg("-P")
-            .arg(dir.0.join("router-bird.pid"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("PRIVILEGED TEST COULD NOT RUN: cannot start the router's bird: {e}"));
-        Self { child, socket, ns: ns.name.clone(), log }
-    }
-
-    /// `birdc ARGS...` of the router: its output.
-    fn birdc(&self, args: &[&str]) -> String {
-        let birdc = bird_bin().with_file_name("birdc");
-        let out = Command::new(birdc).arg("-s").arg(&self.socket).args(args).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Self { bird: Bird::start(ns, &dir.0, "router-bird", &conf), ns: ns.name.clone() }
     }
 
     /// `birdc show protocols` of the router.
     fn protocols(&self) -> String {
-        self.birdc(&["show", "protocols"])
+        self.bird.birdc(&["show", "protocols"])
     }
 
     /// Whether the router's BFD session with the director is Up.
     fn bfd_up(&self) -> bool {
-        self.birdc(&["show", "bfd", "sessions"]).lines().any(|l| l.starts_with(DIRECTOR) && l.contains(" Up "))
+        self.bird.birdc(&["show", "bfd", "sessions"]).lines().any(|l| l.starts_with(DIRECTOR) && l.contains(" Up "))
     }
 
     /// Whether the router's session with the director is Established.
     fn established(&self) -> bool {
-        self.protocols().lines().any(|l| l.starts_with("director1") && l.contains("Established"))
+        self.bird.established("director1")
     }
 
     /// The router's kernel route to the VIP (empty when there is none).
@@ -131,16 +96,6 @@ impl Router {
     fn has_route(&self) -> bool {
         let r = self.route();
         r.contains(&format!("via {DIRECTOR}")) && r.contains("proto bird")
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- router bird log ----\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
     }
 }
 

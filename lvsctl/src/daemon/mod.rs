@@ -585,7 +585,7 @@ impl Daemon {
         }
         events.set_resync(resync_of(&new));
         bgp::warn_reload(&self.loaded.director, &new.director);
-        let _server = endpoint.zip(d.metrics.clone()).map(|(e, m)| e.serve(m));
+        self.drains_on_reload(&new, events);
         self.loaded = new;
         self.sync_reals();
         self.converge("reload", events).await;
