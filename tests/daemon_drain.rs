@@ -3,7 +3,9 @@
 //! 10.19.70.166:15858, see tests/support/daemon_net.rs): a real server
 //! removed from the config on SIGHUP keeps its open connection (weight 0)
 //! and is deleted when that connection closes or when `drain_time` passes;
-//! a removed virtual service stays until its last real server is done; an
+//! a removed virtual service stays until its last real server is done; a
+//! real server failing its check with `on_failure = "remove"` drains the
+//! same way before it is deleted, and comes back when it passes again; an
 //! exec check with `dynamic = true` sets the kernel's weight from its exit
 //! status.
 //!
@@ -225,4 +227,41 @@ fn daemon_drain_dynamic_exec_weight_follows_the_exit_status() {
     let (code, out) = d.status(&net.director, false);
     assert_eq!(code, 0, "a dynamic weight is no drift:\n{out}");
     assert!(out.contains("dynamic weight 3"), "{out}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_drain_on_failure_remove_waits_for_the_open_connection() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    echo_server(&net.reals[0], PORT, "rs1");
+    echo_server(&net.reals[1], PORT, "rs2");
+    // The health of each is a separate listener, so that rs2 can fail its
+    // check while its echo server keeps the connection.
+    let _health1 = net::Server::text(&net.reals[0], 9000, "ok");
+    let health = net::Server::text(&net.reals[1], 9000, "ok");
+    let check = r#"check = { type = "tcp", port = 9000, interval = "200ms", timeout = "500ms", rise = 1, fall = 1 }"#;
+    let text = config(&[(PORT, &REALS[..2], &format!("on_failure = \"remove\"\ndrain_time = \"10m\"\n{check}"))]);
+    let cfg = dir.write("lvsctl.toml", &text, 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("rs1 and rs2 in the service", T, || {
+        real(&net, PORT, REALS[1]).is_some() && real(&net, PORT, REALS[0]).is_some()
+    });
+    let held = hold(&net, PORT, "rs2");
+    d.wait_for("the connection counted active", T, || real(&net, PORT, REALS[1]).map(|x| x.1) == Some(1));
+
+    // rs2 fails its check: weight 0, kept while the connection is open.
+    health.set_up(false);
+    d.wait_for("rs2 at weight 0", T, || real(&net, PORT, REALS[1]) == Some((0, 1)));
+    holds_for(&d, 3, "rs2 must stay (weight 0) while its connection is open", || {
+        real(&net, PORT, REALS[1]) == Some((0, 1))
+    });
+    drop(held);
+    d.wait_for("rs2 deleted once its connection closed", T, || real(&net, PORT, REALS[1]).is_none());
+    // It passes its check again: back with its weight.
+    health.set_up(true);
+    d.wait_for("rs2 back at weight 1", T, || real(&net, PORT, REALS[1]).map(|x| x.0) == Some(1));
+    let log = d.log();
+    assert!(log.contains("drain started: failed its check (on_failure = remove)"), "{log}");
+    assert!(log.contains("drain ended: no active connection left; deleted"), "{log}");
 }

@@ -751,6 +751,8 @@ mod tests {
         assert!(parse("check = { type = \"tcp\", intervall = 2 }").unwrap_err().contains("unknown field `intervall`"));
         let e = parse("check = { type = \"tcp\", fall = 0 }").unwrap().resolve(80, "x").unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
+        let e = parse("check = { type = \"tcp\", dynamic = true }").unwrap().resolve(80, "x").unwrap_err();
+        assert!(e.contains("`dynamic` is for exec checks"), "{e}");
         let e = parse("check = { type = \"exec\" }").unwrap().resolve(80, "x").unwrap_err();
         assert!(e.contains("needs `command"), "{e}");
         let e = parse("check = { type = \"http\", path = \"health\" }").unwrap().resolve(80, "x").unwrap_err();

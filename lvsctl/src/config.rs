@@ -38,7 +38,8 @@
 //! line and column. `director run` (the health-checking daemon) also reads a
 //! `check` table per real server or per service (the default for its real
 //! servers; see [`CheckConfig`]), and per service `on_failure` (`drain` or
-//! `remove`) and `sorry_server`; `director start` accepts and ignores them.
+//! `remove`), `sorry_server` and `drain_time`; `director start` accepts and
+//! ignores them.
 //! `[director.ha]` (failover, `director run` only) is read by [`HaConfig`]
 //! into [`HaSpec`], `[director.bgp]` (ECMP scale-out, `director run` only)
 //! by [`BgpConfig`] into [`BgpSpec`].

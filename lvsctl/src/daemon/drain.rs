@@ -10,7 +10,7 @@ use ipvs::ServiceKey;
 use tracing::{info, warn};
 
 use super::{Daemon, Events, Loaded};
-use crate::health::drain::{busy, DrainCause, DrainEnd};
+use crate::health::drain::{busy, DrainEnd};
 use crate::health::report::{epoch, DrainReport};
 use crate::health::{RealKey, Transition};
 
@@ -111,11 +111,8 @@ impl Daemon {
 
     fn log_drain_start(&self, k: &RealKey) {
         let Some(d) = self.drains.iter().find(|(x, _)| *x == k).map(|(_, d)| d) else { return };
-        let time = crate::check::Secs(d.deadline.saturating_duration_since(Instant::now()));
-        let why = match d.cause {
-            DrainCause::Removed => "removed from the config",
-            DrainCause::Failed => "failed its check (on_failure = remove)",
-        };
+        let time = crate::check::Secs(d.until.duration_since(d.since).unwrap_or_default());
+        let why = d.cause.describe();
         info!(service = %k.0, real_server = %k.1, drain_time = %time, "drain started: {why}; weight 0, deleted when it has no active connection or after drain_time");
     }
 
