@@ -326,15 +326,6 @@ impl CheckConfig {
         Ok(Check { probe, interval, timeout, rise, fall })
     }
 
-    /// Refuse a field given to a check type that does not take it.
-    fn only(&self, present: bool, field: &str, types: &str, what: &str) -> Result<(), String> {
-        if present {
-            Err(format!("{what}: check field `{field}` is for {types} checks, not {}", self.kind.name()))
-        } else {
-            Ok(())
-        }
-    }
-
     /// The port a tcp or http check connects to: its own, or the real server's.
     fn check_port(&self, port: u16, what: &str) -> Result<u16, String> {
         match self.port.unwrap_or(port) {
@@ -344,22 +335,10 @@ impl CheckConfig {
     }
 
     fn tcp_port(&self, port: u16, what: &str) -> Result<u16, String> {
-        self.only(self.path.is_some(), "path", "http", what)?;
-        self.only(self.status.is_some(), "status", "http", what)?;
-        self.only(self.body.is_some(), "body", "http", what)?;
-        self.only(self.host.is_some(), "host", "http", what)?;
-        self.only(self.command.is_some(), "command", "exec", what)?;
-        self.only(self.user.is_some(), "user", "exec and postgres", what)?;
-        postgres::refuse_fields(self, what)?;
-        self.only(self.dynamic.is_some(), "dynamic", "exec", what)?;
         self.check_port(port, what)
     }
 
     fn http(&self, port: u16, what: &str) -> Result<http::HttpCheck, String> {
-        self.only(self.command.is_some(), "command", "exec", what)?;
-        self.only(self.user.is_some(), "user", "exec and postgres", what)?;
-        postgres::refuse_fields(self, what)?;
-        self.only(self.dynamic.is_some(), "dynamic", "exec", what)?;
         let path = self.path.clone().unwrap_or_else(|| "/".to_owned());
         if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return Err(format!("{what}: http check path {path:?} must start with / and have no spaces"));
@@ -378,12 +357,6 @@ impl CheckConfig {
     }
 
     fn exec(&self, what: &str) -> Result<ExecCheck, String> {
-        self.only(self.port.is_some(), "port", "tcp and http", what)?;
-        self.only(self.path.is_some(), "path", "http", what)?;
-        self.only(self.status.is_some(), "status", "http", what)?;
-        self.only(self.body.is_some(), "body", "http", what)?;
-        self.only(self.host.is_some(), "host", "http", what)?;
-        postgres::refuse_fields(self, what)?;
         let cmd = match &self.command {
             Some(c) if !c.is_empty() && !c[0].is_empty() => c,
             _ => return Err(format!("{what}: an exec check needs `command = [\"/path/to/program\", ...]`")),
@@ -746,13 +719,18 @@ mod tests {
     #[test]
     fn refuses_what_does_not_fit() {
         let e = parse("check = { type = \"tcp\", path = \"/\" }").unwrap().resolve(80, "real server 10.0.0.2:80");
-        assert_eq!(e.unwrap_err(), "real server 10.0.0.2:80: check field `path` is for http checks, not tcp");
+        assert_eq!(e.unwrap_err(), "real server 10.0.0.2:80: check field `path` is for http and https checks, not tcp");
         assert!(parse("check = { type = \"ping\" }").unwrap_err().contains("unknown variant `ping`"));
         assert!(parse("check = { type = \"tcp\", intervall = 2 }").unwrap_err().contains("unknown field `intervall`"));
         let e = parse("check = { type = \"tcp\", fall = 0 }").unwrap().resolve(80, "x").unwrap_err();
         assert!(e.contains("at least 1"), "{e}");
         let e = parse("check = { type = \"tcp\", dynamic = true }").unwrap().resolve(80, "x").unwrap_err();
         assert!(e.contains("`dynamic` is for exec checks"), "{e}");
+        let e = parse("check = { type = \"exec\", command = [\"/bin/true\"], port = 80 }").unwrap().resolve(80, "x");
+        assert_eq!(
+            e.unwrap_err(),
+            "x: check field `port` is for tcp, http, https, udp, dns and postgres checks, not exec"
+        );
         let e = parse("check = { type = \"exec\" }").unwrap().resolve(80, "x").unwrap_err();
         assert!(e.contains("needs `command"), "{e}");
         let e = parse("check = { type = \"http\", path = \"health\" }").unwrap().resolve(80, "x").unwrap_err();

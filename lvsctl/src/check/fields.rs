@@ -1,7 +1,6 @@
-//! Which check types take which fields of the `check` table, for the fields
-//! of the `https`, `udp` and `dns` checks and the fields those checks do not
-//! take: a field given to a type that ignores it is a mistake worth an error.
-//! (The `tcp`, `http` and `exec` builders refuse the older fields themselves.)
+//! Which check types take which fields of the `check` table: a field given
+//! to a type that ignores it is a mistake worth an error. Every builder
+//! relies on this one table instead of refusing fields itself.
 
 use super::{CheckConfig, CheckType};
 
@@ -13,31 +12,32 @@ struct Takers {
     names: &'static str,
 }
 
+const NETWORK: Takers =
+    Takers { types: &[Tcp, Http, Https, Udp, Dns, Postgres], names: "tcp, http, https, udp, dns and postgres" };
 const HTTP_LIKE: Takers = Takers { types: &[Http, Https], names: "http and https" };
 const HTTPS: Takers = Takers { types: &[Https], names: "https" };
 const UDP: Takers = Takers { types: &[Udp], names: "udp" };
 const DNS: Takers = Takers { types: &[Dns], names: "dns" };
 const EXEC: Takers = Takers { types: &[Exec], names: "exec" };
+const USER: Takers = Takers { types: &[Exec, Postgres], names: "exec and postgres" };
+const POSTGRES: Takers = Takers { types: &[Postgres], names: "postgres" };
 
 /// A field of the table: its name, whether it is set, the types that take it.
 type Field = (&'static str, bool, Takers);
 
 impl CheckConfig {
-    /// The fields of the `tcp`, `http` and `exec` checks (not `port`: most take it).
-    fn older_fields(&self) -> [Field; 6] {
+    /// Every field that only some types take (`interval`, `timeout`, `rise`
+    /// and `fall` are for all).
+    fn typed_fields(&self) -> [Field; 22] {
         [
+            ("port", self.port.is_some(), NETWORK),
             ("path", self.path.is_some(), HTTP_LIKE),
             ("status", self.status.is_some(), HTTP_LIKE),
             ("body", self.body.is_some(), HTTP_LIKE),
             ("host", self.host.is_some(), HTTP_LIKE),
             ("command", self.command.is_some(), EXEC),
-            ("user", self.user.is_some(), EXEC),
-        ]
-    }
-
-    /// The fields of the `https`, `udp` and `dns` checks.
-    fn newer_fields(&self) -> [Field; 10] {
-        [
+            ("user", self.user.is_some(), USER),
+            ("dynamic", self.dynamic.is_some(), EXEC),
             ("sni", self.sni.is_some(), HTTPS),
             ("ca_file", self.ca_file.is_some(), HTTPS),
             ("tls_verify", self.tls_verify.is_some(), HTTPS),
@@ -48,16 +48,17 @@ impl CheckConfig {
             ("query_type", self.query_type.is_some(), DNS),
             ("rcode", self.rcode.is_some(), DNS),
             ("answer", self.answer.is_some(), DNS),
+            ("database", self.database.is_some(), POSTGRES),
+            ("login", self.login.is_some(), POSTGRES),
+            ("query", self.query.is_some(), POSTGRES),
+            ("password_file", self.password_file.is_some(), POSTGRES),
         ]
     }
 
-    /// Refuse a field this check's type does not take. For `tcp`, `http`
-    /// and `exec` only the newer fields are looked at here (their own
-    /// builders refuse the older ones, with the same message).
+    /// Refuse a field this check's type does not take.
     pub(super) fn refuse_fields_of_other_types(&self, what: &str) -> Result<(), String> {
-        let older = if matches!(self.kind, Tcp | Http | Exec) { &[][..] } else { &self.older_fields()[..] };
-        for (field, present, takers) in older.iter().chain(self.newer_fields().iter()) {
-            if *present && !takers.types.contains(&self.kind) {
+        for (field, present, takers) in self.typed_fields() {
+            if present && !takers.types.contains(&self.kind) {
                 let (names, kind) = (takers.names, self.kind.name());
                 return Err(format!("{what}: check field `{field}` is for {names} checks, not {kind}"));
             }

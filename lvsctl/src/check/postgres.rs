@@ -102,21 +102,8 @@ impl<'de> Deserialize<'de> for AbsPath {
     }
 }
 
-/// Refuse the postgres-only fields in a check of another type.
-pub(super) fn refuse_fields(c: &CheckConfig, what: &str) -> Result<(), String> {
-    c.only(c.database.is_some(), "database", "postgres", what)?;
-    c.only(c.login.is_some(), "login", "postgres", what)?;
-    c.only(c.query.is_some(), "query", "postgres", what)?;
-    c.only(c.password_file.is_some(), "password_file", "postgres", what)
-}
-
 /// Resolve a `postgres` check for a real server listening on `port`.
 pub(super) fn resolve(c: &CheckConfig, port: u16, what: &str) -> Result<PostgresCheck, String> {
-    c.only(c.path.is_some(), "path", "http", what)?;
-    c.only(c.status.is_some(), "status", "http", what)?;
-    c.only(c.body.is_some(), "body", "http", what)?;
-    c.only(c.host.is_some(), "host", "http", what)?;
-    c.only(c.command.is_some(), "command", "exec", what)?;
     let user = c.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
     if user.is_empty() || user.contains('\0') {
         return Err(format!("{what}: postgres check user {user:?} must be a non-empty name without NUL bytes"));

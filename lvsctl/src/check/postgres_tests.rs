@@ -307,7 +307,7 @@ fn config_defaults_and_refusals() {
     let e = parse("check = { type = \"tcp\", database = \"db\" }").unwrap().resolve(1, "x").unwrap_err();
     assert_eq!(e, "x: check field `database` is for postgres checks, not tcp");
     let e = parse("check = { type = \"postgres\", path = \"/\" }").unwrap().resolve(1, "x").unwrap_err();
-    assert_eq!(e, "x: check field `path` is for http checks, not postgres");
+    assert_eq!(e, "x: check field `path` is for http and https checks, not postgres");
     let e = parse("check = {\n type = \"postgres\", database = \"\" }").unwrap_err();
     assert!(e.contains("line 2") && e.contains("must be a non-empty text"), "{e}");
     let e = parse("check = { type = \"postgres\", login = true, password_file = \"pw\" }").unwrap_err();
