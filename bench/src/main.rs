@@ -33,9 +33,8 @@ use ipvs::reconcile::{plan, DesiredService, Scope};
 use ipvs::{Destination, Forward, Ipvs, Op, Protocol, Scheduler, Service, ServiceKey};
 
 mod daemon;
-mod nlmon;
 
-type Res<T> = Result<T, String>;
+use lvs_bench::{nlmon, Res};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
