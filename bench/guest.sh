@@ -127,9 +127,47 @@ count_requests() {
 	$IP -n "$ns" link del nlmon0
 }
 
+# daemon_bench: the health-daemon benchmark instead of the bulk one
+# (BENCH_DAEMON=1, by `scripts/bench --daemon`): for each size (BENCH_SIZES services
+# of 4 TCP-checked real servers), `lvsctl director run` then keepalived, each through
+# `lvs-bench daemon` (fresh namespaces, see bench/src/daemon.rs), BENCH_REPS rounds.
+daemon_bench() {
+	DR=$W/daemon.tsv
+	: >$DR
+	r=0
+	while [ $r -lt "$REPS" ]; do
+		r=$((r + 1))
+		for n in $SIZES; do
+			for tool in lvsctl keepalived; do
+				settle
+				lvs-bench daemon --tool $tool --services "$n" --reals 4 --results $DR \
+					--steady "${BENCH_STEADY:-60}" --failures "${BENCH_FAILURES:-10}" --work $W/d-$tool-$n 2>$W/stderr
+				rc=$?
+				cat $W/stderr
+				[ $rc = 0 ] || fail "daemon $tool ${n}x4 exited with $rc: $(tail -c 600 $W/stderr)"
+				tail -n 5 $W/d-$tool-$n/$tool.log
+			done
+		done
+	done
+	note "- failures: $failures"
+	{ lvs-bench daemon-report $DR; echo; cat $N; } >$W/report.md
+	echo "@@BENCH-REPORT-BEGIN@@"
+	cat $W/report.md
+	echo "@@BENCH-REPORT-END@@"
+	echo "@@BENCH-RAW-BEGIN@@"
+	cat $DR
+	echo "@@BENCH-RAW-END@@"
+	[ $failures = 0 ]
+	exit
+}
+
 modprobe nlmon 2>/dev/null
 note "- guest: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
 note "- ipvsadm: $(ipvsadm --version 2>&1 | head -1); lvsctl commands present: restore=$LV_RESTORE save=$LV_SAVE list=$LV_LIST restore--replace=$LV_REPLACE"
+if [ "${BENCH_DAEMON:-0}" = 1 ]; then
+	note "- keepalived: $(keepalived --version 2>&1 | head -1)"
+	daemon_bench
+fi
 settle
 # The measuring wrapper's own floor: the peak RSS it reports for /bin/true.
 newns

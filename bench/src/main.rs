@@ -32,7 +32,9 @@ use std::time::Instant;
 use ipvs::reconcile::{plan, DesiredService, Scope};
 use ipvs::{Destination, Forward, Ipvs, Op, Protocol, Scheduler, Service, ServiceKey};
 
-type Res<T> = Result<T, String>;
+mod daemon;
+
+use lvs_bench::{nlmon, Res};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +50,9 @@ fn main() -> ExitCode {
         "measure" => measure(rest),
         "report" => report(rest).map(|()| ExitCode::SUCCESS),
         "nlcount" => nlcount(rest),
+        "daemon" => daemon::run(rest),
+        "daemon-gen" => daemon::gen(rest).map(|()| ExitCode::SUCCESS),
+        "daemon-report" => daemon::report(rest).map(|()| ExitCode::SUCCESS),
         other => Err(format!("unknown command {other:?}")),
     };
     match r {
@@ -360,163 +365,17 @@ fn measure(args: &[String]) -> Res<ExitCode> {
 
 // ---- counting requests on an nlmon device -------------------------------------
 
-/// Counts of the generic netlink requests seen.
-#[derive(Default, Debug)]
-struct NlCounts {
-    packets: u64,
-    ctrl: u64,
-    dumps: u64,
-    reads: u64,
-    changes: u64,
-    /// Change requests by IPVS command number.
-    by_cmd: BTreeMap<u8, u64>,
-}
-
-const NETLINK_GENERIC: u16 = 16;
-const GENL_ID_CTRL: u16 = 0x10;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_DUMP: u16 = 0x300;
-
-impl NlCounts {
-    /// Count the requests in one captured packet (one netlink sendmsg or reply).
-    fn packet(&mut self, b: &[u8]) {
-        self.packets += 1;
-        let mut b = b;
-        while b.len() >= 20 {
-            let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
-            if len < 16 || len > b.len() {
-                break;
-            }
-            let ty = u16::from_ne_bytes([b[4], b[5]]);
-            let flags = u16::from_ne_bytes([b[6], b[7]]);
-            let cmd = b[16];
-            if flags & NLM_F_REQUEST != 0 && ty >= GENL_ID_CTRL {
-                if ty == GENL_ID_CTRL {
-                    self.ctrl += 1;
-                } else if flags & NLM_F_DUMP != 0 {
-                    self.dumps += 1;
-                } else if matches!(cmd, 4 | 8 | 11 | 13 | 15) {
-                    // GET_SERVICE, GET_DEST, GET_DAEMON, GET_CONFIG, GET_INFO
-                    self.reads += 1;
-                } else {
-                    self.changes += 1;
-                    *self.by_cmd.entry(cmd).or_default() += 1;
-                }
-            }
-            b = &b[((len + 3) & !3).min(b.len())..];
-        }
-    }
-}
-
 fn nlcount(args: &[String]) -> Res<ExitCode> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     let split = args.iter().position(|a| a == "--").ok_or("nlcount --dev NLMON -- CMD ARGS...")?;
     let a = parse_args(&args[..split], &["dev"])?;
     let cmd = &args[split + 1..];
     let prog = cmd.first().ok_or("no command after --")?;
-    let dev = std::ffi::CString::new(a.opts.get("dev").ok_or("--dev is required")?.as_str())
-        .map_err(|_| "bad device name")?;
-    // SAFETY: plain libc calls with valid arguments; the fd is owned below.
-    let fd = unsafe {
-        let ifindex = libc::if_nametoindex(dev.as_ptr());
-        if ifindex == 0 {
-            return Err(format!("no device {dev:?}: {}", std::io::Error::last_os_error()));
-        }
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ALL as u16).to_be()));
-        if fd < 0 {
-            return Err(format!("packet socket: {}", std::io::Error::last_os_error()));
-        }
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        if libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
-            != 0
-        {
-            return Err(format!("bind to {dev:?}: {}", std::io::Error::last_os_error()));
-        }
-        let big: libc::c_int = 64 << 20;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&big as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 300_000 };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-        fd
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let reader = std::thread::spawn(move || {
-        let mut counts = NlCounts::default();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut flen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: valid buffer and address out-pointers.
-            let n = unsafe {
-                libc::recvfrom(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut flen,
-                )
-            };
-            if n < 0 {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                continue;
-            }
-            if u16::from_be(from.sll_protocol) == NETLINK_GENERIC {
-                counts.packet(&buf[..n as usize]);
-            }
-        }
-        let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: getsockopt into a tpacket_stats of `len` bytes; then close our fd.
-        unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut st as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            );
-            libc::close(fd);
-        }
-        (counts, st.tp_drops)
-    });
+    let capture = nlmon::Capture::start(a.opts.get("dev").ok_or("--dev is required")?)?;
     let status = Command::new(prog).args(&cmd[1..]).status().map_err(|e| format!("cannot run {prog}: {e}"))?;
     // Let the last packets arrive, then stop at the next receive timeout.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let (c, drops) = reader.join().map_err(|_| "capture thread panicked")?;
-    let by_cmd: Vec<String> = c.by_cmd.iter().map(|(k, v)| format!("cmd {k}: {v}")).collect();
-    println!(
-        "requests: {} dumps, {} reads, {} changes{}, {} to the genl controller ({} packets captured, {} dropped)",
-        c.dumps,
-        c.reads,
-        c.changes,
-        if by_cmd.is_empty() { String::new() } else { format!(" ({})", by_cmd.join(", ")) },
-        c.ctrl,
-        c.packets,
-        drops
-    );
-    if drops > 0 {
-        return Err(format!("the capture dropped {drops} packets: counts are incomplete"));
-    }
+    let c = capture.finish()?;
+    println!("requests: {} ({} packets captured, 0 dropped)", c.describe(), c.packets);
     Ok(ExitCode::from(status.code().unwrap_or(128).clamp(0, 255) as u8))
 }
 

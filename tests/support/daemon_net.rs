@@ -427,143 +427,26 @@ impl Drop for Daemon {
     }
 }
 
-/// Requests counted on an `nlmon` device: every generic netlink request any
-/// process of one namespace sends while the capture runs.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct NlCounts {
-    /// Dump requests (`NLM_F_DUMP`).
-    pub dumps: u64,
-    /// Single reads (GET_SERVICE, GET_DEST, GET_DAEMON, GET_CONFIG, GET_INFO).
-    pub reads: u64,
-    /// Change requests, by IPVS command number.
-    pub changes: Vec<u8>,
-    /// Requests to the generic netlink controller (family lookups).
-    pub ctrl: u64,
-}
+/// Requests counted on an `nlmon` device (the benchmark's counter): every
+/// generic netlink request any process of one namespace sends while the capture runs.
+pub use lvs_bench::nlmon::NlCounts;
 
 /// A capture of a namespace's generic netlink requests on a fresh `nlmon`
 /// device (as `lvs-bench nlcount` does for the benchmark).
-pub struct NlCapture {
-    fd: i32,
-    stop: Arc<AtomicBool>,
-    reader: Option<JoinHandle<NlCounts>>,
-}
+pub struct NlCapture(lvs_bench::nlmon::Capture);
 
 impl NlCapture {
     /// Create `nlmon0` in `ns` and start counting.
     pub fn start(ns: &Netns) -> Self {
         ns.ip(&["link", "add", "nlmon0", "type", "nlmon"]);
         ns.ip(&["link", "set", "nlmon0", "up"]);
-        // The packet socket is bound in the namespace; it stays there.
-        let fd = ns.run(open_packet_socket);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        let reader = std::thread::spawn(move || read_requests(fd, &stop2));
-        Self { fd, stop, reader: Some(reader) }
+        // The packet socket is opened in the namespace; it stays there.
+        Self(ns.run(|| lvs_bench::nlmon::Capture::start("nlmon0")).expect("nlmon capture"))
     }
 
     /// Stop (after the packets already queued are read) and give the counts.
-    pub fn finish(mut self) -> NlCounts {
-        self.stop.store(true, Ordering::SeqCst);
-        self.reader.take().unwrap().join().expect("capture thread")
-    }
-}
-
-impl Drop for NlCapture {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        // SAFETY: our own socket, closed once, after its reader ended.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::close(self.fd);
-        }
-    }
-}
-
-fn open_packet_socket() -> i32 {
-    let dev = std::ffi::CString::new("nlmon0").unwrap();
-    // SAFETY: plain libc calls with valid arguments and sizes.
-    #[allow(unsafe_code)]
-    unsafe {
-        let ifindex = libc::if_nametoindex(dev.as_ptr());
-        assert!(ifindex != 0, "no nlmon0: {}", std::io::Error::last_os_error());
-        let proto = i32::from((libc::ETH_P_ALL as u16).to_be());
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto);
-        assert!(fd >= 0, "packet socket: {}", std::io::Error::last_os_error());
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        let rc = libc::bind(fd, (&sll as *const libc::sockaddr_ll).cast(), len);
-        assert_eq!(rc, 0, "bind to nlmon0: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 300_000 };
-        let tvlen = std::mem::size_of::<libc::timeval>() as u32;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), tvlen);
-        fd
-    }
-}
-
-fn read_requests(fd: i32, stop: &AtomicBool) -> NlCounts {
-    const NETLINK_GENERIC: u16 = 16;
-    let mut counts = NlCounts::default();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        // SAFETY: valid buffer and address out-pointers.
-        #[allow(unsafe_code)]
-        let (n, from) = unsafe {
-            let mut from: libc::sockaddr_ll = std::mem::zeroed();
-            let mut flen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            let n = libc::recvfrom(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut flen,
-            );
-            (n, from)
-        };
-        if n < 0 {
-            if stop.load(Ordering::SeqCst) {
-                return counts;
-            }
-            continue;
-        }
-        if u16::from_be(from.sll_protocol) == NETLINK_GENERIC {
-            count_packet(&mut counts, &buf[..n as usize]);
-        }
-    }
-}
-
-/// Count the requests in one captured packet (one netlink send or reply).
-fn count_packet(c: &mut NlCounts, mut b: &[u8]) {
-    const GENL_ID_CTRL: u16 = 0x10;
-    const NLM_F_REQUEST: u16 = 0x1;
-    const NLM_F_DUMP: u16 = 0x300;
-    while b.len() >= 20 {
-        let len = u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize;
-        if len < 16 || len > b.len() {
-            break;
-        }
-        let ty = u16::from_ne_bytes([b[4], b[5]]);
-        let flags = u16::from_ne_bytes([b[6], b[7]]);
-        let cmd = b[16];
-        if flags & NLM_F_REQUEST != 0 && ty >= GENL_ID_CTRL {
-            if ty == GENL_ID_CTRL {
-                c.ctrl += 1;
-            } else if flags & NLM_F_DUMP != 0 {
-                c.dumps += 1;
-            } else if matches!(cmd, 4 | 8 | 11 | 13 | 15) {
-                c.reads += 1;
-            } else {
-                c.changes.push(cmd);
-            }
-        }
-        b = &b[((len + 3) & !3).min(b.len())..];
+    pub fn finish(self) -> NlCounts {
+        self.0.finish().expect("nlmon capture")
     }
 }
 

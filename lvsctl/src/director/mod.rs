@@ -22,6 +22,8 @@
 pub mod plan;
 pub mod status;
 
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipvs::reconcile::DesiredService;
@@ -139,12 +141,15 @@ impl Director {
         let keys: Vec<ServiceKey> = owned.iter().copied().chain(desired.iter().map(|d| d.service.key)).collect();
         obs.confirmed_gone = self.look_up_missing(&mut obs.table, &keys).await?;
         obs.confirmed_gone.retain(|k| owned.contains(k));
+        // One link lookup and one address dump per interface, however many VIPs it holds.
+        let mut on_iface: HashMap<String, Option<HashSet<IpAddr>>> = HashMap::new();
         for (ip, iface) in spec.vips() {
-            if let Some(idx) = self.rtnl.link_index(iface.as_str()).await? {
-                obs.links.insert(iface.to_string(), idx);
-                if self.rtnl.has_address(idx, ip).await? {
-                    obs.vips_present.push((ip, iface.to_string()));
-                }
+            if !on_iface.contains_key(iface.as_str()) {
+                let addrs = self.interface_addresses(iface.as_str(), &mut obs).await?;
+                on_iface.insert(iface.to_string(), addrs);
+            }
+            if on_iface[iface.as_str()].as_ref().is_some_and(|a| a.contains(&ip)) {
+                obs.vips_present.push((ip, iface.to_string()));
             }
         }
         let prev_sysctls = prev.as_ref().map(|p| p.sysctls.clone()).unwrap_or_default();
@@ -153,21 +158,38 @@ impl Director {
         Ok(obs)
     }
 
+    /// The addresses on interface `name` (`None`: no such interface); its
+    /// index goes into `obs.links`.
+    async fn interface_addresses(&self, name: &str, obs: &mut Observed) -> Result<Option<HashSet<IpAddr>>, Error> {
+        let Some(idx) = self.rtnl.link_index(name).await? else { return Ok(None) };
+        obs.links.insert(name.to_owned(), idx);
+        Ok(Some(self.rtnl.addresses(idx).await?.into_iter().map(|(a, _)| a).collect()))
+    }
+
     /// Look up each of `keys` that `table` lacks by its own key: one found
     /// (a dump can skip entries while other namespaces change their tables)
     /// goes into the table, with its destinations; the others are returned.
+    /// The lookups are all in flight at once (the connection matches the
+    /// answers by sequence number): a first start, whose every key is
+    /// missing, waits for one round trip instead of one per service.
     async fn look_up_missing(&self, table: &mut Table, keys: &[ServiceKey]) -> Result<Vec<ServiceKey>, Error> {
-        let mut gone = Vec::new();
+        let present: HashSet<ServiceKey> = table.iter().map(|(s, _)| s.service.key).collect();
+        let mut missing: Vec<ServiceKey> = Vec::new();
+        let mut asked = HashSet::new();
         for k in keys {
-            if table.iter().any(|(s, _)| s.service.key == *k) || gone.contains(k) {
-                continue;
+            if !present.contains(k) && asked.insert(*k) {
+                missing.push(*k);
             }
-            match self.ipvs.service(k).await {
+        }
+        let answers = futures::future::join_all(missing.iter().map(|k| self.ipvs.service(k))).await;
+        let mut gone = Vec::new();
+        for (k, answer) in missing.into_iter().zip(answers) {
+            match answer {
                 Ok(entry) => {
-                    let dests = self.ipvs.destinations(k).await?;
+                    let dests = self.ipvs.destinations(&k).await?;
                     table.push((entry, dests));
                 }
-                Err(ipvs::Error::NoSuchService(_)) => gone.push(*k),
+                Err(ipvs::Error::NoSuchService(_)) => gone.push(k),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -2,7 +2,7 @@
 //! ([`Observed`]) and what it should have, every change to make, the record
 //! written ahead of them, and what to undo when the IPVS part fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipvs::reconcile::{self, DesiredService, Scope};
@@ -36,10 +36,6 @@ pub struct Observed {
 }
 
 impl Observed {
-    fn present(&self, k: &ServiceKey) -> bool {
-        self.table.iter().any(|(s, _)| s.service.key == *k)
-    }
-
     fn prev_owned(&self) -> &[ServiceKey] {
         self.prev.as_ref().map_or(&[], |p| &p.owned)
     }
@@ -88,7 +84,10 @@ pub fn plan(spec: &DirectorSpec, desired: &[DesiredService], obs: &Observed) -> 
         return Err(Error::NoSuchInterface(iface.to_string()));
     }
     let prev_owned = obs.prev_owned();
-    if let Some(d) = desired.iter().find(|d| obs.present(&d.service.key) && !prev_owned.contains(&d.service.key)) {
+    // Sets, not list scans: a thousand services must not cost a million comparisons.
+    let present: HashSet<ServiceKey> = obs.table.iter().map(|(s, _)| s.service.key).collect();
+    let owned_set: HashSet<ServiceKey> = prev_owned.iter().copied().collect();
+    if let Some(d) = desired.iter().find(|d| present.contains(&d.service.key) && !owned_set.contains(&d.service.key)) {
         return Err(Error::ForeignService(d.service.key));
     }
     let ops = reconcile::plan(&obs.table, desired, &Scope::Owned(prev_owned.to_vec()));
@@ -106,28 +105,30 @@ pub fn plan(spec: &DirectorSpec, desired: &[DesiredService], obs: &Observed) -> 
 /// The VIPs to add, keep and remove.
 fn plan_addresses(p: &mut Plan, vips: &[(IpAddr, String)], obs: &Observed) {
     let prev_addrs: &[AddressRecord] = obs.prev.as_ref().map_or(&[], |s| &s.addresses);
+    let created: HashSet<(IpAddr, &str)> =
+        prev_addrs.iter().filter(|r| r.created).map(|r| (r.addr, r.iface.as_str())).collect();
+    let present: HashSet<(IpAddr, &str)> = obs.vips_present.iter().map(|(a, i)| (*a, i.as_str())).collect();
+    let wanted: HashSet<(IpAddr, &str)> = vips.iter().map(|(a, i)| (*a, i.as_str())).collect();
     for (ip, iface) in vips {
-        let ours = prev_addrs.iter().any(|r| r.addr == *ip && r.iface == *iface && r.created);
+        let ours = created.contains(&(*ip, iface.as_str()));
         let rec = AddressRecord { addr: *ip, prefix_len: host_prefix(*ip), iface: iface.clone(), created: ours };
-        if obs.vips_present.iter().any(|(a, i)| a == ip && i == iface) {
+        if present.contains(&(*ip, iface.as_str())) {
             p.address_kept.push(rec);
         } else {
             p.address_adds.push((obs.links[iface.as_str()], rec));
         }
     }
-    p.address_dels = prev_addrs
-        .iter()
-        .filter(|r| r.created && !vips.iter().any(|(ip, i)| *ip == r.addr && *i == r.iface))
-        .cloned()
-        .collect();
+    p.address_dels =
+        prev_addrs.iter().filter(|r| r.created && !wanted.contains(&(r.addr, r.iface.as_str()))).cloned().collect();
 }
 
 /// The record that claims everything the plan may create.
 fn write_ahead(p: &Plan) -> DirectorState {
     let mut claim = p.owned.clone();
+    let mut claimed: HashSet<ServiceKey> = claim.iter().copied().collect();
     for op in &p.ipvs {
         if let Op::AddService(s) = op {
-            if !claim.contains(&s.key) {
+            if claimed.insert(s.key) {
                 claim.push(s.key);
             }
         }
@@ -150,12 +151,19 @@ fn write_ahead(p: &Plan) -> DirectorState {
 /// operation changes nothing.
 pub fn owned_after(owned: &[ServiceKey], ops: &[Op], outcomes: &[OpOutcome]) -> Vec<ServiceKey> {
     let mut out = owned.to_vec();
+    let mut has: HashSet<ServiceKey> = out.iter().copied().collect();
+    let mut any_deleted = false;
     for (op, outcome) in ops.iter().zip(outcomes) {
         match op {
-            Op::AddService(s) if outcome.maybe_done() && !out.contains(&s.key) => out.push(s.key),
-            Op::DeleteService(k) if outcome.is_done() => out.retain(|x| x != k),
+            Op::AddService(s) if outcome.maybe_done() && has.insert(s.key) => out.push(s.key),
+            Op::DeleteService(k) if outcome.is_done() && has.remove(k) => any_deleted = true,
             _ => {}
         }
+    }
+    // The deleted ones go in one pass (a key deleted and added again stays once).
+    if any_deleted {
+        let mut kept = HashSet::new();
+        out.retain(|k| has.contains(k) && kept.insert(*k));
     }
     out
 }
