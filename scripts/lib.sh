@@ -111,6 +111,7 @@ LV_VM_TOOLS=(
 	ip:iproute2
 	ipvsadm:ipvsadm
 	keepalived:keepalived
+	bird:bird2
 	"$LV_PG_BIN/postgres:$LV_PG_PKG"
 	setsid:util-linux
 	strace:strace
