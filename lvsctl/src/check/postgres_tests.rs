@@ -345,3 +345,79 @@ fn config_file_errors_have_line_and_column() {
     assert!(e.starts_with("lvsctl.toml:7:"), "{e}");
     assert!(e.contains("\"\" must be a non-empty text without NUL bytes"), "{e}");
 }
+
+/// Run a PostgreSQL program of this host as `uid`/`gid` (initdb and postgres
+/// refuse to run as root); panics with its output when it fails.
+fn host_pg(bin: &std::path::Path, program: &str, args: &[&str], ids: (u32, u32)) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(bin.join(program));
+    cmd.args(args).env("TZ", "UTC").current_dir("/");
+    let (uid, gid) = ids;
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe; nothing allocates here.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::getuid() == 0
+                && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The probe and the SCRAM login against Debian's PostgreSQL 15 when this
+/// host has it (`scripts/test` installs it for the test VM); skipped, saying
+/// so, when it does not. The privileged tests run it in the VM either way.
+#[tokio::test]
+async fn a_real_postgresql_on_this_host() {
+    let bin = std::path::Path::new("/usr/lib/postgresql/15/bin");
+    if !bin.join("postgres").is_file() {
+        eprintln!("SKIPPED a_real_postgresql_on_this_host: no {}/postgres", bin.display());
+        return;
+    }
+    // SAFETY: getuid and getgid have no preconditions.
+    #[allow(unsafe_code)]
+    let ids = match unsafe { libc::getuid() } {
+        0 => crate::check::security::lookup_user("postgres").expect("the postgres user of the postgresql package"),
+        uid => (uid, unsafe { libc::getgid() }),
+    };
+    let dir = std::env::temp_dir().join(format!("lvsctl-pg-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(ids.0), Some(ids.1)).unwrap();
+    std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    let (data, pw) = (dir.join("data").display().to_string(), format!("--pwfile={}", dir.join("pw").display()));
+    host_pg(
+        bin,
+        "initdb",
+        &["-D", &data, "-U", "postgres", &pw, "-A", "scram-sha-256", "--no-locale", "--no-sync"],
+        ids,
+    );
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let opts = format!("-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='{}'", dir.display());
+    let log = dir.join("log").display().to_string();
+    host_pg(bin, "pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"], ids);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let run = |c: PostgresCheck, pw: Option<&'static str>| async move {
+        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        c.talk(s, addr, pw).await
+    };
+    let probe = run(probe_check(port), None).await;
+    let good = run(login_check(port, Some("SELECT 1")), Some("s3cret")).await;
+    let bad = run(login_check(port, None), Some("wrong")).await;
+    host_pg(bin, "pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"], ids);
+    let stopped = run(probe_check(port), None).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    probe.unwrap();
+    good.unwrap();
+    assert!(bad.unwrap_err().contains("(28P01)"));
+    assert!(stopped.is_err());
+}
