@@ -57,16 +57,22 @@ async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (tag, body)
 }
 
-/// A fake server that reads the StartupMessage, sends `answer` and closes;
-/// it hands back the StartupMessage's body.
-async fn answering(answer: Vec<u8>) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+/// A fake server that reads the StartupMessage, sends `answer` and ends its
+/// side, and reads
+/// what the client sends after it until the client closes; it hands back
+/// the StartupMessage's body and those bytes.
+async fn answering(answer: Vec<u8>) -> (SocketAddr, tokio::task::JoinHandle<(Vec<u8>, Vec<u8>)>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         let startup = read_startup(&mut s).await;
         s.write_all(&answer).await.unwrap();
-        startup
+        // Nothing more from the server: the client sees the end after the answer.
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        (startup, rest)
     });
     (addr, task)
 }
@@ -76,11 +82,34 @@ fn probe_check(port: u16) -> PostgresCheck {
 }
 
 async fn probe(answer: Vec<u8>) -> Result<(), String> {
+    probe_and_after(answer).await.0
+}
+
+/// The probe's verdict, and what it sent after the server's answer.
+async fn probe_and_after(answer: Vec<u8>) -> (Result<(), String>, Vec<u8>) {
     let (addr, task) = answering(answer).await;
     let s = TcpStream::connect(addr).await.unwrap();
     let r = probe_check(addr.port()).exchange(s, addr).await;
-    task.await.unwrap();
-    r
+    (r, task.await.unwrap().1)
+}
+
+/// As PQping: a server asking for a password gets nothing more (it logs
+/// nothing for a client that leaves then, but complains about a Terminate);
+/// a session opened at once (trust) is read to ReadyForQuery and ended with
+/// Terminate.
+#[tokio::test]
+async fn the_probe_leaves_as_pg_isready_does() {
+    let (r, after) = probe_and_after(auth(10, b"SCRAM-SHA-256\0\0")).await;
+    r.unwrap();
+    assert_eq!(after, b"", "nothing after an authentication request");
+    let session = [auth(0, b""), msg(b'S', b"a\0b\0"), msg(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]), ready()].concat();
+    let (r, after) = probe_and_after(session).await;
+    r.unwrap();
+    assert_eq!(after, msg(b'X', b""), "Terminate after ReadyForQuery");
+    // Authenticated, then refused (no such database): still accepting, as PQping.
+    let (r, after) = probe_and_after([auth(0, b""), error(&[(b'C', "3D000"), (b'M', "no db")])].concat()).await;
+    r.unwrap();
+    assert_eq!(after, b"");
 }
 
 #[tokio::test]
@@ -89,7 +118,7 @@ async fn the_startup_message_names_protocol_3_user_and_database() {
     let s = TcpStream::connect(addr).await.unwrap();
     let c = PostgresCheck { database: "lightdb".into(), ..probe_check(addr.port()) };
     c.exchange(s, addr).await.unwrap();
-    let body = task.await.unwrap();
+    let body = task.await.unwrap().0;
     assert_eq!(&body[..4], &0x0003_0000u32.to_be_bytes(), "protocol 3.0");
     assert_eq!(&body[4..], b"user\0postgres\0database\0lightdb\0\0");
 }
@@ -415,8 +444,12 @@ async fn a_real_postgresql_on_this_host() {
     let bad = run(login_check(port, None), Some("wrong")).await;
     host_pg(bin, "pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"], ids);
     let stopped = run(probe_check(port), None).await;
+    // Every backend has ended (pg_ctl waited for them): the log is complete.
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
     std::fs::remove_dir_all(&dir).unwrap();
     probe.unwrap();
+    assert!(server_log.contains("password authentication failed"), "{server_log}");
+    assert!(!server_log.contains("expected SASL response"), "the probe must leave silently:\n{server_log}");
     good.unwrap();
     assert!(bad.unwrap_err().contains("(28P01)"));
     assert!(stopped.is_err());
