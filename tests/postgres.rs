@@ -357,23 +357,21 @@ fn postgres_check_logs_in_with_scram_and_runs_a_query() {
     let dir = TestDir::new();
     let pg = Cluster::new(&net.reals[0], "scram-sha-256");
     pg.start(false, true);
-    let pw = dir.write("pg.pw", &format!("{PASSWORD}\n"), 0o600);
+    // A wrong password first (the file is read at each check): the login fails.
+    let pw = dir.write("pg.pw", "not-the-password\n", 0o600);
     let check = format!(
         r#"{{ type = "postgres", login = true, query = "SELECT 1", password_file = "{}", interval = "200ms", timeout = "30s", rise = 1, fall = 1 }}"#,
         pw.display()
     );
     let cfg = dir.write("lvsctl.toml", &config(&check), 0o644);
     let d = Daemon::start(&net.director, &dir, &cfg, &[]);
-    d.wait_for("logged in: weight 5", T, || weights(&net) == (Some(5), Some(1)));
-
-    // A wrong password (the file is read at each check): the login fails.
-    dir.write("pg.pw", "not-the-password\n", 0o600);
     let refused = "login refused: password authentication failed for user \"postgres\" (28P01)";
-    d.wait_for("login refused: weight 0", T, || {
+    d.wait_for("login refused: weight 0 while tcp says up", T, || {
         weights(&net) == (Some(0), Some(1)) && pg_last_error(&d).ends_with(refused)
     });
 
+    // The right password: SCRAM login and the query succeed, the weight comes back.
     dir.write("pg.pw", &format!("{PASSWORD}\n"), 0o600);
-    d.wait_for("logged in again: weight 5", T, || weights(&net) == (Some(5), Some(1)));
+    d.wait_for("logged in and queried: weight 5", T, || weights(&net) == (Some(5), Some(1)));
     assert!(pg.log().contains("password authentication failed"), "{}", pg.log());
 }

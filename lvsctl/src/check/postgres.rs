@@ -141,8 +141,12 @@ fn read_password(path: &Path) -> Result<String, String> {
 
 /// The outcome of the exchange, before it is told as up or down.
 enum Answer {
-    /// Accepting connections (for the probe) or logged in and the query ran.
-    Up,
+    /// Accepting connections (for the probe) or logged in and the query ran;
+    /// `session`: a session was established (ReadyForQuery), to be ended
+    /// with Terminate. Otherwise the check just closes the connection, as
+    /// `PQping` does: a server in the middle of authentication logs nothing
+    /// for a client that leaves, but complains about any other message.
+    Up { session: bool },
     /// Not accepting connections, or not a PostgreSQL answer: the reason.
     Down(String),
 }
@@ -165,11 +169,13 @@ impl PostgresCheck {
             Some(l) => self.login(&mut conn, l, password).await,
         };
         match answer {
-            Ok(Answer::Up) => {
-                // Say goodbye, as a client that leaves does; its failure changes nothing.
-                let mut out = BytesMut::new();
-                frontend::terminate(&mut out);
-                let _ = conn.s.write_all(&out).await;
+            Ok(Answer::Up { session }) => {
+                if session {
+                    // Say goodbye, as a client that leaves does; its failure changes nothing.
+                    let mut out = BytesMut::new();
+                    frontend::terminate(&mut out);
+                    let _ = conn.s.write_all(&out).await;
+                }
                 Ok(())
             }
             Ok(Answer::Down(why)) => Err(format!("postgres {addr}: {why}")),
@@ -196,23 +202,34 @@ impl PostgresCheck {
         Ok(out)
     }
 
-    /// `pg_isready`: the first answer to the StartupMessage decides.
+    /// `pg_isready`: the first answer to the StartupMessage decides. A
+    /// request for a password (or any other authentication) is up at once;
+    /// AuthenticationOk (trust) is up too, and the session it starts is read
+    /// up to ReadyForQuery so that it can be ended cleanly.
     async fn probe(&self, conn: &mut Conn) -> Result<Answer, String> {
         conn.send(&self.startup()?).await?;
+        let mut authenticated = false;
         loop {
             return Ok(match conn.next().await? {
-                Message::AuthenticationOk
-                | Message::AuthenticationCleartextPassword
+                Message::AuthenticationOk => {
+                    authenticated = true;
+                    continue;
+                }
+                Message::AuthenticationCleartextPassword
                 | Message::AuthenticationMd5Password(_)
                 | Message::AuthenticationSasl(_)
                 | Message::AuthenticationGss
                 | Message::AuthenticationKerberosV5
                 | Message::AuthenticationScmCredential
-                | Message::AuthenticationSspi
-                | Message::ReadyForQuery(_) => Answer::Up,
+                | Message::AuthenticationSspi => Answer::Up { session: false },
+                Message::ReadyForQuery(_) => Answer::Up { session: true },
+                // As PQping: once authenticated, any failure still means "accepting".
+                Message::ErrorResponse(_) if authenticated => Answer::Up { session: false },
                 Message::ErrorResponse(e) => judge_error(&e),
-                // A notice may come first; the answer follows it.
+                // A notice may come first; the answer follows it. A session
+                // sends its parameters and key before ReadyForQuery.
                 Message::NoticeResponse(_) | Message::ParameterStatus(_) => continue,
+                Message::BackendKeyData(_) if authenticated => continue,
                 _ => Answer::Down("unexpected first answer to the startup message".into()),
             });
         }
@@ -233,7 +250,7 @@ impl PostgresCheck {
             }
         }
         match &l.query {
-            None => Ok(Answer::Up),
+            None => Ok(Answer::Up { session: true }),
             Some(q) => run_query(conn, q).await,
         }
     }
@@ -254,7 +271,7 @@ async fn run_query(conn: &mut Conn, q: &str) -> Result<Answer, String> {
         }
     }
     Ok(match failed {
-        None => Answer::Up,
+        None => Answer::Up { session: true },
         Some(e) => Answer::Down(format!("query {q:?} failed: {e}")),
     })
 }
@@ -338,7 +355,7 @@ fn judge_error(e: &ErrorResponseBody) -> Answer {
         Some(code) if code == CANNOT_CONNECT_NOW => {
             Answer::Down(format!("not accepting connections: {}", error_text(e)))
         }
-        Some(code) if code.len() == 5 => Answer::Up,
+        Some(code) if code.len() == 5 => Answer::Up { session: false },
         _ => Answer::Down(format!("error without a SQLSTATE: {}", error_text(e))),
     }
 }

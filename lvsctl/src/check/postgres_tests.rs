@@ -57,16 +57,22 @@ async fn read_msg(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (tag, body)
 }
 
-/// A fake server that reads the StartupMessage, sends `answer` and closes;
-/// it hands back the StartupMessage's body.
-async fn answering(answer: Vec<u8>) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+/// A fake server that reads the StartupMessage, sends `answer` and ends its
+/// side, and reads
+/// what the client sends after it until the client closes; it hands back
+/// the StartupMessage's body and those bytes.
+async fn answering(answer: Vec<u8>) -> (SocketAddr, tokio::task::JoinHandle<(Vec<u8>, Vec<u8>)>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
         let startup = read_startup(&mut s).await;
         s.write_all(&answer).await.unwrap();
-        startup
+        // Nothing more from the server: the client sees the end after the answer.
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        (startup, rest)
     });
     (addr, task)
 }
@@ -76,11 +82,34 @@ fn probe_check(port: u16) -> PostgresCheck {
 }
 
 async fn probe(answer: Vec<u8>) -> Result<(), String> {
+    probe_and_after(answer).await.0
+}
+
+/// The probe's verdict, and what it sent after the server's answer.
+async fn probe_and_after(answer: Vec<u8>) -> (Result<(), String>, Vec<u8>) {
     let (addr, task) = answering(answer).await;
     let s = TcpStream::connect(addr).await.unwrap();
     let r = probe_check(addr.port()).exchange(s, addr).await;
-    task.await.unwrap();
-    r
+    (r, task.await.unwrap().1)
+}
+
+/// As PQping: a server asking for a password gets nothing more (it logs
+/// nothing for a client that leaves then, but complains about a Terminate);
+/// a session opened at once (trust) is read to ReadyForQuery and ended with
+/// Terminate.
+#[tokio::test]
+async fn the_probe_leaves_as_pg_isready_does() {
+    let (r, after) = probe_and_after(auth(10, b"SCRAM-SHA-256\0\0")).await;
+    r.unwrap();
+    assert_eq!(after, b"", "nothing after an authentication request");
+    let session = [auth(0, b""), msg(b'S', b"a\0b\0"), msg(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]), ready()].concat();
+    let (r, after) = probe_and_after(session).await;
+    r.unwrap();
+    assert_eq!(after, msg(b'X', b""), "Terminate after ReadyForQuery");
+    // Authenticated, then refused (no such database): still accepting, as PQping.
+    let (r, after) = probe_and_after([auth(0, b""), error(&[(b'C', "3D000"), (b'M', "no db")])].concat()).await;
+    r.unwrap();
+    assert_eq!(after, b"");
 }
 
 #[tokio::test]
@@ -89,7 +118,7 @@ async fn the_startup_message_names_protocol_3_user_and_database() {
     let s = TcpStream::connect(addr).await.unwrap();
     let c = PostgresCheck { database: "lightdb".into(), ..probe_check(addr.port()) };
     c.exchange(s, addr).await.unwrap();
-    let body = task.await.unwrap();
+    let body = task.await.unwrap().0;
     assert_eq!(&body[..4], &0x0003_0000u32.to_be_bytes(), "protocol 3.0");
     assert_eq!(&body[4..], b"user\0postgres\0database\0lightdb\0\0");
 }
@@ -344,4 +373,84 @@ fn config_file_errors_have_line_and_column() {
     let e = crate::config::Config::parse(text, "lvsctl.toml").unwrap_err().to_string();
     assert!(e.starts_with("lvsctl.toml:7:"), "{e}");
     assert!(e.contains("\"\" must be a non-empty text without NUL bytes"), "{e}");
+}
+
+/// Run a PostgreSQL program of this host as `uid`/`gid` (initdb and postgres
+/// refuse to run as root); panics with its output when it fails.
+fn host_pg(bin: &std::path::Path, program: &str, args: &[&str], ids: (u32, u32)) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(bin.join(program));
+    cmd.args(args).env("TZ", "UTC").current_dir("/");
+    let (uid, gid) = ids;
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe; nothing allocates here.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::getuid() == 0
+                && (libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The probe and the SCRAM login against Debian's PostgreSQL 15 when this
+/// host has it (`scripts/test` installs it for the test VM); skipped, saying
+/// so, when it does not. The privileged tests run it in the VM either way.
+#[tokio::test]
+async fn a_real_postgresql_on_this_host() {
+    let bin = std::path::Path::new("/usr/lib/postgresql/15/bin");
+    if !bin.join("postgres").is_file() {
+        eprintln!("SKIPPED a_real_postgresql_on_this_host: no {}/postgres", bin.display());
+        return;
+    }
+    // SAFETY: getuid and getgid have no preconditions.
+    #[allow(unsafe_code)]
+    let ids = match unsafe { libc::getuid() } {
+        0 => crate::check::security::lookup_user("postgres").expect("the postgres user of the postgresql package"),
+        uid => (uid, unsafe { libc::getgid() }),
+    };
+    let dir = std::env::temp_dir().join(format!("lvsctl-pg-host-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(ids.0), Some(ids.1)).unwrap();
+    std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+    let (data, pw) = (dir.join("data").display().to_string(), format!("--pwfile={}", dir.join("pw").display()));
+    host_pg(
+        bin,
+        "initdb",
+        &["-D", &data, "-U", "postgres", &pw, "-A", "scram-sha-256", "--no-locale", "--no-sync"],
+        ids,
+    );
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let opts = format!("-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='{}'", dir.display());
+    let log = dir.join("log").display().to_string();
+    host_pg(bin, "pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"], ids);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let run = |c: PostgresCheck, pw: Option<&'static str>| async move {
+        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        c.talk(s, addr, pw).await
+    };
+    let probe = run(probe_check(port), None).await;
+    let good = run(login_check(port, Some("SELECT 1")), Some("s3cret")).await;
+    let bad = run(login_check(port, None), Some("wrong")).await;
+    host_pg(bin, "pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"], ids);
+    let stopped = run(probe_check(port), None).await;
+    // Every backend has ended (pg_ctl waited for them): the log is complete.
+    let server_log = std::fs::read_to_string(&log).unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    probe.unwrap();
+    assert!(server_log.contains("password authentication failed"), "{server_log}");
+    assert!(!server_log.contains("expected SASL response"), "the probe must leave silently:\n{server_log}");
+    good.unwrap();
+    assert!(bad.unwrap_err().contains("(28P01)"));
+    assert!(stopped.is_err());
 }
