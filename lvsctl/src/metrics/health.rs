@@ -15,8 +15,12 @@ use crate::health::report::{HealthReport, RealHealth, Role};
 /// The `reason` label of a real server: `unchecked` (no check: always up),
 /// `ok` (up), or for one that is down the kind of its last failed check:
 /// `timeout`, `refused`, `unreachable`, `status` (wrong HTTP status), `body`
-/// (HTTP body without the expected text), `exec` (the program failed) or
-/// `error` (anything else, such as a connection reset).
+/// (HTTP body without the expected text, a UDP reply without `expect`),
+/// `tls` (the TLS handshake failed: certificate, name, CA), `answer` (a DNS
+/// answer with another response code or without the expected record),
+/// `not_accepting` (a PostgreSQL server starting up, shutting down or in
+/// recovery: SQLSTATE 57P03), `exec` (the program failed) or `error`
+/// (anything else, such as a connection reset).
 pub fn reason_kind(r: &RealHealth) -> &'static str {
     let Some(check) = &r.check else { return "unchecked" };
     if r.up {
@@ -31,8 +35,14 @@ pub fn reason_kind(r: &RealHealth) -> &'static str {
         "unreachable"
     } else if e.contains(" answered status ") {
         "status"
-    } else if e.contains("body does not contain") {
+    } else if e.contains("body does not contain") || e.contains("reply from") && e.contains("does not contain") {
         "body"
+    } else if e.contains("TLS handshake") {
+        "tls"
+    } else if e.starts_with("dns ") && e.contains(": answered ") {
+        "answer"
+    } else if e.contains("not accepting connections") {
+        "not_accepting"
     } else if check.starts_with("exec ") {
         "exec"
     } else {

@@ -281,6 +281,10 @@ fn reasons() {
         ("http GET / answered status 503, expected 200", "status"),
         ("http GET /: body does not contain \"ok\"", "body"),
         ("http: the server closed the connection without answering", "error"),
+        ("udp reply from 10.0.0.1:53 does not contain \"ready\": \"pong\"", "body"),
+        ("https TLS handshake with 10.0.0.1:443: unknown CA: the certificate is not signed by a trusted CA", "tls"),
+        ("dns A www.example.com. at 10.0.0.1:53: answered SERVFAIL, expected NOERROR", "answer"),
+        ("postgres 10.0.0.1:5432: not accepting connections: the database system is shutting down", "not_accepting"),
     ] {
         r.last_error = Some(error.into());
         assert_eq!(reason_kind(&r), kind, "{error}");
