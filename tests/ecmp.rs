@@ -49,7 +49,7 @@ check = {{ type = "tcp", interval = "500ms", timeout = "1s", rise = 2, fall = 2 
 
 [director.bgp]
 asn = {DIRECTOR_AS}
-hold_time = 3
+hold_time = 6
 drain_delay = "5s"
 
 [[director.bgp.neighbor]]
