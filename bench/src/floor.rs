@@ -96,3 +96,30 @@ pub fn report(args: &[String]) -> Res<()> {
     print!("{out}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn runs_are_read_by_label_and_a_failed_one_shows() {
+        let path = std::env::temp_dir().join(format!("lvs-bench-floor-{}.tsv", std::process::id()));
+        let lines = "10x10|floor|floor\t1.0\t100\t0\t0.1\t0.9\n\
+                     10x10|floor|floor\t3.0\t100\t1\t0.3\t2.7\n\
+                     10x10|floor|ipvsadm -Sn\t4.0\t100\t0\t1.0\t3.0\n\
+                     short line\n";
+        std::fs::write(&path, lines).unwrap();
+        let runs = read_runs(path.to_str().unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(runs.len(), 2);
+        let floor = summarize(&runs["10x10|floor|floor"]);
+        assert_eq!((floor.wall, floor.ok), (2.0, false));
+        assert!(summarize(&runs["10x10|floor|ipvsadm -Sn"]).ok);
+    }
+}
