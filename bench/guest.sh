@@ -161,6 +161,47 @@ daemon_bench() {
 	exit
 }
 
+# floor_bench: the dump against its floor instead of the bulk benchmark (BENCH_FLOOR=1, by
+# `scripts/bench --floor`): for each size, one namespace filled by the library (untimed),
+# then BENCH_REPS rounds of `ipvsadm -Sn`, `lvsctl save`, `lvs-bench dump` and `lvs-floor`
+# (bench/floor.c: the same netlink requests, no formatting), interleaved so that a load
+# change touches every tool alike. The outputs are checked: the saves against the table,
+# the floor's counts against the table's size.
+floor_bench() {
+	for n in $SIZES; do
+		size="${n}x$DESTS"
+		base=$W/t$n.rules
+		lvs-bench gen --services "$n" --dests "$DESTS" --out "$base" || exit 1
+		want=$(digest "$base")
+		newns
+		inns $NS lvs-bench apply "$base" >/dev/null || fail "setup of floor $size"
+		settle
+		r=0
+		while [ $r -lt "$REPS" ]; do
+			r=$((r + 1))
+			measure $NS "$size|floor|ipvsadm -Sn" /dev/null $W/save.ipvsadm ipvsadm -Sn
+			[ $LV_SAVE = 1 ] && measure $NS "$size|floor|lvsctl save" /dev/null $W/save.lvsctl lvsctl save -n
+			measure $NS "$size|floor|library dump" /dev/null $W/save.lib lvs-bench dump
+			measure $NS "$size|floor|floor" /dev/null $W/floor.out lvs-floor
+		done
+		check "floor run $size ipvsadm -Sn" "$(digest $W/save.ipvsadm)" "$want"
+		[ $LV_SAVE = 1 ] && check "floor run $size lvsctl save" "$(digest $W/save.lvsctl)" "$want"
+		check "floor run $size library dump" "$(digest $W/save.lib)" "$want"
+		check "floor run $size floor counts" "$(cat $W/floor.out)" "services: $n destinations: $((n * DESTS))"
+		dropns $NS
+	done
+	note "- failures: $failures"
+	lvs-bench floor-report $R --notes $N >$W/report.md
+	echo "@@BENCH-REPORT-BEGIN@@"
+	cat $W/report.md
+	echo "@@BENCH-REPORT-END@@"
+	echo "@@BENCH-RAW-BEGIN@@"
+	cat $R
+	echo "@@BENCH-RAW-END@@"
+	[ $failures = 0 ]
+	exit
+}
+
 modprobe nlmon 2>/dev/null
 note "- guest: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) vCPU(s), $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
 note "- ipvsadm: $(ipvsadm --version 2>&1 | head -1); lvsctl commands present: restore=$LV_RESTORE save=$LV_SAVE list=$LV_LIST restore--replace=$LV_REPLACE"
@@ -169,6 +210,7 @@ if [ "${BENCH_DAEMON:-0}" = 1 ]; then
 	daemon_bench
 fi
 settle
+[ "${BENCH_FLOOR:-0}" = 1 ] && floor_bench
 # The measuring wrapper's own floor: the peak RSS it reports for /bin/true.
 newns
 measure $NS "floor|true|/bin/true" /dev/null /dev/null /bin/true

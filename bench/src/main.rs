@@ -14,6 +14,7 @@
 //!     Run CMD, append "L<TAB>wall_s<TAB>maxrss_kib<TAB>exit<TAB>user_s<TAB>sys_s" to FILE
 //!     (peak RSS from wait4's rusage), exit with CMD's status.
 //! lvs-bench report FILE [--notes FILE]   the results as a markdown table
+//! lvs-bench floor-report FILE [--notes FILE]   the `scripts/bench --floor` report (src/floor.rs)
 //! lvs-bench nlcount --dev NLMON -- CMD...
 //!     Run CMD while capturing the generic netlink traffic of this network
 //!     namespace on the nlmon device NLMON; print the requests CMD sent by kind:
@@ -33,6 +34,7 @@ use ipvs::reconcile::{plan, DesiredService, Scope};
 use ipvs::{Destination, Forward, Ipvs, Op, Protocol, Scheduler, Service, ServiceKey};
 
 mod daemon;
+mod floor;
 
 use lvs_bench::{nlmon, Res};
 
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         "reconcile" => with_runtime(reconcile(rest)),
         "measure" => measure(rest),
         "report" => report(rest).map(|()| ExitCode::SUCCESS),
+        "floor-report" => floor::report(rest).map(|()| ExitCode::SUCCESS),
         "nlcount" => nlcount(rest),
         "daemon" => daemon::run(rest),
         "daemon-gen" => daemon::gen(rest).map(|()| ExitCode::SUCCESS),

@@ -48,8 +48,17 @@ const DUMP_RECV_LEN: usize = 32 * 1024;
 /// took 2.0 s; four sockets in flight on one thread 1.3 s; two threads of
 /// four 1.05 s.
 pub(crate) const DEST_POOL_SIZE: usize = 8;
-/// Threads the destination-dump pool is split between.
+/// Threads the destination-dump pool is split between (at most; see [`dump_lanes`]).
 const DEST_DUMP_LANES: usize = 2;
+
+/// Threads for the destination dumps: [`DEST_DUMP_LANES`], but no more than the
+/// CPUs this process may run on. The kernel does a dump's work in the system
+/// calls of the thread that reads it, so a second thread only helps with a
+/// second CPU; on one (a 1-vCPU director) it only adds thread switches.
+fn dump_lanes() -> usize {
+    static LANES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LANES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, DEST_DUMP_LANES))
+}
 /// Socket receive buffer asked for, so that bursts of replies are not dropped.
 const SO_RCVBUF_SIZE: usize = 8 * 1024 * 1024;
 /// Socket send buffer: one sendmsg may carry this many bytes of requests.
@@ -471,7 +480,7 @@ impl Conn {
         }
         let family_id = self.family_id;
         let first_seq = self.next_seqs(msgs.len() as u32);
-        let lanes = if msgs.len() >= 2 * DEST_POOL_SIZE { DEST_DUMP_LANES.min(guard.len()) } else { 1 };
+        let lanes = if msgs.len() >= 2 * DEST_POOL_SIZE { dump_lanes().min(guard.len()) } else { 1 };
         let states: Vec<S> = (0..lanes).map(|_| new_state()).collect();
         let work = move || {
             let socks = std::mem::take(&mut *guard);
