@@ -101,6 +101,13 @@ pub(crate) fn peer_name(addr: IpAddr) -> String {
     format!("peer_{}", addr.to_string().replace(['.', ':'], "_"))
 }
 
+/// Seconds between attempts to open a BGP session that is down.
+const CONNECT_RETRY: u32 = 5;
+/// Seconds to wait after a session error before trying again: the first
+/// time, and at most (BIRD doubles it while errors repeat).
+const ERROR_WAIT_MIN: u32 = 5;
+const ERROR_WAIT_MAX: u32 = 60;
+
 /// The main config: router id, the device protocol, the include file, BFD
 /// when asked, one BGP session per neighbour exporting only the VIPs'
 /// static routes (nothing is imported: the director routes as before).
@@ -120,6 +127,11 @@ pub(crate) fn render(spec: &BgpSpec, here: &BgpHere, vips_file: &Path) -> String
         let _ = writeln!(c, "    neighbor {} as {};", n.address, n.asn);
         let _ = writeln!(c, "    hold time {};", spec.hold_time);
         let _ = writeln!(c, "    keepalive time {};", (spec.hold_time / 3).max(1));
+        // Rejoin soon after a dropped session (a router restart, a link
+        // flap): BIRD's defaults wait 120 s between connection attempts and
+        // 60 to 300 s after an error, that long out of the router's ECMP set.
+        let _ = writeln!(c, "    connect retry time {CONNECT_RETRY};");
+        let _ = writeln!(c, "    error wait time {ERROR_WAIT_MIN}, {ERROR_WAIT_MAX};");
         if spec.bfd {
             let _ = writeln!(c, "    bfd on;");
         }
@@ -204,7 +216,7 @@ mod tests {
             "router id 10.0.0.2;",
             "include \"/run/lvsctl/bird-netns1.vips.conf\";",
             "protocol bfd { }",
-            "protocol bgp peer_10_0_0_1 {\n    local as 65001;\n    neighbor 10.0.0.1 as 65000;\n    hold time 3;\n    keepalive time 1;\n    bfd on;",
+            "protocol bgp peer_10_0_0_1 {\n    local as 65001;\n    neighbor 10.0.0.1 as 65000;\n    hold time 3;\n    keepalive time 1;\n    connect retry time 5;\n    error wait time 5, 60;\n    bfd on;",
             "import none;",
             "export where proto = \"lvsctl_vips\";",
         ] {
