@@ -238,14 +238,7 @@ mod tests {
     }
 
     fn check(fields: &str, port: u16) -> Result<Check, String> {
-        #[derive(serde::Deserialize)]
-        struct W {
-            check: CheckConfig,
-        }
-        let text = format!("check = {{ type = \"dns\", timeout = \"5s\", {fields} }}");
-        let c = toml::from_str::<W>(&text).map_err(|e| e.to_string())?.check;
-        c.validate()?;
-        c.resolve(port, "real server")
+        super::super::fields::test_check("dns", "5s", fields, port)
     }
 
     async fn run(fields: &str, addr: SocketAddr) -> Result<(), String> {

@@ -83,6 +83,21 @@ impl CheckConfig {
     }
 }
 
+/// A check of `kind` with `timeout` and the further `fields` (TOML inline
+/// table entries) as the config reads it: parsed, validated, resolved for a
+/// real server on `port`. For the check types' own tests.
+#[cfg(test)]
+pub(crate) fn test_check(kind: &str, timeout: &str, fields: &str, port: u16) -> Result<super::Check, String> {
+    #[derive(serde::Deserialize)]
+    struct W {
+        check: CheckConfig,
+    }
+    let text = format!("check = {{ type = \"{kind}\", timeout = \"{timeout}\", {fields} }}");
+    let c = toml::from_str::<W>(&text).map_err(|e| e.to_string())?.check;
+    c.validate()?;
+    c.resolve(port, "real server")
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Config;

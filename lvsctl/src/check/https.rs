@@ -334,14 +334,7 @@ mod tests {
     const OK: &str = "HTTP/1.0 200 OK\r\n\r\nhealthy\n";
 
     fn check(fields: &str, port: u16) -> Result<Check, String> {
-        #[derive(serde::Deserialize)]
-        struct W {
-            check: CheckConfig,
-        }
-        let text = format!("check = {{ type = \"https\", timeout = \"10s\", {fields} }}");
-        let c = toml::from_str::<W>(&text).map_err(|e| e.to_string())?.check;
-        c.validate()?;
-        c.resolve(port, "real server")
+        super::super::fields::test_check("https", "10s", fields, port)
     }
 
     async fn run(fields: &str, addr: SocketAddr) -> Result<(), String> {

@@ -121,14 +121,7 @@ mod tests {
     }
 
     fn check(fields: &str, port: u16) -> Result<Check, String> {
-        #[derive(serde::Deserialize)]
-        struct W {
-            check: CheckConfig,
-        }
-        let text = format!("check = {{ type = \"udp\", timeout = \"{}\", {fields} }}", "5s");
-        let c = toml::from_str::<W>(&text).map_err(|e| e.to_string())?.check;
-        c.validate()?;
-        c.resolve(port, "real server")
+        super::super::fields::test_check("udp", "5s", fields, port)
     }
 
     async fn run(fields: &str, addr: SocketAddr) -> Result<(), String> {
