@@ -122,25 +122,22 @@ impl Director {
         require_root("lvsctl director")?;
         let lock = state::lock(&self.dir).await?;
         let prev: Option<DirectorState> = state::read(&self.path)?;
-        let obs = self.observe(spec, desired, prev).await?;
+        let obs = self.observe(spec, prev).await?;
         let p = plan(spec, desired, &obs)?;
         Ok((p, obs.prev, lock))
     }
 
     /// Read what [`plan()`] needs: the IPVS table (with targeted lookups of
-    /// the wanted and owned services a dump left out), the interfaces of the
-    /// VIPs and which VIPs are on them, the sysctls, and `prev`.
-    pub async fn observe(
-        &self,
-        spec: &DirectorSpec,
-        desired: &[DesiredService],
-        prev: Option<DirectorState>,
-    ) -> Result<Observed, Error> {
+    /// the owned services a dump left out), the interfaces of the VIPs and
+    /// which VIPs are on them, the sysctls, and `prev`. A wanted service
+    /// that is not owned is not looked up: were it there after all (a dump
+    /// can skip entries while other namespaces change their tables), its add
+    /// is refused as existing, and a first start does not wait for a lookup
+    /// of every service it is about to create.
+    pub async fn observe(&self, spec: &DirectorSpec, prev: Option<DirectorState>) -> Result<Observed, Error> {
         let mut obs = Observed { table: self.ipvs.dump().await?, ..Observed::default() };
         let owned: &[ServiceKey] = prev.as_ref().map_or(&[], |p| &p.owned);
-        let keys: Vec<ServiceKey> = owned.iter().copied().chain(desired.iter().map(|d| d.service.key)).collect();
-        obs.confirmed_gone = self.look_up_missing(&mut obs.table, &keys).await?;
-        obs.confirmed_gone.retain(|k| owned.contains(k));
+        obs.confirmed_gone = self.look_up_missing(&mut obs.table, owned).await?;
         // One link lookup and one address dump per interface, however many VIPs it holds.
         let mut on_iface: HashMap<String, Option<HashSet<IpAddr>>> = HashMap::new();
         for (ip, iface) in spec.vips() {
@@ -221,7 +218,10 @@ impl Director {
         let sysctl_result = sysctl::apply(&p.sysctls, changes);
         let sysctls = p.sysctls.kept(sysctl_result.is_err());
         let st = DirectorState { format: state::FORMAT, services: p.desired, owned, addresses, sysctls };
-        state::write(&self.path, &st)?;
+        // A resync that found nothing to change leaves the record as it is.
+        if prev.as_ref() != Some(&st) {
+            state::write(&self.path, &st)?;
+        }
         match ipvs_err {
             Some(e) => Err(e),
             None => addr_result.and(sysctl_result),
@@ -283,9 +283,14 @@ impl Director {
     async fn run_addresses(&self, p: &Plan, changes: &mut Vec<Change>) -> (Vec<AddressRecord>, Result<(), Error>) {
         let mut records = p.address_kept.clone();
         let mut result = Ok(());
+        let mut dels = Vec::new();
         for r in &p.address_dels {
-            let Some(idx) = self.rtnl.link_index(&r.iface).await.ok().flatten() else { continue };
-            match self.rtnl.del_address(idx, &r.iface, r.addr, r.prefix_len).await {
+            if let Some(idx) = self.rtnl.link_index(&r.iface).await.ok().flatten() {
+                dels.push((idx, r.clone()));
+            }
+        }
+        for ((_, r), res) in dels.iter().zip(self.rtnl.del_addresses(&dels).await) {
+            match res {
                 Ok(()) => changes.push(removed(r)),
                 Err(e) => {
                     // Still ours: stop tries again.
@@ -294,8 +299,8 @@ impl Director {
                 }
             }
         }
-        for (idx, r) in &p.address_adds {
-            match self.rtnl.add_address(*idx, &r.iface, r.addr, r.prefix_len).await {
+        for ((_, r), res) in p.address_adds.iter().zip(self.rtnl.add_addresses(&p.address_adds).await) {
+            match res {
                 Ok(()) => {
                     changes.push(Change::AddressAdded {
                         addr: r.addr,

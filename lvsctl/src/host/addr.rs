@@ -1,14 +1,18 @@
 //! Interface addresses over rtnetlink (`ip addr` without the `ip` binary).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::LinkAttribute;
 
 use crate::host::Change;
 use crate::state::AddressRecord;
 use crate::Error;
+
+/// Address changes in flight at once on one connection.
+const IN_FLIGHT: usize = 64;
 
 /// A route-netlink connection in the calling thread's network namespace.
 pub struct Rtnl {
@@ -131,13 +135,28 @@ impl Rtnl {
     ) -> (Vec<AddressRecord>, Option<Error>) {
         let mut left = Vec::new();
         let mut first_err = None;
+        let mut todo = Vec::new();
+        // One link lookup per interface, however many addresses it holds.
+        let mut links: HashMap<String, Option<u32>> = HashMap::new();
         for r in records.into_iter().filter(|r| r.created) {
-            let res = match self.link_index(&r.iface).await {
-                // An interface that is gone took its addresses with it.
-                Ok(None) => continue,
-                Ok(Some(idx)) => self.del_address(idx, &r.iface, r.addr, r.prefix_len).await,
-                Err(e) => Err(e),
+            let idx = match links.get(&r.iface) {
+                Some(i) => *i,
+                None => match self.link_index(&r.iface).await {
+                    Ok(i) => *links.entry(r.iface.clone()).or_insert(i),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                        left.push(r);
+                        continue;
+                    }
+                },
             };
+            // An interface that is gone took its addresses with it.
+            if let Some(idx) = idx {
+                todo.push((idx, r));
+            }
+        }
+        let results = self.del_addresses(&todo).await;
+        for ((_, r), res) in todo.into_iter().zip(results) {
             match res {
                 Ok(()) => {
                     changes.push(Change::AddressRemoved { addr: r.addr, prefix_len: r.prefix_len, iface: r.iface })
@@ -151,16 +170,26 @@ impl Rtnl {
         (left, first_err)
     }
 
-    /// `ip addr del IP/PREFIX dev IF`. Missing already: Ok.
+    /// `ip addr add` of each `(interface index, record)`, many in flight at
+    /// once (a director with a thousand VIPs waits for a few round trips,
+    /// not a thousand); each one's result, in order.
+    pub async fn add_addresses(&self, adds: &[(u32, AddressRecord)]) -> Vec<Result<(), Error>> {
+        let each = adds.iter().map(|(idx, r)| self.add_address(*idx, &r.iface, r.addr, r.prefix_len));
+        futures::stream::iter(each).buffered(IN_FLIGHT).collect().await
+    }
+
+    /// `ip addr del` of each `(interface index, record)`, many in flight at
+    /// once; each one's result, in order (missing already: Ok).
+    pub async fn del_addresses(&self, dels: &[(u32, AddressRecord)]) -> Vec<Result<(), Error>> {
+        let each = dels.iter().map(|(idx, r)| self.del_address(*idx, &r.iface, r.addr, r.prefix_len));
+        futures::stream::iter(each).buffered(IN_FLIGHT).collect().await
+    }
+
+    /// `ip addr del IP/PREFIX dev IF`. Missing already: Ok. The request names
+    /// the address as `add` does (no dump to find it first: the kernel
+    /// deletes the one with that address and prefix on that interface).
     pub async fn del_address(&self, index: u32, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), Error> {
-        let mut s = self.handle.address().get().set_link_index_filter(index).set_address_filter(ip).execute();
-        let mut found = None;
-        while let Some(m) = s.try_next().await.map_err(|e| rt_err("cannot list addresses", e))? {
-            if m.header.index == index && m.header.prefix_len == prefix && message_addr(&m) == Some(ip) {
-                found = Some(m);
-            }
-        }
-        let Some(m) = found else { return Ok(()) };
+        let m = self.handle.address().add(index, ip, prefix).message_mut().clone();
         match self.handle.address().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno_of(&e) == Some(libc::EADDRNOTAVAIL) => Ok(()),
