@@ -3,6 +3,7 @@
 //! if one is configured, holds the expected record. The messages are built
 //! and parsed by hickory-proto.
 
+use crate::check::Owner;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -59,7 +60,7 @@ pub enum Expected {
 impl CheckConfig {
     /// The `dns` check: `name` (required), `query_type`, `rcode`, `answer`;
     /// the port is the check's, else the real server's, else 53.
-    pub(super) fn dns(&self, port: u16, what: &str) -> Result<DnsCheck, String> {
+    pub(super) fn dns(&self, port: u16, what: Owner<'_>) -> Result<DnsCheck, String> {
         let Some(text) = self.name.as_deref() else {
             return Err(format!("{what}: a dns check needs the `name` to query, e.g. name = \"www.example.com\""));
         };
@@ -88,7 +89,7 @@ impl CheckConfig {
 }
 
 /// The expected address of an `A` (IPv4) or `AAAA` (IPv6) answer.
-fn parse_addr(a: &str, t: RecordType, what: &str) -> Result<IpAddr, String> {
+fn parse_addr(a: &str, t: RecordType, what: Owner<'_>) -> Result<IpAddr, String> {
     match a.parse::<IpAddr>() {
         Ok(ip) if ip.is_ipv4() == (t == RecordType::A) => Ok(ip),
         _ => Err(format!(

@@ -3,6 +3,7 @@
 //! relies on this one table instead of refusing fields itself.
 
 use super::{CheckConfig, CheckType};
+use crate::check::Owner;
 
 use CheckType::{Dns, Exec, Http, Https, Postgres, Tcp, Udp};
 
@@ -56,7 +57,7 @@ impl CheckConfig {
     }
 
     /// Refuse a field this check's type does not take.
-    pub(super) fn refuse_fields_of_other_types(&self, what: &str) -> Result<(), String> {
+    pub(super) fn refuse_fields_of_other_types(&self, what: Owner<'_>) -> Result<(), String> {
         for (field, present, takers) in self.typed_fields() {
             if present && !takers.types.contains(&self.kind) {
                 let (names, kind) = (takers.names, self.kind.name());
@@ -95,7 +96,7 @@ pub(crate) fn test_check(kind: &str, timeout: &str, fields: &str, port: u16) -> 
     let text = format!("check = {{ type = \"{kind}\", timeout = \"{timeout}\", {fields} }}");
     let c = toml::from_str::<W>(&text).map_err(|e| e.to_string())?.check;
     c.validate()?;
-    c.resolve(port, "real server")
+    c.resolve(port, &"real server")
 }
 
 #[cfg(test)]

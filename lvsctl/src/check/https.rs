@@ -12,6 +12,7 @@
 //! name, else the real server's address (verified against the certificate's
 //! IP addresses; rustls sends no SNI for an address).
 
+use crate::check::Owner;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -67,7 +68,7 @@ pub(super) struct TlsSettings {
 impl CheckConfig {
     /// The TLS part of an `https` check: the name, and the CA file read and
     /// parsed (the system store is read by [`CheckConfig::https`]).
-    pub(super) fn tls_settings(&self, what: &str) -> Result<TlsSettings, String> {
+    pub(super) fn tls_settings(&self, what: Owner<'_>) -> Result<TlsSettings, String> {
         let sni = match (&self.sni, &self.host) {
             (Some(s), _) => Some(s.clone()),
             // A Host header may carry a port; the name is what comes before it.
@@ -90,7 +91,7 @@ impl CheckConfig {
     }
 
     /// The `https` check: the `http` check's settings plus TLS.
-    pub(super) fn https(&self, port: u16, what: &str) -> Result<HttpsCheck, String> {
+    pub(super) fn https(&self, port: u16, what: Owner<'_>) -> Result<HttpsCheck, String> {
         let http = self.http(port, what)?;
         let TlsSettings { sni, trust } = self.tls_settings(what)?;
         let client = client_config(&trust).map_err(|e| format!("{what}: {e}"))?;

@@ -25,6 +25,7 @@
 //! come from the `postgres-protocol` crate. No TLS: the connection is plain
 //! TCP, as the real servers are on the director's own network.
 
+use crate::check::Owner;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +104,7 @@ impl<'de> Deserialize<'de> for AbsPath {
 }
 
 /// Resolve a `postgres` check for a real server listening on `port`.
-pub(super) fn resolve(c: &CheckConfig, port: u16, what: &str) -> Result<PostgresCheck, String> {
+pub(super) fn resolve(c: &CheckConfig, port: u16, what: Owner<'_>) -> Result<PostgresCheck, String> {
     let user = c.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned());
     if user.is_empty() || user.contains('\0') {
         return Err(format!("{what}: postgres check user {user:?} must be a non-empty name without NUL bytes"));

@@ -317,12 +317,12 @@ fn parse(s: &str) -> Result<CheckConfig, String> {
 
 #[test]
 fn config_defaults_and_refusals() {
-    let c = parse("check = { type = \"postgres\" }").unwrap().resolve(15858, "x").unwrap();
+    let c = parse("check = { type = \"postgres\" }").unwrap().resolve(15858, &"x").unwrap();
     assert_eq!(c.probe, super::super::Probe::Postgres(probe_check(15858)));
     let c =
         parse("check = { type = \"postgres\", user = \"lightdb\", port = 5432, login = true, query = \"SELECT 1\" }")
             .unwrap()
-            .resolve(15858, "x")
+            .resolve(15858, &"x")
             .unwrap();
     let want = PostgresCheck {
         port: 5432,
@@ -331,11 +331,11 @@ fn config_defaults_and_refusals() {
         login: Some(Login { password_file: None, query: Some("SELECT 1".into()) }),
     };
     assert_eq!(c.probe, super::super::Probe::Postgres(want));
-    let e = parse("check = { type = \"postgres\", query = \"SELECT 1\" }").unwrap().resolve(1, "x").unwrap_err();
+    let e = parse("check = { type = \"postgres\", query = \"SELECT 1\" }").unwrap().resolve(1, &"x").unwrap_err();
     assert_eq!(e, "x: postgres check field `query` needs `login = true`");
-    let e = parse("check = { type = \"tcp\", database = \"db\" }").unwrap().resolve(1, "x").unwrap_err();
+    let e = parse("check = { type = \"tcp\", database = \"db\" }").unwrap().resolve(1, &"x").unwrap_err();
     assert_eq!(e, "x: check field `database` is for postgres checks, not tcp");
-    let e = parse("check = { type = \"postgres\", path = \"/\" }").unwrap().resolve(1, "x").unwrap_err();
+    let e = parse("check = { type = \"postgres\", path = \"/\" }").unwrap().resolve(1, &"x").unwrap_err();
     assert_eq!(e, "x: check field `path` is for http and https checks, not postgres");
     let e = parse("check = {\n type = \"postgres\", database = \"\" }").unwrap_err();
     assert!(e.contains("line 2") && e.contains("must be a non-empty text"), "{e}");
@@ -352,7 +352,7 @@ fn the_password_file_is_root_only() {
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
     let toml =
         format!("check = {{ type = \"postgres\", login = true, password_file = {:?} }}", f.display().to_string());
-    let e = parse(&toml).unwrap().resolve(5432, "x").unwrap_err();
+    let e = parse(&toml).unwrap().resolve(5432, &"x").unwrap_err();
     assert!(e.starts_with(&format!("x: refusing password file {}", f.display())), "{e}");
     // SAFETY: geteuid has no preconditions.
     #[allow(unsafe_code)]
@@ -361,7 +361,7 @@ fn the_password_file_is_root_only() {
         assert!(e.contains("readable by its group (mode 0640)"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_password(&f).unwrap(), "s3cret");
-        parse(&toml).unwrap().resolve(5432, "x").unwrap();
+        parse(&toml).unwrap().resolve(5432, &"x").unwrap();
     }
     std::fs::remove_file(&f).unwrap();
 }

@@ -3,6 +3,7 @@
 //! No reply, or an ICMP "port unreachable" (seen on a connected socket as
 //! "connection refused"), is down.
 
+use crate::check::Owner;
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::net::UdpSocket;
@@ -25,7 +26,7 @@ pub struct UdpCheck {
 
 impl CheckConfig {
     /// The `udp` check: `payload` (text) or `payload_hex`, and `expect`.
-    pub(super) fn udp(&self, port: u16, what: &str) -> Result<UdpCheck, String> {
+    pub(super) fn udp(&self, port: u16, what: Owner<'_>) -> Result<UdpCheck, String> {
         let payload = match (&self.payload, &self.payload_hex) {
             (Some(text), None) => text.as_bytes().to_vec(),
             (None, Some(hex)) => parse_hex(hex).map_err(|e| format!("{what}: udp check payload_hex: {e}"))?,
@@ -142,9 +143,9 @@ mod tests {
     #[test]
     fn payloads() {
         let c = CheckConfig { payload_hex: Some("00ff10".into()), ..check_config() };
-        assert_eq!(c.udp(7, "x").unwrap().payload, vec![0, 255, 16]);
+        assert_eq!(c.udp(7, &"x").unwrap().payload, vec![0, 255, 16]);
         let c = CheckConfig { payload: Some("hi".into()), ..check_config() };
-        assert_eq!(c.udp(7, "x").unwrap(), UdpCheck { port: 7, payload: b"hi".to_vec(), expect: None });
+        assert_eq!(c.udp(7, &"x").unwrap(), UdpCheck { port: 7, payload: b"hi".to_vec(), expect: None });
     }
 
     fn check_config() -> CheckConfig {
@@ -173,7 +174,7 @@ mod tests {
             timeout: Some(crate::check::Secs::parse("300ms").unwrap()),
             ..check_config()
         };
-        let e = c.resolve(addr.port(), "x").unwrap().run(&Target { addr, service: String::new() }).await.unwrap_err();
+        let e = c.resolve(addr.port(), &"x").unwrap().run(&Target { addr, service: String::new() }).await.unwrap_err();
         assert_eq!(e, "udp check timed out after 300ms");
         drop(silent);
     }

@@ -68,11 +68,13 @@ impl Daemon {
             self.converge("drain finished", events).await;
             return;
         }
-        let mut keys: Vec<ServiceKey> = ended.iter().map(|(k, _)| k.0).collect();
-        keys.dedup();
-        for key in keys {
-            self.transition(key, events).await;
+        let mut keys: Vec<ServiceKey> = Vec::new();
+        for (k, _) in &ended {
+            if !keys.contains(&k.0) {
+                keys.push(k.0);
+            }
         }
+        self.transitions(&keys, events).await;
     }
 
     /// The busy connections of the real servers of each service that has

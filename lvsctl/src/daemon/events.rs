@@ -114,6 +114,11 @@ impl Events {
         self.backoff = FIRST_RETRY;
     }
 
+    /// A check result that is already waiting, without waiting for one.
+    pub(crate) fn waiting_check(&mut self) -> Option<CheckResult> {
+        self.results.try_recv().ok()
+    }
+
     /// The next event.
     pub async fn next(&mut self) -> Event {
         let retry_at = self.retry_at;

@@ -38,13 +38,14 @@ pub mod journal;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipvs::reconcile::DesiredService;
-use ipvs::{OpOutcome, ServiceKey};
+use ipvs::{Op, OpOutcome, ServiceKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::bgp::Bgp;
 use crate::check::{self, security, Check, Secs, Target};
@@ -68,6 +69,12 @@ pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// How many check results may wait for the daemon (a checker waits when full).
 const QUEUE: usize = 1024;
+/// A start, reload or stop with more changes than this logs their counts
+/// instead of a line each.
+const LOG_EACH: usize = 32;
+/// At most this many check results are counted before their transitions
+/// are acted on.
+const BATCH: usize = 256;
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -105,21 +112,25 @@ pub struct Loaded {
 /// validate, resolve every check (exec programs are checked the same way).
 pub fn load(path: &Path) -> Result<Loaded, Error> {
     let text = security::read_root_only(path, "config file").map_err(Error::Invalid)?;
-    let director = Config::parse(&text, &path.display().to_string())?.director()?;
-    let services = specs(&director).map_err(Error::Invalid)?;
+    let mut director = Config::parse(&text, &path.display().to_string())?.director()?;
+    let services = specs(&mut director).map_err(Error::Invalid)?;
     Ok(Loaded { director, services })
 }
 
-/// The daemon's view of the validated services.
-fn specs(d: &DirectorSpec) -> Result<Vec<ServiceSpec>, String> {
+/// The daemon's view of the validated services. The checks as written are
+/// taken out of `d` as they are resolved: the daemon keeps only the
+/// resolved ones (a thousand real servers would otherwise hold both).
+fn specs(d: &mut DirectorSpec) -> Result<Vec<ServiceSpec>, String> {
     let mut out = Vec::with_capacity(d.services.len());
-    for vs in &d.services {
+    for vs in &mut d.services {
         let key = vs.desired.service.key;
+        let checks = std::mem::take(&mut vs.checks);
         let mut reals = Vec::with_capacity(vs.desired.destinations.len());
         for (i, dest) in vs.desired.destinations.iter().enumerate() {
-            let what = format!("virtual service {key}, real server {}", dest.addr);
-            let check = match vs.checks.get(i).and_then(Option::as_ref) {
-                Some(c) => Some(c.resolve(dest.addr.port(), &what)?),
+            let check = match checks.get(i).and_then(Option::as_ref) {
+                Some(c) => Some(Arc::new(
+                    c.resolve(dest.addr.port(), &format_args!("virtual service {key}, real server {}", dest.addr))?,
+                )),
                 None => None,
             };
             reals.push(RealSpec { dest: dest.clone(), check });
@@ -150,7 +161,7 @@ pub struct CheckResult {
 /// A running checker task.
 struct Checker {
     id: u64,
-    check: Check,
+    check: Arc<Check>,
     handle: JoinHandle<()>,
 }
 
@@ -162,25 +173,29 @@ impl Drop for Checker {
 
 /// Check a real server forever, sending every result; each real server has
 /// its own task, so a slow check delays only the next check of the same real
-/// server.
-fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: Check) -> Checker {
+/// server. A check is due one interval after the previous one was due (one
+/// interval after it ended, when it ran late). The loop reads the clock
+/// twice per check (the timeout's start, and when it ended): thousands of
+/// checkers run in this loop, and on some virtual machines every clock read
+/// is a system call.
+fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: Arc<Check>) -> Checker {
     let target = Target { addr: real.1, service: real.0.to_string() };
     let c = check.clone();
     let handle = tokio::spawn(async move {
-        let first = tokio::time::Instant::now() + crate::check::first_delay(c.interval, id);
-        let mut tick = tokio::time::interval_at(first, c.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut due = tokio::time::Instant::now() + crate::check::first_delay(c.interval, id);
         loop {
-            tick.tick().await;
-            let started = std::time::Instant::now();
-            let result = match c.run_bounded(&target).await {
-                Ok(r) => r,
+            tokio::time::sleep_until(due).await;
+            let outcome = c.run_bounded(&target).await;
+            let ended = tokio::time::Instant::now();
+            let next = due + c.interval;
+            due = if next < ended { ended + c.interval } else { next };
+            let (result, took) = match outcome {
+                Ok((r, started)) => (r, ended.saturating_duration_since(started)),
                 Err(why) => {
                     warn!(service = %target.service, real_server = %target.addr, reason = %why, "check not run; counts neither way");
                     continue;
                 }
             };
-            let took = started.elapsed();
             if tx.send(CheckResult { task: id, real, result, took }).await.is_err() {
                 return;
             }
@@ -261,7 +276,6 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         weights: HashMap::new(),
         metrics: endpoint.as_ref().map(|_| Metrics::new()),
     };
-    d.sync_reals();
     if let Err(e) = d.start(&mut events).await {
         if let Some(b) = d.bgp.as_mut() {
             b.shutdown_now().await;
@@ -272,7 +286,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     state::set_lock_wait(state::DAEMON_LOCK_WAIT);
     let signal_name = loop {
         match events.next().await {
-            Event::Check(r) => d.on_result(r, &mut events).await,
+            Event::Check(r) => d.on_results(r, &mut events).await,
             Event::Reload => d.reload(&mut events).await,
             Event::Resync => d.converge("resync", &mut events).await,
             Event::Retry => d.converge("retrying a change that failed", &mut events).await,
@@ -301,11 +315,12 @@ fn resync_of(l: &Loaded) -> Duration {
 impl Daemon {
     /// The first reconcile: a config the host refuses (a foreign service, a
     /// missing interface) stops the daemon; a kernel that refuses a change
-    /// is retried.
+    /// is retried. The table comes first: every real server starts up (as
+    /// after `director start`), so nothing needs to wait for the checkers,
+    /// which start right after it, nor for the report.
     async fn start(&mut self, events: &mut Events) -> Result<(), Error> {
         let (desired, sorry_in) = self.effective();
         self.sorry_in = sorry_in;
-        self.write_report();
         let spec = self.drains.spec_with(&self.loaded.director);
         match self.director.reconcile_with(&spec, &desired, OnError::Keep).await {
             Ok(r) => {
@@ -319,6 +334,9 @@ impl Daemon {
                 events.retry_later();
             }
         }
+        self.sync_reals();
+        self.write_report();
+        release_memory();
         self.announce().await;
         journal::sd_notify(&format!("READY=1\nSTATUS={}", self.summary()));
         info!(
@@ -369,7 +387,7 @@ impl Daemon {
     /// that stay keep their health (and their checker unless its check changed).
     fn sync_reals(&mut self) {
         let now = SystemTime::now();
-        let mut want: HashMap<RealKey, Option<Check>> = HashMap::new();
+        let mut want: HashMap<RealKey, Option<Arc<Check>>> = HashMap::new();
         for s in &self.loaded.services {
             for r in &s.reals {
                 want.insert((s.service.key, r.dest.addr), r.check.clone());
@@ -426,10 +444,32 @@ impl Daemon {
         (desired, sorry_in)
     }
 
-    async fn on_result(&mut self, r: CheckResult, events: &mut Events) {
-        let Some(checker) = self.checkers.get(&r.real) else { return };
+    /// Count a check result and every other one already waiting (up to
+    /// [`BATCH`]), then act on their transitions at once: one health view
+    /// (report, sorry servers) and one batch of kernel changes however many
+    /// real servers changed. Under load results queue up, so the work per
+    /// result shrinks instead of falling behind.
+    async fn on_results(&mut self, first: CheckResult, events: &mut Events) {
+        let mut changed: Vec<ServiceKey> = Vec::new();
+        let mut failed = self.record(first, events, &mut changed);
+        for _ in 1..BATCH {
+            let Some(r) = events.waiting_check() else { break };
+            failed |= self.record(r, events, &mut changed);
+        }
+        if !changed.is_empty() {
+            self.transitions(&changed, events).await;
+        } else if failed && self.report_written.elapsed() >= Duration::from_secs(1) {
+            self.write_report();
+        }
+    }
+
+    /// Count one check result. A service whose table must change (a
+    /// transition, or a new dynamic weight of a real server that is up) is
+    /// added to `changed`; returns whether the check failed.
+    fn record(&mut self, r: CheckResult, events: &mut Events, changed: &mut Vec<ServiceKey>) -> bool {
+        let Some(checker) = self.checkers.get(&r.real) else { return false };
         if checker.id != r.task {
-            return;
+            return false;
         }
         let (rise, fall, kind) = (checker.check.rise, checker.check.fall, checker.check.probe.kind());
         let reweighted = match &r.result {
@@ -439,22 +479,23 @@ impl Daemon {
         if let Some(m) = &self.metrics {
             m.check_took(kind, r.took);
         }
-        let Some(h) = self.health.get_mut(&r.real) else { return };
+        let Some(h) = self.health.get_mut(&r.real) else { return false };
         let failed = r.result.is_err();
-        let Some(t) = h.record(r.result.map(drop), rise, fall, SystemTime::now()) else {
-            if reweighted && h.up {
-                self.transition(r.real.0, events).await;
-            } else if failed && self.report_written.elapsed() >= Duration::from_secs(1) {
-                self.write_report();
+        let Some(t) = h.record(r.result.map(drop), rise, fall, SystemTime::now) else {
+            if reweighted && h.up && !changed.contains(&r.real.0) {
+                changed.push(r.real.0);
             }
-            return;
+            return failed;
         };
         self.log_transition(r.real, &t, rise, fall);
         self.drain_on_transition(r.real, &t, events);
         if let Some(m) = &self.metrics {
             m.transition(&r.real.0, r.real.1);
         }
-        self.transition(r.real.0, events).await;
+        if !changed.contains(&r.real.0) {
+            changed.push(r.real.0);
+        }
+        failed
     }
 
     fn log_transition(&self, (key, addr): RealKey, t: &Transition, rise: u32, fall: u32) {
@@ -477,35 +518,18 @@ impl Daemon {
         }
     }
 
-    /// The health of a real server of `key` changed: send that service's
-    /// change alone (no dump, no lock). While an earlier change is still
-    /// unresolved, the retry's full reconcile takes this one in too.
-    async fn transition(&mut self, key: ServiceKey, events: &mut Events) {
+    /// The health of real servers of `keys` changed: send those services'
+    /// changes alone, as one batch (no dump, no lock). While an earlier
+    /// change is still unresolved, the retry's full reconcile takes these in
+    /// too.
+    async fn transitions(&mut self, keys: &[ServiceKey], events: &mut Events) {
         let desired = self.update_health_view();
         let Some(applied) = self.applied.as_mut() else { return };
-        let Some(after) = desired.into_iter().find(|d| d.service.key == key) else { return };
-        let ops = match applied.get(&key) {
-            Some(before) => destination_ops(before, &after),
-            None => return,
-        };
-        let failed = match self.director.send(&ops).await {
-            Ok(applied) => {
-                let (outcomes, mut interrupted) = applied.into_parts();
-                let first = outcomes.into_iter().zip(&ops).find_map(|(o, op)| match o {
-                    OpOutcome::Done => None,
-                    OpOutcome::Failed(e) => Some((op, e)),
-                    // Cut short (perhaps done, or not sent): the retry's
-                    // reconcile reads the table.
-                    OpOutcome::Unknown | OpOutcome::NotSent => interrupted.take().map(|e| (op, e)),
-                });
-                first.or_else(|| Some((ops.first()?, interrupted?)))
-            }
-            Err(e) => ops.first().map(|op| (op, ipvs::Error::invalid(e.to_string()))),
-        };
-        match failed {
-            None => {
-                applied.insert(key, after);
-            }
+        let mut after: Vec<DesiredService> = desired.into_iter().filter(|d| keys.contains(&d.service.key)).collect();
+        after.retain(|d| applied.contains_key(&d.service.key));
+        let ops: Vec<Op> = after.iter().flat_map(|a| destination_ops(&applied[&a.service.key], a)).collect();
+        match first_failure(self.director.send(&ops).await, &ops) {
+            None => applied.extend(after.into_iter().map(|d| (d.service.key, d))),
             Some((op, e)) => {
                 error!(reason = %e, change = %op, "cannot change the IPVS table; retrying");
                 self.applied = None;
@@ -558,6 +582,7 @@ impl Daemon {
                 events.retry_later();
             }
         }
+        release_memory();
         self.announce().await;
     }
 
@@ -650,13 +675,53 @@ impl Daemon {
     }
 }
 
+/// Give the memory a full reconcile used for a moment (the whole table
+/// read, the plan, the record) back to the system: the daemon lives for
+/// months, and the allocator keeps freed memory otherwise.
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The first operation of a batch that failed, with why; `None` when all
+/// were done. An operation cut short (perhaps done, perhaps not sent) counts
+/// as failed: the retry's reconcile reads the table.
+fn first_failure(sent: Result<ipvs::Applied, Error>, ops: &[Op]) -> Option<(&Op, ipvs::Error)> {
+    let applied = match sent {
+        Ok(a) => a,
+        Err(e) => return ops.first().map(|op| (op, ipvs::Error::invalid(e.to_string()))),
+    };
+    let (outcomes, mut interrupted) = applied.into_parts();
+    let first = outcomes.into_iter().zip(ops).find_map(|(o, op)| match o {
+        OpOutcome::Done => None,
+        OpOutcome::Failed(e) => Some((op, e)),
+        OpOutcome::Unknown | OpOutcome::NotSent => interrupted.take().map(|e| (op, e)),
+    });
+    first.or_else(|| Some((ops.first()?, interrupted?)))
+}
+
 fn by_key(desired: Vec<DesiredService>) -> HashMap<ServiceKey, DesiredService> {
     desired.into_iter().map(|d| (d.service.key, d)).collect()
 }
 
 /// Log what a full reconcile changed: at start and reload what the config
-/// asked for, on a resync or retry a drift repaired.
+/// asked for, on a resync or retry a drift repaired (always one line each).
+/// A start, reload or stop of more than [`LOG_EACH`] changes is one line
+/// of counts, each change at debug level: a thousand services must not
+/// mean five thousand log lines (and their writes) before checks start.
 fn log_changes(changes: &[crate::host::Change], why: &str) {
+    if changes.len() > LOG_EACH && !is_repair(why) {
+        let summary = crate::host::summarize(changes);
+        info!(changes = changes.len(), summary = %summary, why, "changed (each change: LVSCTL_LOG=debug)");
+        for c in changes {
+            debug!(change = %c, why, "changed");
+        }
+        return;
+    }
     for c in changes {
         if is_repair(why) {
             warn!(change = %c, why, "drift repaired");
@@ -725,8 +790,8 @@ mod tests {
         let quick =
             Check { probe: Probe::Tcp { port: fa.port() }, timeout: std::time::Duration::from_secs(5), ..hang.clone() };
         let (tx, mut rx) = mpsc::channel(4);
-        let _slow = spawn_checker(tx.clone(), 1, (key, sa), hang);
-        let _fast = spawn_checker(tx, 2, (key, fa), quick);
+        let _slow = spawn_checker(tx.clone(), 1, (key, sa), Arc::new(hang));
+        let _fast = spawn_checker(tx, 2, (key, fa), Arc::new(quick));
         for _ in 0..5 {
             let r = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
             assert_eq!(r.task, 2, "only the quick check can have finished");
@@ -737,23 +802,23 @@ mod tests {
     #[test]
     fn the_metrics_flag_wins_over_the_config() {
         let text = "[director]\niface = \"eth0\"\nmetrics = \"127.0.0.1:9101\"\n[[director.service]]\nvip = \"10.0.0.1\"\nport = 80\nreal = [\"10.0.0.2\"]\n";
-        let director = Config::parse(text, "t.toml").unwrap().director().unwrap();
-        let loaded = Loaded { services: specs(&director).unwrap(), director };
+        let mut director = Config::parse(text, "t.toml").unwrap().director().unwrap();
+        let loaded = Loaded { services: specs(&mut director).unwrap(), director };
         let mut opts = Options::new("t.toml".into());
         assert_eq!(metrics_address(&opts, &loaded), Some("127.0.0.1:9101".parse().unwrap()));
         opts.metrics = Some("[::1]:9200".parse().unwrap());
         assert_eq!(metrics_address(&opts, &loaded), Some("[::1]:9200".parse().unwrap()));
         let off = Config::parse(&text.replace("metrics = \"127.0.0.1:9101\"\n", ""), "t.toml").unwrap();
-        let director = off.director().unwrap();
-        let loaded = Loaded { services: specs(&director).unwrap(), director };
+        let mut director = off.director().unwrap();
+        let loaded = Loaded { services: specs(&mut director).unwrap(), director };
         assert_eq!(metrics_address(&Options::new("t.toml".into()), &loaded), None, "off by default");
     }
 
     #[test]
     fn readme_example_loads() {
         let text = readme_example();
-        let d = Config::parse(&text, "docs/health-daemon.md").unwrap().director().unwrap();
-        let s = specs(&d).unwrap();
+        let mut d = Config::parse(&text, "docs/health-daemon.md").unwrap().director().unwrap();
+        let s = specs(&mut d).unwrap();
         assert_eq!(s[0].on_failure, crate::health::OnFailure::Drain);
         assert_eq!(s[0].sorry.as_ref().unwrap().addr, "10.18.68.190:15858".parse().unwrap());
         let c = s[0].reals[0].check.as_ref().unwrap();

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipvs::reconcile::DesiredService;
@@ -48,8 +49,8 @@ pub struct ServiceSpec {
 pub struct RealSpec {
     /// The destination as configured (its weight is the one restored on recovery).
     pub dest: Destination,
-    /// Its check.
-    pub check: Option<Check>,
+    /// Its check, shared with the task that runs it.
+    pub check: Option<Arc<Check>>,
 }
 
 /// Identifies a real server of a virtual service.
@@ -86,21 +87,30 @@ impl Health {
         Self { up: true, since: now, last_error: None, ok_streak: 0, fail_streak: 0 }
     }
 
-    /// Count one check result; the transition it causes, if any.
-    pub fn record(&mut self, result: Result<(), String>, rise: u32, fall: u32, now: SystemTime) -> Option<Transition> {
+    /// Count one check result; the transition it causes, if any. `now` is
+    /// asked only when a time is kept (a failure or a transition), not for
+    /// the successes of a real server that is up.
+    pub fn record(
+        &mut self,
+        result: Result<(), String>,
+        rise: u32,
+        fall: u32,
+        now: impl FnOnce() -> SystemTime,
+    ) -> Option<Transition> {
         match result {
             Ok(()) => {
                 self.fail_streak = 0;
                 self.ok_streak = self.ok_streak.saturating_add(1);
                 if !self.up && self.ok_streak >= rise {
                     self.up = true;
-                    self.since = now;
+                    self.since = now();
                     return Some(Transition::Up);
                 }
             }
             Err(e) => {
                 self.ok_streak = 0;
                 self.fail_streak = self.fail_streak.saturating_add(1);
+                let now = now();
                 self.last_error = Some((now, e.clone()));
                 if self.up && self.fail_streak >= fall {
                     self.up = false;
@@ -190,20 +200,20 @@ mod tests {
     #[test]
     fn fall_then_rise() {
         let mut h = Health::new(t(0));
-        assert_eq!(h.record(Err("refused".into()), 2, 3, t(1)), None);
-        assert_eq!(h.record(Err("refused".into()), 2, 3, t(2)), None);
+        assert_eq!(h.record(Err("refused".into()), 2, 3, || t(1)), None);
+        assert_eq!(h.record(Err("refused".into()), 2, 3, || t(2)), None);
         // A success in between resets the count.
-        assert_eq!(h.record(Ok(()), 2, 3, t(3)), None);
-        assert_eq!(h.record(Err("a".into()), 2, 3, t(4)), None);
-        assert_eq!(h.record(Err("b".into()), 2, 3, t(5)), None);
-        assert_eq!(h.record(Err("c".into()), 2, 3, t(6)), Some(Transition::Down("c".into())));
+        assert_eq!(h.record(Ok(()), 2, 3, || t(3)), None);
+        assert_eq!(h.record(Err("a".into()), 2, 3, || t(4)), None);
+        assert_eq!(h.record(Err("b".into()), 2, 3, || t(5)), None);
+        assert_eq!(h.record(Err("c".into()), 2, 3, || t(6)), Some(Transition::Down("c".into())));
         assert!(!h.up);
         assert_eq!(h.since, t(6));
         // Only once.
-        assert_eq!(h.record(Err("d".into()), 2, 3, t(7)), None);
-        assert_eq!(h.record(Ok(()), 2, 3, t(8)), None);
-        assert_eq!(h.record(Ok(()), 2, 3, t(9)), Some(Transition::Up));
-        assert_eq!(h.record(Ok(()), 2, 3, t(10)), None);
+        assert_eq!(h.record(Err("d".into()), 2, 3, || t(7)), None);
+        assert_eq!(h.record(Ok(()), 2, 3, || t(8)), None);
+        assert_eq!(h.record(Ok(()), 2, 3, || t(9)), Some(Transition::Up));
+        assert_eq!(h.record(Ok(()), 2, 3, || t(10)), None);
         assert!(h.up);
         assert_eq!(h.since, t(9));
         assert_eq!(h.last_error, Some((t(7), "d".into())));

@@ -73,6 +73,38 @@ impl fmt::Display for Change {
     }
 }
 
+impl Change {
+    /// What kind of change this is, for a summary (`services added`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Ipvs(ipvs::Op::AddService(_)) => "services added",
+            Self::Ipvs(ipvs::Op::UpdateService(_)) => "services changed",
+            Self::Ipvs(ipvs::Op::DeleteService(_)) => "services removed",
+            Self::Ipvs(ipvs::Op::AddDestination(..)) => "real servers added",
+            Self::Ipvs(ipvs::Op::UpdateDestination(..)) => "real servers changed",
+            Self::Ipvs(ipvs::Op::DeleteDestination(..)) => "real servers removed",
+            Self::Undone(_) => "operations undone",
+            Self::AddressAdded { .. } => "addresses added",
+            Self::AddressRemoved { .. } => "addresses removed",
+            Self::SysctlSet { .. } => "sysctls set",
+            Self::SysctlRestored { .. } => "sysctls restored",
+        }
+    }
+}
+
+/// How many changes of each kind `changes` holds, in order of first
+/// appearance: `1000 services added, 4000 real servers added`.
+pub fn summarize(changes: &[Change]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for c in changes {
+        match counts.iter_mut().find(|(k, _)| *k == c.kind()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.kind(), 1)),
+        }
+    }
+    counts.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+}
+
 /// What a run of either role did.
 #[derive(Debug, Default)]
 #[non_exhaustive]
