@@ -19,7 +19,8 @@
 //! every check and counts it per address). The phases:
 //!   start     exec -> every service and real server in the kernel (library dump, polled)
 //!   steady    STEADY seconds all healthy: CPU (utime+stime of the daemon's
-//!             process tree from /proc) per check accepted by the listener
+//!             process tree from /proc, and each apart) per check accepted by
+//!             the listener
 //!   failure   K real servers stop answering (a blackhole route for their
 //!             address on the real-server side, up to 10 at once): the time from
 //!             each one's last accepted check to weight 0 in the kernel
@@ -42,9 +43,11 @@ use net::{in_ns, Listener, DIR_NS};
 pub use table::{gen, Table};
 
 /// What each run measures; `report` prints them in this order.
-const METRICS: [(&str, &str, &str); 11] = [
+const METRICS: [(&str, &str, &str); 13] = [
     ("start_s", "start: exec to full table", "s"),
     ("cpu_per_check_us", "steady: CPU per check", "us"),
+    ("user_per_check_us", "steady: of which user time", "us"),
+    ("sys_per_check_us", "steady: of which system time", "us"),
     ("checks_per_s", "steady: checks per second", "/s"),
     ("rss_mib", "peak RSS (process tree)", "MiB"),
     ("fail_median_s", "failure: last good answer to weight 0, median", "s"),
@@ -151,20 +154,20 @@ fn tree(root: u32) -> Vec<u32> {
     out
 }
 
-/// utime + stime of the tree, in seconds.
-fn cpu_seconds(root: u32) -> f64 {
+/// utime and stime of the tree, in seconds.
+fn cpu_split(root: u32) -> (f64, f64) {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let mut ticks = 0u64;
+    let (mut user, mut sys) = (0u64, 0u64);
     for pid in tree(root) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
         let f: Vec<&str> = rest.split(' ').collect();
         // utime and stime are fields 14 and 15 of stat, 12 and 13 after the command.
-        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        ticks += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        user += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        sys += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
-    ticks as f64 / hz
+    (user as f64 / hz, sys as f64 / hz)
 }
 
 /// VmHWM summed over the tree, in MiB.
@@ -203,11 +206,14 @@ fn measure(run: &Run, listener: &Listener, steady: u32, failures: u32, t0: Insta
 
     // Every real server checked once: the checks run at their pace.
     listener.wait_all_seen(&run.table.addresses(false), Duration::from_secs(120))?;
-    let (c0, a0, s0) = (cpu_seconds(pid), listener.accepted(), Instant::now());
+    let (c0, a0, s0) = (cpu_split(pid), listener.accepted(), Instant::now());
     std::thread::sleep(Duration::from_secs(u64::from(steady)));
-    let (c1, a1, dt) = (cpu_seconds(pid), listener.accepted(), s0.elapsed().as_secs_f64());
+    let (c1, a1, dt) = (cpu_split(pid), listener.accepted(), s0.elapsed().as_secs_f64());
     let checks = (a1 - a0).max(1) as f64;
-    run.record("cpu_per_check_us", (c1 - c0) / checks * 1e6)?;
+    let (user, sys) = (c1.0 - c0.0, c1.1 - c0.1);
+    run.record("cpu_per_check_us", (user + sys) / checks * 1e6)?;
+    run.record("user_per_check_us", user / checks * 1e6)?;
+    run.record("sys_per_check_us", sys / checks * 1e6)?;
     run.record("checks_per_s", checks / dt)?;
 
     failure_phase(run, listener, failures)?;

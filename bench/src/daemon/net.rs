@@ -84,19 +84,35 @@ fn runtime() -> Res<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("runtime: {e}"))
 }
 
-/// Poll the table with the library's dump until it holds every service
-/// and real server of `t`; when that was first seen.
+/// Poll the table until it holds every service and real server of `t`;
+/// when that was first seen. Both daemons add the services in the config's
+/// order, so the poll asks for the LAST service's real servers every 10 ms
+/// (one small request: a whole dump of a large table takes longer under
+/// emulation than the finer daemon needs to fill it); once those are all
+/// there, one dump confirms the whole table and the time of the small
+/// request counts. A table filled in another order is still seen, by dumps.
 pub fn wait_full(t: &Table, limit: Duration) -> Res<Instant> {
     let (services, reals) = (t.services as usize, (t.services * t.reals) as usize);
+    let last = ServiceKey::tcp(t.vip(t.services - 1));
     let start = Instant::now();
     runtime()?.block_on(async {
         let h = ipvs::Ipvs::connect().await.map_err(|e| format!("connect: {e}"))?;
+        let full = |table: &ipvs::Table| {
+            table.len() == services && table.iter().map(|(_, d)| d.len()).sum::<usize>() == reals
+        };
         loop {
-            // A dump that fails (the daemon changes the table meanwhile) is retried.
-            if let Ok(table) = h.dump().await {
-                if table.len() == services && table.iter().map(|(_, d)| d.len()).sum::<usize>() == reals {
-                    return Ok(Instant::now());
+            let seen = loop {
+                if h.destinations(&last).await.is_ok_and(|d| d.len() == t.reals as usize) {
+                    break Instant::now();
                 }
+                if start.elapsed() > limit {
+                    return Err(format!("the table was not full after {limit:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            // A dump that fails (the daemon changes the table meanwhile) is retried.
+            if h.dump().await.is_ok_and(|table| full(&table)) {
+                return Ok(seen);
             }
             if start.elapsed() > limit {
                 return Err(format!("the table was not full after {limit:?}"));

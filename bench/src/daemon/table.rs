@@ -80,7 +80,9 @@ impl Table {
         );
         let mut s = String::from("[director]\niface = \"dum0\"\n");
         for i in 0..self.services {
-            let _ = write!(s, "\n[[director.service]]\nvip = \"{}\"\nport = 80\nscheduler = \"rr\"\nforward = \"dr\"\n{check}real = [", self.vip(i).ip());
+            // drain_time 0: a real server the reload removes is deleted at once,
+            // as keepalived does (lvsctl's default lets it drain first).
+            let _ = write!(s, "\n[[director.service]]\nvip = \"{}\"\nport = 80\nscheduler = \"rr\"\nforward = \"dr\"\ndrain_time = \"0s\"\n{check}real = [", self.vip(i).ip());
             for j in 0..self.reals {
                 let _ = write!(s, "{}\"{}\"", if j > 0 { ", " } else { "" }, self.rip(i, j, changed));
             }
