@@ -15,6 +15,9 @@
 //!     (peak RSS from wait4's rusage), exit with CMD's status.
 //! lvs-bench report FILE [--notes FILE]   the results as a markdown table
 //! lvs-bench floor-report FILE [--notes FILE]   the `scripts/bench --floor` report (src/floor.rs)
+//! lvs-bench replay [--services N] [--dests M] [--reps R] [--stats]
+//!     No kernel needed: parse the datagrams a dump of the generated table
+//!     brings and print it as `dump` does, R times (src/replay.rs; for callgrind)
 //! lvs-bench nlcount --dev NLMON -- CMD...
 //!     Run CMD while capturing the generic netlink traffic of this network
 //!     namespace on the nlmon device NLMON; print the requests CMD sent by kind:
@@ -35,6 +38,7 @@ use ipvs::{Destination, Forward, Ipvs, Op, Protocol, Scheduler, Service, Service
 
 mod daemon;
 mod floor;
+mod replay;
 
 use lvs_bench::{nlmon, Res};
 
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         "report" => report(rest).map(|()| ExitCode::SUCCESS),
         "floor-report" => floor::report(rest).map(|()| ExitCode::SUCCESS),
         "nlcount" => nlcount(rest),
+        "replay" => replay::run(rest).map(|()| ExitCode::SUCCESS),
         "daemon" => daemon::run(rest),
         "daemon-gen" => daemon::gen(rest).map(|()| ExitCode::SUCCESS),
         "daemon-report" => daemon::report(rest).map(|()| ExitCode::SUCCESS),
@@ -253,9 +258,16 @@ async fn dump(args: &[String]) -> Res<ExitCode> {
     let stats = a.flags.iter().any(|f| f == "stats");
     let h = connect().await?;
     let table = h.dump().await.map_err(|e| format!("dump: {e}"))?;
-    let mut w = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    write_table(&mut std::io::stdout().lock(), &table, stats)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table as `lvs-bench dump` prints it: `ipvsadm -Sn` lines in the
+/// kernel's order (with counters when `stats`).
+fn write_table(out: &mut impl Write, table: &ipvs::Table, stats: bool) -> Res<()> {
+    let mut w = BufWriter::with_capacity(1 << 16, out);
     let mut line = String::with_capacity(128);
-    for (s, dests) in &table {
+    for (s, dests) in table {
         line.clear();
         let (proto, addr) = match s.service.key {
             ServiceKey::Inet { protocol, addr } => (protocol, addr),
@@ -288,8 +300,7 @@ async fn dump(args: &[String]) -> Res<ExitCode> {
         }
         w.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
     }
-    w.flush().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    w.flush().map_err(|e| e.to_string())
 }
 
 async fn reconcile(args: &[String]) -> Res<ExitCode> {

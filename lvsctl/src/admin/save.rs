@@ -224,4 +224,56 @@ pub(crate) mod tests {
             "-A -f -1294967296 -s rr\n-a -f -1294967296 -r 10.1.0.3:0 -m -w 2 -x 100 -y 50\n"
         );
     }
+
+    /// Not a test of behaviour but a profiling harness: the user-space work
+    /// of `lvsctl save` without a kernel. The table `lvs-bench gen` makes
+    /// (`LVSCTL_REPLAY_SERVICES` services, default 10,000, of 10 real servers)
+    /// becomes the datagrams a kernel dump of it brings (services scrambled,
+    /// real servers newest first, as the kernel lists them); then
+    /// [`replay_save_once`] parses them as `Ipvs::dump` does and writes the
+    /// save into a discarding writer. In release, under callgrind:
+    /// `valgrind --tool=callgrind --toggle-collect='*replay_save_once*'
+    /// <lvsctl test binary> --ignored --exact admin::save::tests::replay_save`.
+    #[test]
+    #[ignore = "a profiling harness, see its documentation"]
+    fn replay_save() {
+        let n: u32 = std::env::var("LVSCTL_REPLAY_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let (m, base) = (10, u32::from(std::net::Ipv4Addr::new(10, 128, 0, 1)));
+        let size = n.next_power_of_two();
+        let table: ipvs::Table = (0..size)
+            .map(|k| k.wrapping_mul(0x9e37_79b1) & (size - 1))
+            .filter(|i| *i < n)
+            .map(|i| {
+                let vip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 1, 0, 1)) + i);
+                let s = Service::new(ServiceKey::tcp((vip, 80).into()), Scheduler::Wrr);
+                let d = (0..m).rev().map(|j| {
+                    let rip = std::net::Ipv4Addr::from(base + i * m + j);
+                    dest(&format!("{rip}:80"), Forward::Route, 1 + (i + j) % 10)
+                });
+                entry(s, d.collect())
+            })
+            .collect();
+        let (services, dests) = ipvs::replay::kernel_datagrams(0x20, &table);
+        let bytes = replay_save_once(&services, &dests);
+        assert_eq!(bytes, format_save(&table, false).len());
+    }
+
+    /// Parse the datagrams into a table and write its save; the bytes written.
+    #[inline(never)]
+    fn replay_save_once(services: &[Vec<u8>], dests: &[Vec<Vec<u8>>]) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let table = ipvs::replay::dump(0x20, services, dests).expect("the datagrams parse");
+        let mut w = Count(0);
+        std::io::Write::write_all(&mut w, format_save(&table, false).as_bytes()).expect("counting does not fail");
+        w.0
+    }
 }
