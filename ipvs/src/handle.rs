@@ -396,8 +396,8 @@ impl Ipvs {
         let fams: Vec<Family> = services.iter().map(|s| s.service.key.family()).collect();
         let r = self
             .conn
-            .dest_dumps(msgs, self.timeout, DestLists::new, move |st: &mut DestLists, i, _cmd, attrs| {
-                collect_dests(st, i, fams[i], attrs)
+            .dest_dumps(msgs, self.timeout, DestLists::default, move |st: &mut DestLists, i, _cmd, attrs| {
+                st.add(i, fams[i], attrs)
             })
             .await?;
         let Some((states, results)) = r else {
@@ -703,18 +703,41 @@ impl Ipvs {
 }
 
 /// Per dump thread of [`Ipvs::dump`]: the destination lists of the services
-/// it read, by service index.
-pub(crate) type DestLists = Vec<(usize, Vec<DestinationEntry>)>;
+/// it read, by service index. The reply being read grows in one scratch
+/// list, reused from service to service; each finished one is copied out at
+/// its exact length (one allocation per service, none wasted).
+#[derive(Default)]
+pub(crate) struct DestLists {
+    done: Vec<(usize, Vec<DestinationEntry>)>,
+    /// The service whose reply is being read, if any.
+    current: Option<usize>,
+    scratch: Vec<DestinationEntry>,
+}
 
-/// Parse one GET_DEST reply message of service `i` (of address family
-/// `family`) into its dump thread's lists. A thread reads all of a reply
-/// before the next one's, so a new index starts a new list.
-pub(crate) fn collect_dests(st: &mut DestLists, i: usize, family: Family, attrs: &[u8]) -> Result<()> {
-    if st.last().is_none_or(|(j, _)| *j != i) {
-        st.push((i, Vec::new()));
+impl DestLists {
+    /// Parse one GET_DEST reply message of service `i` (of address family
+    /// `family`). A thread reads all of a reply before the next one's, so a
+    /// new index means the previous reply is complete.
+    pub(crate) fn add(&mut self, i: usize, family: Family, attrs: &[u8]) -> Result<()> {
+        if self.current != Some(i) {
+            self.close();
+            self.current = Some(i);
+        }
+        dest_message(attrs, family, &mut self.scratch)
     }
-    let list = &mut st.last_mut().expect("just pushed").1;
-    dest_message(attrs, family, list)
+
+    /// Move the reply being read, if any, to the finished lists.
+    fn close(&mut self) {
+        if let Some(i) = self.current.take() {
+            self.done.push((i, self.scratch.drain(..).collect()));
+        }
+    }
+
+    /// Every list, by service index.
+    fn finish(mut self) -> Vec<(usize, Vec<DestinationEntry>)> {
+        self.close();
+        self.done
+    }
 }
 
 /// The services with their destination lists (from the dump threads'
@@ -723,16 +746,14 @@ pub(crate) fn collect_dests(st: &mut DestLists, i: usize, family: Family, attrs:
 pub(crate) fn assemble(services: Vec<ServiceEntry>, states: Vec<DestLists>, results: DumpResults) -> Result<Table> {
     let mut lists: Vec<Vec<DestinationEntry>> = Vec::new();
     lists.resize_with(services.len(), Vec::new);
-    for (i, d) in states.into_iter().flatten() {
+    for (i, d) in states.into_iter().flat_map(DestLists::finish) {
         lists[i] = d;
     }
     let mut out = Vec::with_capacity(services.len());
-    for ((s, r), mut d) in services.into_iter().zip(results).zip(lists) {
+    for ((s, r), d) in services.into_iter().zip(results).zip(lists) {
         if let Err(e) = r {
             return Err(map_common(e).unwrap_or_else(|| svc_err(&s.service.key, e)));
         }
-        // A whole table holds one of these per service: no spare capacity.
-        d.shrink_to_fit();
         out.push((s, d));
     }
     Ok(out)

@@ -8,7 +8,7 @@ use crate::conn::{dump_datagram, Datagram};
 use crate::convert::{dest_attrs, service_attrs};
 use crate::dumpparse::service_message;
 use crate::error::{Error, Result};
-use crate::handle::{assemble, collect_dests, unique_services, DestLists, Table};
+use crate::handle::{assemble, unique_services, DestLists, Table};
 use crate::types::{DestinationEntry, Forward, ServiceEntry, Stats};
 
 /// The sequence number the replayed service dump's messages carry; the
@@ -31,12 +31,12 @@ pub fn dump(family_id: u16, services: &[Vec<u8>], dests: &[Vec<Vec<u8>>]) -> Res
     if dests.len() != svcs.len() {
         return Err(Error::Decode(format!("{} services but {} destination dumps", svcs.len(), dests.len())));
     }
-    let mut state = DestLists::new();
+    let mut state = DestLists::default();
     let mut results = Vec::with_capacity(svcs.len());
     for (i, (s, datagrams)) in svcs.iter().zip(dests).enumerate() {
         let fam = s.service.key.family();
         let seq = SERVICE_DUMP_SEQ + 1 + i as u32;
-        results.push(replay(datagrams, seq, family_id, |_cmd, attrs| collect_dests(&mut state, i, fam, attrs))?);
+        results.push(replay(datagrams, seq, family_id, |_cmd, attrs| state.add(i, fam, attrs))?);
     }
     assemble(svcs, vec![state], results)
 }
