@@ -566,6 +566,33 @@ fn report(args: &[String]) -> Res<()> {
 mod tests {
     use super::*;
 
+    /// The hand-written printing prints what `write!` of the same parts does.
+    #[test]
+    fn write_table_is_the_formatted_table() {
+        let mut table: ipvs::Table = Vec::new();
+        for (k, a) in ["10.1.0.1:80", "0.0.0.0:0", "255.255.255.255:65535", "[2001:db8::1]:443"].iter().enumerate() {
+            let addr: SocketAddr = a.parse().unwrap();
+            let svc = ipvs::ServiceEntry::from(Service::new(ServiceKey::tcp(addr), Scheduler::Wrr));
+            let d = Destination::new(addr, [Forward::Route, Forward::Masq][k % 2]).with_weight(k as u32 * 1000);
+            table.push((
+                svc,
+                vec![ipvs::DestinationEntry::from(d.clone()), ipvs::DestinationEntry::from(d.with_weight(0))],
+            ));
+        }
+        let mut want = String::new();
+        for (s, d) in &table {
+            let ServiceKey::Inet { addr, .. } = s.service.key else { unreachable!() };
+            want += &format!("-A -t {addr} -s wrr\n");
+            for d in d {
+                let f = if d.destination.forward == Forward::Masq { "-m" } else { "-g" };
+                want += &format!("-a -t {addr} -r {} {f} -w {}\n", d.destination.addr, d.destination.weight);
+            }
+        }
+        let mut got = Vec::new();
+        write_table(&mut got, &table, false).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+    }
+
     fn generated(n: u32, m: u32, pct: u32) -> String {
         let dir = std::env::temp_dir().join(format!("lvs-bench-{}-{n}-{m}-{pct}", std::process::id()));
         let p = dir.to_str().unwrap().to_owned();
@@ -606,35 +633,5 @@ mod tests {
                 .collect();
             assert_eq!(plan(&current, &changed, &Scope::All).len(), want, "{pct} %");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ipvs::{DestinationEntry, ServiceEntry};
-
-    /// The hand-written printing prints what `write!` of the same parts does.
-    #[test]
-    fn write_table_is_the_formatted_table() {
-        let mut table: ipvs::Table = Vec::new();
-        for (k, a) in ["10.1.0.1:80", "0.0.0.0:0", "255.255.255.255:65535", "[2001:db8::1]:443"].iter().enumerate() {
-            let addr: SocketAddr = a.parse().unwrap();
-            let svc = ServiceEntry::from(Service::new(ServiceKey::tcp(addr), Scheduler::Wrr));
-            let d = Destination::new(addr, [Forward::Route, Forward::Masq][k % 2]).with_weight(k as u32 * 1000);
-            table.push((svc, vec![DestinationEntry::from(d.clone()), DestinationEntry::from(d.with_weight(0))]));
-        }
-        let mut want = String::new();
-        for (s, d) in &table {
-            let ServiceKey::Inet { addr, .. } = s.service.key else { unreachable!() };
-            want += &format!("-A -t {addr} -s wrr\n");
-            for d in d {
-                let f = if d.destination.forward == Forward::Masq { "-m" } else { "-g" };
-                want += &format!("-a -t {addr} -r {} {f} -w {}\n", d.destination.addr, d.destination.weight);
-            }
-        }
-        let mut got = Vec::new();
-        write_table(&mut got, &table, false).unwrap();
-        assert_eq!(String::from_utf8(got).unwrap(), want);
     }
 }

@@ -146,6 +146,7 @@ pub(crate) fn write_save(
 }
 
 /// [`write_save`] into one text.
+#[cfg(test)]
 pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thresholds: bool) -> String {
     let mut text = Vec::new();
     write_save(&mut text, table, thresholds).expect("writing to memory does not fail");
