@@ -7,10 +7,10 @@
 
 use ipvs_sys::bytes;
 use ipvs_sys::constants::{attr, dest, svc};
-use ipvs_sys::{InetAddr, StatsField};
+use ipvs_sys::InetAddr;
 use netlink_packet_core::NLA_TYPE_MASK;
 
-use crate::convert::{set_stat, RawDest, RawService};
+use crate::convert::{RawDest, RawService};
 use crate::error::{Error, Result};
 use crate::types::{DestinationEntry, Family, ServiceEntry, Stats};
 
@@ -180,20 +180,36 @@ fn check_stats(payload: &[u8]) -> Result<&[u8]> {
 
 /// A checked statistics set as `convert::stats_from` reads
 /// `StatsAttr::parse_all`'s list: 4- or 8-byte values of known counters;
-/// padding, unknown attributes and other widths are ignored.
+/// padding, unknown attributes and other widths are ignored. The values go
+/// to a table by attribute number (the counters are numbers 1 to 10, see
+/// `ipvs_sys::constants::stats`), no field is looked up.
 fn read_stats(payload: &[u8]) -> Stats {
-    let mut s = Stats::default();
-    for (kind, v) in Nlas(payload).map_while(std::result::Result::ok) {
-        let v = match *v {
+    use ipvs_sys::constants::stats as k;
+    let mut v = [0u64; 11];
+    for (kind, b) in Nlas(payload).map_while(std::result::Result::ok) {
+        let x = match *b {
             [a, b, c, d] => u64::from(u32::from_ne_bytes([a, b, c, d])),
             [a, b, c, d, e, g, h, i] => u64::from_ne_bytes([a, b, c, d, e, g, h, i]),
             _ => continue,
         };
-        if let Some(f) = StatsField::from_kind(kind) {
-            set_stat(&mut s, f, v);
+        // Number 0 and those past the table (padding, unknown) are dropped.
+        if let Some(slot) = v.get_mut(usize::from(kind)) {
+            *slot = x;
         }
     }
-    s
+    let at = |n: u16| v[usize::from(n)];
+    Stats {
+        conns: at(k::CONNS),
+        in_pkts: at(k::INPKTS),
+        out_pkts: at(k::OUTPKTS),
+        in_bytes: at(k::INBYTES),
+        out_bytes: at(k::OUTBYTES),
+        cps: at(k::CPS),
+        in_pps: at(k::INPPS),
+        out_pps: at(k::OUTPPS),
+        in_bps: at(k::INBPS),
+        out_bps: at(k::OUTBPS),
+    }
 }
 
 #[cfg(test)]
