@@ -15,6 +15,9 @@
 //!     (peak RSS from wait4's rusage), exit with CMD's status.
 //! lvs-bench report FILE [--notes FILE]   the results as a markdown table
 //! lvs-bench floor-report FILE [--notes FILE]   the `scripts/bench --floor` report (src/floor.rs)
+//! lvs-bench replay [--services N] [--dests M] [--reps R] [--stats]
+//!     No kernel needed: parse the datagrams a dump of the generated table
+//!     brings and print it as `dump` does, R times (src/replay.rs; for callgrind)
 //! lvs-bench nlcount --dev NLMON -- CMD...
 //!     Run CMD while capturing the generic netlink traffic of this network
 //!     namespace on the nlmon device NLMON; print the requests CMD sent by kind:
@@ -35,6 +38,7 @@ use ipvs::{Destination, Forward, Ipvs, Op, Protocol, Scheduler, Service, Service
 
 mod daemon;
 mod floor;
+mod replay;
 
 use lvs_bench::{nlmon, Res};
 
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         "report" => report(rest).map(|()| ExitCode::SUCCESS),
         "floor-report" => floor::report(rest).map(|()| ExitCode::SUCCESS),
         "nlcount" => nlcount(rest),
+        "replay" => replay::run(rest).map(|()| ExitCode::SUCCESS),
         "daemon" => daemon::run(rest),
         "daemon-gen" => daemon::gen(rest).map(|()| ExitCode::SUCCESS),
         "daemon-report" => daemon::report(rest).map(|()| ExitCode::SUCCESS),
@@ -253,9 +258,20 @@ async fn dump(args: &[String]) -> Res<ExitCode> {
     let stats = a.flags.iter().any(|f| f == "stats");
     let h = connect().await?;
     let table = h.dump().await.map_err(|e| format!("dump: {e}"))?;
-    let mut w = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let mut line = String::with_capacity(128);
-    for (s, dests) in &table {
+    write_table(&mut std::io::stdout().lock(), &table, stats)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table as `lvs-bench dump` prints it: `ipvsadm -Sn` lines in the
+/// kernel's order (with counters when `stats`). Written as a program that
+/// prints a large table should: one buffered writer, numbers and IPv4
+/// addresses without the formatting machinery (which took half of the user
+/// time of `lvs-bench replay` with `write!`), no allocation per line.
+fn write_table(out: &mut impl Write, table: &ipvs::Table, stats: bool) -> Res<()> {
+    let mut w = BufWriter::with_capacity(1 << 16, out);
+    let mut line = String::with_capacity(256);
+    let mut head = String::with_capacity(64);
+    for (s, dests) in table {
         line.clear();
         let (proto, addr) = match s.service.key {
             ServiceKey::Inet { protocol, addr } => (protocol, addr),
@@ -266,30 +282,81 @@ async fn dump(args: &[String]) -> Res<ExitCode> {
             Protocol::Udp => "-u",
             _ => "--sctp-service",
         };
-        let _ = write!(line, "-A {p} {addr} -s {}", s.service.scheduler.name());
+        // "-A -t ADDR" and, for the real servers, "-a -t ADDR".
+        head.clear();
+        head.push(' ');
+        head.push_str(p);
+        head.push(' ');
+        push_addr(&mut head, addr);
+        line.push_str("-A");
+        line.push_str(&head);
+        line.push_str(" -s ");
+        line.push_str(s.service.scheduler.name());
         if stats {
             let st = &s.stats;
             let _ = write!(line, " conns {} inpkts {} outpkts {}", st.conns, st.in_pkts, st.out_pkts);
         }
         line.push('\n');
+        w.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
         for d in dests {
+            line.clear();
             let f = match d.destination.forward {
                 Forward::Masq => "-m",
                 Forward::Tunnel(_) => "-i",
                 _ => "-g",
             };
-            let _ = writeln!(
-                line,
-                "-a {p} {addr} -r {} {f} -w {}{}",
-                d.destination.addr,
-                d.destination.weight,
-                if stats { format!(" conns {} inpkts {}", d.stats.conns, d.stats.in_pkts) } else { String::new() }
-            );
+            line.push_str("-a");
+            line.push_str(&head);
+            line.push_str(" -r ");
+            push_addr(&mut line, d.destination.addr);
+            line.push(' ');
+            line.push_str(f);
+            line.push_str(" -w ");
+            push_u64(&mut line, d.destination.weight.into());
+            if stats {
+                let _ = write!(line, " conns {} inpkts {}", d.stats.conns, d.stats.in_pkts);
+            }
+            line.push('\n');
+            w.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
         }
-        w.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
     }
-    w.flush().map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
+    w.flush().map_err(|e| e.to_string())
+}
+
+/// `{n}`.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
+}
+
+/// `{a}` of a socket address (IPv4 by hand, IPv6 with the formatter).
+fn push_addr(out: &mut String, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (k, o) in v4.ip().octets().into_iter().enumerate() {
+                if k > 0 {
+                    out.push('.');
+                }
+                push_u64(out, o.into());
+            }
+            out.push(':');
+            push_u64(out, a.port().into());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
 }
 
 async fn reconcile(args: &[String]) -> Res<ExitCode> {
@@ -498,6 +565,33 @@ fn report(args: &[String]) -> Res<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written printing prints what `write!` of the same parts does.
+    #[test]
+    fn write_table_is_the_formatted_table() {
+        let mut table: ipvs::Table = Vec::new();
+        for (k, a) in ["10.1.0.1:80", "0.0.0.0:0", "255.255.255.255:65535", "[2001:db8::1]:443"].iter().enumerate() {
+            let addr: SocketAddr = a.parse().unwrap();
+            let svc = ipvs::ServiceEntry::from(Service::new(ServiceKey::tcp(addr), Scheduler::Wrr));
+            let d = Destination::new(addr, [Forward::Route, Forward::Masq][k % 2]).with_weight(k as u32 * 1000);
+            table.push((
+                svc,
+                vec![ipvs::DestinationEntry::from(d.clone()), ipvs::DestinationEntry::from(d.with_weight(0))],
+            ));
+        }
+        let mut want = String::new();
+        for (s, d) in &table {
+            let ServiceKey::Inet { addr, .. } = s.service.key else { unreachable!() };
+            want += &format!("-A -t {addr} -s wrr\n");
+            for d in d {
+                let f = if d.destination.forward == Forward::Masq { "-m" } else { "-g" };
+                want += &format!("-a -t {addr} -r {} {f} -w {}\n", d.destination.addr, d.destination.weight);
+            }
+        }
+        let mut got = Vec::new();
+        write_table(&mut got, &table, false).unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+    }
 
     fn generated(n: u32, m: u32, pct: u32) -> String {
         let dir = std::env::temp_dir().join(format!("lvs-bench-{}-{n}-{m}-{pct}", std::process::id()));

@@ -36,11 +36,11 @@ const RECV_BUF: usize = 64 * 1024;
 ///   page allocations, cleared (init_on_alloc), which was the largest single
 ///   kernel cost of a full dump. `SKB_WITH_OVERHEAD(8192)` makes them 8 KiB
 ///   slab objects holding ~20 destinations.
-const DEST_DUMP_RECV_LEN: usize = 8192 - 320;
+pub(crate) const DEST_DUMP_RECV_LEN: usize = 8192 - 320;
 /// - The service dump walks the kernel's service hash table from the start
 ///   for every datagram, skipping what it already sent: its cost grows with
 ///   services squared over services per datagram, so it gets the largest.
-const DUMP_RECV_LEN: usize = 32 * 1024;
+pub(crate) const DUMP_RECV_LEN: usize = 32 * 1024;
 /// Default number of sockets of the destination-dump pool
 /// ([`Conn::dest_dumps`]): split between [`DEST_DUMP_LANES`] threads, each
 /// keeping one dump in flight on every socket of its share. Measured on Linux
@@ -868,7 +868,7 @@ async fn dump_recv<W: Fn() -> String>(d: &mut DumpSock, timeout: Duration, what:
 }
 
 /// What a datagram of a dump said about it.
-enum Datagram {
+pub(crate) enum Datagram {
     /// More datagrams follow.
     More,
     /// The dump ended: 0, or the kernel's positive errno.
@@ -880,7 +880,12 @@ enum Datagram {
 /// Hand each IPVS message of dump `seq` in the datagram `buf` to `f(cmd,
 /// attrs)`, up to the message that ends the dump; messages of other
 /// sequence numbers or types are skipped.
-fn dump_datagram(buf: &[u8], seq: u32, family_id: u16, mut f: impl FnMut(u8, &[u8]) -> Result<()>) -> Result<Datagram> {
+pub(crate) fn dump_datagram(
+    buf: &[u8],
+    seq: u32,
+    family_id: u16,
+    mut f: impl FnMut(u8, &[u8]) -> Result<()>,
+) -> Result<Datagram> {
     for (ty, mseq, payload) in NlMsgs(buf) {
         if mseq != seq {
             continue;

@@ -7,10 +7,10 @@
 
 use ipvs_sys::bytes;
 use ipvs_sys::constants::{attr, dest, svc};
-use ipvs_sys::{InetAddr, StatsField};
+use ipvs_sys::InetAddr;
 use netlink_packet_core::NLA_TYPE_MASK;
 
-use crate::convert::{set_stat, RawDest, RawService};
+use crate::convert::{RawDest, RawService};
 use crate::error::{Error, Result};
 use crate::types::{DestinationEntry, Family, ServiceEntry, Stats};
 
@@ -19,9 +19,24 @@ use crate::types::{DestinationEntry, Family, ServiceEntry, Stats};
 /// malformed header or trailing bytes) but without its per-attribute checks.
 struct Nlas<'a>(&'a [u8]);
 
-impl<'a> Iterator for Nlas<'a> {
-    type Item = Result<(u16, &'a [u8])>;
+/// A malformed attribute header: its length and the bytes that were left.
+/// Small, so that the hot loops move little; it becomes an [`Error`] only
+/// when it happens.
+struct BadNla {
+    len: usize,
+    left: usize,
+}
 
+impl From<BadNla> for Error {
+    fn from(b: BadNla) -> Self {
+        Error::Decode(format!("invalid netlink attribute: length {} with {} bytes left", b.len, b.left))
+    }
+}
+
+impl<'a> Iterator for Nlas<'a> {
+    type Item = std::result::Result<(u16, &'a [u8]), BadNla>;
+
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let b = self.0;
         if b.is_empty() {
@@ -30,10 +45,7 @@ impl<'a> Iterator for Nlas<'a> {
         let len = if b.len() >= 4 { usize::from(u16::from_ne_bytes([b[0], b[1]])) } else { 0 };
         if len < 4 || len > b.len() {
             self.0 = &[];
-            return Some(Err(Error::Decode(format!(
-                "invalid netlink attribute: length {len} with {} bytes left",
-                b.len()
-            ))));
+            return Some(Err(BadNla { len, left: b.len() }));
         }
         let kind = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
         self.0 = &b[((len + 3) & !3).min(b.len())..];
@@ -59,14 +71,10 @@ fn decode(e: ipvs_sys::DecodeError) -> Error {
 }
 
 /// Parse the top-level attributes of one GET_DEST reply message, pushing
-/// each destination it holds onto `out`.
-///
-/// Room for exactly the destinations of the message is reserved first: a
-/// service's destinations usually come in one message, so its list is
-/// allocated once at its final size (a big table's largest cost is the
-/// memory it touches).
+/// each destination it holds onto `out`. The kernel sends one message per
+/// destination, so `out` grows one entry at a time: callers that keep the
+/// list fit it to its length at the end.
 pub(crate) fn dest_message(attrs: &[u8], family: Family, out: &mut Vec<DestinationEntry>) -> Result<()> {
-    out.reserve_exact(Nlas(attrs).filter(|n| matches!(n, Ok((attr::DEST, _)))).count());
     for nla in Nlas(attrs) {
         let (kind, value) = nla?;
         if kind == attr::DEST {
@@ -79,6 +87,8 @@ pub(crate) fn dest_message(attrs: &[u8], family: Family, out: &mut Vec<Destinati
 /// Parse the payload of one nested destination attribute.
 pub(crate) fn dest(payload: &[u8], family: Family) -> Result<DestinationEntry> {
     let mut r = RawDest::default();
+    // The statistics sets, read once all attributes are known (see `stats_of`).
+    let (mut s32, mut s64) = (None, None);
     for nla in Nlas(payload) {
         let (kind, v) = nla?;
         match kind {
@@ -91,16 +101,28 @@ pub(crate) fn dest(payload: &[u8], family: Family) -> Result<DestinationEntry> {
             dest::ACTIVE_CONNS => r.active = u32_ne("destination active connections", v)?,
             dest::INACT_CONNS => r.inactive = u32_ne("destination inactive connections", v)?,
             dest::PERSIST_CONNS => r.persistent = u32_ne("destination persistent connections", v)?,
-            dest::STATS => r.stats32 = Some(read_stats(v)?),
+            dest::STATS => s32 = Some(check_stats(v)?),
             dest::ADDR_FAMILY => r.af = Some(u16_ne("destination address family", v)?).filter(|a| *a != 0),
-            dest::STATS64 => r.stats64 = Some(read_stats(v)?),
+            dest::STATS64 => s64 = Some(check_stats(v)?),
             dest::TUN_TYPE => r.tun_type = bytes::u8_("destination tunnel type", v).map_err(decode)?,
             dest::TUN_PORT => r.tun_port = u16_be("destination tunnel port", v)?,
             dest::TUN_FLAGS => r.tun_flags = u16_ne("destination tunnel flags", v)?,
             _ => {}
         }
     }
+    (r.stats32, r.stats64) = stats_of(s32, s64);
     r.finish(family)
+}
+
+/// The statistics sets as [`RawDest`] and [`RawService`] hold them, from
+/// the last `STATS` and `STATS64` payloads received (already checked by
+/// [`check_stats`]). Only the set `finish` keeps is read: the 64-bit one
+/// when present (every kernel since 4.0 sends both), else the legacy one.
+fn stats_of(s32: Option<&[u8]>, s64: Option<&[u8]>) -> (Option<Stats>, Option<Stats>) {
+    match s64 {
+        Some(b) => (None, Some(read_stats(b))),
+        None => (s32.map(read_stats), None),
+    }
 }
 /// Parse the top-level attributes of one GET_SERVICE reply message, pushing
 /// the service it holds onto `out` (as `convert::service_from` would read
@@ -118,6 +140,7 @@ pub(crate) fn service_message(attrs: &[u8], out: &mut Vec<ServiceEntry>) -> Resu
 /// Parse the payload of one nested service attribute.
 pub(crate) fn service(payload: &[u8]) -> Result<ServiceEntry> {
     let mut r = RawService::default();
+    let (mut s32, mut s64) = (None, None);
     for nla in Nlas(payload) {
         let (kind, v) = nla?;
         match kind {
@@ -135,32 +158,58 @@ pub(crate) fn service(payload: &[u8]) -> Result<ServiceEntry> {
             },
             svc::TIMEOUT => r.timeout = u32_ne("service timeout", v)?,
             svc::NETMASK => r.netmask = Some(u32_ne("service netmask", v)?),
-            svc::STATS => r.stats32 = Some(read_stats(v)?),
+            svc::STATS => s32 = Some(check_stats(v)?),
             svc::PE_NAME => r.pe = Some(bytes::cstr("pe name", v).map_err(decode)?),
-            svc::STATS64 => r.stats64 = Some(read_stats(v)?),
+            svc::STATS64 => s64 = Some(check_stats(v)?),
             _ => {}
         }
     }
+    (r.stats32, r.stats64) = stats_of(s32, s64);
     r.finish()
 }
 
-/// A statistics set as `convert::stats_from` reads `StatsAttr::parse_all`'s
-/// list: 4- or 8-byte values of known counters; padding, unknown attributes
-/// and other widths are ignored.
-fn read_stats(payload: &[u8]) -> Result<Stats> {
-    let mut s = Stats::default();
+/// A statistics payload whose attribute headers are sound (what
+/// `StatsAttr::parse_all` would refuse is an error here too), for
+/// [`read_stats`].
+fn check_stats(payload: &[u8]) -> Result<&[u8]> {
     for nla in Nlas(payload) {
-        let (kind, v) = nla?;
-        let v = match *v {
+        nla?;
+    }
+    Ok(payload)
+}
+
+/// A checked statistics set as `convert::stats_from` reads
+/// `StatsAttr::parse_all`'s list: 4- or 8-byte values of known counters;
+/// padding, unknown attributes and other widths are ignored. The values go
+/// to a table by attribute number (the counters are numbers 1 to 10, see
+/// `ipvs_sys::constants::stats`), no field is looked up.
+fn read_stats(payload: &[u8]) -> Stats {
+    use ipvs_sys::constants::stats as k;
+    let mut v = [0u64; 11];
+    for (kind, b) in Nlas(payload).map_while(std::result::Result::ok) {
+        let x = match *b {
             [a, b, c, d] => u64::from(u32::from_ne_bytes([a, b, c, d])),
             [a, b, c, d, e, g, h, i] => u64::from_ne_bytes([a, b, c, d, e, g, h, i]),
             _ => continue,
         };
-        if let Some(f) = StatsField::from_kind(kind) {
-            set_stat(&mut s, f, v);
+        // Number 0 and those past the table (padding, unknown) are dropped.
+        if let Some(slot) = v.get_mut(usize::from(kind)) {
+            *slot = x;
         }
     }
-    Ok(s)
+    let at = |n: u16| v[usize::from(n)];
+    Stats {
+        conns: at(k::CONNS),
+        in_pkts: at(k::INPKTS),
+        out_pkts: at(k::OUTPKTS),
+        in_bytes: at(k::INBYTES),
+        out_bytes: at(k::OUTBYTES),
+        cps: at(k::CPS),
+        in_pps: at(k::INPPS),
+        out_pps: at(k::OUTPPS),
+        in_bps: at(k::INBPS),
+        out_bps: at(k::OUTBPS),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipvs_sys::{IpvsAttr, IpvsCmd, IpvsMessage};
 
-use crate::conn::{self, Answer, Conn};
+use crate::conn::{self, Answer, Conn, DumpResults};
 use crate::convert::*;
 use crate::dumpparse::dest_message;
 use crate::emit::emit_op;
@@ -190,10 +190,7 @@ impl Ipvs {
         if let Err(e) = r {
             return Err(map_common(e).unwrap_or(kernel("listing services", e)));
         }
-        // The kernel pages service dumps by hash bucket index: a dump taken
-        // while the table changes may repeat an entry. Never return duplicates.
-        let mut seen = std::collections::HashSet::with_capacity(out.len());
-        out.retain(|s| seen.insert(s.service.key));
+        unique_services(&mut out);
         Ok(out)
     }
 
@@ -397,40 +394,16 @@ impl Ipvs {
             .map(|s| Self::msg(IpvsCmd::GetDest, vec![IpvsAttr::Service(service_key_attrs(&s.service.key))]))
             .collect();
         let fams: Vec<Family> = services.iter().map(|s| s.service.key.family()).collect();
-        // Per thread: the destination lists of the services it dumped, by index.
         let r = self
             .conn
-            .dest_dumps(
-                msgs,
-                self.timeout,
-                Vec::<(usize, Vec<DestinationEntry>)>::new,
-                move |st: &mut Vec<(usize, Vec<DestinationEntry>)>, i, _cmd, attrs| {
-                    // A thread reads all of a reply before the next one's.
-                    if st.last().is_none_or(|(j, _)| *j != i) {
-                        st.push((i, Vec::new()));
-                    }
-                    let list = &mut st.last_mut().expect("just pushed").1;
-                    dest_message(attrs, fams[i], list)
-                },
-            )
+            .dest_dumps(msgs, self.timeout, DestLists::default, move |st: &mut DestLists, i, _cmd, attrs| {
+                st.add(i, fams[i], attrs)
+            })
             .await?;
         let Some((states, results)) = r else {
             return self.dump_one_by_one(services).await;
         };
-        let mut lists: Vec<Vec<DestinationEntry>> = Vec::new();
-        lists.resize_with(services.len(), Vec::new);
-        for (i, d) in states.into_iter().flatten() {
-            lists[i] = d;
-        }
-        let mut out = Vec::with_capacity(services.len());
-        for ((s, r), mut d) in services.into_iter().zip(results).zip(lists) {
-            if let Err(e) = r {
-                return Err(map_common(e).unwrap_or_else(|| svc_err(&s.service.key, e)));
-            }
-            // A whole table holds one of these per service: no spare capacity.
-            d.shrink_to_fit();
-            out.push((s, d));
-        }
+        let out = assemble(services, states, results)?;
         self.without_vanished(out).await
     }
 
@@ -727,6 +700,70 @@ impl Ipvs {
             .collect();
         Ok(Applied::new(outcomes, batch.interrupted))
     }
+}
+
+/// Per dump thread of [`Ipvs::dump`]: the destination lists of the services
+/// it read, by service index. The reply being read grows in one scratch
+/// list, reused from service to service; each finished one is copied out at
+/// its exact length (one allocation per service, none wasted).
+#[derive(Default)]
+pub(crate) struct DestLists {
+    done: Vec<(usize, Vec<DestinationEntry>)>,
+    /// The service whose reply is being read, if any.
+    current: Option<usize>,
+    scratch: Vec<DestinationEntry>,
+}
+
+impl DestLists {
+    /// Parse one GET_DEST reply message of service `i` (of address family
+    /// `family`). A thread reads all of a reply before the next one's, so a
+    /// new index means the previous reply is complete.
+    pub(crate) fn add(&mut self, i: usize, family: Family, attrs: &[u8]) -> Result<()> {
+        if self.current != Some(i) {
+            self.close();
+            self.current = Some(i);
+        }
+        dest_message(attrs, family, &mut self.scratch)
+    }
+
+    /// Move the reply being read, if any, to the finished lists.
+    fn close(&mut self) {
+        if let Some(i) = self.current.take() {
+            self.done.push((i, self.scratch.drain(..).collect()));
+        }
+    }
+
+    /// Every list, by service index.
+    fn finish(mut self) -> Vec<(usize, Vec<DestinationEntry>)> {
+        self.close();
+        self.done
+    }
+}
+
+/// The services with their destination lists (from the dump threads'
+/// `states`), or the error of the first service whose dump the kernel
+/// refused (`results`, by service index).
+pub(crate) fn assemble(services: Vec<ServiceEntry>, states: Vec<DestLists>, results: DumpResults) -> Result<Table> {
+    let mut lists: Vec<Vec<DestinationEntry>> = Vec::new();
+    lists.resize_with(services.len(), Vec::new);
+    for (i, d) in states.into_iter().flat_map(DestLists::finish) {
+        lists[i] = d;
+    }
+    let mut out = Vec::with_capacity(services.len());
+    for ((s, r), d) in services.into_iter().zip(results).zip(lists) {
+        if let Err(e) = r {
+            return Err(map_common(e).unwrap_or_else(|| svc_err(&s.service.key, e)));
+        }
+        out.push((s, d));
+    }
+    Ok(out)
+}
+
+/// Drop repeated services. The kernel pages service dumps by hash bucket
+/// index: a dump taken while the table changes may repeat an entry.
+pub(crate) fn unique_services(out: &mut Vec<ServiceEntry>) {
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    out.retain(|s| seen.insert(s.service.key));
 }
 
 /// How to connect, for [`Ipvs::builder`]. Each setter returns the options.

@@ -38,6 +38,8 @@ mod error;
 mod handle;
 mod op;
 pub mod reconcile;
+#[doc(hidden)]
+pub mod replay;
 mod types;
 
 pub use error::{Error, Result};

@@ -336,8 +336,16 @@ fn usage(msg: impl Into<String>) -> CliError {
 }
 
 fn out(s: &str) -> Result<ExitCode, CliError> {
+    out_with(|o| o.write_all(s.as_bytes()))
+}
+
+/// Write to stdout with `write` (in pieces that each end a line: stdout is
+/// line-buffered, so each goes out as it is), then flush; as [`out`].
+fn out_with(
+    write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<ExitCode, CliError> {
     let mut o = std::io::stdout().lock();
-    match o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
+    match write(&mut o).and_then(|_| o.flush()) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // A closed pipe (lvsctl list | head) is not an error worth a message.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
@@ -372,9 +380,9 @@ pub(crate) async fn run(cmd: AdminCmd) -> Result<ExitCode, CliError> {
         AdminCmd::Save(a) => {
             let h = connect().await?;
             let t = h.dump().await.map_err(|e| ipvsadm_error(e, Ctx::Service))?;
-            let text = save::format_save(&t, a.thresholds);
+            let r = out_with(|w| save::write_save(w, &t, a.thresholds));
             keep_until_exit(t);
-            out_and_keep(text)
+            r
         }
         AdminCmd::Restore(a) => restore(a).await,
         AdminCmd::Clear => {

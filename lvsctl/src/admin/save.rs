@@ -9,7 +9,7 @@ use std::fmt::Write;
 use ipvs::{DestinationEntry, Family, Forward, Netmask, Service, ServiceEntry, ServiceKey, Tunnel, TunnelChecksum};
 
 use super::list::addr_port;
-use super::sort::{service_order, sorted_dests};
+use super::sort::{service_order, sort_dests_into};
 use super::text::{push_addr_port, push_i64};
 
 /// The `-t ADDR:PORT` / `-f MARK [-6]` part of a rule.
@@ -108,21 +108,49 @@ fn write_dest_rule(out: &mut String, service_name: &str, d: &DestinationEntry, t
     }
 }
 
-/// The whole table as `ipvsadm -Sn` prints it (sorted as ipvsadm sorts).
-pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thresholds: bool) -> String {
-    // About what a line of a real server takes, so that the text is not copied as it grows.
-    let mut out = String::with_capacity(table.iter().map(|(_, d)| 64 + 48 * d.len()).sum());
+/// Text is handed to the writer in pieces of about this many bytes: a large
+/// table is never held as one text (on a 10,000 x 10 table that text was
+/// 5 MiB, a sixth of the peak memory of `lvsctl save`).
+const CHUNK: usize = 64 * 1024;
+
+/// The whole table as `ipvsadm -Sn` prints it (sorted as ipvsadm sorts),
+/// written to `w` in pieces of about [`CHUNK`] bytes, each ending with a line.
+pub(crate) fn write_save(
+    w: &mut impl std::io::Write,
+    table: &[(ServiceEntry, Vec<DestinationEntry>)],
+    thresholds: bool,
+) -> std::io::Result<()> {
+    let mut out = String::with_capacity(CHUNK + 4096);
+    // Reused from service to service: the sorted real servers and the sort's buffer.
+    let (mut dests, mut tmp) = (Vec::new(), Vec::new());
     for i in service_order(table) {
-        let (s, dests) = &table[i];
+        let (s, list) = &table[i];
         out.push_str(&service_rule(&s.service));
         out.push('\n');
         let name = rule_service_name(&s.service.key);
-        for d in sorted_dests(dests) {
+        sort_dests_into(list, &mut dests, &mut tmp);
+        for d in &dests {
             write_dest_rule(&mut out, &name, d, thresholds);
             out.push('\n');
+            if out.len() >= CHUNK {
+                w.write_all(out.as_bytes())?;
+                out.clear();
+            }
+        }
+        if out.len() >= CHUNK {
+            w.write_all(out.as_bytes())?;
+            out.clear();
         }
     }
-    out
+    w.write_all(out.as_bytes())
+}
+
+/// [`write_save`] into one text.
+#[cfg(test)]
+pub(crate) fn format_save(table: &[(ServiceEntry, Vec<DestinationEntry>)], thresholds: bool) -> String {
+    let mut text = Vec::new();
+    write_save(&mut text, table, thresholds).expect("writing to memory does not fail");
+    String::from_utf8(text).expect("the lines are built from strings")
 }
 
 #[cfg(test)]
@@ -223,5 +251,57 @@ pub(crate) mod tests {
             format_save(&t, true),
             "-A -f -1294967296 -s rr\n-a -f -1294967296 -r 10.1.0.3:0 -m -w 2 -x 100 -y 50\n"
         );
+    }
+
+    /// Not a test of behaviour but a profiling harness: the user-space work
+    /// of `lvsctl save` without a kernel. The table `lvs-bench gen` makes
+    /// (`LVSCTL_REPLAY_SERVICES` services, default 10,000, of 10 real servers)
+    /// becomes the datagrams a kernel dump of it brings (services scrambled,
+    /// real servers newest first, as the kernel lists them); then
+    /// [`replay_save_once`] parses them as `Ipvs::dump` does and writes the
+    /// save into a discarding writer. In release, under callgrind:
+    /// `valgrind --tool=callgrind --toggle-collect='*replay_save_once*'
+    /// <lvsctl test binary> --ignored --exact admin::save::tests::replay_save`.
+    #[test]
+    #[ignore = "a profiling harness, see its documentation"]
+    fn replay_save() {
+        let n: u32 = std::env::var("LVSCTL_REPLAY_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let (m, base) = (10, u32::from(std::net::Ipv4Addr::new(10, 128, 0, 1)));
+        let size = n.next_power_of_two();
+        let table: ipvs::Table = (0..size)
+            .map(|k| k.wrapping_mul(0x9e37_79b1) & (size - 1))
+            .filter(|i| *i < n)
+            .map(|i| {
+                let vip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 1, 0, 1)) + i);
+                let s = Service::new(ServiceKey::tcp((vip, 80).into()), Scheduler::Wrr);
+                let d = (0..m).rev().map(|j| {
+                    let rip = std::net::Ipv4Addr::from(base + i * m + j);
+                    dest(&format!("{rip}:80"), Forward::Route, 1 + (i + j) % 10)
+                });
+                entry(s, d.collect())
+            })
+            .collect();
+        let (services, dests) = ipvs::replay::kernel_datagrams(0x20, &table);
+        let bytes = replay_save_once(&services, &dests);
+        assert_eq!(bytes, format_save(&table, false).len());
+    }
+
+    /// Parse the datagrams into a table and write its save; the bytes written.
+    #[inline(never)]
+    fn replay_save_once(services: &[Vec<u8>], dests: &[Vec<Vec<u8>>]) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let table = ipvs::replay::dump(0x20, services, dests).expect("the datagrams parse");
+        let mut w = Count(0);
+        write_save(&mut w, &table, false).expect("counting does not fail");
+        w.0
     }
 }

@@ -130,9 +130,21 @@ pub(crate) fn service_order(table: &[(ServiceEntry, Vec<DestinationEntry>)]) -> 
 /// A service's real servers in ipvsadm's order (sorted references: an
 /// entry is too large to copy around a merge sort).
 pub(crate) fn sorted_dests(d: &[DestinationEntry]) -> Vec<&DestinationEntry> {
-    let mut d: Vec<&DestinationEntry> = d.iter().collect();
-    glibc_msort(&mut d, &|a: &&DestinationEntry, b: &&DestinationEntry| cmp_dests(a, b));
-    d
+    let mut out = Vec::new();
+    sort_dests_into(d, &mut out, &mut Vec::new());
+    out
+}
+
+/// [`sorted_dests`] into `out`, merging through `tmp`: a caller that sorts
+/// the real servers of many services reuses both.
+pub(crate) fn sort_dests_into<'a>(
+    d: &'a [DestinationEntry],
+    out: &mut Vec<&'a DestinationEntry>,
+    tmp: &mut Vec<&'a DestinationEntry>,
+) {
+    out.clear();
+    out.extend(d);
+    msort_with_tmp(out, tmp, &|a: &&DestinationEntry, b: &&DestinationEntry| cmp_dests(a, b));
 }
 
 /// A table in ipvsadm's order: services, and each service's destinations.

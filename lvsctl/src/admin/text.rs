@@ -19,8 +19,11 @@ pub(crate) fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+    // ASCII digits, pushed one by one: cheaper than checking them as UTF-8
+    // for a string of a few bytes.
+    for &b in &buf[i..] {
+        out.push(char::from(b));
+    }
 }
 
 /// `{n}` for a signed number.
