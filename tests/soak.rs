@@ -184,6 +184,8 @@ fn daemon_soak_flaps_reloads_and_outside_changes_end_exact_and_leak_nothing() {
     let cfg = dir.write("lvsctl.toml", &config(0, true), 0o644);
     let d = Daemon::start(&director, &dir, &cfg, &[]);
     d.wait_for("the 50 services as configured", T, || table(&director) == expected());
+    // The table comes first at start, the report right after it.
+    d.wait_for("the daemon's report", T, || d.report().is_some());
     let pid = d.report().and_then(|r| r["pid"].as_u64()).expect("the daemon's pid in its report");
 
     let period = period();

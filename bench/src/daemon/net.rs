@@ -97,9 +97,8 @@ pub fn wait_full(t: &Table, limit: Duration) -> Res<Instant> {
     let start = Instant::now();
     runtime()?.block_on(async {
         let h = ipvs::Ipvs::connect().await.map_err(|e| format!("connect: {e}"))?;
-        let full = |table: &ipvs::Table| {
-            table.len() == services && table.iter().map(|(_, d)| d.len()).sum::<usize>() == reals
-        };
+        let full =
+            |table: &ipvs::Table| table.len() == services && table.iter().map(|(_, d)| d.len()).sum::<usize>() == reals;
         loop {
             let seen = loop {
                 if h.destinations(&last).await.is_ok_and(|d| d.len() == t.reals as usize) {

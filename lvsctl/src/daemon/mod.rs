@@ -36,7 +36,7 @@ mod drain;
 mod events;
 pub mod journal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -586,6 +586,40 @@ impl Daemon {
         self.announce().await;
     }
 
+    /// Reconcile the services whose effective form differs from what the
+    /// kernel was last made to have (added, changed or removed ones), each
+    /// looked up by its key, instead of reading the whole table: a reload
+    /// that changes 1 % of a thousand services reads and changes those. The
+    /// periodic resync still reads everything. Without a known table (an
+    /// earlier change failed) it is a full [`Daemon::converge`].
+    async fn converge_changed(&mut self, why: &'static str, events: &mut Events) {
+        if self.applied.is_none() {
+            return self.converge(why, events).await;
+        }
+        let desired = self.update_health_view();
+        let Some(applied) = &self.applied else { return };
+        let wanted: HashSet<ServiceKey> = desired.iter().map(|d| d.service.key).collect();
+        let mut only: HashSet<ServiceKey> =
+            desired.iter().filter(|d| applied.get(&d.service.key) != Some(*d)).map(|d| d.service.key).collect();
+        only.extend(applied.keys().filter(|k| !wanted.contains(*k)));
+        let spec = self.drains.spec_with(&self.loaded.director);
+        match self.director.reconcile_only(&spec, &desired, &only, OnError::Keep).await {
+            Ok(r) => {
+                log_changes(&r.changes, why);
+                self.applied = Some(by_key(desired));
+                events.succeeded();
+            }
+            Err(i) => {
+                log_changes(&i.report.changes, why);
+                error!(reason = %i.error, why, "cannot change the IPVS table; retrying");
+                self.applied = None;
+                events.retry_later();
+            }
+        }
+        release_memory();
+        self.announce().await;
+    }
+
     /// Count a resync's or a retry's changes as repairs (in the metrics).
     fn count_repairs(&self, changes: &[crate::host::Change], why: &str) {
         if let (Some(m), true) = (&self.metrics, is_repair(why)) {
@@ -613,7 +647,7 @@ impl Daemon {
         self.drains_on_reload(&new, events);
         self.loaded = new;
         self.sync_reals();
-        self.converge("reload", events).await;
+        self.converge_changed("reload", events).await;
         if self.applied.is_some() {
             info!(
                 services = self.loaded.services.len(),

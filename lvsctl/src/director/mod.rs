@@ -113,6 +113,33 @@ impl Director {
         }
     }
 
+    /// As [`Director::reconcile_with`], but the IPVS table is read and
+    /// changed only for the services `only` (each looked up by its key, no
+    /// dump): for a new config that changes a few services of many, the
+    /// requests are the changed services' lookups and their changes. The
+    /// VIPs, the sysctls and the record are reconciled in full, as always.
+    pub async fn reconcile_only(
+        &mut self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+        only: &HashSet<ServiceKey>,
+        on_error: OnError,
+    ) -> Result<Report, Incomplete> {
+        let mut report = Report {
+            services: desired.len(),
+            real_servers: desired.iter().map(|d| d.destinations.len()).sum(),
+            ..Report::default()
+        };
+        let (p, prev, _lock) = match self.observe_and_plan_only(spec, desired, only).await {
+            Ok(planned) => planned,
+            Err(e) => return Err(report.failed(e)),
+        };
+        match self.execute(p, prev, on_error, &mut report.changes).await {
+            Ok(()) => Ok(report),
+            Err(e) => Err(report.failed(e)),
+        }
+    }
+
     /// Take the lock, read the record, observe and plan.
     async fn observe_and_plan(
         &self,
@@ -127,6 +154,29 @@ impl Director {
         Ok((p, obs.prev, lock))
     }
 
+    /// [`Director::observe_and_plan`] for the services `only`: the table
+    /// holds just those found by a lookup, the plan wants just those of
+    /// `desired`, and the record still gets every service of `spec`.
+    async fn observe_and_plan_only(
+        &self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+        only: &HashSet<ServiceKey>,
+    ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
+        require_root("lvsctl director")?;
+        let lock = state::lock(&self.dir).await?;
+        let prev: Option<DirectorState> = state::read(&self.path)?;
+        let mut table = Table::default();
+        let keys: Vec<ServiceKey> = only.iter().copied().collect();
+        let gone = self.look_up_missing(&mut table, &keys).await?;
+        let mut obs = self.observe_host(spec, table, prev).await?;
+        let owned = obs.prev_owned().to_vec();
+        obs.confirmed_gone = gone.into_iter().filter(|k| owned.contains(k)).collect();
+        let wanted: Vec<DesiredService> = desired.iter().filter(|d| only.contains(&d.service.key)).cloned().collect();
+        let p = plan(spec, &wanted, &obs)?;
+        Ok((p, obs.prev, lock))
+    }
+
     /// Read what [`plan()`] needs: the IPVS table (with targeted lookups of
     /// the owned services a dump left out), the interfaces of the VIPs and
     /// which VIPs are on them, the sysctls, and `prev`. A wanted service
@@ -135,9 +185,23 @@ impl Director {
     /// is refused as existing, and a first start does not wait for a lookup
     /// of every service it is about to create.
     pub async fn observe(&self, spec: &DirectorSpec, prev: Option<DirectorState>) -> Result<Observed, Error> {
-        let mut obs = Observed { table: self.ipvs.dump().await?, ..Observed::default() };
+        let mut table = self.ipvs.dump().await?;
         let owned: &[ServiceKey] = prev.as_ref().map_or(&[], |p| &p.owned);
-        obs.confirmed_gone = self.look_up_missing(&mut obs.table, owned).await?;
+        let gone = self.look_up_missing(&mut table, owned).await?;
+        let mut obs = self.observe_host(spec, table, prev).await?;
+        obs.confirmed_gone = gone;
+        Ok(obs)
+    }
+
+    /// Observe the rest of the host beside an IPVS table already read: the
+    /// interfaces of the VIPs and which VIPs are on them, the sysctls.
+    async fn observe_host(
+        &self,
+        spec: &DirectorSpec,
+        table: Table,
+        prev: Option<DirectorState>,
+    ) -> Result<Observed, Error> {
+        let mut obs = Observed { table, ..Observed::default() };
         // One link lookup and one address dump per interface, however many VIPs it holds.
         let mut on_iface: HashMap<String, Option<HashSet<IpAddr>>> = HashMap::new();
         for (ip, iface) in spec.vips() {

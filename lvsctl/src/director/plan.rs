@@ -36,7 +36,7 @@ pub struct Observed {
 }
 
 impl Observed {
-    fn prev_owned(&self) -> &[ServiceKey] {
+    pub(crate) fn prev_owned(&self) -> &[ServiceKey] {
         self.prev.as_ref().map_or(&[], |p| &p.owned)
     }
 }
