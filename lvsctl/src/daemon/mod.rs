@@ -233,6 +233,8 @@ struct Daemon {
     weights: HashMap<RealKey, u32>,
     /// The Prometheus registry, when metrics are served.
     metrics: Option<Metrics>,
+    /// The report as last written.
+    last_report: Option<report::HealthReport>,
 }
 
 /// Run the daemon until SIGTERM or SIGINT.
@@ -275,6 +277,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         drains: Drains::default(),
         weights: HashMap::new(),
         metrics: endpoint.as_ref().map(|_| Metrics::new()),
+        last_report: None,
     };
     if let Err(e) = d.start(&mut events).await {
         if let Some(b) = d.bgp.as_mut() {
@@ -667,11 +670,18 @@ impl Daemon {
         r.ha = self.ha.as_ref().map(Ha::report);
         r.bgp = self.bgp.as_ref().map(Bgp::report);
         r.draining = self.drain_report();
+        // A resync that changed nothing leaves the file (and the metrics) as
+        // they are: a thousand real servers make a report worth not rewriting
+        // every 30 s.
+        if self.last_report.as_ref() == Some(&r) {
+            return;
+        }
         if let Some(m) = &self.metrics {
             m.set_report(&r);
         }
-        if let Err(e) = report::write(&self.report_path, &r) {
-            warn!(reason = %e, "cannot write the health report");
+        match report::write(&self.report_path, &r) {
+            Ok(()) => self.last_report = Some(r),
+            Err(e) => warn!(reason = %e, "cannot write the health report"),
         }
     }
 

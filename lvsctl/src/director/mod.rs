@@ -57,6 +57,38 @@ pub struct Director {
     rtnl: Rtnl,
     dir: PathBuf,
     path: PathBuf,
+    /// The record as this handle last read or wrote it, with the identity
+    /// of the file then ([`FileId`]): a daemon's resync does not parse a
+    /// record of thousands of services that nobody has replaced since.
+    record: std::sync::Mutex<Option<(FileId, DirectorState)>>,
+}
+
+/// What tells one version of the record file from another: every write
+/// replaces the file (a new inode), and owner and mode are checked by a
+/// real read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    uid: u32,
+    mode: u32,
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(path).ok()?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            uid: m.uid(),
+            mode: m.mode(),
+        })
+    }
 }
 
 impl Director {
@@ -71,7 +103,32 @@ impl Director {
     pub fn with(ipvs: Ipvs, dir: PathBuf) -> Result<Self, Error> {
         let rtnl = Rtnl::connect()?;
         let path = state::path(&dir, Role::Director)?;
-        Ok(Self { ipvs, rtnl, dir, path })
+        Ok(Self { ipvs, rtnl, dir, path, record: std::sync::Mutex::new(None) })
+    }
+
+    /// The record, read again only when the file changed since this handle
+    /// last read or wrote it (call with the state lock held).
+    fn read_record(&self) -> Result<Option<DirectorState>, Error> {
+        let id = FileId::of(&self.path);
+        let mut cached = self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(id), Some((was, st))) = (id, cached.as_ref()) {
+            if id == *was {
+                return Ok(Some(st.clone()));
+            }
+        }
+        let st: Option<DirectorState> = state::read(&self.path)?;
+        // The identity before the read: a file replaced meanwhile is read again next time.
+        *cached = id.zip(st.clone());
+        Ok(st)
+    }
+
+    /// Write the record and remember it.
+    fn write_record(&self, st: &DirectorState) -> Result<(), Error> {
+        let mut cached = self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *cached = None;
+        state::write(&self.path, st)?;
+        *cached = FileId::of(&self.path).map(|id| (id, st.clone()));
+        Ok(())
     }
 
     /// The IPVS connection.
@@ -148,7 +205,7 @@ impl Director {
     ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
         require_root("lvsctl director")?;
         let lock = state::lock(&self.dir).await?;
-        let prev: Option<DirectorState> = state::read(&self.path)?;
+        let prev: Option<DirectorState> = self.read_record()?;
         let obs = self.observe(spec, prev).await?;
         let p = plan(spec, desired, &obs)?;
         Ok((p, obs.prev, lock))
@@ -165,7 +222,7 @@ impl Director {
     ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
         require_root("lvsctl director")?;
         let lock = state::lock(&self.dir).await?;
-        let prev: Option<DirectorState> = state::read(&self.path)?;
+        let prev: Option<DirectorState> = self.read_record()?;
         let mut table = Table::default();
         let keys: Vec<ServiceKey> = only.iter().copied().collect();
         let gone = self.look_up_missing(&mut table, &keys).await?;
@@ -267,7 +324,7 @@ impl Director {
         changes: &mut Vec<Change>,
     ) -> Result<(), Error> {
         if let Some(st) = &p.write_ahead {
-            state::write(&self.path, st)?;
+            self.write_record(st)?;
         }
         let (owned, ipvs_err) = match self.run_ipvs(&p, on_error, changes).await {
             Ok(owned) => (owned, None),
@@ -284,7 +341,7 @@ impl Director {
         let st = DirectorState { format: state::FORMAT, services: p.desired, owned, addresses, sysctls };
         // A resync that found nothing to change leaves the record as it is.
         if prev.as_ref() != Some(&st) {
-            state::write(&self.path, &st)?;
+            self.write_record(&st)?;
         }
         match ipvs_err {
             Some(e) => Err(e),
@@ -327,7 +384,7 @@ impl Director {
     /// ownership now known (none before and nothing owned: no record).
     fn record_after_failure(&self, prev: Option<DirectorState>, p: &Plan, owned: Vec<ServiceKey>) -> Result<(), Error> {
         match prev {
-            Some(prev) => state::write(&self.path, &DirectorState { owned, ..prev }),
+            Some(prev) => self.write_record(&DirectorState { owned, ..prev }),
             None if !owned.is_empty() => {
                 let st = DirectorState {
                     format: state::FORMAT,
@@ -336,7 +393,7 @@ impl Director {
                     addresses: vec![],
                     sysctls: vec![],
                 };
-                state::write(&self.path, &st)
+                self.write_record(&st)
             }
             None => state::remove(&self.path),
         }
