@@ -569,8 +569,36 @@ impl Daemon {
     /// table is read and every difference repaired and logged.
     async fn converge(&mut self, why: &'static str, events: &mut Events) {
         let desired = self.update_health_view();
+        self.reconcile(why, desired, None, events).await;
+    }
+
+    /// Reconcile the services whose effective form differs from what the
+    /// kernel was last made to have (added, changed or removed ones), each
+    /// looked up by its key, instead of reading the whole table: a reload
+    /// that changes 1 % of a thousand services reads and changes those. The
+    /// periodic resync still reads everything. Without a known table (an
+    /// earlier change failed) the whole table is reconciled.
+    async fn converge_changed(&mut self, why: &'static str, events: &mut Events) {
+        let desired = self.update_health_view();
+        let only = self.applied.as_ref().map(|applied| changed_services(applied, &desired));
+        self.reconcile(why, desired, only.as_ref(), events).await;
+    }
+
+    /// Reconcile `desired` (the whole table, or the services `only`), log
+    /// and count what changed, and retry later when the kernel refused.
+    async fn reconcile(
+        &mut self,
+        why: &'static str,
+        desired: Vec<DesiredService>,
+        only: Option<&HashSet<ServiceKey>>,
+        events: &mut Events,
+    ) {
         let spec = self.drains.spec_with(&self.loaded.director);
-        match self.director.reconcile_with(&spec, &desired, OnError::Keep).await {
+        let result = match only {
+            Some(only) => self.director.reconcile_only(&spec, &desired, only, OnError::Keep).await,
+            None => self.director.reconcile_with(&spec, &desired, OnError::Keep).await,
+        };
+        match result {
             Ok(r) => {
                 log_changes(&r.changes, why);
                 self.count_repairs(&r.changes, why);
@@ -580,40 +608,6 @@ impl Daemon {
             Err(i) => {
                 log_changes(&i.report.changes, why);
                 self.count_repairs(&i.report.changes, why);
-                error!(reason = %i.error, why, "cannot change the IPVS table; retrying");
-                self.applied = None;
-                events.retry_later();
-            }
-        }
-        release_memory();
-        self.announce().await;
-    }
-
-    /// Reconcile the services whose effective form differs from what the
-    /// kernel was last made to have (added, changed or removed ones), each
-    /// looked up by its key, instead of reading the whole table: a reload
-    /// that changes 1 % of a thousand services reads and changes those. The
-    /// periodic resync still reads everything. Without a known table (an
-    /// earlier change failed) it is a full [`Daemon::converge`].
-    async fn converge_changed(&mut self, why: &'static str, events: &mut Events) {
-        if self.applied.is_none() {
-            return self.converge(why, events).await;
-        }
-        let desired = self.update_health_view();
-        let Some(applied) = &self.applied else { return };
-        let wanted: HashSet<ServiceKey> = desired.iter().map(|d| d.service.key).collect();
-        let mut only: HashSet<ServiceKey> =
-            desired.iter().filter(|d| applied.get(&d.service.key) != Some(*d)).map(|d| d.service.key).collect();
-        only.extend(applied.keys().filter(|k| !wanted.contains(*k)));
-        let spec = self.drains.spec_with(&self.loaded.director);
-        match self.director.reconcile_only(&spec, &desired, &only, OnError::Keep).await {
-            Ok(r) => {
-                log_changes(&r.changes, why);
-                self.applied = Some(by_key(desired));
-                events.succeeded();
-            }
-            Err(i) => {
-                log_changes(&i.report.changes, why);
                 error!(reason = %i.error, why, "cannot change the IPVS table; retrying");
                 self.applied = None;
                 events.retry_later();
@@ -746,6 +740,16 @@ fn first_failure(sent: Result<ipvs::Applied, Error>, ops: &[Op]) -> Option<(&Op,
         OpOutcome::Unknown | OpOutcome::NotSent => interrupted.take().map(|e| (op, e)),
     });
     first.or_else(|| Some((ops.first()?, interrupted?)))
+}
+
+/// The services whose effective form in `desired` differs from `applied`:
+/// changed, added, and those `applied` has that `desired` no longer wants.
+fn changed_services(applied: &HashMap<ServiceKey, DesiredService>, desired: &[DesiredService]) -> HashSet<ServiceKey> {
+    let wanted: HashSet<ServiceKey> = desired.iter().map(|d| d.service.key).collect();
+    let mut only: HashSet<ServiceKey> =
+        desired.iter().filter(|d| applied.get(&d.service.key) != Some(*d)).map(|d| d.service.key).collect();
+    only.extend(applied.keys().filter(|k| !wanted.contains(*k)));
+    only
 }
 
 fn by_key(desired: Vec<DesiredService>) -> HashMap<ServiceKey, DesiredService> {

@@ -155,19 +155,7 @@ impl Director {
         desired: &[DesiredService],
         on_error: OnError,
     ) -> Result<Report, Incomplete> {
-        let mut report = Report {
-            services: desired.len(),
-            real_servers: desired.iter().map(|d| d.destinations.len()).sum(),
-            ..Report::default()
-        };
-        let (p, prev, _lock) = match self.observe_and_plan(spec, desired).await {
-            Ok(planned) => planned,
-            Err(e) => return Err(report.failed(e)),
-        };
-        match self.execute(p, prev, on_error, &mut report.changes).await {
-            Ok(()) => Ok(report),
-            Err(e) => Err(report.failed(e)),
-        }
+        self.reconcile_in(spec, desired, None, on_error).await
     }
 
     /// As [`Director::reconcile_with`], but the IPVS table is read and
@@ -182,12 +170,23 @@ impl Director {
         only: &HashSet<ServiceKey>,
         on_error: OnError,
     ) -> Result<Report, Incomplete> {
+        self.reconcile_in(spec, desired, Some(only), on_error).await
+    }
+
+    /// Reconcile the whole table (`only` is `None`) or the services `only`.
+    async fn reconcile_in(
+        &mut self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+        only: Option<&HashSet<ServiceKey>>,
+        on_error: OnError,
+    ) -> Result<Report, Incomplete> {
         let mut report = Report {
             services: desired.len(),
             real_servers: desired.iter().map(|d| d.destinations.len()).sum(),
             ..Report::default()
         };
-        let (p, prev, _lock) = match self.observe_and_plan_only(spec, desired, only).await {
+        let (p, prev, _lock) = match self.observe_and_plan(spec, desired, only).await {
             Ok(planned) => planned,
             Err(e) => return Err(report.failed(e)),
         };
@@ -197,41 +196,49 @@ impl Director {
         }
     }
 
-    /// Take the lock, read the record, observe and plan.
+    /// Take the lock, read the record, observe and plan: the whole table, or
+    /// for the services `only` a table of just those found by a lookup and a
+    /// plan that wants just those of `desired` (the record still gets every
+    /// service of `spec`).
     async fn observe_and_plan(
         &self,
         spec: &DirectorSpec,
         desired: &[DesiredService],
+        only: Option<&HashSet<ServiceKey>>,
     ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
         require_root("lvsctl director")?;
         let lock = state::lock(&self.dir).await?;
         let prev: Option<DirectorState> = self.read_record()?;
-        let obs = self.observe(spec, prev).await?;
-        let p = plan(spec, desired, &obs)?;
-        Ok((p, obs.prev, lock))
+        let (p, prev) = match only {
+            None => {
+                let obs = self.observe(spec, prev).await?;
+                (plan(spec, desired, &obs)?, obs.prev)
+            }
+            Some(only) => {
+                let obs = self.observe_only(spec, prev, only).await?;
+                let wanted: Vec<DesiredService> =
+                    desired.iter().filter(|d| only.contains(&d.service.key)).cloned().collect();
+                (plan(spec, &wanted, &obs)?, obs.prev)
+            }
+        };
+        Ok((p, prev, lock))
     }
 
-    /// [`Director::observe_and_plan`] for the services `only`: the table
-    /// holds just those found by a lookup, the plan wants just those of
-    /// `desired`, and the record still gets every service of `spec`.
-    async fn observe_and_plan_only(
+    /// [`Director::observe`] with a table of the services `only`, each
+    /// looked up by its key; only owned ones a lookup did not find are gone.
+    async fn observe_only(
         &self,
         spec: &DirectorSpec,
-        desired: &[DesiredService],
+        prev: Option<DirectorState>,
         only: &HashSet<ServiceKey>,
-    ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
-        require_root("lvsctl director")?;
-        let lock = state::lock(&self.dir).await?;
-        let prev: Option<DirectorState> = self.read_record()?;
+    ) -> Result<Observed, Error> {
         let mut table = Table::default();
         let keys: Vec<ServiceKey> = only.iter().copied().collect();
         let gone = self.look_up_missing(&mut table, &keys).await?;
         let mut obs = self.observe_host(spec, table, prev).await?;
         let owned = obs.prev_owned().to_vec();
         obs.confirmed_gone = gone.into_iter().filter(|k| owned.contains(k)).collect();
-        let wanted: Vec<DesiredService> = desired.iter().filter(|d| only.contains(&d.service.key)).cloned().collect();
-        let p = plan(spec, &wanted, &obs)?;
-        Ok((p, obs.prev, lock))
+        Ok(obs)
     }
 
     /// Read what [`plan()`] needs: the IPVS table (with targeted lookups of
