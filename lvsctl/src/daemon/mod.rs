@@ -224,6 +224,9 @@ struct Daemon {
     report_written: std::time::Instant,
     /// Failover (`[director.ha]`): keepalived, the sync daemons, the role.
     ha: Option<Ha>,
+    /// The peers' real servers held at weight 0 since this host became
+    /// MASTER, until their next good check ([`crate::health::suspect_peers`]).
+    held: HashSet<RealKey>,
     /// ECMP scale-out (`[director.bgp]`): BIRD, the announced VIPs.
     bgp: Option<Bgp>,
     /// Real servers draining before they are deleted.
@@ -276,6 +279,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         bgp,
         drains: Drains::default(),
         weights: HashMap::new(),
+        held: HashSet::new(),
         metrics: endpoint.as_ref().map(|_| Metrics::new()),
         last_report: None,
     };
@@ -296,6 +300,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             Event::DrainPoll => d.poll_drains(&mut events).await,
             Event::Role(e) => {
                 if d.ha.as_mut().is_some_and(|h| h.on_event(e)) {
+                    d.hold_suspect_peers();
                     d.converge("failover role change", &mut events).await;
                 }
             }
@@ -440,11 +445,26 @@ impl Daemon {
     fn effective(&self) -> (Vec<DesiredService>, HashMap<ServiceKey, bool>) {
         let (mut desired, sorry_in) = effective(&self.loaded.services, &self.health);
         crate::health::apply_weights(&mut desired, &self.weights);
+        crate::health::hold(&mut desired, &self.held);
         self.drains.apply(&mut desired);
         if let Some(ha) = &self.ha {
             ha.adjust(&mut desired);
         }
         (desired, sorry_in)
+    }
+
+    /// After a role change: as the new MASTER, hold the peers' real servers
+    /// whose last check failed at weight 0 ([`crate::health::suspect_peers`]);
+    /// in any other role nothing is held (the standby form zeroes the peers).
+    fn hold_suspect_peers(&mut self) {
+        let master = self.ha.as_ref().is_some_and(|h| h.role() == crate::ha::Role::Master);
+        self.held =
+            if master { crate::health::suspect_peers(&self.health, crate::host::is_local) } else { HashSet::new() };
+        for (key, addr) in &self.held {
+            let reason = self.health.get(&(*key, *addr)).and_then(|h| h.last_error.as_ref()).map(|e| e.1.clone());
+            warn!(service = %key, real_server = %addr, reason = reason.as_deref().unwrap_or("-"),
+                "failover: the peer's real server failed its last check: weight 0 until a check passes");
+        }
     }
 
     /// Count a check result and every other one already waiting (up to
@@ -484,6 +504,10 @@ impl Daemon {
         }
         let Some(h) = self.health.get_mut(&r.real) else { return false };
         let failed = r.result.is_err();
+        if !failed && self.held.remove(&r.real) && !changed.contains(&r.real.0) {
+            info!(service = %r.real.0, real_server = %r.real.1, "failover: the peer's real server passed a check: weight restored");
+            changed.push(r.real.0);
+        }
         let Some(t) = h.record(r.result.map(drop), rise, fall, SystemTime::now) else {
             if reweighted && h.up && !changed.contains(&r.real.0) {
                 changed.push(r.real.0);

@@ -2,7 +2,7 @@
 //! table the kernel should have given that state. No I/O: everything here is
 //! decided from check results and the config, and unit-tested.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -187,6 +187,35 @@ pub fn standby_weights(desired: &mut [DesiredService], is_local: impl Fn(std::ne
     }
 }
 
+/// The peers' real servers a director that just became MASTER keeps at
+/// weight 0 for now: those of other hosts (not `is_local`) that are still
+/// up but whose last check failed. A takeover usually means the peer just
+/// died, and its real server then fails checks that have not yet reached
+/// `fall`; giving it its weight back would send new connections into the
+/// void until they do. A good check releases it, `fall` failures take it
+/// down as usual.
+pub fn suspect_peers(
+    health: &HashMap<RealKey, Health>,
+    is_local: impl Fn(std::net::IpAddr) -> bool,
+) -> HashSet<RealKey> {
+    health.iter().filter(|(k, h)| h.up && h.fail_streak > 0 && !is_local(k.1.ip())).map(|(k, _)| *k).collect()
+}
+
+/// Weight 0 for the real servers in `held` (see [`suspect_peers`]).
+pub fn hold(desired: &mut [DesiredService], held: &HashSet<RealKey>) {
+    if held.is_empty() {
+        return;
+    }
+    for d in desired {
+        let key = d.service.key;
+        for x in &mut d.destinations {
+            if held.contains(&(key, x.addr)) {
+                x.weight = 0;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +330,36 @@ mod tests {
         standby_weights(&mut d, |ip| ip == me);
         let w: Vec<Vec<u32>> = d.iter().map(|s| s.destinations.iter().map(|x| x.weight).collect()).collect();
         assert_eq!(w, vec![vec![1, 0], vec![1]], "a service this host does not serve keeps its weights");
+    }
+
+    #[test]
+    fn a_new_master_holds_only_the_failing_peers_until_a_check_passes() {
+        let me: std::net::IpAddr = "10.18.68.186".parse().unwrap();
+        let key = ServiceKey::tcp("10.19.70.166:15858".parse().unwrap());
+        let real = |a: &str| (key, format!("{a}:15858").parse::<SocketAddr>().unwrap());
+        let (local, failing, healthy, down) =
+            (real("10.18.68.186"), real("10.18.68.187"), real("10.18.68.188"), real("10.18.68.189"));
+        let mut h = HashMap::new();
+        for k in [local, failing, healthy, down] {
+            h.insert(k, Health::new(t(0)));
+        }
+        for k in [local, failing, down] {
+            h.get_mut(&k).unwrap().record(Err("timed out".into()), 2, 3, || t(1));
+        }
+        for _ in 0..2 {
+            h.get_mut(&down).unwrap().record(Err("timed out".into()), 2, 3, || t(2));
+        }
+        let held = suspect_peers(&h, |ip| ip == me);
+        assert_eq!(held, HashSet::from([failing]), "only a peer that is up with a failed last check");
+
+        let mut d = vec![DesiredService {
+            service: Service::new(key, Scheduler::Rr),
+            destinations: [local, failing, healthy]
+                .iter()
+                .map(|k| Destination::new(k.1, Forward::Route).with_weight(5))
+                .collect(),
+        }];
+        hold(&mut d, &held);
+        assert_eq!(d[0].destinations.iter().map(|x| x.weight).collect::<Vec<_>>(), vec![5, 0, 5]);
     }
 }
