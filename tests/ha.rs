@@ -357,6 +357,18 @@ fn ha_link_down_then_failback_with_preempt() {
     );
     d187.wait_for("host187 MASTER", T, || role(&d187).as_deref() == Some("MASTER"));
     d187.wait_for("host186 drained by host187's health check", T, || p.weights(1) == w(0, 1));
+    // host187's checks of host186 failed for seconds before the takeover
+    // (1 s timeouts every 300 ms, VRRP needs three missed adverts): the new
+    // MASTER must hold the dead peer at weight 0, never give it its weight
+    // back while its checks count up to `fall` (new connections would go to
+    // a dead host meanwhile).
+    let log = d187.log();
+    let since_master = log.split("to=\"MASTER\"").nth(1).expect("host187's log has its change to MASTER");
+    assert!(
+        !since_master.contains(&format!("real server {H186}:{PORT} of tcp {VIP}:{PORT} (Route, weight 1)")),
+        "the new MASTER gave the dead peer its weight back:\n{log}"
+    );
+    assert!(since_master.contains("weight 0 until a check passes"), "the hold is logged:\n{log}");
     let names: Vec<String> = (0..4).map(|_| ask(&p.client).expect("a new connection while host186 is down")).collect();
     assert_eq!(names, vec!["rs187"; 4], "new connections while host186 is cut off");
     // Connections made while host186 is cut off: host187 syncs a connection at
