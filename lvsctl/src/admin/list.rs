@@ -4,7 +4,7 @@
 //! K/M/G/T abbreviation; and the JSON shapes of `--json`.
 
 use std::fmt::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use ipvs::{
     DestinationEntry, Family, Forward, Info, Netmask, Protocol, ServiceEntry, ServiceKey, Stats, SyncDaemon, Timeouts,
@@ -12,7 +12,7 @@ use ipvs::{
 };
 
 use super::sort::{service_order, sort_table, sorted_dests};
-use super::text::{digits, pad_from, push_addr_port, push_i64_left, push_u64_left, push_u64_right};
+use super::text::{digits, ntop, pad_from, push_addr_port, push_i64_left, push_u64_left, push_u64_right};
 
 /// Which columns to print, in ipvsadm's order of precedence: stats, rate,
 /// thresholds, persistent-conn, tun-info, else the default view.
@@ -32,23 +32,6 @@ pub(crate) struct View {
     pub(crate) tun_info: bool,
     /// `--nosort`: services and real servers in the kernel's order.
     pub(crate) nosort: bool,
-}
-
-/// An IP address as glibc's `inet_ntop` writes it.
-pub(crate) fn ntop(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            // glibc writes "::a.b.c.d" when the first 96 bits are zero and the
-            // address is neither :: nor ::1 (Rust writes "::102:304").
-            if s[..6] == [0; 6] && s[6] != 0 {
-                let o = a.octets();
-                return format!("::{}.{}.{}.{}", o[12], o[13], o[14], o[15]);
-            }
-            a.to_string()
-        }
-        IpAddr::V4(a) => a.to_string(),
-    }
 }
 
 /// `10.0.0.1:80` or `[2001:db8::1]:80` (ipvsadm's numeric `addrport_to_anyname`).
@@ -343,14 +326,6 @@ mod tests {
         assert_eq!(largenum(12_345_678, true), " 12345678");
         assert_eq!(largenum(123_456_789, true), " 123456789");
         assert_eq!(largenum(1_234_567_890_123, true), " 1234567890123");
-    }
-
-    #[test]
-    fn inet_ntop_like_glibc() {
-        assert_eq!(ntop("::1.2.3.4".parse().unwrap()), "::1.2.3.4");
-        assert_eq!(ntop("::1".parse().unwrap()), "::1");
-        assert_eq!(ntop("::ffff:1.2.3.4".parse().unwrap()), "::ffff:1.2.3.4");
-        assert_eq!(ntop("2001:db8:0:0:1:0:0:1".parse().unwrap()), "2001:db8::1:0:0:1");
     }
 
     fn table() -> Vec<(ServiceEntry, Vec<DestinationEntry>)> {

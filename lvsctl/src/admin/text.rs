@@ -76,7 +76,24 @@ pub(crate) fn digits(mut n: u64) -> usize {
     d
 }
 
-/// An IP address as glibc's `inet_ntop` writes it ([`super::list::ntop`]).
+/// An IP address as glibc's `inet_ntop` writes it.
+pub(crate) fn ntop(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            // glibc writes "::a.b.c.d" when the first 96 bits are zero and the
+            // address is neither :: nor ::1 (Rust writes "::102:304").
+            if s[..6] == [0; 6] && s[6] != 0 {
+                let o = a.octets();
+                return format!("::{}.{}.{}.{}", o[12], o[13], o[14], o[15]);
+            }
+            a.to_string()
+        }
+        IpAddr::V4(a) => a.to_string(),
+    }
+}
+
+/// An IP address as glibc's `inet_ntop` writes it ([`ntop`]).
 pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(a) => {
@@ -89,7 +106,7 @@ pub(crate) fn push_ip(out: &mut String, ip: IpAddr) {
             out.push('.');
             push_u64(out, d.into());
         }
-        IpAddr::V6(_) => out.push_str(&super::list::ntop(ip)),
+        IpAddr::V6(_) => out.push_str(&ntop(ip)),
     }
 }
 
@@ -109,6 +126,14 @@ pub(crate) fn push_addr_port(out: &mut String, a: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inet_ntop_like_glibc() {
+        assert_eq!(ntop("::1.2.3.4".parse().unwrap()), "::1.2.3.4");
+        assert_eq!(ntop("::1".parse().unwrap()), "::1");
+        assert_eq!(ntop("::ffff:1.2.3.4".parse().unwrap()), "::ffff:1.2.3.4");
+        assert_eq!(ntop("2001:db8:0:0:1:0:0:1".parse().unwrap()), "2001:db8::1:0:0:1");
+    }
 
     #[test]
     fn same_as_format() {
