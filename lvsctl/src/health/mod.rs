@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::Check;
 
+mod clock;
 pub mod drain;
 pub mod report;
 pub mod report_bgp;

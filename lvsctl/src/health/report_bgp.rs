@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::report::utc;
+use super::clock::utc;
 use crate::host::bird::Session;
 
 /// One VIP's announcement.
