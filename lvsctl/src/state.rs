@@ -10,7 +10,7 @@
 //!   emulated by namespaces on one machine keep separate records.
 //!
 //! The folder is created 0700 and must be the effective user's (root's)
-//! alone, and so must every file in it (0600): see [`open_dir`]. Nothing in
+//! alone, and so must every file in it (0600): see `open_dir`. Nothing in
 //! it is opened through a symlink.
 //!
 //! Writes are atomic: a new temporary file of an unguessable name in the same
@@ -123,9 +123,9 @@ pub struct Lock {
 
 /// Take the lock in `dir`, waiting (on a timer, never blocking the runtime's
 /// thread: the daemon keeps checking and handling signals meanwhile) up to
-/// the time [`set_lock_wait`] set, a minute by default.
+/// the time `set_lock_wait` set, a minute by default.
 ///
-/// The folder is the effective user's alone ([`open_dir`]) and the lock file
+/// The folder is the effective user's alone (`open_dir`) and the lock file
 /// is opened without following a symlink, must be that user's, and is made
 /// 0600: nobody else can open it, so nobody else can hold it.
 pub async fn lock(dir: &Path) -> Result<Lock, Error> {

@@ -11,7 +11,7 @@
 //! BGP sessions drop and the routers withdraw the VIPs by themselves.
 //!
 //! The seam with the daemon is narrow: [`Bgp::start`] after the IPVS
-//! connection is up, [`Bgp::announce`] with the daemon's view after every
+//! connection is up, `Bgp::announce` with the daemon's view after every
 //! change it applied, [`Bgp::report`] for the status, and first on exit
 //! [`Bgp::withdraw_all`] then [`Bgp::drain_and_stop`].
 

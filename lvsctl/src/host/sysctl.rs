@@ -118,7 +118,7 @@ fn kernel_side_effects(ipv6: bool, iface: &str, name: &str, value: &str) -> Vec<
 /// previous start.
 ///
 /// A write the kernel follows with changes of its own (see
-/// [`kernel_side_effects`]) records those too, with the values they had, so
+/// `kernel_side_effects`) records those too, with the values they had, so
 /// that stop puts every one back. They come before the sysctl that causes
 /// them: records are undone in reverse order, so that one is undone first
 /// (which changes them all again) and then each is put back.

@@ -11,7 +11,7 @@
 //!   `lvsctl_real_server_*` counters for the virtual services lvsctl owns;
 //! - kept by the daemon ([`Metrics`]): real server health, transitions,
 //!   check durations, sorry servers, resync repairs, the VRRP role and the
-//!   sync daemons ([`health`]).
+//!   sync daemons (`health`).
 //!
 //! [`Metrics`] is the one registry the daemon owns and feeds. Another part
 //! of the daemon adds its own series through [`Metrics::add_collector`]: a
