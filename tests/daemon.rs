@@ -535,6 +535,47 @@ fn daemon_one_transition_is_one_change_request_and_no_dump() {
     assert_eq!(proc_weight(&net.director, REALS[1]), Some(1));
 }
 
+/// A SIGHUP that adds one real server sends exactly that change, planned
+/// from the table the daemon last applied: no dump, no lookup (counted on
+/// nlmon). When the kernel differs from that table after all (the service
+/// deleted behind the daemon's back), the reload's change fails and the
+/// retry's full reconcile puts the whole table back.
+#[test]
+#[ignore = "privileged: needs root and IPVS (scripts/privileged-tests)"]
+fn daemon_reload_sends_only_its_changes_and_repairs_a_kernel_that_differs() {
+    let net = Net::new();
+    let dir = TestDir::new();
+    let _servers: Vec<Server> =
+        ["rs1", "rs2", "rs3"].iter().zip(&net.reals).map(|(name, ns)| Server::text(ns, PORT, name)).collect();
+    // No resync during the test: only the reloads may talk to the kernel.
+    let text =
+        |reals: &[&str]| config(reals, FAST_TCP, "").replace("[director]\n", "[director]\nresync_interval = \"60m\"\n");
+    let cfg = dir.write("lvsctl.toml", &text(&REALS[..1]), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the service with rs1", T, || net.weights() == w(&[(REALS[0], 1)]));
+    d.wait_for("the daemon up and checking", T, || d.report().is_some_and(|r| real_report(&r, REALS[0])["up"] == true));
+
+    let capture = NlCapture::start(&net.director);
+    dir.write("lvsctl.toml", &text(&REALS[..2]), 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("rs2 added (read from /proc)", T, || proc_weight(&net.director, REALS[1]) == Some(1));
+    d.wait_for("the reload logged", T, || d.log().contains("new config applied"));
+    let counts = capture.finish();
+    // One change request, IPVS_CMD_NEW_DEST (5), and nothing else.
+    let seen = (counts.dumps, counts.reads, counts.ctrl, counts.by_cmd.clone());
+    assert_eq!(seen, (0, 0, 0, [(5u8, 1u64)].into()), "a reload adding one real server: {counts:?}");
+
+    net.director.ipvsadm(&["-D", "-t", &format!("{VIP}:{PORT}")]);
+    dir.write("lvsctl.toml", &text(&REALS[..3]), 0o644);
+    d.signal(libc::SIGHUP);
+    let all = w(&[(REALS[0], 1), (REALS[1], 1), (REALS[2], 1)]);
+    d.wait_for("the deleted service back with all three", T, || net.weights() == all);
+    let log = d.log();
+    assert!(log.contains("cannot change the IPVS table; retrying"), "the reload's change must have failed:\n{log}");
+    let answers = net.answers(3);
+    assert!(answers.iter().all(|a| a.starts_with("rs")), "the VIP answers again: {answers:?}");
+}
+
 /// A second `director run` in the same network namespace is refused at once,
 /// with a message naming the running one, and changes nothing.
 #[test]

@@ -589,37 +589,42 @@ impl Daemon {
         desired
     }
 
-    /// A full reconcile of the effective table (resync, reload, retry): the
-    /// table is read and every difference repaired and logged.
+    /// A full reconcile of the effective table (resync, retry, role change):
+    /// the table is read and every difference repaired and logged.
     async fn converge(&mut self, why: &'static str, events: &mut Events) {
         let desired = self.update_health_view();
-        self.reconcile(why, desired, None, events).await;
+        self.reconcile(why, desired, false, events).await;
     }
 
-    /// Reconcile the services whose effective form differs from what the
-    /// kernel was last made to have (added, changed or removed ones), each
-    /// looked up by its key, instead of reading the whole table: a reload
-    /// that changes 1 % of a thousand services reads and changes those. The
-    /// periodic resync still reads everything. Without a known table (an
-    /// earlier change failed) the whole table is reconciled.
+    /// Change the services whose effective form differs from what the
+    /// kernel was last made to have (added, changed or removed ones),
+    /// planned from that known table without reading it: a reload that
+    /// changes 1 % of a thousand services sends just their changes. A kernel
+    /// that differs after all fails a change, and the retry reconciles in
+    /// full; the periodic resync reads everything anyway. Without a known
+    /// table (an earlier change failed) the whole table is reconciled.
     async fn converge_changed(&mut self, why: &'static str, events: &mut Events) {
         let desired = self.update_health_view();
-        let only = self.applied.as_ref().map(|applied| changed_services(applied, &desired));
-        self.reconcile(why, desired, only.as_ref(), events).await;
+        self.reconcile(why, desired, true, events).await;
     }
 
-    /// Reconcile `desired` (the whole table, or the services `only`), log
-    /// and count what changed, and retry later when the kernel refused.
+    /// Reconcile `desired` (the whole table, or with `changed_only` and a
+    /// known table just the services that differ from it), log and count
+    /// what changed, and retry later when the kernel refused.
     async fn reconcile(
         &mut self,
         why: &'static str,
         desired: Vec<DesiredService>,
-        only: Option<&HashSet<ServiceKey>>,
+        changed_only: bool,
         events: &mut Events,
     ) {
         let spec = self.drains.spec_with(&self.loaded.director);
-        let result = match only {
-            Some(only) => self.director.reconcile_only(&spec, &desired, only, OnError::Keep).await,
+        let known = self.applied.take();
+        let result = match known.as_ref().filter(|_| changed_only) {
+            Some(known) => {
+                let only = changed_services(known, &desired);
+                self.director.reconcile_known(&spec, &desired, &only, known, OnError::Keep).await
+            }
             None => self.director.reconcile_with(&spec, &desired, OnError::Keep).await,
         };
         match result {

@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use ipvs::reconcile::DesiredService;
-use ipvs::{Applied, Ipvs, Op, OpOutcome, ServiceKey, Table};
+use ipvs::{Applied, DestinationEntry, Ipvs, Op, OpOutcome, ServiceEntry, ServiceKey, Stats, Table};
 
 use crate::host::addr::Rtnl;
 use crate::host::{require_root, sysctl, Change};
@@ -37,6 +37,24 @@ use crate::state::{self, AddressRecord, DirectorState, Role};
 use crate::Error;
 pub use plan::{plan, Observed, Plan};
 pub use status::Status;
+
+/// Which services a reconcile reads and changes, and how it reads them.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// The whole table, dumped.
+    All,
+    /// These services, each looked up by its key.
+    Only(&'a HashSet<ServiceKey>),
+    /// These services, as the map says they are (not read).
+    Known(&'a HashSet<ServiceKey>, &'a HashMap<ServiceKey, DesiredService>),
+}
+
+/// A service as a dump would read it back right after it was set up as
+/// `d` says (zero counters).
+fn as_read(d: &DesiredService) -> (ServiceEntry, Vec<DestinationEntry>) {
+    let dests = d.destinations.iter().map(|x| DestinationEntry::new(x.clone(), (0, 0, 0), Stats::default())).collect();
+    (ServiceEntry::from(d.service.clone()), dests)
+}
 
 /// What to do when some IPVS operation of a reconcile fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,7 +173,7 @@ impl Director {
         desired: &[DesiredService],
         on_error: OnError,
     ) -> Result<Report, Incomplete> {
-        self.reconcile_in(spec, desired, None, on_error).await
+        self.reconcile_in(spec, desired, Scope::All, on_error).await
     }
 
     /// As [`Director::reconcile_with`], but the IPVS table is read and
@@ -170,15 +188,33 @@ impl Director {
         only: &HashSet<ServiceKey>,
         on_error: OnError,
     ) -> Result<Report, Incomplete> {
-        self.reconcile_in(spec, desired, Some(only), on_error).await
+        self.reconcile_in(spec, desired, Scope::Only(only), on_error).await
     }
 
-    /// Reconcile the whole table (`only` is `None`) or the services `only`.
+    /// As [`Director::reconcile_only`], but the services `only` are taken to
+    /// be as `known` says (what the caller last made the kernel have, e.g.
+    /// the daemon's last applied table) instead of being read: the only IPVS
+    /// requests are the changes. A service of `only` missing from `known` is
+    /// taken to be absent. Should the kernel differ after all (someone else
+    /// changed it), a change fails and the caller's full reconcile, which
+    /// reads everything, repairs it.
+    pub async fn reconcile_known(
+        &mut self,
+        spec: &DirectorSpec,
+        desired: &[DesiredService],
+        only: &HashSet<ServiceKey>,
+        known: &HashMap<ServiceKey, DesiredService>,
+        on_error: OnError,
+    ) -> Result<Report, Incomplete> {
+        self.reconcile_in(spec, desired, Scope::Known(only, known), on_error).await
+    }
+
+    /// Reconcile the services of `scope`.
     async fn reconcile_in(
         &mut self,
         spec: &DirectorSpec,
         desired: &[DesiredService],
-        only: Option<&HashSet<ServiceKey>>,
+        scope: Scope<'_>,
         on_error: OnError,
     ) -> Result<Report, Incomplete> {
         let mut report = Report {
@@ -186,7 +222,7 @@ impl Director {
             real_servers: desired.iter().map(|d| d.destinations.len()).sum(),
             ..Report::default()
         };
-        let (p, prev, _lock) = match self.observe_and_plan(spec, desired, only).await {
+        let (p, prev, _lock) = match self.observe_and_plan(spec, desired, scope).await {
             Ok(planned) => planned,
             Err(e) => return Err(report.failed(e)),
         };
@@ -197,31 +233,32 @@ impl Director {
     }
 
     /// Take the lock, read the record, observe and plan: the whole table, or
-    /// for the services `only` a table of just those found by a lookup and a
-    /// plan that wants just those of `desired` (the record still gets every
-    /// service of `spec`).
+    /// for a scope of some services a table of just those (looked up, or as
+    /// known) and a plan that wants just those of `desired` (the record
+    /// still gets every service of `spec`).
     async fn observe_and_plan(
         &self,
         spec: &DirectorSpec,
         desired: &[DesiredService],
-        only: Option<&HashSet<ServiceKey>>,
+        scope: Scope<'_>,
     ) -> Result<(Plan, Option<DirectorState>, state::Lock), Error> {
         require_root("lvsctl director")?;
         let lock = state::lock(&self.dir).await?;
         let prev: Option<DirectorState> = self.read_record()?;
-        let (p, prev) = match only {
-            None => {
-                let obs = self.observe(spec, prev).await?;
-                (plan(spec, desired, &obs)?, obs.prev)
-            }
+        let (obs, only) = match scope {
+            Scope::All => (self.observe(spec, prev).await?, None),
+            Scope::Only(only) => (self.observe_only(spec, prev, only).await?, Some(only)),
+            Scope::Known(only, known) => (self.observe_known(spec, prev, only, known).await?, Some(only)),
+        };
+        let p = match only {
+            None => plan(spec, desired, &obs)?,
             Some(only) => {
-                let obs = self.observe_only(spec, prev, only).await?;
                 let wanted: Vec<DesiredService> =
                     desired.iter().filter(|d| only.contains(&d.service.key)).cloned().collect();
-                (plan(spec, &wanted, &obs)?, obs.prev)
+                plan(spec, &wanted, &obs)?
             }
         };
-        Ok((p, prev, lock))
+        Ok((p, obs.prev, lock))
     }
 
     /// [`Director::observe`] with a table of the services `only`, each
@@ -238,6 +275,22 @@ impl Director {
         let mut obs = self.observe_host(spec, table, prev).await?;
         let owned = obs.prev_owned().to_vec();
         obs.confirmed_gone = gone.into_iter().filter(|k| owned.contains(k)).collect();
+        Ok(obs)
+    }
+
+    /// [`Director::observe`] with a table of the services `only` as `known`
+    /// has them (no IPVS request); only owned ones missing from it are gone.
+    async fn observe_known(
+        &self,
+        spec: &DirectorSpec,
+        prev: Option<DirectorState>,
+        only: &HashSet<ServiceKey>,
+        known: &HashMap<ServiceKey, DesiredService>,
+    ) -> Result<Observed, Error> {
+        let table: Table = only.iter().filter_map(|k| known.get(k)).map(as_read).collect();
+        let mut obs = self.observe_host(spec, table, prev).await?;
+        let owned = obs.prev_owned().to_vec();
+        obs.confirmed_gone = only.iter().filter(|k| !known.contains_key(k) && owned.contains(k)).copied().collect();
         Ok(obs)
     }
 
