@@ -30,7 +30,7 @@ pub(crate) const EXIT_TIMEOUT: u8 = 3;
 /// How often the connection count is read.
 const POLL: Duration = Duration::from_millis(500);
 
-/// `real drain`.
+// `real drain`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DrainArgs {
     #[command(flatten)]

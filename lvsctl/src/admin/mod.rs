@@ -31,6 +31,7 @@ use spec::{DestOpts, ServiceKeyArgs, ServiceOpts};
 
 /// ipvsadm-level subcommands, flattened into the top level.
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub(crate) enum AdminCmd {
     /// Add, edit or delete virtual services (ipvsadm -A, -E, -D).
     #[command(subcommand, visible_alias = "svc")]
@@ -70,6 +71,7 @@ pub(crate) enum AdminCmd {
 
 /// `service add|edit|del`.
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub(crate) enum ServiceCmd {
     /// Add a virtual service (ipvsadm -A).
     Add(ServiceArgs),
@@ -80,7 +82,7 @@ pub(crate) enum ServiceCmd {
     Del(KeyArgs),
 }
 
-/// A virtual service and its options.
+// A virtual service and its options.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServiceArgs {
     #[command(flatten)]
@@ -89,7 +91,7 @@ pub(crate) struct ServiceArgs {
     opts: ServiceOpts,
 }
 
-/// Just a virtual service.
+// Just a virtual service.
 #[derive(Debug, clap::Args)]
 pub(crate) struct KeyArgs {
     #[command(flatten)]
@@ -98,6 +100,7 @@ pub(crate) struct KeyArgs {
 
 /// `real add|edit|del`.
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub(crate) enum RealCmd {
     /// Add a real server to a virtual service (ipvsadm -a).
     Add(RealArgs),
@@ -111,7 +114,7 @@ pub(crate) enum RealCmd {
     Drain(drain::DrainArgs),
 }
 
-/// A real server of a virtual service, and its options.
+// A real server of a virtual service, and its options.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RealArgs {
     #[command(flatten)]
@@ -123,7 +126,7 @@ pub(crate) struct RealArgs {
     opts: DestOpts,
 }
 
-/// A real server of a virtual service.
+// A real server of a virtual service.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RealDelArgs {
     #[command(flatten)]
@@ -133,7 +136,7 @@ pub(crate) struct RealDelArgs {
     real: String,
 }
 
-/// `list`.
+// `list`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ListArgs {
     #[command(flatten)]
@@ -178,7 +181,7 @@ pub(crate) struct ListArgs {
     json: bool,
 }
 
-/// `save`.
+// `save`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SaveArgs {
     /// Extension: also save real-server thresholds (-x, -y), which ipvsadm does not save.
@@ -189,7 +192,7 @@ pub(crate) struct SaveArgs {
     numeric: bool,
 }
 
-/// `restore`.
+// `restore`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RestoreArgs {
     /// File to read; stdin when absent or "-".
@@ -205,14 +208,14 @@ pub(crate) struct RestoreArgs {
     dry_run: bool,
 }
 
-/// `zero`.
+// `zero`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ZeroArgs {
     #[command(flatten)]
     key: ServiceKeyArgs,
 }
 
-/// `timeout`.
+// `timeout`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct TimeoutArgs {
     /// New timeouts in seconds: TCP TCPFIN UDP (0 leaves one unchanged). None: show them.
@@ -225,6 +228,7 @@ pub(crate) struct TimeoutArgs {
 
 /// `sync start|stop|show`.
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 pub(crate) enum SyncCmd {
     /// Start a sync daemon (ipvsadm --start-daemon).
     Start(SyncStartArgs),
@@ -255,7 +259,7 @@ impl From<StateArg> for SyncState {
     }
 }
 
-/// `sync start`.
+// `sync start`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SyncStartArgs {
     /// master or backup.
@@ -280,7 +284,7 @@ pub(crate) struct SyncStartArgs {
     mcast_ttl: Option<u8>,
 }
 
-/// `--json`.
+// `--json`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct JsonArg {
     /// JSON instead of text.
@@ -668,6 +672,34 @@ mod tests {
     #[test]
     fn clap_definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The subcommands are deferred: each one's description, once built, is
+    /// still the one on its enum variant (a doc comment on its `Args` struct
+    /// would replace it).
+    #[test]
+    fn deferred_subcommands_keep_their_descriptions() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let about = |path: &[&str]| {
+            let mut c = &cmd;
+            for name in path {
+                c = c.find_subcommand(name).unwrap_or_else(|| panic!("no subcommand {name}"));
+            }
+            c.get_about().map(|a| a.to_string()).unwrap_or_default()
+        };
+        let cases: [(&[&str], &str); 6] = [
+            (&["director"], "Run this host as an LVS director"),
+            (&["director", "run"], "Run as a daemon"),
+            (&["realserver", "start"], "Put the VIPs on lo"),
+            (&["service", "add"], "Add a virtual service"),
+            (&["real", "drain"], "Weight 0 at once"),
+            (&["list"], "List the table"),
+        ];
+        for (path, start) in cases {
+            let got = about(path);
+            assert!(got.starts_with(start), "{path:?}: {got:?}");
+        }
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

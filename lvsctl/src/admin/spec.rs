@@ -24,7 +24,7 @@ pub(crate) const DEFAULT_SCHEDULER: &str = "wlc";
 /// 360, as ipvsadm 1.31 sends it (checked against it in the test VM).
 pub(crate) const DEFAULT_PERSISTENCE: &str = "360";
 
-/// Which virtual service: `-t`, `-u`, `--sctp-service` or `-f` (with `-6`).
+// Which virtual service: `-t`, `-u`, `--sctp-service` or `-f` (with `-6`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct ServiceKeyArgs {
     /// TCP virtual service ADDR:PORT (IPv6 as [ADDR]:PORT).
@@ -45,7 +45,7 @@ pub(crate) struct ServiceKeyArgs {
     pub(crate) ipv6: bool,
 }
 
-/// Virtual service options (`ipvsadm -A/-E`).
+// Virtual service options (`ipvsadm -A/-E`).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct ServiceOpts {
     /// Scheduler: rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos (default wlc).
@@ -89,7 +89,7 @@ impl ServiceOpts {
     }
 }
 
-/// Real server options (`ipvsadm -a/-e`): forwarding method, weight, thresholds, tunnel.
+// Real server options (`ipvsadm -a/-e`): forwarding method, weight, thresholds, tunnel.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct DestOpts {
     /// Gatewaying: direct routing (the default).

@@ -14,7 +14,7 @@ use lvsctl::spec::DirectorSpec;
 
 use super::{done, stopped, CliError};
 
-/// Arguments of `lvsctl director`.
+// Arguments of `lvsctl director`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DirectorArgs {
     #[command(subcommand)]
@@ -22,6 +22,7 @@ pub(crate) struct DirectorArgs {
 }
 
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 enum DirectorCmd {
     /// Put the VIPs on their interface and create the virtual services and
     /// their real servers; run again to reconcile (prints what it changed).
@@ -68,7 +69,7 @@ enum DirectorCmd {
     },
 }
 
-/// `director start` flags (or `--config FILE`).
+// `director start` flags (or `--config FILE`).
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct StartArgs {
     /// TOML configuration with a [director] section (see docs/configuration.md); excludes the other flags.
@@ -100,7 +101,7 @@ pub(crate) struct StartArgs {
     forward: Option<String>,
 }
 
-/// `status` flags.
+// `status` flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct StatusArgs {
     /// Print the status as JSON.
@@ -108,7 +109,7 @@ pub(crate) struct StatusArgs {
     json: bool,
 }
 
-/// Arguments of `lvsctl director run`.
+// Arguments of `lvsctl director run`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct RunArgs {
     /// The TOML config (the file `director start --config` takes, with `check`

@@ -23,7 +23,15 @@ pub(crate) struct Cli {
     pub(crate) cmd: Cmd,
 }
 
+/// Every subcommand enum is deferred (`defer = true`): a command builds the
+/// arguments of the subcommands on its own path only, not those of the whole
+/// tree. A daemon start under emulation pays for each new code page it runs,
+/// and the whole tree was about half the code a start touched. The `Args`
+/// structs of subcommands carry plain comments, not doc comments: clap
+/// would make a doc comment there the subcommand's description when it is
+/// built, over the one on its variant.
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 pub(crate) enum Cmd {
     /// Run this host as an LVS director: VIP on an interface, virtual services, real servers.
     Director(director::DirectorArgs),

@@ -12,7 +12,7 @@ use lvsctl::spec::RealserverSpec;
 
 use super::{done, stopped, CliError};
 
-/// Arguments of `lvsctl realserver`.
+// Arguments of `lvsctl realserver`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct RealserverArgs {
     #[command(subcommand)]
@@ -20,6 +20,7 @@ pub(crate) struct RealserverArgs {
 }
 
 #[derive(Debug, clap::Subcommand)]
+#[command(defer = true)]
 enum RealserverCmd {
     /// Put the VIPs on lo and set arp_ignore=1, arp_announce=2 (all, lo, the interface).
     Start(StartArgs),
@@ -40,7 +41,7 @@ enum RealserverCmd {
     },
 }
 
-/// `realserver start` flags (or `--config FILE`).
+// `realserver start` flags (or `--config FILE`).
 #[derive(Debug, Default, clap::Args)]
 pub(crate) struct StartArgs {
     /// TOML configuration with a [realserver] section (see docs/configuration.md); excludes --vip and --iface.
@@ -54,7 +55,7 @@ pub(crate) struct StartArgs {
     iface: Option<String>,
 }
 
-/// `status` flags.
+// `status` flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct StatusArgs {
     /// Print the status as JSON.

@@ -37,7 +37,7 @@ pub(crate) enum RoleArg {
     Realserver,
 }
 
-/// Arguments of `lvsctl doctor`.
+// Arguments of `lvsctl doctor`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DoctorArgs {
     /// Check only this role (default: both).
