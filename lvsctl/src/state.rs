@@ -394,14 +394,15 @@ fn temp_name(name: &str) -> std::io::Result<String> {
 pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
     let (dir, name) = split(path)?;
     let d = open_dir(dir, true)?.expect("open_dir creates the folder");
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| Error::Failed(format!("cannot encode the state: {e}")))?;
+    // Compact: a record of a thousand services is written before each
+    // start's batch, and indentation would double its size (`jq .` reads it).
+    let text = serde_json::to_vec(value).map_err(|e| Error::Failed(format!("cannot encode the state: {e}")))?;
     let mut tmp = String::new();
     let res = (|| {
         tmp = temp_name(name)?;
         let fd = open_at(&d, &tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600)?;
         let mut f = File::from(fd);
-        f.write_all(text.as_bytes())?;
+        f.write_all(&text)?;
         f.write_all(b"\n")?;
         f.sync_all()?;
         let (from, to) = (cstr(Path::new(&tmp))?, cstr(Path::new(name))?);
