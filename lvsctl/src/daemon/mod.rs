@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::bgp::Bgp;
-use crate::check::{self, security, Check, Secs, Target};
+use crate::check::{self, security, Check, CheckConfig, Secs, Target};
 use crate::config::Config;
 use crate::director::{plan::destination_ops, Director, OnError};
 use crate::ha::Ha;
@@ -126,11 +126,21 @@ fn specs(d: &mut DirectorSpec) -> Result<Vec<ServiceSpec>, String> {
         let key = vs.desired.service.key;
         let checks = std::mem::take(&mut vs.checks);
         let mut reals = Vec::with_capacity(vs.desired.destinations.len());
+        // Real servers usually share the service's check and port: one
+        // resolved check serves each run of equal ones.
+        let mut last: Option<(&CheckConfig, u16, Arc<Check>)> = None;
         for (i, dest) in vs.desired.destinations.iter().enumerate() {
+            let port = dest.addr.port();
             let check = match checks.get(i).and_then(Option::as_ref) {
-                Some(c) => Some(Arc::new(
-                    c.resolve(dest.addr.port(), &format_args!("virtual service {key}, real server {}", dest.addr))?,
-                )),
+                Some(c) => match &last {
+                    Some((lc, lp, resolved)) if *lc == c && *lp == port => Some(resolved.clone()),
+                    _ => {
+                        let owner = format_args!("virtual service {key}, real server {}", dest.addr);
+                        let resolved = Arc::new(c.resolve(port, &owner)?);
+                        last = Some((c, port, resolved.clone()));
+                        Some(resolved)
+                    }
+                },
                 None => None,
             };
             reals.push(RealSpec { dest: dest.clone(), check });
