@@ -195,14 +195,7 @@ impl Bgp {
         for v in old.iter().filter(|v| v.announced && !spec.vips.contains(&v.vip)) {
             warn!(vip = %v.vip, reason = "no longer in [director.bgp]", "bgp: withdrawing the VIP");
         }
-        self.vips = spec
-            .vips
-            .iter()
-            .map(|v| {
-                let kept = old.iter().find(|o| o.vip == *v).cloned();
-                kept.unwrap_or_else(|| withdrawn(*v, "added by a reload: not announced yet"))
-            })
-            .collect();
+        self.vips = follow(old, &spec.vips);
         self.spec = spec;
         self.here = here;
         warn_inconsistent(director);
@@ -260,6 +253,18 @@ impl Bgp {
     }
 }
 
+/// The announcements for a reload's VIP list `vips`: a VIP in `old` keeps
+/// its own, a new one starts withdrawn, one not in `vips` is dropped.
+fn follow(old: Vec<VipAnnouncement>, vips: &[IpAddr]) -> Vec<VipAnnouncement> {
+    let mut old = old;
+    vips.iter()
+        .map(|v| match old.iter().position(|o| o.vip == *v) {
+            Some(i) => old.swap_remove(i),
+            None => withdrawn(*v, "added by a reload: not announced yet"),
+        })
+        .collect()
+}
+
 fn withdrawn(vip: IpAddr, reason: &str) -> VipAnnouncement {
     VipAnnouncement { vip, announced: false, since: epoch(SystemTime::now()), reason: reason.to_owned() }
 }
@@ -301,5 +306,22 @@ fn warn_inconsistent(d: &DirectorSpec) {
             warn!(service = %svc.key,
                 "bgp: on_failure = \"remove\" reorders the real servers differently on each director; \"drain\" keeps mh's table the same");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_announcements_of_kept_vips() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let a = VipAnnouncement { vip: ip("10.0.0.1"), announced: true, since: 5, reason: "up".into() };
+        let b = VipAnnouncement { vip: ip("10.0.0.2"), announced: true, since: 6, reason: "up".into() };
+        let new = follow(vec![a.clone(), b], &[ip("10.0.0.3"), ip("10.0.0.1")]);
+        assert_eq!(new.len(), 2, "10.0.0.2 is dropped: {new:?}");
+        assert_eq!((new[0].vip, new[0].announced), (ip("10.0.0.3"), false), "a new VIP starts withdrawn");
+        assert!(new[0].reason.contains("added by a reload"), "{new:?}");
+        assert_eq!(new[1], a, "a kept VIP keeps its announcement, since and reason");
     }
 }
