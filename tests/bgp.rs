@@ -12,6 +12,8 @@
 //! ```
 //!
 //! Every wait polls with a generous deadline; nothing asserts a duration.
+//! SIGHUP reloads that change `[director.bgp]` are tested here too: a VIP
+//! added, a neighbour's hold time changed, a section refused.
 
 #[allow(dead_code)]
 #[path = "support/daemon_net.rs"]
@@ -35,6 +37,9 @@ const FAST_TCP: &str = r#"{ type = "tcp", interval = "200ms", timeout = "500ms",
 /// The drain delay of the SIGTERM test: long enough to look at the table.
 const DRAIN: u64 = 8;
 
+/// The VIP a reload adds (with a service over rs1 and rs2).
+const VIP2: &str = "10.19.70.167";
+
 /// The VIP:PORT service (mh, with mh-fallback so a drained real server's
 /// clients go to another one) over rs1 and rs2, checked, announced to the router.
 fn config(bgp_extra: &str) -> String {
@@ -44,6 +49,16 @@ fn config(bgp_extra: &str) -> String {
          hold_time = 3\ndrain_delay = \"{DRAIN}s\"\n{bgp_extra}\n[[director.bgp.neighbor]]\naddress = \"{CLIENT}\"\nasn = 65000\n",
         REALS[0], REALS[1]
     )
+}
+
+/// [`config`] with a second service, on [`VIP2`] (so a second announced VIP).
+fn config_two_vips(bgp_extra: &str) -> String {
+    let second = format!(
+        "[[director.service]]\nvip = \"{VIP2}\"\nport = {PORT}\nscheduler = \"mh\"\nsched_flags = [\"mh-fallback\"]\n\
+         real = [\"{}\", \"{}\"]\ncheck = {FAST_TCP}\n\n[director.bgp]\n",
+        REALS[0], REALS[1]
+    );
+    config(bgp_extra).replacen("[director.bgp]\n", &second, 1)
 }
 
 /// The router's BIRD in the client namespace: eBGP from the director, the
@@ -57,15 +72,16 @@ impl Router {
     /// With `bfd`, BFD on the session too (`protocol bfd`, `bfd on`). The
     /// router asks for slow BFD timers (1 s, multiplier 10: once negotiated
     /// a failure takes 5 to 10 s to detect): BIRD's default of 100 ms x 5
-    /// drops sessions of a loaded, emulated VM.
-    fn start(ns: &Netns, dir: &TestDir, bfd: bool) -> Self {
+    /// drops sessions of a loaded, emulated VM. `hold` is its hold time:
+    /// the session takes the lower of both sides'.
+    fn start(ns: &Netns, dir: &TestDir, bfd: bool, hold: u16) -> Self {
         let slow =
             "protocol bfd { interface \"*\" { min rx interval 1000 ms; min tx interval 1000 ms; multiplier 10; }; }\n";
         let (bfd_protocol, bfd_on) = if bfd { (slow, "bfd on; ") } else { ("", "") };
         let conf = format!(
             "router id {CLIENT};\nprotocol device {{ }}\n{bfd_protocol}\
              protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths yes; }}\n\
-             protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time 3; keepalive time 1; {bfd_on}\n\
+             protocol bgp director1 {{ local as 65000; neighbor {DIRECTOR} as 65001; hold time {hold}; keepalive time 1; {bfd_on}\n\
              ipv4 {{ import all; export none; }}; }}\n"
         );
         Self { bird: Bird::start(ns, &dir.0, "router-bird", &conf), ns: ns.name.clone() }
@@ -86,15 +102,49 @@ impl Router {
         self.bird.established("director1")
     }
 
+    /// The `Since` column of the router's session with the director
+    /// (`05:18:27.090`), in milliseconds of the day.
+    fn session_since(&self) -> u64 {
+        let text = self.bird.birdc(&["show", "protocols", "director1"]);
+        let line = text.lines().find(|l| l.starts_with("director1")).unwrap_or_default().to_owned();
+        let since = line.split_whitespace().nth(4).unwrap_or_default().to_owned();
+        let ms = |hms: &str| -> Option<u64> {
+            let (hms, frac) = hms.split_once('.').unwrap_or((hms, "0"));
+            let mut it = hms.split(':').map(|p| p.parse::<u64>().ok());
+            let (h, m, s) = (it.next()??, it.next()??, it.next()??);
+            Some(((h * 60 + m) * 60 + s) * 1000 + frac.parse::<u64>().ok()?)
+        };
+        ms(&since).unwrap_or_else(|| panic!("no Since in {line:?}"))
+    }
+
+    /// Whether the session is the one that was up `since` (BIRD shows its
+    /// Since a millisecond off now and then: it converts its monotonic
+    /// clock to the wall clock on each show). A restarted session's is
+    /// later than the SIGHUP, which comes after several birdc and lvsctl
+    /// runs (each tens of milliseconds here) made after the session was up.
+    fn same_session(&self, since: u64) -> bool {
+        self.session_since().abs_diff(since) <= 10
+    }
+
     /// The router's kernel route to the VIP (empty when there is none).
     fn route(&self) -> String {
+        self.route_to(VIP)
+    }
+
+    /// The router's kernel route to `vip` (empty when there is none).
+    fn route_to(&self, vip: &str) -> String {
         let out =
-            Command::new(ip_bin()).args(["-n", &self.ns, "route", "show", &format!("{VIP}/32")]).output().unwrap();
+            Command::new(ip_bin()).args(["-n", &self.ns, "route", "show", &format!("{vip}/32")]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
     fn has_route(&self) -> bool {
-        let r = self.route();
+        self.has_route_to(VIP)
+    }
+
+    /// Whether the router learnt `vip` from the director over BGP.
+    fn has_route_to(&self, vip: &str) -> bool {
+        let r = self.route_to(vip);
         r.contains(&format!("via {DIRECTOR}")) && r.contains("proto bird")
     }
 }
@@ -129,7 +179,7 @@ fn bgp_vip_follows_health_and_is_withdrawn_before_exit() {
     let dir = TestDir::new();
     let s1 = Server::text(&net.reals[0], PORT, "rs1");
     let s2 = Server::text(&net.reals[1], PORT, "rs2");
-    let router = Router::start(&net.client, &dir, false);
+    let router = Router::start(&net.client, &dir, false, 3);
     let sloppy_before = (vs_sysctl(&net.director, "sloppy_tcp"), vs_sysctl(&net.director, "sloppy_sctp"));
     assert_eq!(sloppy_before, ("0".to_owned(), "0".to_owned()), "a fresh namespace has the kernel defaults");
     assert!(router.route().is_empty(), "no route to the VIP before BGP: {}", router.route());
@@ -251,7 +301,7 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
     let _s1 = Server::text(&net.reals[0], PORT, "rs1");
     let _s2 = Server::text(&net.reals[1], PORT, "rs2");
     // BFD on both sides: the generated `protocol bfd` and `bfd on` are taken by BIRD.
-    let router = Router::start(&net.client, &dir, true);
+    let router = Router::start(&net.client, &dir, true, 3);
     let cfg = dir.write("lvsctl.toml", &config("bfd = true"), 0o644);
     let d = Daemon::start(&net.director, &dir, &cfg, &[]);
     d.wait_for("the VIP route on the router", T, || router.has_route());
@@ -284,5 +334,127 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(net.weights().is_some(), "the IPVS service stays after a kill");
+    let _ = net.director.lvsctl(&["director", "stop"]);
+}
+
+/// `birdc show protocols all` of the director's BIRD, for its session with
+/// the router (through the socket `director status --json` names).
+fn director_session(d: &Daemon, ns: &Netns) -> String {
+    let b = status_bgp(d, ns);
+    let socket = b["socket"].as_str().unwrap_or_else(|| panic!("no socket in the status: {b}")).to_owned();
+    let peer = format!("peer_{}", CLIENT.replace('.', "_"));
+    let out = Command::new("birdc").args(["-s", &socket, "show", "protocols", "all", &peer]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The hold time the director's session with the router runs with (the
+/// lower of both sides'), from `Hold timer: 1.234/3`; `None` while the
+/// session is not Established.
+fn hold_time(d: &Daemon, ns: &Netns) -> Option<u32> {
+    let text = director_session(d, ns);
+    let line = text.lines().find(|l| l.trim_start().starts_with("Hold timer:"))?;
+    line.rsplit('/').next()?.trim().parse().ok()
+}
+
+#[test]
+#[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
+fn bgp_reload_adds_a_vip_and_changes_the_hold_time() {
+    let net = net_without_static_route();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    // The router asks for 9 s, so the session runs with the director's hold time.
+    let router = Router::start(&net.client, &dir, false, 9);
+    let cfg = dir.write("lvsctl.toml", &config(""), 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the VIP route on the router", T, || router.has_route());
+    d.wait_for("the session's hold time of 3 s", T, || hold_time(&d, &net.director) == Some(3));
+    let since = router.session_since();
+    assert!(!router.has_route_to(VIP2), "{}", router.route_to(VIP2));
+
+    // A second service on a new VIP: the router learns it; the session,
+    // whose settings did not change, keeps running.
+    dir.write("lvsctl.toml", &config_two_vips(""), 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the second VIP's route on the router", T, || router.has_route_to(VIP2));
+    assert!(router.has_route(), "the first VIP stays announced: {}", router.route());
+    assert!(router.same_session(since), "the session was not restarted: {since} ms, now {}", router.protocols());
+    let b = status_bgp(&d, &net.director);
+    assert_eq!(b["vips"].as_array().map(Vec::len), Some(2), "{b}");
+    assert_eq!(b["vips"][1]["vip"], VIP2, "{b}");
+    assert_eq!(b["vips"][1]["announced"], true, "{b}");
+    assert!(d.log().contains("bgp: the reloaded [director.bgp] is BIRD's config"), "{}", d.log());
+
+    // The hold time changed: BIRD restarts that session with it, and
+    // announces both VIPs again.
+    dir.write("lvsctl.toml", &config_two_vips("").replace("hold_time = 3", "hold_time = 6"), 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the session's hold time of 6 s", T, || hold_time(&d, &net.director) == Some(6));
+    d.wait_for("both routes back on the router", T, || router.has_route() && router.has_route_to(VIP2));
+
+    // The second service and VIP removed again: withdrawn.
+    dir.write("lvsctl.toml", &config("").replace("hold_time = 3", "hold_time = 6"), 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the second VIP's route gone from the router", T, || !router.has_route_to(VIP2));
+    assert!(router.has_route(), "the first VIP stays announced: {}", router.route());
+    d.signal(libc::SIGTERM);
+    d.wait(T);
+    let _ = net.director.lvsctl(&["director", "stop"]);
+}
+
+#[test]
+#[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
+fn bgp_reload_with_a_refused_section_keeps_everything() {
+    let net = net_without_static_route();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let router = Router::start(&net.client, &dir, false, 9);
+    // BIRD as lvsctl runs it, except that its parse check (`bird -p`)
+    // refuses a config with hold time 7 (lvsctl accepts 7): how a BIRD
+    // that rejects what lvsctl wrote looks to the daemon.
+    let real = ["/usr/sbin/bird", "/usr/local/sbin/bird", "/usr/bin/bird"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("bird is installed");
+    let wrapper = format!(
+        "#!/bin/sh\nif [ \"$1\" = -p ] && grep -q 'hold time 7;' \"$3\"; then\n  echo \"$3:9: hold time 7 refused by the test's BIRD\" >&2\n  exit 1\nfi\nexec {real} \"$@\"\n"
+    );
+    let bird = dir.write("bird", &wrapper, 0o755);
+    let cfg = dir.write("lvsctl.toml", &config(""), 0o644);
+    let d = Daemon::start_env(&net.director, &dir, &cfg, &[], &[("LVSCTL_BIRD", bird.as_path())]);
+    d.wait_for("the VIP route on the router", T, || router.has_route());
+    d.wait_for("the session's hold time of 3 s", T, || hold_time(&d, &net.director) == Some(3));
+    let since = router.session_since();
+    let table = net.weights();
+
+    // BIRD refuses the new section: the whole reload is refused (the new
+    // VIP, its service and the hold time), the announcement stays.
+    let refused = config_two_vips("").replace("hold_time = 3", "hold_time = 7");
+    dir.write("lvsctl.toml", &refused, 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the rejection in the log", T, || d.log().contains("new config rejected"));
+    let log = d.log();
+    let line = log.lines().find(|l| l.contains("new config rejected")).unwrap();
+    assert!(line.contains("refused by the test's BIRD"), "BIRD's reason is logged: {line}");
+    // Wait for a resync (and a few keepalives) before looking again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(router.has_route() && !router.has_route_to(VIP2), "{} / {}", router.route(), router.route_to(VIP2));
+    assert!(router.same_session(since), "the session was not touched: {since} ms, now {}", router.protocols());
+    assert_eq!(hold_time(&d, &net.director), Some(3));
+    assert_eq!(net.weights(), table, "the service table is unchanged");
+    assert_eq!(net.table().len(), 1, "no service on the second VIP: {:?}", net.table());
+    assert_eq!(status_bgp(&d, &net.director)["vips"].as_array().map(Vec::len), Some(1));
+
+    // A section lvsctl cannot resolve for this host (no router id) is refused too.
+    let no_id = config_two_vips("").replace(&format!("router_id = \"{DIRECTOR}\"\n"), "");
+    dir.write("lvsctl.toml", &format!("{no_id}[director.bgp.hosts.\"10.99.0.1\"]\n"), 0o644);
+    d.signal(libc::SIGHUP);
+    d.wait_for("the second rejection", T, || d.log().matches("new config rejected").count() == 2);
+    assert!(d.log().contains("no router_id for this host"), "{}", d.log());
+    assert_eq!(net.table().len(), 1, "no service on the second VIP: {:?}", net.table());
+    assert!(router.has_route(), "{}", router.route());
+    d.signal(libc::SIGTERM);
+    d.wait(T);
     let _ = net.director.lvsctl(&["director", "stop"]);
 }

@@ -1,6 +1,7 @@
 //! BIRD 2 as lvsctl's BGP speaker: the version check, its configuration (a
-//! main file written once, and an include file with the announced VIPs that
-//! is rewritten on every change), and how it is started.
+//! main file written at start and on a reload that changes `[director.bgp]`,
+//! and an include file with the announced VIPs that is rewritten on every
+//! change), and how it is started.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -73,6 +74,9 @@ pub(crate) async fn parse_only(program: &Path, conf: &Path) -> Result<(), String
 pub(crate) struct Files {
     /// The main config.
     pub(crate) conf: PathBuf,
+    /// A new main config while BIRD checks it (a reload); renamed over
+    /// `conf` once taken.
+    pub(crate) staged: PathBuf,
     /// The include file with the announced VIPs.
     pub(crate) vips: PathBuf,
     /// The control socket.
@@ -85,12 +89,12 @@ impl Files {
     /// The files of this network namespace (`ns` is its id) under `dir`.
     pub(crate) fn new(dir: &Path, ns: &str) -> Self {
         let f = |ext: &str| dir.join(format!("bird-netns{ns}.{ext}"));
-        Self { conf: f("conf"), vips: f("vips.conf"), socket: f("ctl"), pid: f("pid") }
+        Self { conf: f("conf"), staged: f("conf.new"), vips: f("vips.conf"), socket: f("ctl"), pid: f("pid") }
     }
 
     /// Remove them all (missing ones are fine).
     pub(crate) fn remove(&self) {
-        for p in [&self.conf, &self.vips, &self.socket, &self.pid] {
+        for p in [&self.conf, &self.staged, &self.vips, &self.socket, &self.pid] {
             let _ = std::fs::remove_file(p);
         }
     }

@@ -12,8 +12,9 @@
 //!
 //! The seam with the daemon is narrow: [`Bgp::start`] after the IPVS
 //! connection is up, `Bgp::announce` with the daemon's view after every
-//! change it applied, [`Bgp::report`] for the status, and first on exit
-//! [`Bgp::withdraw_all`] then [`Bgp::drain_and_stop`].
+//! change it applied, [`Bgp::stage`] then [`Bgp::apply`] on a reload that
+//! changes `[director.bgp]`, [`Bgp::report`] for the status, and first on
+//! exit [`Bgp::withdraw_all`] then [`Bgp::drain_and_stop`].
 
 pub(crate) mod announce;
 mod bird;
@@ -44,6 +45,8 @@ pub struct Bgp {
     spec: BgpSpec,
     here: BgpHere,
     version: String,
+    /// The bird program (parse checks on reload).
+    program: PathBuf,
     files: bird::Files,
     sysctl_record: PathBuf,
     supervisor: Supervisor,
@@ -51,6 +54,14 @@ pub struct Bgp {
     vips: Vec<VipAnnouncement>,
     /// The set BIRD last took; `None` when it must be told again.
     told: Option<Vec<IpAddr>>,
+}
+
+/// A changed `[director.bgp]` whose config BIRD has parsed, not yet taken:
+/// [`Bgp::stage`] makes one, [`Bgp::apply`] takes it.
+#[derive(Debug)]
+pub struct Staged {
+    spec: BgpSpec,
+    here: BgpHere,
 }
 
 impl Bgp {
@@ -71,10 +82,11 @@ impl Bgp {
         warn_inconsistent(director);
         let sysctl_record = sloppy::record_path(&dir)?;
         sloppy::set(&sysctl_record)?;
-        let spawn_files = files.clone();
-        let supervisor = Supervisor::start("bird", move || bird::spawn(&program, &spawn_files), log_child);
+        let (spawn_program, spawn_files) = (program.clone(), files.clone());
+        let supervisor = Supervisor::start("bird", move || bird::spawn(&spawn_program, &spawn_files), log_child);
         let vips = spec.vips.iter().map(|v| withdrawn(*v, "starting: not announced yet")).collect();
-        let mut b = Self { spec, here, version, files, sysctl_record, supervisor, vips, told: Some(Vec::new()) };
+        let told = Some(Vec::new());
+        let mut b = Self { spec, here, version, program, files, sysctl_record, supervisor, vips, told };
         if let Err(e) = b.wait_socket().await {
             b.shutdown_now().await;
             return Err(Error::Failed(e));
@@ -117,22 +129,82 @@ impl Bgp {
             v.announced = d.announce;
             v.reason.clone_from(&d.reason);
         }
-        let set: Vec<IpAddr> = self.vips.iter().filter(|v| v.announced).map(|v| v.vip).collect();
-        if self.told.as_ref() == Some(&set) {
-            return changed;
+        if self.told.as_ref() != Some(&self.announced()) {
+            self.tell().await;
         }
+        changed
+    }
+
+    /// The VIPs announced now, in the order of `spec.vips`.
+    fn announced(&self) -> Vec<IpAddr> {
+        self.vips.iter().filter(|v| v.announced).map(|v| v.vip).collect()
+    }
+
+    /// Rewrite the include file with the announced VIPs and have BIRD
+    /// reread its config (the main file too, which a reload may have
+    /// changed). False when BIRD was not told (logged; retried later).
+    async fn tell(&mut self) -> bool {
+        let set = self.announced();
         self.told = None;
         let result = match write(&self.files.vips, &bird::render_vips(&set)) {
             Ok(()) => birdc::configure(&self.files.socket).await,
             Err(e) => Err(e.to_string()),
         };
         match result {
-            Ok(()) => self.told = Some(set),
-            // BIRD rereads the file when it restarts; otherwise the next
+            Ok(()) => {
+                self.told = Some(set);
+                true
+            }
+            // BIRD rereads the files when it restarts; otherwise the next
             // change, reload or resync tells it again.
-            Err(e) => error!(reason = %e, "bgp: cannot tell BIRD the announced VIPs; retried on the next resync"),
+            Err(e) => {
+                error!(reason = %e, "bgp: cannot tell BIRD the announced VIPs; retried on the next resync");
+                false
+            }
         }
-        changed
+    }
+
+    /// A reload's `[director.bgp]`, checked before anything changes: `None`
+    /// when it is the running one; otherwise resolved for this host and its
+    /// config written beside the running one (`bird-netns<ID>.conf.new`)
+    /// for BIRD to parse. An error (a value this host cannot resolve, a
+    /// config BIRD rejects) leaves BIRD and the running settings as they are.
+    pub async fn stage(&self, new: &BgpSpec) -> Result<Option<Staged>, String> {
+        if *new == self.spec {
+            return Ok(None);
+        }
+        let here = new.here(is_local)?;
+        write(&self.files.staged, &bird::render(new, &here, &self.files.vips)).map_err(|e| e.to_string())?;
+        bird::parse_only(&self.program, &self.files.staged).await?;
+        Ok(Some(Staged { spec: new.clone(), here }))
+    }
+
+    /// Take a staged `[director.bgp]`: its config becomes BIRD's, the VIP
+    /// list follows it (a kept VIP keeps its announcement; a new one starts
+    /// withdrawn until the daemon's next announce decides; a removed one is
+    /// withdrawn), and BIRD reconfigures: sessions whose settings did not
+    /// change keep running, BIRD restarts a changed one and opens a new one.
+    pub async fn apply(&mut self, staged: Staged, director: &DirectorSpec) {
+        if let Err(e) = std::fs::rename(&self.files.staged, &self.files.conf) {
+            error!(reason = %e, conf = %self.files.conf.display(),
+                "bgp: cannot install the new BIRD config; the running BGP settings stay");
+            return;
+        }
+        let Staged { spec, here } = staged;
+        let old = std::mem::take(&mut self.vips);
+        for v in old.iter().filter(|v| v.announced && !spec.vips.contains(&v.vip)) {
+            warn!(vip = %v.vip, reason = "no longer in [director.bgp]", "bgp: withdrawing the VIP");
+        }
+        self.vips = follow(old, &spec.vips);
+        self.spec = spec;
+        self.here = here;
+        warn_inconsistent(director);
+        if !self.tell().await {
+            return;
+        }
+        let n: Vec<String> = self.here.neighbors.iter().map(|n| format!("{} AS {}", n.address, n.asn)).collect();
+        info!(asn = self.here.asn, router_id = %self.here.router_id, neighbors = %n.join(", "),
+            vips = self.vips.len(), "bgp: the reloaded [director.bgp] is BIRD's config");
     }
 
     /// The VIPs to announce.
@@ -181,6 +253,18 @@ impl Bgp {
     }
 }
 
+/// The announcements for a reload's VIP list `vips`: a VIP in `old` keeps
+/// its own, a new one starts withdrawn, one not in `vips` is dropped.
+fn follow(old: Vec<VipAnnouncement>, vips: &[IpAddr]) -> Vec<VipAnnouncement> {
+    let mut old = old;
+    vips.iter()
+        .map(|v| match old.iter().position(|o| o.vip == *v) {
+            Some(i) => old.swap_remove(i),
+            None => withdrawn(*v, "added by a reload: not announced yet"),
+        })
+        .collect()
+}
+
 fn withdrawn(vip: IpAddr, reason: &str) -> VipAnnouncement {
     VipAnnouncement { vip, announced: false, since: epoch(SystemTime::now()), reason: reason.to_owned() }
 }
@@ -222,5 +306,22 @@ fn warn_inconsistent(d: &DirectorSpec) {
             warn!(service = %svc.key,
                 "bgp: on_failure = \"remove\" reorders the real servers differently on each director; \"drain\" keeps mh's table the same");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_announcements_of_kept_vips() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let a = VipAnnouncement { vip: ip("10.0.0.1"), announced: true, since: 5, reason: "up".into() };
+        let b = VipAnnouncement { vip: ip("10.0.0.2"), announced: true, since: 6, reason: "up".into() };
+        let new = follow(vec![a.clone(), b], &[ip("10.0.0.3"), ip("10.0.0.1")]);
+        assert_eq!(new.len(), 2, "10.0.0.2 is dropped: {new:?}");
+        assert_eq!((new[0].vip, new[0].announced), (ip("10.0.0.3"), false), "a new VIP starts withdrawn");
+        assert!(new[0].reason.contains("added by a reload"), "{new:?}");
+        assert_eq!(new[1], a, "a kept VIP keeps its announcement, since and reason");
     }
 }

@@ -1,9 +1,13 @@
 //! The daemon's side of `[director.bgp]`: its view of each service (in the
 //! applied table? real servers up?) turned into announce / withdraw
-//! decisions for [`crate::bgp`].
+//! decisions for [`crate::bgp`], and a reload's changed section checked
+//! and handed to it.
+
+use tracing::warn;
 
 use super::Daemon;
-use crate::bgp::{decide, ServiceView};
+use crate::bgp::{decide, ServiceView, Staged};
+use crate::spec::DirectorSpec;
 
 impl Daemon {
     /// Each configured service as the announcement sees it.
@@ -42,10 +46,33 @@ impl Daemon {
     }
 }
 
-/// `[director.bgp]` is read once, at start (BIRD keeps its sessions over a
-/// reload): a reload that changes it says so.
-pub(super) fn warn_reload(old: &crate::spec::DirectorSpec, new: &crate::spec::DirectorSpec) {
-    if old.bgp != new.bgp {
-        tracing::warn!("[director.bgp] changed: the running BGP settings stay until director run restarts");
+impl Daemon {
+    /// Check a reload's `[director.bgp]` before anything changes (BIRD
+    /// parses the config it would get): an error refuses the whole reload,
+    /// as a config that does not load does. `None` when there is nothing to
+    /// take. Adding the section to a daemon started without it, or removing
+    /// it, takes effect when director run restarts (BIRD, the sysctls and
+    /// the drain on exit belong to the start and the stop).
+    pub(super) async fn stage_bgp(&self, new: &DirectorSpec) -> Result<Option<Staged>, String> {
+        match (&self.bgp, &new.bgp) {
+            (Some(b), Some(spec)) => b.stage(spec).await,
+            (None, None) => Ok(None),
+            (None, Some(_)) => {
+                warn!("[director.bgp] added: BIRD starts when director run restarts");
+                Ok(None)
+            }
+            (Some(_), None) => {
+                warn!("[director.bgp] removed: BIRD keeps announcing the VIPs until director run restarts");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Take what [`Daemon::stage_bgp`] checked, once the new config is the
+    /// daemon's; the announce after the reconcile then decides the new VIPs.
+    pub(super) async fn apply_bgp(&mut self, staged: Option<Staged>) {
+        if let (Some(s), Some(b)) = (staged, self.bgp.as_mut()) {
+            b.apply(s, &self.loaded.director).await;
+        }
     }
 }

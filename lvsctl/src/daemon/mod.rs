@@ -665,7 +665,11 @@ impl Daemon {
 
     async fn reload(&mut self, events: &mut Events) {
         info!(config = %self.config_path.display(), "SIGHUP: rereading the config");
-        let new = match load(&self.config_path) {
+        let loaded = match load(&self.config_path) {
+            Ok(n) => self.stage_bgp(&n.director).await.map(|staged| (n, staged)).map_err(Error::Invalid),
+            Err(e) => Err(e),
+        };
+        let (new, staged) = match loaded {
             Ok(n) => n,
             Err(e) => {
                 let config = self.config_path.display();
@@ -679,9 +683,11 @@ impl Daemon {
             warn!("the metrics address of the new config takes effect on the next start of director run");
         }
         events.set_resync(resync_of(&new));
-        bgp::warn_reload(&self.loaded.director, &new.director);
         self.drains_on_reload(&new, events);
         self.loaded = new;
+        // BGP before the table: a VIP no longer announced is withdrawn
+        // before its services go.
+        self.apply_bgp(staged).await;
         self.sync_reals();
         self.converge_changed("reload", events).await;
         if self.applied.is_some() {
