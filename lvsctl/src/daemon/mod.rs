@@ -54,7 +54,7 @@ use crate::director::{plan::destination_ops, Director, OnError};
 use crate::ha::Ha;
 use crate::health::drain::Drains;
 use crate::health::report;
-use crate::health::{effective, Health, RealKey, RealSpec, ServiceSpec, Transition};
+use crate::health::{effective, Health, RealKey, RealMap, RealSpec, ServiceSpec, Transition};
 use crate::metrics::server::Endpoint;
 use crate::metrics::Metrics;
 use crate::spec::DirectorSpec;
@@ -209,8 +209,8 @@ struct Daemon {
     director: Director,
     config_path: PathBuf,
     loaded: Loaded,
-    health: HashMap<RealKey, Health>,
-    checkers: HashMap<RealKey, Checker>,
+    health: RealMap<Health>,
+    checkers: RealMap<Checker>,
     sorry_in: HashMap<ServiceKey, bool>,
     tx: mpsc::Sender<CheckResult>,
     next_task: u64,
@@ -230,7 +230,7 @@ struct Daemon {
     drains: Drains,
     /// The weights dynamic exec checks asked for (unbounded; the configured
     /// weight is the ceiling when applied).
-    weights: HashMap<RealKey, u32>,
+    weights: RealMap<u32>,
     /// The Prometheus registry, when metrics are served.
     metrics: Option<Metrics>,
     /// The report as last written.
@@ -263,8 +263,8 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         director,
         config_path: opts.config.clone(),
         loaded,
-        health: HashMap::new(),
-        checkers: HashMap::new(),
+        health: RealMap::default(),
+        checkers: RealMap::default(),
         sorry_in: HashMap::new(),
         tx,
         next_task: 0,
@@ -275,7 +275,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         ha,
         bgp,
         drains: Drains::default(),
-        weights: HashMap::new(),
+        weights: RealMap::default(),
         metrics: endpoint.as_ref().map(|_| Metrics::new()),
         last_report: None,
     };
@@ -390,7 +390,7 @@ impl Daemon {
     /// that stay keep their health (and their checker unless its check changed).
     fn sync_reals(&mut self) {
         let now = SystemTime::now();
-        let mut want: HashMap<RealKey, Option<Arc<Check>>> = HashMap::new();
+        let mut want: RealMap<Option<Arc<Check>>> = RealMap::default();
         for s in &self.loaded.services {
             for r in &s.reals {
                 want.insert((s.service.key, r.dest.addr), r.check.clone());
