@@ -154,8 +154,8 @@ pub struct CheckResult {
     real: RealKey,
     /// Up (with the weight a dynamic exec check asked for), or why not.
     result: Result<Option<u32>, String>,
-    /// How long the check took.
-    took: Duration,
+    /// How long the check took, when the checker was asked to time it.
+    took: Option<Duration>,
 }
 
 /// A running checker task.
@@ -174,28 +174,42 @@ impl Drop for Checker {
 /// Check a real server forever, sending every result; each real server has
 /// its own task, so a slow check delays only the next check of the same real
 /// server. A check is due one interval after the previous one was due (one
-/// interval after it ended, when it ran late). The loop reads the clock
-/// twice per check (the timeout's start, and when it ended): thousands of
-/// checkers run in this loop, and on some virtual machines every clock read
-/// is a system call.
-fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: Arc<Check>) -> Checker {
+/// interval after it ended, when it ran late). Thousands of checkers run in
+/// this loop, and on some virtual machines every clock read is a system
+/// call: the loop reads the clock once per check (the timeout's start), and
+/// when the check ended only when that is needed: `timed` (the result
+/// carries how long the check took, for the metrics), or a check that may
+/// have run past its next due time (its timeout ends after it). The one
+/// sleep is reset from check to check rather than made anew.
+fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: Arc<Check>, timed: bool) -> Checker {
     let target = Target { addr: real.1, service: real.0.to_string() };
     let c = check.clone();
     let handle = tokio::spawn(async move {
         let mut due = tokio::time::Instant::now() + crate::check::first_delay(c.interval, id);
+        let sleep = tokio::time::sleep_until(due);
+        tokio::pin!(sleep);
         loop {
-            tokio::time::sleep_until(due).await;
+            sleep.as_mut().reset(due);
+            sleep.as_mut().await;
             let outcome = c.run_bounded(&target).await;
-            let ended = tokio::time::Instant::now();
             let next = due + c.interval;
-            due = if next < ended { ended + c.interval } else { next };
-            let (result, took) = match outcome {
-                Ok((r, started)) => (r, ended.saturating_duration_since(started)),
+            let started = outcome.as_ref().ok().map(|(_, started)| *started);
+            let ended = match started {
+                Some(s) if !timed && s + c.timeout < next => None,
+                _ => Some(tokio::time::Instant::now()),
+            };
+            due = match ended {
+                Some(e) if next < e => e + c.interval,
+                _ => next,
+            };
+            let (result, started) = match outcome {
+                Ok(r) => r,
                 Err(why) => {
                     warn!(service = %target.service, real_server = %target.addr, reason = %why, "check not run; counts neither way");
                     continue;
                 }
             };
+            let took = ended.map(|e| e.saturating_duration_since(started));
             if tx.send(CheckResult { task: id, real, result, took }).await.is_err() {
                 return;
             }
@@ -412,7 +426,7 @@ impl Daemon {
                 }
                 Some(c) if !self.checkers.contains_key(&k) => {
                     self.next_task += 1;
-                    let checker = spawn_checker(self.tx.clone(), self.next_task, k, c);
+                    let checker = spawn_checker(self.tx.clone(), self.next_task, k, c, self.metrics.is_some());
                     self.checkers.insert(k, checker);
                 }
                 Some(_) => {}
@@ -479,8 +493,8 @@ impl Daemon {
             Ok(asked) => self.set_dynamic_weight(r.real, *asked),
             Err(_) => false,
         };
-        if let Some(m) = &self.metrics {
-            m.check_took(kind, r.took);
+        if let (Some(m), Some(took)) = (&self.metrics, r.took) {
+            m.check_took(kind, took);
         }
         let Some(h) = self.health.get_mut(&r.real) else { return false };
         let failed = r.result.is_err();
@@ -838,8 +852,8 @@ mod tests {
         let quick =
             Check { probe: Probe::Tcp { port: fa.port() }, timeout: std::time::Duration::from_secs(5), ..hang.clone() };
         let (tx, mut rx) = mpsc::channel(4);
-        let _slow = spawn_checker(tx.clone(), 1, (key, sa), Arc::new(hang));
-        let _fast = spawn_checker(tx, 2, (key, fa), Arc::new(quick));
+        let _slow = spawn_checker(tx.clone(), 1, (key, sa), Arc::new(hang), false);
+        let _fast = spawn_checker(tx, 2, (key, fa), Arc::new(quick), false);
         for _ in 0..5 {
             let r = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
             assert_eq!(r.task, 2, "only the quick check can have finished");
