@@ -911,3 +911,82 @@ mod tests {
         assert_eq!(kinds, [CheckType::Http, CheckType::Exec]);
     }
 }
+
+/// A profiling harness, not a test (it asserts only that checks ran): the
+/// daemon's checkers and its result counting against thousands of loopback
+/// addresses, for `perf record` or `valgrind --tool=callgrind` on the host
+/// (no IPVS needed). It runs only when `LVSCTL_PROFILE_SECS` is set, so that
+/// a filter that selects it by accident (`daemon`) does not spend a minute
+/// on it; `LVSCTL_PROFILE_REALS` (4000) and `LVSCTL_PROFILE_INTERVAL_MS`
+/// (5000) shape the load:
+/// `LVSCTL_PROFILE_SECS=20 cargo test --release -p lvsctl --lib profile_checkers -- --ignored --nocapture`.
+#[cfg(test)]
+mod profile {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn env(name: &str, default: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    #[test]
+    #[ignore = "a profiling harness; run it by name"]
+    fn profile_checkers() {
+        let secs = env("LVSCTL_PROFILE_SECS", 0);
+        if secs == 0 {
+            return;
+        }
+        let (reals, every) = (env("LVSCTL_PROFILE_REALS", 4000), env("LVSCTL_PROFILE_INTERVAL_MS", 5000));
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                drop(s);
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let checked = rt.block_on(run(reals, Duration::from_millis(every), Duration::from_secs(secs), port));
+        println!("{checked} checks in {secs} s");
+        assert!(checked > 0);
+    }
+
+    /// The checkers and a loop that counts their results as `Daemon::record` does.
+    async fn run(reals: u64, every: Duration, secs: Duration, port: u16) -> u64 {
+        let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+        let check = Arc::new(Check {
+            probe: check::Probe::Tcp { port },
+            interval: every,
+            timeout: Duration::from_secs(2),
+            rise: 1,
+            fall: 2,
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut checkers = RealMap::default();
+        let mut health = RealMap::default();
+        for n in 0..reals {
+            let ip = std::net::Ipv4Addr::from(0x7f00_0001 + u32::try_from(n).unwrap());
+            let real = (key, SocketAddr::from((ip, 80)));
+            checkers.insert(real, spawn_checker(tx.clone(), n + 1, real, check.clone(), false));
+            health.insert(real, Health::new(SystemTime::now()));
+        }
+        let mut events = Events::new(rx, DEFAULT_RESYNC).unwrap();
+        let stop = tokio::time::sleep(secs);
+        tokio::pin!(stop);
+        let mut checked = 0;
+        loop {
+            let first = tokio::select! {
+                Event::Check(r) = events.next() => r,
+                () = &mut stop => break,
+            };
+            let mut r = Some(first);
+            for _ in 0..BATCH {
+                let Some(r) = r.take().or_else(|| events.waiting_check()) else { break };
+                let c = &checkers[&r.real];
+                let h = health.get_mut(&r.real).unwrap();
+                let _ = h.record(r.result.map(drop), c.check.rise, c.check.fall, SystemTime::now);
+                checked += 1;
+            }
+        }
+        checked
+    }
+}
