@@ -36,9 +36,9 @@ pub enum Event {
 /// The daemon's event sources.
 pub struct Events {
     results: mpsc::Receiver<CheckResult>,
-    hup: Signal,
-    term: Signal,
-    int: Signal,
+    /// SIGHUP, SIGTERM and SIGINT, as [`Event`]s from [`forward_signals`].
+    signals: mpsc::UnboundedReceiver<Event>,
+    _signal_task: AbortOnDrop,
     resync: Interval,
     resync_every: Duration,
     /// When to retry, while a change is unresolved.
@@ -61,11 +61,15 @@ impl Events {
         let sig = |k: SignalKind, name: &str| {
             signal(k).map_err(|e| Error::Io { what: format!("cannot handle {name}"), source: e })
         };
+        let hup = sig(SignalKind::hangup(), "SIGHUP")?;
+        let term = sig(SignalKind::terminate(), "SIGTERM")?;
+        let int = sig(SignalKind::interrupt(), "SIGINT")?;
+        let (tx, signals) = mpsc::unbounded_channel();
+        let task = tokio::spawn(forward_signals(hup, term, int, tx));
         Ok(Self {
             results,
-            hup: sig(SignalKind::hangup(), "SIGHUP")?,
-            term: sig(SignalKind::terminate(), "SIGTERM")?,
-            int: sig(SignalKind::interrupt(), "SIGINT")?,
+            signals,
+            _signal_task: AbortOnDrop(task),
             resync: resync_timer(resync_every),
             resync_every,
             retry_at: None,
@@ -142,9 +146,7 @@ impl Events {
         tokio::select! {
             Some(r) = self.results.recv() => Event::Check(r),
             e = role => Event::Role(e),
-            _ = self.hup.recv() => Event::Reload,
-            _ = self.term.recv() => Event::Stop("SIGTERM"),
-            _ = self.int.recv() => Event::Stop("SIGINT"),
+            Some(e) = self.signals.recv() => e,
             () = retry => {
                 self.retry_at = None;
                 Event::Retry
@@ -152,6 +154,32 @@ impl Events {
             _ = self.resync.tick() => Event::Resync,
             _ = self.drain_poll.tick(), if self.draining => Event::DrainPoll,
         }
+    }
+}
+
+/// Turn the signals into events, for as long as [`Events`] lives. They
+/// are waited for here, in a task of their own, rather than in every
+/// [`Events::next`]: that is called for every check result, and each call
+/// would poll the three signals again.
+async fn forward_signals(mut hup: Signal, mut term: Signal, mut int: Signal, tx: mpsc::UnboundedSender<Event>) {
+    loop {
+        let e = tokio::select! {
+            _ = hup.recv() => Event::Reload,
+            _ = term.recv() => Event::Stop("SIGTERM"),
+            _ = int.recv() => Event::Stop("SIGINT"),
+        };
+        if tx.send(e).is_err() {
+            return;
+        }
+    }
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

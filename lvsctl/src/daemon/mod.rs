@@ -54,7 +54,7 @@ use crate::director::{plan::destination_ops, Director, OnError};
 use crate::ha::Ha;
 use crate::health::drain::Drains;
 use crate::health::report;
-use crate::health::{effective, Health, RealKey, RealSpec, ServiceSpec, Transition};
+use crate::health::{effective, Health, RealKey, RealMap, RealSpec, ServiceSpec, Transition};
 use crate::metrics::server::Endpoint;
 use crate::metrics::Metrics;
 use crate::spec::DirectorSpec;
@@ -164,8 +164,8 @@ pub struct CheckResult {
     real: RealKey,
     /// Up (with the weight a dynamic exec check asked for), or why not.
     result: Result<Option<u32>, String>,
-    /// How long the check took.
-    took: Duration,
+    /// How long the check took, when the checker was asked to time it.
+    took: Option<Duration>,
 }
 
 /// A running checker task.
@@ -184,28 +184,42 @@ impl Drop for Checker {
 /// Check a real server forever, sending every result; each real server has
 /// its own task, so a slow check delays only the next check of the same real
 /// server. A check is due one interval after the previous one was due (one
-/// interval after it ended, when it ran late). The loop reads the clock
-/// twice per check (the timeout's start, and when it ended): thousands of
-/// checkers run in this loop, and on some virtual machines every clock read
-/// is a system call.
-fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: Arc<Check>) -> Checker {
+/// interval after it ended, when it ran late). Thousands of checkers run in
+/// this loop, and on some virtual machines every clock read is a system
+/// call: the loop reads the clock once per check (the timeout's start), and
+/// when the check ended only when that is needed: `timed` (the result
+/// carries how long the check took, for the metrics), or a check that may
+/// have run past its next due time (its timeout ends after it). The one
+/// sleep is reset from check to check rather than made anew.
+fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: Arc<Check>, timed: bool) -> Checker {
     let target = Target { addr: real.1, service: real.0.to_string() };
     let c = check.clone();
     let handle = tokio::spawn(async move {
         let mut due = tokio::time::Instant::now() + crate::check::first_delay(c.interval, id);
+        let sleep = tokio::time::sleep_until(due);
+        tokio::pin!(sleep);
         loop {
-            tokio::time::sleep_until(due).await;
+            sleep.as_mut().reset(due);
+            sleep.as_mut().await;
             let outcome = c.run_bounded(&target).await;
-            let ended = tokio::time::Instant::now();
             let next = due + c.interval;
-            due = if next < ended { ended + c.interval } else { next };
-            let (result, took) = match outcome {
-                Ok((r, started)) => (r, ended.saturating_duration_since(started)),
+            let started = outcome.as_ref().ok().map(|(_, started)| *started);
+            let ended = match started {
+                Some(s) if !timed && s + c.timeout < next => None,
+                _ => Some(tokio::time::Instant::now()),
+            };
+            due = match ended {
+                Some(e) if next < e => e + c.interval,
+                _ => next,
+            };
+            let (result, started) = match outcome {
+                Ok(r) => r,
                 Err(why) => {
                     warn!(service = %target.service, real_server = %target.addr, reason = %why, "check not run; counts neither way");
                     continue;
                 }
             };
+            let took = ended.map(|e| e.saturating_duration_since(started));
             if tx.send(CheckResult { task: id, real, result, took }).await.is_err() {
                 return;
             }
@@ -219,8 +233,8 @@ struct Daemon {
     director: Director,
     config_path: PathBuf,
     loaded: Loaded,
-    health: HashMap<RealKey, Health>,
-    checkers: HashMap<RealKey, Checker>,
+    health: RealMap<Health>,
+    checkers: RealMap<Checker>,
     sorry_in: HashMap<ServiceKey, bool>,
     tx: mpsc::Sender<CheckResult>,
     next_task: u64,
@@ -243,7 +257,7 @@ struct Daemon {
     drains: Drains,
     /// The weights dynamic exec checks asked for (unbounded; the configured
     /// weight is the ceiling when applied).
-    weights: HashMap<RealKey, u32>,
+    weights: RealMap<u32>,
     /// The Prometheus registry, when metrics are served.
     metrics: Option<Metrics>,
     /// The report as last written.
@@ -276,8 +290,8 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         director,
         config_path: opts.config.clone(),
         loaded,
-        health: HashMap::new(),
-        checkers: HashMap::new(),
+        health: RealMap::default(),
+        checkers: RealMap::default(),
         sorry_in: HashMap::new(),
         tx,
         next_task: 0,
@@ -288,7 +302,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         ha,
         bgp,
         drains: Drains::default(),
-        weights: HashMap::new(),
+        weights: RealMap::default(),
         held: HashSet::new(),
         metrics: endpoint.as_ref().map(|_| Metrics::new()),
         last_report: None,
@@ -405,7 +419,7 @@ impl Daemon {
     /// that stay keep their health (and their checker unless its check changed).
     fn sync_reals(&mut self) {
         let now = SystemTime::now();
-        let mut want: HashMap<RealKey, Option<Arc<Check>>> = HashMap::new();
+        let mut want: RealMap<Option<Arc<Check>>> = RealMap::default();
         for s in &self.loaded.services {
             for r in &s.reals {
                 want.insert((s.service.key, r.dest.addr), r.check.clone());
@@ -427,7 +441,7 @@ impl Daemon {
                 }
                 Some(c) if !self.checkers.contains_key(&k) => {
                     self.next_task += 1;
-                    let checker = spawn_checker(self.tx.clone(), self.next_task, k, c);
+                    let checker = spawn_checker(self.tx.clone(), self.next_task, k, c, self.metrics.is_some());
                     self.checkers.insert(k, checker);
                 }
                 Some(_) => {}
@@ -509,12 +523,12 @@ impl Daemon {
             Ok(asked) => self.set_dynamic_weight(r.real, *asked),
             Err(_) => false,
         };
-        if let Some(m) = &self.metrics {
-            m.check_took(kind, r.took);
+        if let (Some(m), Some(took)) = (&self.metrics, r.took) {
+            m.check_took(kind, took);
         }
         let Some(h) = self.health.get_mut(&r.real) else { return false };
         let failed = r.result.is_err();
-        if !failed && self.held.remove(&r.real) && !changed.contains(&r.real.0) {
+        if !failed && !self.held.is_empty() && self.held.remove(&r.real) && !changed.contains(&r.real.0) {
             info!(service = %r.real.0, real_server = %r.real.1, "failover: the peer's real server passed a check: weight restored");
             changed.push(r.real.0);
         }
@@ -883,8 +897,8 @@ mod tests {
         let quick =
             Check { probe: Probe::Tcp { port: fa.port() }, timeout: std::time::Duration::from_secs(5), ..hang.clone() };
         let (tx, mut rx) = mpsc::channel(4);
-        let _slow = spawn_checker(tx.clone(), 1, (key, sa), Arc::new(hang));
-        let _fast = spawn_checker(tx, 2, (key, fa), Arc::new(quick));
+        let _slow = spawn_checker(tx.clone(), 1, (key, sa), Arc::new(hang), false);
+        let _fast = spawn_checker(tx, 2, (key, fa), Arc::new(quick), false);
         for _ in 0..5 {
             let r = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
             assert_eq!(r.task, 2, "only the quick check can have finished");
@@ -940,5 +954,82 @@ mod tests {
         let d = Config::parse(&alt, "docs/health-daemon.md").unwrap().director().unwrap();
         let kinds: Vec<_> = d.services[0].checks.iter().map(|c| c.as_ref().unwrap().kind).collect();
         assert_eq!(kinds, [CheckType::Http, CheckType::Exec]);
+    }
+}
+
+/// The checkers against loopback addresses (no IPVS, no root needed), their
+/// results counted as the daemon's loop counts them.
+#[cfg(test)]
+mod loopback {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn env(name: &str, default: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// Every real server is checked and found up. With `LVSCTL_PROFILE_SECS`
+    /// (and `LVSCTL_PROFILE_REALS`, `LVSCTL_PROFILE_INTERVAL_MS`) it doubles
+    /// as a profiling harness of the steady state for `perf record` or
+    /// `valgrind --tool=callgrind`: `LVSCTL_PROFILE_SECS=20
+    /// LVSCTL_PROFILE_REALS=4000 LVSCTL_PROFILE_INTERVAL_MS=5000 cargo test
+    /// --release -p lvsctl --lib checkers_on_loopback -- --nocapture`.
+    #[test]
+    fn checkers_on_loopback_check_every_real_server() {
+        let secs = env("LVSCTL_PROFILE_SECS", 2);
+        let (reals, every) = (env("LVSCTL_PROFILE_REALS", 200), env("LVSCTL_PROFILE_INTERVAL_MS", 500));
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                drop(s);
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (checked, up) = rt.block_on(run(reals, Duration::from_millis(every), Duration::from_secs(secs), port));
+        println!("{checked} checks in {secs} s");
+        assert_eq!(up, reals, "every real server passed a check ({checked} checks in {secs} s)");
+    }
+
+    /// The checkers and a loop that counts their results as `Daemon::record` does.
+    /// Returns the checks counted and how many real servers passed one.
+    async fn run(reals: u64, every: Duration, secs: Duration, port: u16) -> (u64, u64) {
+        let key = ServiceKey::tcp("10.0.0.1:80".parse().unwrap());
+        let check = Arc::new(Check {
+            probe: check::Probe::Tcp { port },
+            interval: every,
+            timeout: Duration::from_secs(2),
+            rise: 1,
+            fall: 2,
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut checkers = RealMap::default();
+        let mut health = RealMap::default();
+        for n in 0..reals {
+            let ip = std::net::Ipv4Addr::from(0x7f00_0001 + u32::try_from(n).unwrap());
+            let real = (key, SocketAddr::from((ip, 80)));
+            checkers.insert(real, spawn_checker(tx.clone(), n + 1, real, check.clone(), false));
+            health.insert(real, Health::new(SystemTime::now()));
+        }
+        let mut events = Events::new(rx, DEFAULT_RESYNC).unwrap();
+        let stop = tokio::time::sleep(secs);
+        tokio::pin!(stop);
+        let mut checked = 0;
+        loop {
+            let first = tokio::select! {
+                Event::Check(r) = events.next() => r,
+                () = &mut stop => break,
+            };
+            let mut r = Some(first);
+            for _ in 0..BATCH {
+                let Some(r) = r.take().or_else(|| events.waiting_check()) else { break };
+                let c = &checkers[&r.real];
+                let h = health.get_mut(&r.real).unwrap();
+                let _ = h.record(r.result.map(drop), c.check.rise, c.check.fall, SystemTime::now);
+                checked += 1;
+            }
+        }
+        let up = health.values().filter(|h| h.ok_streak > 0).count();
+        (checked, u64::try_from(up).unwrap())
     }
 }

@@ -444,7 +444,7 @@ mod tests {
     fn on_failure_remove_drains_first_and_recovery_ends_the_drain() {
         let s = service_spec(OnFailure::Remove, 30);
         let failed = real(A, "10.18.68.187");
-        let mut health = HashMap::new();
+        let mut health = crate::health::RealMap::default();
         let mut h = Health::new(SystemTime::UNIX_EPOCH);
         h.up = false;
         health.insert(failed, h);

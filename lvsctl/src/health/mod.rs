@@ -57,6 +57,14 @@ pub struct RealSpec {
 /// Identifies a real server of a virtual service.
 pub type RealKey = (ServiceKey, SocketAddr);
 
+/// A map keyed by real server. The daemon looks a real server up several
+/// times for every check result (its checker, its health, its dynamic
+/// weight): with the standard SipHash a key of a service and an address
+/// costs hundreds of instructions to hash, with Fx a few. Keys come from
+/// the root-owned config, not from the network, so no one can choose them
+/// to make the table collide.
+pub type RealMap<V> = rustc_hash::FxHashMap<RealKey, V>;
+
 /// The health of one real server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -127,10 +135,7 @@ impl Health {
 /// What the kernel should have for these services given the health of their
 /// real servers (a missing entry counts as up), and for each service whether
 /// its sorry server is in.
-pub fn effective(
-    specs: &[ServiceSpec],
-    health: &HashMap<RealKey, Health>,
-) -> (Vec<DesiredService>, HashMap<ServiceKey, bool>) {
+pub fn effective(specs: &[ServiceSpec], health: &RealMap<Health>) -> (Vec<DesiredService>, HashMap<ServiceKey, bool>) {
     let mut out = Vec::with_capacity(specs.len());
     let mut sorry_in = HashMap::new();
     for s in specs {
@@ -159,7 +164,7 @@ pub fn effective(
 /// Dynamic weights (`exec` checks with `dynamic = true`): each real server
 /// in `weights` gets the weight its check asked for, never more than the
 /// weight it has in `desired` (its configured one when up; 0 when drained).
-pub fn apply_weights(desired: &mut [DesiredService], weights: &HashMap<RealKey, u32>) {
+pub fn apply_weights(desired: &mut [DesiredService], weights: &RealMap<u32>) {
     for d in desired {
         let key = d.service.key;
         for x in &mut d.destinations {
@@ -195,10 +200,7 @@ pub fn standby_weights(desired: &mut [DesiredService], is_local: impl Fn(std::ne
 /// `fall`; giving it its weight back would send new connections into the
 /// void until they do. A good check releases it, `fall` failures take it
 /// down as usual.
-pub fn suspect_peers(
-    health: &HashMap<RealKey, Health>,
-    is_local: impl Fn(std::net::IpAddr) -> bool,
-) -> HashSet<RealKey> {
+pub fn suspect_peers(health: &RealMap<Health>, is_local: impl Fn(std::net::IpAddr) -> bool) -> HashSet<RealKey> {
     health.iter().filter(|(k, h)| h.up && h.fail_streak > 0 && !is_local(k.1.ip())).map(|(k, _)| *k).collect()
 }
 
@@ -264,7 +266,7 @@ mod tests {
         }
     }
 
-    fn down(h: &mut HashMap<RealKey, Health>, s: &ServiceSpec, i: usize) {
+    fn down(h: &mut RealMap<Health>, s: &ServiceSpec, i: usize) {
         let mut x = Health::new(t(0));
         x.up = false;
         h.insert((s.service.key, s.reals[i].dest.addr), x);
@@ -273,7 +275,7 @@ mod tests {
     #[test]
     fn drain_remove_and_sorry() {
         let s = spec(OnFailure::Drain, true);
-        let mut h = HashMap::new();
+        let mut h = RealMap::default();
         let (d, sorry) = effective(std::slice::from_ref(&s), &h);
         assert_eq!(d[0].destinations, vec![s.reals[0].dest.clone(), s.reals[1].dest.clone()]);
         assert!(!sorry[&s.service.key]);
@@ -303,14 +305,14 @@ mod tests {
     #[test]
     fn dynamic_weights_are_bounded_and_leave_drained_servers_at_zero() {
         let s = spec(OnFailure::Drain, false);
-        let mut h = HashMap::new();
+        let mut h = RealMap::default();
         down(&mut h, &s, 1);
         let (mut d, _) = effective(std::slice::from_ref(&s), &h);
         let key = s.service.key;
-        let w = HashMap::from([((key, s.reals[0].dest.addr), 2), ((key, s.reals[1].dest.addr), 9)]);
+        let w = RealMap::from_iter([((key, s.reals[0].dest.addr), 2), ((key, s.reals[1].dest.addr), 9)]);
         apply_weights(&mut d, &w);
         assert_eq!(d[0].destinations.iter().map(|x| x.weight).collect::<Vec<_>>(), vec![2, 0]);
-        let w = HashMap::from([((key, s.reals[0].dest.addr), 200)]);
+        let w = RealMap::from_iter([((key, s.reals[0].dest.addr), 200)]);
         let (mut d, _) = effective(std::slice::from_ref(&s), &h);
         apply_weights(&mut d, &w);
         assert_eq!(d[0].destinations[0].weight, 3, "never above the configured weight");
@@ -340,7 +342,7 @@ mod tests {
         let real = |a: &str| (key, format!("{a}:15858").parse::<SocketAddr>().unwrap());
         let (local, failing, healthy, down) =
             (real("10.18.68.186"), real("10.18.68.187"), real("10.18.68.188"), real("10.18.68.189"));
-        let mut h = HashMap::new();
+        let mut h = RealMap::default();
         for k in [local, failing, healthy, down] {
             h.insert(k, Health::new(t(0)));
         }
