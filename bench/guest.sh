@@ -130,7 +130,8 @@ count_requests() {
 # daemon_bench: the health-daemon benchmark instead of the bulk one
 # (BENCH_DAEMON=1, by `scripts/bench --daemon`): for each size (BENCH_SIZES services
 # of 4 TCP-checked real servers), `lvsctl director run` then keepalived, each through
-# `lvs-bench daemon` (fresh namespaces, see bench/src/daemon.rs), BENCH_REPS rounds.
+# `lvs-bench daemon` (fresh namespaces, see bench/src/daemon.rs), then the start's
+# floor (`lvs-bench apply` of the same table), BENCH_REPS rounds.
 daemon_bench() {
 	DR=$W/daemon.tsv
 	: >$DR
@@ -138,7 +139,7 @@ daemon_bench() {
 	while [ $r -lt "$REPS" ]; do
 		r=$((r + 1))
 		for n in $SIZES; do
-			for tool in lvsctl keepalived; do
+			for tool in lvsctl keepalived floor; do
 				settle
 				lvs-bench daemon --tool $tool --services "$n" --reals 4 --results $DR \
 					--steady "${BENCH_STEADY:-60}" --failures "${BENCH_FAILURES:-10}" --work $W/d-$tool-$n 2>$W/stderr

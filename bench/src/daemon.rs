@@ -6,10 +6,13 @@
 //! lvs-bench daemon-gen --services N --reals M [--change PCT] --lvsctl FILE --keepalived FILE
 //!     The same table as an lvsctl config and as a keepalived.conf: N TCP
 //!     services (rr, DR), M real servers each, a TCP check every INTERVAL.
-//! lvs-bench daemon --tool lvsctl|keepalived --services N --reals M --results FILE
+//! lvs-bench daemon --tool lvsctl|keepalived|floor --services N --reals M --results FILE
 //!                  [--steady SECS] [--failures K] [--work DIR]
 //!     Run one daemon through the phases below, append "SIZE<TAB>TOOL<TAB>METRIC<TAB>VALUE"
-//!     lines to FILE.
+//!     lines to FILE. `floor` is no daemon: `lvs-bench apply` of the same table as
+//!     ipvsadm rules (one library batch after a process start, no config parse,
+//!     no checks), timed as a start and nothing else: the least any program
+//!     doing the kernel's part of a start takes in this VM.
 //! lvs-bench daemon-report FILE   the results side by side, as markdown
 //! ```
 //!
@@ -80,7 +83,11 @@ impl Run {
     }
 
     fn config(&self, changed: bool) -> std::path::PathBuf {
-        let ext = if self.tool == "lvsctl" { "toml" } else { "conf" };
+        let ext = match self.tool.as_str() {
+            "lvsctl" => "toml",
+            "keepalived" => "conf",
+            _ => "rules",
+        };
         self.work.join(format!("{}{}.{ext}", self.tool, if changed { "-changed" } else { "" }))
     }
 
@@ -90,7 +97,9 @@ impl Run {
         let conf = self.config(false);
         let mut c = Command::new("ip");
         c.args(["netns", "exec", DIR_NS]);
-        if self.tool == "lvsctl" {
+        if self.tool == "floor" {
+            c.args(["lvs-bench", "apply"]).arg(&conf);
+        } else if self.tool == "lvsctl" {
             c.arg("lvsctl").args(["director", "run", "--teardown-on-exit", "--config"]).arg(&conf);
             c.env("LVSCTL_STATE_DIR", self.work.join("state"));
         } else {
@@ -107,7 +116,7 @@ impl Run {
 pub fn run(args: &[String]) -> Res<std::process::ExitCode> {
     let a = parse_args(args, &["tool", "services", "reals", "results", "steady", "failures", "work"])?;
     let tool = a.opts.get("tool").ok_or("--tool lvsctl|keepalived")?.clone();
-    if tool != "lvsctl" && tool != "keepalived" {
+    if !["lvsctl", "keepalived", "floor"].contains(&tool.as_str()) {
         return Err(format!("unknown --tool {tool}"));
     }
     let table = Table { services: a.num("services", None)?, reals: a.num("reals", Some(4))?, ..Table::default() };
@@ -122,7 +131,11 @@ pub fn run(args: &[String]) -> Res<std::process::ExitCode> {
         results: a.opts.get("results").ok_or("--results is required")?.clone(),
     };
     for changed in [false, true] {
-        let text = if run.tool == "lvsctl" { run.table.lvsctl(changed) } else { run.table.keepalived(changed) };
+        let text = match run.tool.as_str() {
+            "lvsctl" => run.table.lvsctl(changed),
+            "keepalived" => run.table.keepalived(changed),
+            _ => run.table.rules(),
+        };
         std::fs::write(run.config(changed), text).map_err(|e| e.to_string())?;
     }
     net::setup()?;
@@ -203,6 +216,10 @@ fn measure(run: &Run, listener: &Listener, steady: u32, failures: u32, t0: Insta
         move || net::wait_full(&want, Duration::from_secs(600))
     })??;
     run.record("start_s", full.duration_since(t0).as_secs_f64())?;
+    if run.tool == "floor" {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        return if status.success() { Ok(()) } else { Err(format!("lvs-bench apply exited with {status}")) };
+    }
 
     // Every real server checked once: the checks run at their pace.
     listener.wait_all_seen(&run.table.addresses(false), Duration::from_secs(120))?;
@@ -336,6 +353,13 @@ pub fn report(args: &[String]) -> Res<()> {
                 _ => "-".to_owned(),
             };
             let _ = writeln!(out, "| {s} | {name} | {} | {} | {ratio} |", cell(l), cell(k));
+        }
+        if let (Some(f), Some(k)) = (med(s, "floor", "start_s"), med(s, "keepalived", "start_s")) {
+            let _ = writeln!(
+                out,
+                "| {s} | start floor: `lvs-bench apply` of the same table (process start + one library batch; in the lvsctl column) | {f:.3} s | {k:.3} s | {:.2}x |",
+                f / k
+            );
         }
     }
     print!("{out}");

@@ -91,6 +91,20 @@ impl Table {
         s
     }
 
+    /// The same table as ipvsadm rules (`lvs-bench apply` reads them): the
+    /// start's floor, the kernel's work with no config and no checks.
+    pub fn rules(&self) -> String {
+        let mut s = String::new();
+        for i in 0..self.services {
+            let vip = self.vip(i);
+            let _ = writeln!(s, "-A -t {vip} -s rr");
+            for j in 0..self.reals {
+                let _ = writeln!(s, "-a -t {vip} -r {}:80 -g -w 1", self.rip(i, j, false));
+            }
+        }
+        s
+    }
+
     /// The same table as keepalived's `virtual_server` blocks
     /// (`inhibit_on_failure`: weight 0 on failure, as lvsctl's drain).
     pub fn keepalived(&self, changed: bool) -> String {
@@ -146,5 +160,6 @@ mod tests {
         }
         assert_eq!(t.keepalived(false).matches("real_server ").count(), 400);
         assert_eq!(t.lvsctl(true).matches("10.192.").count(), 4);
+        assert_eq!(t.rules().lines().count(), 500);
     }
 }
