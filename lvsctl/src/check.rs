@@ -485,11 +485,27 @@ pub(crate) fn raise_nofile_limit() -> u64 {
     }
 }
 
-/// When the first check of the `n`th checker runs: spread over the interval
-/// (the fractional parts of `n` times the golden ratio), so that a thousand
-/// real servers are not all checked in the same instant at start.
-pub(crate) fn first_delay(interval: Duration, n: u64) -> Duration {
-    interval.mul_f64((n as f64 * 0.618_033_988_749_895).fract())
+/// The checks of one interval fall into this many slots of it.
+pub(crate) const SLOTS: u32 = 64;
+
+/// When the first check of the `n`th checker runs after `now`: in one of
+/// [`SLOTS`] slots of its interval, counted from `base` (one instant for the
+/// whole daemon) and picked by the fractional part of `n` times the golden
+/// ratio. A thousand real servers are then not all checked in the same
+/// instant, yet the checkers of one interval that share a slot are due at
+/// the very same instant ever after (each adds its interval): they wake the
+/// daemon once, together, instead of once each.
+pub(crate) fn first_due(base: Instant, now: Instant, interval: Duration, n: u64) -> Instant {
+    let slot = interval / SLOTS;
+    let k = ((n as f64 * 0.618_033_988_749_895).fract() * f64::from(SLOTS)) as u32;
+    let periods =
+        u32::try_from(now.saturating_duration_since(base).as_nanos() / interval.as_nanos().max(1)).unwrap_or(u32::MAX);
+    let due = base + interval * periods + slot * k.min(SLOTS - 1);
+    if due < now {
+        due + interval
+    } else {
+        due
+    }
 }
 
 impl Check {
@@ -863,17 +879,25 @@ mod tests {
     }
 
     /// A thousand checkers' first checks fall evenly over the interval, none
-    /// at or after its end.
+    /// before now or a whole interval after it, each on one of the slots
+    /// (checkers that share a slot are due together).
     #[test]
-    fn first_checks_are_spread_over_the_interval() {
+    fn first_checks_are_spread_over_the_slots_of_the_interval() {
         let every = Duration::from_secs(10);
+        let base = Instant::now();
+        let now = base + Duration::from_millis(123_456);
         let mut per_second = [0u32; 10];
+        let mut slots = std::collections::HashSet::new();
         for n in 1..=1000 {
-            let d = first_delay(every, n);
-            assert!(d < every, "{n}: {d:?}");
-            per_second[d.as_secs() as usize] += 1;
+            let due = first_due(base, now, every, n);
+            assert!(due >= now && due < now + every, "{n}: {:?}", due - now);
+            let since = (due - base).as_nanos() % every.as_nanos();
+            assert_eq!(since % (every / SLOTS).as_nanos(), 0, "{n}: not on a slot");
+            slots.insert(since);
+            per_second[((due - now).as_secs()) as usize] += 1;
         }
-        assert!(per_second.iter().all(|c| (90..=110).contains(c)), "{per_second:?}");
+        assert_eq!(slots.len(), SLOTS as usize, "every slot used");
+        assert!(per_second.iter().all(|c| (80..=120).contains(c)), "{per_second:?}");
     }
 
     #[test]

@@ -181,6 +181,13 @@ impl Drop for Checker {
     }
 }
 
+/// The one instant every checker's slots are counted from
+/// ([`crate::check::first_due`]).
+fn checks_base() -> tokio::time::Instant {
+    static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(tokio::time::Instant::now)
+}
+
 /// Check a real server forever, sending every result; each real server has
 /// its own task, so a slow check delays only the next check of the same real
 /// server. A check is due one interval after the previous one was due (one
@@ -195,7 +202,7 @@ fn spawn_checker(tx: mpsc::Sender<CheckResult>, id: u64, real: RealKey, check: A
     let target = Target { addr: real.1, service: real.0.to_string() };
     let c = check.clone();
     let handle = tokio::spawn(async move {
-        let mut due = tokio::time::Instant::now() + crate::check::first_delay(c.interval, id);
+        let mut due = crate::check::first_due(checks_base(), tokio::time::Instant::now(), c.interval, id);
         let sleep = tokio::time::sleep_until(due);
         tokio::pin!(sleep);
         loop {
