@@ -944,7 +944,16 @@ fn forced_deadline_gives_timeout_and_unknown_outcomes() {
         assert!(applied.outcomes()[512..].iter().all(|o| matches!(o, OpOutcome::NotSent)), "{applied:?}");
         // The reader runs again: the handle works, and the unknown ones were done.
         assert_eq!(h.info().await.unwrap().version.0, 1);
-        assert_eq!(h.services().await.unwrap().len(), 512);
+        // A dump can skip a service while other namespaces change their
+        // tables (the kernel's dump resumes by position): the most of three.
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            counts.push(h.services().await.unwrap().len());
+            if counts.last() == Some(&512) {
+                break;
+            }
+        }
+        assert!(counts.iter().all(|n| *n <= 512) && counts.contains(&512), "services listed: {counts:?}");
         h.flush().await.unwrap();
     });
 }
