@@ -300,14 +300,27 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
     let dir = TestDir::new();
     let _s1 = Server::text(&net.reals[0], PORT, "rs1");
     let _s2 = Server::text(&net.reals[1], PORT, "rs2");
-    // BFD on both sides: the generated `protocol bfd` and `bfd on` are taken by BIRD.
+    // BFD on both sides: the generated `protocol bfd` (with the configured
+    // timers) and `bfd on` are taken by BIRD.
     let router = Router::start(&net.client, &dir, true, 3);
-    let cfg = dir.write("lvsctl.toml", &config("bfd = true"), 0o644);
+    let bfd = "bfd = true\nbfd_interval = \"2s\"\nbfd_multiplier = 7";
+    let cfg = dir.write("lvsctl.toml", &config(bfd), 0o644);
     let d = Daemon::start(&net.director, &dir, &cfg, &[]);
     d.wait_for("the VIP route on the router", T, || router.has_route());
     let (_, text) = d.status(&net.director, false);
     assert!(text.contains("Established"), "{text}");
     d.wait_for("the BFD session up on the router", T, || router.bfd_up());
+    // The router detects a failure after the director's multiplier times the
+    // slower of the intervals (the director's 2 s over its own 1 s): 14 s;
+    // BIRD's defaults (5 x 1 s) would give 5 s.
+    let sessions = router.bird.birdc(&["show", "bfd", "sessions"]);
+    let line = sessions.lines().find(|l| l.starts_with(DIRECTOR)).unwrap_or_default().to_owned();
+    // The columns end with Interval and Timeout.
+    assert_eq!(
+        line.split_whitespace().last(),
+        Some("14.000"),
+        "the director's BFD timers on the router's session: {sessions}"
+    );
 
     // BIRD killed: the session drops, the route goes; lvsctl starts BIRD
     // again, which reads the announced set from its include file.
@@ -335,6 +348,35 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
     }
     assert!(net.weights().is_some(), "the IPVS service stays after a kill");
     let _ = net.director.lvsctl(&["director", "stop"]);
+}
+
+/// A neighbour with `multihop` and `local_address`: BIRD takes both (its
+/// session shows the source address) and the router learns the VIP.
+#[test]
+#[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
+fn bgp_multihop_neighbor_with_a_source_address() {
+    let net = net_without_static_route();
+    let dir = TestDir::new();
+    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
+    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
+    let router = Router::start(&net.client, &dir, false, 3);
+    // The neighbour table is the config's last: these keys go into it.
+    let text = config("") + &format!("multihop = 2\nlocal_address = \"{DIRECTOR}\"\n");
+    let cfg = dir.write("lvsctl.toml", &text, 0o644);
+    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    d.wait_for("the VIP route on the router", T, || router.has_route());
+    let session = director_session(&d, &net.director);
+    let source = session.lines().find(|l| l.contains("Source address:")).unwrap_or_default();
+    assert!(source.trim_end().ends_with(DIRECTOR), "the session's source address: {session}");
+    let conf = std::fs::read_dir(dir.0.join("state"))
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name().to_string_lossy().ends_with(".conf") && e.file_name().to_string_lossy().starts_with("bird-")
+        })
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .expect("the director's BIRD config");
+    assert!(conf.contains("    multihop 2;"), "{conf}");
 }
 
 /// `birdc show protocols all` of the director's BIRD, for its session with

@@ -123,12 +123,19 @@ pub(crate) fn render(spec: &BgpSpec, here: &BgpHere, vips_file: &Path) -> String
     let _ = writeln!(c, "protocol device {{ }}");
     let _ = writeln!(c, "include \"{}\";", vips_file.display());
     if spec.bfd {
-        let _ = writeln!(c, "protocol bfd {{ }}");
+        render_bfd(&mut c, spec);
     }
     for n in &here.neighbors {
         let _ = writeln!(c, "protocol bgp {} {{", peer_name(n.address));
-        let _ = writeln!(c, "    local as {};", here.asn);
+        match n.local_address {
+            Some(l) => writeln!(c, "    local {l} as {};", here.asn),
+            None => writeln!(c, "    local as {};", here.asn),
+        }
+        .ok();
         let _ = writeln!(c, "    neighbor {} as {};", n.address, n.asn);
+        if let Some(ttl) = n.multihop {
+            let _ = writeln!(c, "    multihop {ttl};");
+        }
         let _ = writeln!(c, "    hold time {};", spec.hold_time);
         let _ = writeln!(c, "    keepalive time {};", (spec.hold_time / 3).max(1));
         // Rejoin soon after a dropped session (a router restart, a link
@@ -147,6 +154,27 @@ pub(crate) fn render(spec: &BgpSpec, here: &BgpHere, vips_file: &Path) -> String
         let _ = writeln!(c, "}}");
     }
     c
+}
+
+/// BIRD's BFD protocol, with the configured timers for directly connected
+/// neighbours (every interface) and multihop ones alike; BIRD's defaults
+/// when none are set.
+fn render_bfd(c: &mut String, spec: &BgpSpec) {
+    let mut timers = String::new();
+    if let Some(i) = spec.bfd_interval {
+        let _ = write!(timers, " interval {} ms;", i.as_millis());
+    }
+    if let Some(m) = spec.bfd_multiplier {
+        let _ = write!(timers, " multiplier {m};");
+    }
+    if timers.is_empty() {
+        let _ = writeln!(c, "protocol bfd {{ }}");
+        return;
+    }
+    let _ = writeln!(c, "protocol bfd {{");
+    let _ = writeln!(c, "    interface \"*\" {{{timers} }};");
+    let _ = writeln!(c, "    multihop {{{timers} }};");
+    let _ = writeln!(c, "}}");
 }
 
 /// The include file: one static protocol with a /32 blackhole route per
@@ -230,5 +258,19 @@ mod tests {
         let v = render_vips(&["10.19.70.166".parse().unwrap()]);
         assert!(v.contains("protocol static lvsctl_vips {\n    ipv4;\n    route 10.19.70.166/32 blackhole;\n}"), "{v}");
         assert!(!render_vips(&[]).contains("route"), "nothing announced: an empty static protocol");
+    }
+
+    #[test]
+    fn bfd_timers_and_multihop() {
+        let text = "[director]\niface = \"eth0\"\n[[director.service]]\nvip = \"10.19.70.166\"\nport = 80\nscheduler = \"mh\"\nreal = [\"10.18.68.186\"]\n[director.bgp]\nasn = 65001\nrouter_id = \"10.0.0.2\"\nbfd = true\nbfd_interval = \"300ms\"\nbfd_multiplier = 3\n[[director.bgp.neighbor]]\naddress = \"10.0.0.1\"\nasn = 65000\nmultihop = 2\nlocal_address = \"10.0.0.2\"\n[[director.bgp.neighbor]]\naddress = \"10.0.0.9\"\nasn = 65000\n";
+        let b = Config::parse(text, "t").unwrap().director().unwrap().bgp.unwrap();
+        let c = render(&b, &b.here(|_| false).unwrap(), Path::new("/v"));
+        for want in [
+            "protocol bfd {\n    interface \"*\" { interval 300 ms; multiplier 3; };\n    multihop { interval 300 ms; multiplier 3; };\n}",
+            "local 10.0.0.2 as 65001;\n    neighbor 10.0.0.1 as 65000;\n    multihop 2;\n    hold time 9;",
+            "neighbor 10.0.0.9 as 65000;\n    hold time 9;",
+        ] {
+            assert!(c.contains(want), "{want:?} missing from:\n{c}");
+        }
     }
 }

@@ -7,11 +7,15 @@
 //! router_id = "10.0.0.2"        # default: the address of this host's hosts entry
 //! hold_time = 9                 # seconds (3..65535); keepalives every third
 //! bfd = false                   # BFD on every session
+//! bfd_interval = "300ms"        # with bfd: BFD's tx/rx interval (10ms..60s; BIRD: 100ms)
+//! bfd_multiplier = 3            # with bfd: packets missed before down (1..255; BIRD: 5)
 //! drain_delay = "3s"            # withdrawn, table still in place, before exit
 //! vips = ["10.19.70.166"]       # default: every service VIP of the file
 //! [[director.bgp.neighbor]]
 //! address = "10.0.0.1"
 //! asn = 65000
+//! multihop = 2                  # eBGP multihop: TTL (1..255), router not on-link
+//! local_address = "10.0.0.2"    # the session's source address (multihop with bfd needs it)
 //! [director.bgp.hosts."10.0.0.3"]
 //! router_id = "10.0.0.3"        # also asn, and [[director.bgp.hosts."ADDR".neighbor]]
 //! ```
@@ -41,6 +45,8 @@ pub struct BgpConfig {
     hold_time: Option<Spanned<u64>>,
     #[serde(default)]
     bfd: bool,
+    bfd_interval: Option<Spanned<Secs>>,
+    bfd_multiplier: Option<Spanned<u64>>,
     drain_delay: Option<Secs>,
     vips: Option<Spanned<Vec<IpAddr>>>,
     #[serde(default, rename = "neighbor")]
@@ -55,6 +61,8 @@ pub struct BgpConfig {
 struct NeighborConfig {
     address: Spanned<IpAddr>,
     asn: Spanned<u64>,
+    multihop: Option<Spanned<u64>>,
+    local_address: Option<Spanned<IpAddr>>,
 }
 
 /// `[director.bgp.hosts."ADDR"]`: what differs on the host that has ADDR.
@@ -76,7 +84,36 @@ fn asn(origin: &Origin, v: &Spanned<u64>, name: &str) -> Result<u32, ConfigError
     Ok(x as u32)
 }
 
-fn neighbors(origin: &Origin, list: &[Spanned<NeighborConfig>]) -> Result<Vec<Neighbor>, ConfigError> {
+/// A whole number in `lo..=hi`, or an error at its place.
+fn in_range(origin: &Origin, v: &Spanned<u64>, name: &str, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+    let x = *v.get_ref();
+    if !(lo..=hi).contains(&x) {
+        return Err(origin.error(Some(v.span()), format!("{name} = {x} is out of range {lo}..{hi}")));
+    }
+    Ok(x)
+}
+
+/// `bfd_interval` and `bfd_multiplier`: only with `bfd = true`, in range.
+fn bfd_timers(origin: &Origin, c: &BgpConfig) -> Result<(Option<Duration>, Option<u8>), ConfigError> {
+    let interval = match &c.bfd_interval {
+        Some(i) if !c.bfd => return Err(origin.error(Some(i.span()), "bfd_interval needs bfd = true")),
+        Some(i) if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&i.get_ref().0) => {
+            return Err(
+                origin.error(Some(i.span()), format!("bfd_interval = \"{}\" is out of range 10ms..60s", i.get_ref()))
+            )
+        }
+        Some(i) => Some(i.get_ref().0),
+        None => None,
+    };
+    let multiplier = match &c.bfd_multiplier {
+        Some(m) if !c.bfd => return Err(origin.error(Some(m.span()), "bfd_multiplier needs bfd = true")),
+        Some(m) => Some(in_range(origin, m, "bfd_multiplier", 1, 255)? as u8),
+        None => None,
+    };
+    Ok((interval, multiplier))
+}
+
+fn neighbors(origin: &Origin, list: &[Spanned<NeighborConfig>], bfd: bool) -> Result<Vec<Neighbor>, ConfigError> {
     let mut out: Vec<Neighbor> = Vec::new();
     for n in list {
         let a = n.get_ref().address.get_ref();
@@ -90,7 +127,25 @@ fn neighbors(origin: &Origin, list: &[Spanned<NeighborConfig>]) -> Result<Vec<Ne
         if out.iter().any(|o| o.address == *a) {
             return Err(origin.error(at, format!("neighbor {a} is listed twice")));
         }
-        out.push(Neighbor { address: *a, asn: asn(origin, &n.get_ref().asn, "neighbor asn")? });
+        let multihop = n.get_ref().multihop.as_ref().map(|m| in_range(origin, m, "multihop", 1, 255)).transpose()?;
+        let local_address = n.get_ref().local_address.as_ref().map(|l| *l.get_ref());
+        if local_address.is_some_and(|l| !l.is_ipv4()) {
+            return Err(origin.error(at, format!("neighbor {a}: local_address must be IPv4")));
+        }
+        if bfd && multihop.is_some() && local_address.is_none() {
+            return Err(origin.error(
+                at,
+                format!(
+                    "neighbor {a}: multihop with bfd needs local_address (BIRD needs the session's source address)"
+                ),
+            ));
+        }
+        out.push(Neighbor {
+            address: *a,
+            asn: asn(origin, &n.get_ref().asn, "neighbor asn")?,
+            multihop: multihop.map(|m| m as u8),
+            local_address,
+        });
     }
     Ok(out)
 }
@@ -121,7 +176,7 @@ fn vips(
     Ok(list)
 }
 
-fn host(origin: &Origin, addr: &str, h: &Spanned<HostConfig>) -> Result<BgpHost, ConfigError> {
+fn host(origin: &Origin, addr: &str, h: &Spanned<HostConfig>, bfd: bool) -> Result<BgpHost, ConfigError> {
     let ip: IpAddr = addr
         .parse()
         .map_err(|_| origin.error(Some(h.span()), format!("hosts key {addr:?} is not an IP address of a host")))?;
@@ -130,7 +185,7 @@ fn host(origin: &Origin, addr: &str, h: &Spanned<HostConfig>) -> Result<BgpHost,
         addr: ip,
         asn: c.asn.as_ref().map(|a| asn(origin, a, "asn")).transpose()?,
         router_id: c.router_id.as_ref().map(|r| *r.get_ref()),
-        neighbors: c.neighbors.as_ref().map(|n| neighbors(origin, n)).transpose()?,
+        neighbors: c.neighbors.as_ref().map(|n| neighbors(origin, n, bfd)).transpose()?,
     })
 }
 
@@ -147,13 +202,16 @@ pub(super) fn validate(b: &Spanned<BgpConfig>, origin: &Origin, all_vips: &[IpAd
         Some(h) => *h.get_ref() as u16,
         None => DEFAULT_HOLD,
     };
-    let hosts = c.hosts.iter().map(|(a, h)| host(origin, a, h)).collect::<Result<Vec<_>, _>>()?;
+    let hosts = c.hosts.iter().map(|(a, h)| host(origin, a, h, c.bfd)).collect::<Result<Vec<_>, _>>()?;
+    let (bfd_interval, bfd_multiplier) = bfd_timers(origin, c)?;
     let spec = BgpSpec {
         asn: c.asn.as_ref().map(|a| asn(origin, a, "asn")).transpose()?,
         router_id: c.router_id.as_ref().map(|r| *r.get_ref()),
-        neighbors: neighbors(origin, &c.neighbors)?,
+        neighbors: neighbors(origin, &c.neighbors, c.bfd)?,
         hold_time,
         bfd: c.bfd,
+        bfd_interval,
+        bfd_multiplier,
         drain_delay: c.drain_delay.map_or(DEFAULT_DRAIN, |s| s.0),
         vips: vips(origin, c.vips.as_ref(), all_vips, &span)?,
         hosts,
@@ -268,5 +326,30 @@ mod tests {
             format!("{BASE}[director.bgp]\nasn = 1\n[[director.bgp.neighbor]]\naddress = \"10.0.0.1\"\nasn = 2\n");
         let d = Config::parse(&text, "t.toml").unwrap().director().unwrap();
         assert_eq!(d.vips(), vec![(ip("10.19.70.166"), "lo".parse().unwrap())], "routed, not ARP-announced on eth0");
+    }
+
+    #[test]
+    fn bfd_timers_need_bfd_and_a_range_and_multihop_a_ttl() {
+        let n = "[[director.bgp.neighbor]]\naddress = \"10.0.0.1\"\nasn = 65000\n";
+        let b =
+            bgp(&format!("asn = 65001\nbfd = true\nbfd_interval = \"250ms\"\nbfd_multiplier = 4\n{n}multihop = 3\nlocal_address = \"10.0.0.2\"\n"))
+                .unwrap();
+        assert_eq!((b.bfd_interval.map(|d| d.as_millis()), b.bfd_multiplier), (Some(250), Some(4)));
+        assert_eq!(b.neighbors[0].multihop, Some(3));
+        for (extra, want) in [
+            ("bfd_interval = \"300ms\"\n", "bfd_interval needs bfd = true"),
+            ("bfd_multiplier = 3\n", "bfd_multiplier needs bfd = true"),
+            ("bfd = true\nbfd_interval = \"5ms\"\n", "out of range 10ms..60s"),
+            ("bfd = true\nbfd_multiplier = 0\n", "bfd_multiplier = 0 is out of range 1..255"),
+        ] {
+            let e = bgp(&format!("asn = 65001\n{extra}{n}")).unwrap_err();
+            assert!(e.contains(want) && e.starts_with("t.toml:"), "{extra:?}: {e}");
+        }
+        let e = bgp(&format!("asn = 65001\n{n}multihop = 256\n")).unwrap_err();
+        assert!(e.contains("multihop = 256 is out of range 1..255"), "{e}");
+        let e = bgp(&format!("asn = 65001\nbfd = true\n{n}multihop = 2\n")).unwrap_err();
+        assert!(e.contains("multihop with bfd needs local_address"), "{e}");
+        let b = bgp(&format!("asn = 65001\nbfd = true\n{n}multihop = 2\nlocal_address = \"10.0.0.2\"\n")).unwrap();
+        assert_eq!(b.neighbors[0].local_address, Some(ip("10.0.0.2")));
     }
 }

@@ -13,6 +13,12 @@ pub struct Neighbor {
     pub address: IpAddr,
     /// Its AS number.
     pub asn: u32,
+    /// eBGP multihop: the TTL of the session's packets (BIRD `multihop`),
+    /// for a router that is not on a directly connected network.
+    pub multihop: Option<u8>,
+    /// The session's source address (BIRD `local`); BIRD needs one for a
+    /// multihop session with BFD.
+    pub local_address: Option<IpAddr>,
 }
 
 /// What differs on one host (`[director.bgp.hosts."ADDR"]`).
@@ -41,6 +47,10 @@ pub struct BgpSpec {
     pub hold_time: u16,
     /// BFD on every session (BIRD `bfd on` and a `protocol bfd`).
     pub bfd: bool,
+    /// BFD's transmit and receive interval (BIRD's default: 100 ms).
+    pub bfd_interval: Option<Duration>,
+    /// Missed BFD packets before the session is down (BIRD's default: 5).
+    pub bfd_multiplier: Option<u8>,
     /// How long the VIPs stay withdrawn with the IPVS table still in place
     /// before `director run` exits (the routers move the flows first).
     pub drain_delay: Duration,
