@@ -43,8 +43,6 @@ pub use status::Status;
 enum Scope<'a> {
     /// The whole table, dumped.
     All,
-    /// These services, each looked up by its key.
-    Only(&'a HashSet<ServiceKey>),
     /// These services, as the map says they are (not read).
     Known(&'a HashSet<ServiceKey>, &'a HashMap<ServiceKey, DesiredService>),
 }
@@ -176,28 +174,14 @@ impl Director {
         self.reconcile_in(spec, desired, Scope::All, on_error).await
     }
 
-    /// As [`Director::reconcile_with`], but the IPVS table is read and
-    /// changed only for the services `only` (each looked up by its key, no
-    /// dump): for a new config that changes a few services of many, the
-    /// requests are the changed services' lookups and their changes. The
-    /// VIPs, the sysctls and the record are reconciled in full, as always.
-    pub async fn reconcile_only(
-        &mut self,
-        spec: &DirectorSpec,
-        desired: &[DesiredService],
-        only: &HashSet<ServiceKey>,
-        on_error: OnError,
-    ) -> Result<Report, Incomplete> {
-        self.reconcile_in(spec, desired, Scope::Only(only), on_error).await
-    }
-
-    /// As [`Director::reconcile_only`], but the services `only` are taken to
-    /// be as `known` says (what the caller last made the kernel have, e.g.
-    /// the daemon's last applied table) instead of being read: the only IPVS
-    /// requests are the changes. A service of `only` missing from `known` is
-    /// taken to be absent. Should the kernel differ after all (someone else
-    /// changed it), a change fails and the caller's full reconcile, which
-    /// reads everything, repairs it.
+    /// As [`Director::reconcile_with`], but only for the services `only`,
+    /// taken to be as `known` says (what the caller last made the kernel
+    /// have, e.g. the daemon's last applied table) instead of being read: the
+    /// only IPVS requests are the changes. The VIPs, the sysctls and the
+    /// record are reconciled in full, as always. A service of `only` missing
+    /// from `known` is taken to be absent. Should the kernel differ after all
+    /// (someone else changed it), a change fails and the caller's full
+    /// reconcile, which reads everything, repairs it.
     pub async fn reconcile_known(
         &mut self,
         spec: &DirectorSpec,
@@ -233,8 +217,8 @@ impl Director {
     }
 
     /// Take the lock, read the record, observe and plan: the whole table, or
-    /// for a scope of some services a table of just those (looked up, or as
-    /// known) and a plan that wants just those of `desired` (the record
+    /// for a scope of some services a table of just those (as known) and a
+    /// plan that wants just those of `desired` (the record
     /// still gets every service of `spec`).
     async fn observe_and_plan(
         &self,
@@ -247,7 +231,6 @@ impl Director {
         let prev: Option<DirectorState> = self.read_record()?;
         let (obs, only) = match scope {
             Scope::All => (self.observe(spec, prev).await?, None),
-            Scope::Only(only) => (self.observe_only(spec, prev, only).await?, Some(only)),
             Scope::Known(only, known) => (self.observe_known(spec, prev, only, known).await?, Some(only)),
         };
         let p = match only {
@@ -259,23 +242,6 @@ impl Director {
             }
         };
         Ok((p, obs.prev, lock))
-    }
-
-    /// [`Director::observe`] with a table of the services `only`, each
-    /// looked up by its key; only owned ones a lookup did not find are gone.
-    async fn observe_only(
-        &self,
-        spec: &DirectorSpec,
-        prev: Option<DirectorState>,
-        only: &HashSet<ServiceKey>,
-    ) -> Result<Observed, Error> {
-        let mut table = Table::default();
-        let keys: Vec<ServiceKey> = only.iter().copied().collect();
-        let gone = self.look_up_missing(&mut table, &keys).await?;
-        let mut obs = self.observe_host(spec, table, prev).await?;
-        let owned = obs.prev_owned().to_vec();
-        obs.confirmed_gone = gone.into_iter().filter(|k| owned.contains(k)).collect();
-        Ok(obs)
     }
 
     /// [`Director::observe`] with a table of the services `only` as `known`
