@@ -498,9 +498,10 @@ pub(crate) const SLOTS: u32 = 64;
 pub(crate) fn first_due(base: Instant, now: Instant, interval: Duration, n: u64) -> Instant {
     let slot = interval / SLOTS;
     let k = ((n as f64 * 0.618_033_988_749_895).fract() * f64::from(SLOTS)) as u32;
-    let periods =
-        u32::try_from(now.saturating_duration_since(base).as_nanos() / interval.as_nanos().max(1)).unwrap_or(u32::MAX);
-    let due = base + interval * periods + slot * k.min(SLOTS - 1);
+    // The start of the interval `now` is in, counted in whole intervals from `base`.
+    let into = now.saturating_duration_since(base).as_nanos() % interval.as_nanos().max(1);
+    let period_start = now - Duration::from_nanos(into as u64);
+    let due = period_start + slot * k.min(SLOTS - 1);
     if due < now {
         due + interval
     } else {
