@@ -255,8 +255,7 @@ impl Bgp {
 
 /// The announcements for a reload's VIP list `vips`: a VIP in `old` keeps
 /// its own, a new one starts withdrawn, one not in `vips` is dropped.
-fn follow(old: Vec<VipAnnouncement>, vips: &[IpAddr]) -> Vec<VipAnnouncement> {
-    let mut old = old;
+fn follow(mut old: Vec<VipAnnouncement>, vips: &[IpAddr]) -> Vec<VipAnnouncement> {
     vips.iter()
         .map(|v| match old.iter().position(|o| o.vip == *v) {
             Some(i) => old.swap_remove(i),
