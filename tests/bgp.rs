@@ -165,6 +165,26 @@ fn net_without_static_route() -> Net {
     net
 }
 
+/// The network without the static route, rs1 and rs2 answering, and the
+/// router's BIRD (with `bfd`, asking for `hold` seconds). Fields drop in
+/// this order: the router, the servers, the folder, the network.
+struct Setup {
+    router: Router,
+    _servers: [Server; 2],
+    dir: TestDir,
+    net: Net,
+}
+
+impl Setup {
+    fn new(bfd: bool, hold: u16) -> Self {
+        let net = net_without_static_route();
+        let dir = TestDir::new();
+        let servers = [Server::text(&net.reals[0], PORT, "rs1"), Server::text(&net.reals[1], PORT, "rs2")];
+        let router = Router::start(&net.client, &dir, bfd, hold);
+        Setup { router, _servers: servers, dir, net }
+    }
+}
+
 /// The `bgp` section of `director status --json`.
 fn status_bgp(d: &Daemon, ns: &Netns) -> serde_json::Value {
     let (_, out) = d.status(ns, true);
@@ -296,16 +316,13 @@ fn is_bird(pid: i32) -> bool {
 #[test]
 #[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
 fn bgp_bird_is_restarted_and_dies_with_director_run() {
-    let net = net_without_static_route();
-    let dir = TestDir::new();
-    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
-    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
     // BFD on both sides: the generated `protocol bfd` (with the configured
     // timers) and `bfd on` are taken by BIRD.
-    let router = Router::start(&net.client, &dir, true, 3);
+    let setup = Setup::new(true, 3);
+    let (net, dir, router) = (&setup.net, &setup.dir, &setup.router);
     let bfd = "bfd = true\nbfd_interval = \"2s\"\nbfd_multiplier = 7";
     let cfg = dir.write("lvsctl.toml", &config(bfd), 0o644);
-    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    let d = Daemon::start(&net.director, dir, &cfg, &[]);
     d.wait_for("the VIP route on the router", T, || router.has_route());
     let (_, text) = d.status(&net.director, false);
     assert!(text.contains("Established"), "{text}");
@@ -324,7 +341,7 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
 
     // BIRD killed: the session drops, the route goes; lvsctl starts BIRD
     // again, which reads the announced set from its include file.
-    let first = director_bird_pid(&dir).expect("the director's BIRD pid file");
+    let first = director_bird_pid(dir).expect("the director's BIRD pid file");
     assert!(is_bird(first), "pid {first} is not bird");
     // SAFETY: kill on the pid of the BIRD this test's daemon started.
     #[allow(unsafe_code)]
@@ -332,13 +349,13 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
         libc::kill(first, libc::SIGKILL);
     }
     d.wait_for("the route gone with the session", T, || !router.has_route());
-    d.wait_for("a new BIRD", T, || director_bird_pid(&dir).is_some_and(|p| p != first && is_bird(p)));
+    d.wait_for("a new BIRD", T, || director_bird_pid(dir).is_some_and(|p| p != first && is_bird(p)));
     d.wait_for("the VIP route back from the restarted BIRD", T, || router.has_route());
     assert!(d.log().contains("bgp: BIRD is gone, the sessions dropped; restarting it"), "{}", d.log());
 
     // director run killed: its BIRD goes with it, so the router withdraws
     // the VIP by itself; the IPVS table stays.
-    let second = director_bird_pid(&dir).unwrap();
+    let second = director_bird_pid(dir).unwrap();
     d.signal(libc::SIGKILL);
     d.wait(T);
     let deadline = Instant::now() + T;
@@ -355,15 +372,12 @@ fn bgp_bird_is_restarted_and_dies_with_director_run() {
 #[test]
 #[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
 fn bgp_multihop_neighbor_with_a_source_address() {
-    let net = net_without_static_route();
-    let dir = TestDir::new();
-    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
-    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
-    let router = Router::start(&net.client, &dir, false, 3);
     // The neighbour table is the config's last: these keys go into it.
+    let setup = Setup::new(false, 3);
+    let (net, dir, router) = (&setup.net, &setup.dir, &setup.router);
     let text = config("") + &format!("multihop = 2\nlocal_address = \"{DIRECTOR}\"\n");
     let cfg = dir.write("lvsctl.toml", &text, 0o644);
-    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    let d = Daemon::start(&net.director, dir, &cfg, &[]);
     d.wait_for("the VIP route on the router", T, || router.has_route());
     let session = director_session(&d, &net.director);
     let source = session.lines().find(|l| l.contains("Source address:")).unwrap_or_default();
@@ -401,14 +415,11 @@ fn hold_time(d: &Daemon, ns: &Netns) -> Option<u32> {
 #[test]
 #[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
 fn bgp_reload_adds_a_vip_and_changes_the_hold_time() {
-    let net = net_without_static_route();
-    let dir = TestDir::new();
-    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
-    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
     // The router asks for 9 s, so the session runs with the director's hold time.
-    let router = Router::start(&net.client, &dir, false, 9);
+    let setup = Setup::new(false, 9);
+    let (net, dir, router) = (&setup.net, &setup.dir, &setup.router);
     let cfg = dir.write("lvsctl.toml", &config(""), 0o644);
-    let d = Daemon::start(&net.director, &dir, &cfg, &[]);
+    let d = Daemon::start(&net.director, dir, &cfg, &[]);
     d.wait_for("the VIP route on the router", T, || router.has_route());
     d.wait_for("the session's hold time of 3 s", T, || hold_time(&d, &net.director) == Some(3));
     let since = router.session_since();
@@ -447,12 +458,9 @@ fn bgp_reload_adds_a_vip_and_changes_the_hold_time() {
 #[test]
 #[ignore = "privileged: needs root, IPVS and BIRD 2 (scripts/privileged-tests)"]
 fn bgp_reload_with_a_refused_section_keeps_everything() {
-    let net = net_without_static_route();
-    let dir = TestDir::new();
-    let _s1 = Server::text(&net.reals[0], PORT, "rs1");
-    let _s2 = Server::text(&net.reals[1], PORT, "rs2");
-    let router = Router::start(&net.client, &dir, false, 9);
     // BIRD as lvsctl runs it, except that its parse check (`bird -p`)
+    let setup = Setup::new(false, 9);
+    let (net, dir, router) = (&setup.net, &setup.dir, &setup.router);
     // refuses a config with hold time 7 (lvsctl accepts 7): how a BIRD
     // that rejects what lvsctl wrote looks to the daemon.
     let real = ["/usr/sbin/bird", "/usr/local/sbin/bird", "/usr/bin/bird"]
@@ -464,7 +472,7 @@ fn bgp_reload_with_a_refused_section_keeps_everything() {
     );
     let bird = dir.write("bird", &wrapper, 0o755);
     let cfg = dir.write("lvsctl.toml", &config(""), 0o644);
-    let d = Daemon::start_env(&net.director, &dir, &cfg, &[], &[("LVSCTL_BIRD", bird.as_path())]);
+    let d = Daemon::start_env(&net.director, dir, &cfg, &[], &[("LVSCTL_BIRD", bird.as_path())]);
     d.wait_for("the VIP route on the router", T, || router.has_route());
     d.wait_for("the session's hold time of 3 s", T, || hold_time(&d, &net.director) == Some(3));
     let since = router.session_since();
